@@ -1,0 +1,265 @@
+package protocol
+
+import "net/netip"
+
+// Response is overlayd's answer to a Request (tag "result").
+type Response interface {
+	// Result is the variant's wire tag, e.g. "attached".
+	Result() string
+}
+
+// OK is a success without payload.
+type OK struct{}
+
+// IP answers allocate_ip.
+type IP struct {
+	IP netip.Addr `json:"ip"`
+}
+
+// Attached answers a linux_pid or windows_container attach.
+type Attached struct {
+	IP            netip.Addr `json:"ip"`
+	NamespaceGUID string     `json:"namespace_guid,omitempty"`
+
+	// Extensions: the container's address on the global overlay (eth1) when
+	// it joined it, and the resolver the runtime should write into the
+	// container's resolv.conf.
+	GlobalIP  netip.Addr `json:"global_ip,omitzero"`
+	DNSServer netip.Addr `json:"dns_server,omitzero"`
+	DNSDomain string     `json:"dns_domain,omitempty"`
+}
+
+// GuestConfig answers a guest_managed attach: everything the guest needs to
+// bring up its own WireGuard interface.
+type GuestConfig struct {
+	OverlayIP  netip.Addr `json:"overlay_ip"`
+	PrefixLen  uint8      `json:"prefix_len"`
+	PrivateKey string     `json:"private_key"`
+	PublicKey  string     `json:"public_key"`
+	ListenPort uint16     `json:"listen_port"`
+	Peers      []PeerSpec `json:"peers"`
+	DNSServer  netip.Addr `json:"dns_server,omitzero"`
+	DNSDomain  string     `json:"dns_domain,omitempty"`
+}
+
+// BridgeName answers setup_global_overlay with the device's name.
+type BridgeName struct {
+	Name string `json:"name"`
+}
+
+// StatusResult answers status; on the wire its fields sit beside the tag.
+type StatusResult struct {
+	StatusSnapshot
+}
+
+// ServiceOverlay answers setup_service_overlay. The identity fields are set
+// for dedicated overlays only.
+type ServiceOverlay struct {
+	Name        string     `json:"name"`
+	Mode        string     `json:"mode"`
+	WGPublicKey string     `json:"wg_public_key,omitempty"`
+	WGPort      uint16     `json:"wg_port,omitempty"`
+	OverlayIP   netip.Addr `json:"overlay_ip,omitzero"`
+	Subnet      string     `json:"subnet,omitempty"`
+
+	// Extension: the bridge gateway (and so the containers' default route
+	// and DNS server) of the service on this node.
+	Gateway netip.Addr `json:"gateway,omitzero"`
+}
+
+// Err is a failed request; Message says what was wrong and what to do.
+type Err struct {
+	Message string `json:"message"`
+}
+
+// Error makes Err usable as a Go error on the client side.
+func (e Err) Error() string { return e.Message }
+
+// HelloResult (extension) answers hello.
+type HelloResult struct {
+	ProtocolVersion uint32   `json:"protocol_version"`
+	ServerVersion   string   `json:"server_version"`
+	Features        []string `json:"features"`
+}
+
+// StatusSnapshot is the overlay as status reports it. The first nine fields
+// are the reference's; the rest are extensions and are omitted when empty.
+type StatusSnapshot struct {
+	Interface         string                   `json:"interface,omitempty"`
+	NodeIP            netip.Addr               `json:"node_ip,omitzero"`
+	PublicKey         string                   `json:"public_key,omitempty"`
+	OverlayCIDR       string                   `json:"overlay_cidr,omitempty"`
+	SliceCIDR         string                   `json:"slice_cidr,omitempty"`
+	PeerCount         uint32                   `json:"peer_count"`
+	ServiceCount      uint32                   `json:"service_count"`
+	Peers             []PeerStatus             `json:"peers,omitempty"`
+	DedicatedServices []DedicatedServiceStatus `json:"dedicated_services,omitempty"`
+
+	// Extensions.
+	Version          string           `json:"version,omitempty"`
+	NodeID           uint64           `json:"node_id,omitempty"`
+	Deployment       string           `json:"deployment,omitempty"`
+	WGPort           uint16           `json:"wg_port,omitempty"`
+	WGBackend        string           `json:"wg_backend,omitempty"`
+	MTU              int              `json:"mtu,omitempty"`
+	ExpectedPubkey   string           `json:"expected_public_key,omitempty"`
+	PubkeyMismatch   bool             `json:"public_key_mismatch,omitempty"`
+	Services         []ServiceStatus  `json:"services,omitempty"`
+	SlicePool        *PoolStatus      `json:"slice_pool,omitempty"`
+	Attachments      []AttachStatus   `json:"attachments,omitempty"`
+	DNS              *DNSStatus       `json:"dns,omitempty"`
+	NAT              *NATStatus       `json:"nat,omitempty"`
+	Firewall         *FirewallStatus  `json:"firewall,omitempty"`
+	EventsDropped    uint64           `json:"events_dropped,omitempty"`
+	LastReconcile    int64            `json:"last_reconcile_unix_secs,omitempty"`
+	ReconcileChanges uint64           `json:"reconcile_changes,omitempty"`
+	Warnings         []string         `json:"warnings,omitempty"`
+	Guests           []GuestStatus    `json:"guests,omitempty"`
+	ServicePeers     []ServicePeerSet `json:"service_peers,omitempty"`
+}
+
+// PeerStatus is one peer of the global overlay.
+type PeerStatus struct {
+	PublicKey             string `json:"public_key"`
+	Endpoint              string `json:"endpoint"`
+	AllowedIPs            string `json:"allowed_ips"`
+	LastHandshakeUnixSecs int64  `json:"last_handshake_unix_secs"`
+
+	// Extensions.
+	RxBytes                 uint64 `json:"rx_bytes,omitempty"`
+	TxBytes                 uint64 `json:"tx_bytes,omitempty"`
+	PersistentKeepaliveSecs uint64 `json:"persistent_keepalive_secs,omitempty"`
+	// Healthy is a pointer so "unknown" (no monitor yet) stays omitted.
+	Healthy *bool `json:"healthy,omitempty"`
+	// EndpointLearned marks an endpoint WireGuard learned from the peer's
+	// packets (roaming, NAT) rather than the one configured.
+	EndpointLearned bool `json:"endpoint_learned,omitempty"`
+}
+
+// DedicatedServiceStatus is one service with its own WireGuard device.
+type DedicatedServiceStatus struct {
+	Service    string     `json:"service"`
+	Interface  string     `json:"interface"`
+	PublicKey  string     `json:"public_key"`
+	ListenPort uint16     `json:"listen_port"`
+	OverlayIP  netip.Addr `json:"overlay_ip"`
+	Subnet     string     `json:"subnet"`
+	PeerCount  uint32     `json:"peer_count"`
+}
+
+// ServiceStatus (extension) is one service overlay on this node.
+type ServiceStatus struct {
+	Service string     `json:"service"`
+	Mode    string     `json:"mode"`
+	Bridge  string     `json:"bridge,omitempty"`
+	Subnet  string     `json:"subnet"`
+	Gateway netip.Addr `json:"gateway,omitzero"`
+	Used    uint64     `json:"used"`
+	Free    uint64     `json:"free"`
+}
+
+// PoolStatus (extension) is the use of an address pool.
+type PoolStatus struct {
+	CIDR string `json:"cidr"`
+	Used uint64 `json:"used"`
+	Free uint64 `json:"free"`
+}
+
+// AttachStatus (extension) is one attached container.
+type AttachStatus struct {
+	Handle   AttachHandle `json:"handle"`
+	Service  string       `json:"service"`
+	IP       netip.Addr   `json:"ip"`
+	GlobalIP netip.Addr   `json:"global_ip,omitzero"`
+	HostLink string       `json:"host_link,omitempty"`
+}
+
+// GuestStatus (extension) is one guest_managed attachment.
+type GuestStatus struct {
+	ID        string     `json:"id"`
+	Service   string     `json:"service,omitempty"`
+	IP        netip.Addr `json:"ip"`
+	PublicKey string     `json:"public_key"`
+}
+
+// ServicePeerSet (extension) lists the peers of one dedicated overlay.
+type ServicePeerSet struct {
+	Service string       `json:"service"`
+	Peers   []PeerStatus `json:"peers,omitempty"`
+}
+
+// DNSStatus (extension) describes the embedded DNS server.
+type DNSStatus struct {
+	Zone      string   `json:"zone"`
+	Listeners []string `json:"listeners,omitempty"`
+	Records   int      `json:"records"`
+	Upstreams []string `json:"upstreams,omitempty"`
+}
+
+// NATStatus (extension) describes NAT traversal.
+type NATStatus struct {
+	Enabled         bool     `json:"enabled"`
+	ReflexiveAddrs  []string `json:"reflexive_endpoints,omitempty"`
+	Behaviour       string   `json:"behaviour,omitempty"`
+	LastRefreshUnix int64    `json:"last_refresh_unix_secs,omitempty"`
+	LastError       string   `json:"last_error,omitempty"`
+	STUNServers     []string `json:"stun_servers,omitempty"`
+	Masquerade      bool     `json:"masquerade"`
+}
+
+// FirewallStatus (extension) describes our nftables table.
+type FirewallStatus struct {
+	Table      string `json:"table"`
+	Rules      int    `json:"rules"`
+	LastError  string `json:"last_error,omitempty"`
+	Masquerade bool   `json:"masquerade"`
+}
+
+func (OK) Result() string             { return "ok" }
+func (IP) Result() string             { return "ip" }
+func (Attached) Result() string       { return "attached" }
+func (GuestConfig) Result() string    { return "guest_config" }
+func (BridgeName) Result() string     { return "bridge_name" }
+func (StatusResult) Result() string   { return "status" }
+func (ServiceOverlay) Result() string { return "service_overlay" }
+func (Err) Result() string            { return "err" }
+func (HelloResult) Result() string    { return "hello" }
+
+var responseTypes = map[string]func() Response{
+	"ok":              func() Response { return &OK{} },
+	"ip":              func() Response { return &IP{} },
+	"attached":        func() Response { return &Attached{} },
+	"guest_config":    func() Response { return &GuestConfig{} },
+	"bridge_name":     func() Response { return &BridgeName{} },
+	"status":          func() Response { return &StatusResult{} },
+	"service_overlay": func() Response { return &ServiceOverlay{} },
+	"err":             func() Response { return &Err{} },
+	"hello":           func() Response { return &HelloResult{} },
+}
+
+// Event is an unsolicited notification from overlayd (tag "event").
+type Event interface {
+	// Name is the variant's wire tag.
+	Name() string
+}
+
+// PeerHealthChanged reports that a peer's handshake was seen or lost.
+type PeerHealthChanged struct {
+	Pubkey  string `json:"pubkey"`
+	Healthy bool   `json:"healthy"`
+}
+
+// NATEndpointChanged reports a peer's new endpoint (learned by WireGuard or
+// chosen among candidates).
+type NATEndpointChanged struct {
+	Pubkey   string `json:"pubkey"`
+	Endpoint string `json:"endpoint"`
+}
+
+func (PeerHealthChanged) Name() string  { return "peer_health_changed" }
+func (NATEndpointChanged) Name() string { return "nat_endpoint_changed" }
+
+var eventTypes = map[string]func() Event{
+	"peer_health_changed":  func() Event { return &PeerHealthChanged{} },
+	"nat_endpoint_changed": func() Event { return &NATEndpointChanged{} },
+}
