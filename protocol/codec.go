@@ -64,6 +64,20 @@ func (e *BadRequestError) Unwrap() error { return e.Err }
 // server closes such a connection.
 var ErrMalformed = errors.New("malformed frame")
 
+// RawRequest is a request object already encoded as JSON, sent verbatim. It
+// lets tools send requests this package cannot build (unknown ops, bad
+// fields) to exercise a server's error handling.
+type RawRequest []byte
+
+// Op reads the op out of the raw object ("" if there is none).
+func (r RawRequest) Op() string {
+	var head struct {
+		Op string `json:"op"`
+	}
+	_ = json.Unmarshal(r, &head)
+	return head.Op
+}
+
 // MarshalFrame encodes f exactly as the reference does: compact JSON, keys in
 // the reference's order, optional fields omitted.
 func MarshalFrame(f Frame) ([]byte, error) {
@@ -81,7 +95,9 @@ func AppendFrame(dst []byte, f Frame) ([]byte, error) {
 		b.WriteString(`{"frame":"request","id":`)
 		b.WriteString(strconv.FormatUint(f.ID, 10))
 		b.WriteString(`,"request":`)
-		if err := writeTagged(b, "op", f.Request.Op(), f.Request); err != nil {
+		if raw, ok := f.Request.(RawRequest); ok {
+			b.Write(raw)
+		} else if err := writeTagged(b, "op", f.Request.Op(), f.Request); err != nil {
 			return nil, err
 		}
 		b.WriteByte('}')

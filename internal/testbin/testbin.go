@@ -1,0 +1,59 @@
+// Package testbin builds the project's commands once per test process so
+// end-to-end tests run the real binaries, exactly as an operator would.
+package testbin
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"testing"
+)
+
+var (
+	once sync.Once
+	dir  string
+	err  error
+	out  []byte
+)
+
+// Build returns the path of the named command (e.g. "zlayer-overlayd")
+// built from this checkout. The directory is world-readable so tests can
+// run the binaries as other users.
+func Build(t testing.TB, name string) string {
+	t.Helper()
+	once.Do(func() {
+		dir, err = os.MkdirTemp("", "zlayer-testbin-")
+		if err != nil {
+			return
+		}
+		if err = os.Chmod(dir, 0o755); err != nil {
+			return
+		}
+		args := []string{"build", "-o", dir + string(filepath.Separator)}
+		if raceEnabled {
+			args = append(args, "-race")
+		}
+		args = append(args, "./cmd/...")
+		cmd := exec.Command("go", args...)
+		cmd.Dir = moduleRoot()
+		out, err = cmd.CombinedOutput()
+	})
+	if err != nil {
+		t.Fatalf("building commands: %v\n%s", err, out)
+	}
+	return filepath.Join(dir, name)
+}
+
+// Cleanup removes the binaries; call it from TestMain after m.Run.
+func Cleanup() {
+	if dir != "" {
+		os.RemoveAll(dir)
+	}
+}
+
+func moduleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
