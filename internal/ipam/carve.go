@@ -30,8 +30,9 @@ func CarveSubnet(slice netip.Prefix, bits int, taken []netip.Prefix, inUse func(
 		return netip.Prefix{}, false
 	}
 	is4 := slice.Addr().Is4()
+	blockers := spansOf(taken, is4)
 	return carveHighest(slice.Masked(), bits, func(first, last u128) (u128, bool) {
-		if low, ok := lowestTakenOverlap(taken, is4, first, last); ok {
+		if low, ok := blockers.lowestOverlapping(first, last); ok {
 			return low, true
 		}
 		if inUse != nil {
@@ -57,9 +58,11 @@ func (p *Pool) Carve(bits int, taken []netip.Prefix) (netip.Prefix, error) {
 	if err := checkSliceBits(p.prefix, bits); err != nil {
 		return netip.Prefix{}, err
 	}
+	blockers := spansOf(taken, p.is4)
 	sub, ok := carveHighest(p.prefix, bits, func(first, last u128) (u128, bool) {
-		low, blocked := lowestTakenOverlap(taken, p.is4, first, last)
-		for _, s := range [...]*spanSet{&p.alloc, &p.reserved, &p.excl} {
+		var low u128
+		blocked := false
+		for _, s := range [...]*spanSet{&blockers, &p.alloc, &p.reserved, &p.excl} {
 			if x, ok := s.lowestOverlapping(first, last); ok && (!blocked || x.less(low)) {
 				low, blocked = x, true
 			}
@@ -73,26 +76,6 @@ func (p *Pool) Carve(bits int, taken []netip.Prefix) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return sub, nil
-}
-
-// lowestTakenOverlap returns the lowest first address among the prefixes of
-// taken that intersect [first, last].
-func lowestTakenOverlap(taken []netip.Prefix, is4 bool, first, last u128) (u128, bool) {
-	var low u128
-	found := false
-	for _, t := range taken {
-		if !t.IsValid() || t.Addr().Is4() != is4 {
-			continue
-		}
-		tf, tl := prefixRange(t)
-		if last.less(tf) || tl.less(first) {
-			continue
-		}
-		if !found || tf.less(low) {
-			low, found = tf, true
-		}
-	}
-	return low, found
 }
 
 // carveHighest walks the aligned blocks of length bits in parent from the top

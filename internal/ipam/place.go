@@ -47,9 +47,10 @@ func PlaceServiceSubnet(cluster netip.Prefix, bits int, service, node string, ta
 }
 
 // place probes slices start, start+1, ... (mod n). When a slice overlaps a
-// taken prefix it jumps straight past the end of that prefix: every slice in
-// between overlaps it as well, so the result is what one-by-one probing would
-// give, in a number of steps bounded by len(taken) rather than by n.
+// taken prefix it jumps straight past the end of the merged run of taken
+// prefixes: every slice in between overlaps it as well, so the result is what
+// one-by-one probing would give, in at most about 2*len(taken) steps of
+// O(log len(taken)) instead of up to n.
 func place(cluster netip.Prefix, bits int, hash uint64, taken []netip.Prefix, what string) (netip.Prefix, error) {
 	if err := checkSliceBits(cluster, bits); err != nil {
 		return netip.Prefix{}, err
@@ -60,12 +61,14 @@ func place(cluster netip.Prefix, bits int, hash uint64, taken []netip.Prefix, wh
 	hostMask := lowMask(uint(maxBits(cluster) - bits))
 	_, clusterLast := prefixRange(cluster)
 
+	blockers := spansOf(taken, is4)
+
 	idx := hash % n
 	remaining := n
 	for {
 		cand := sliceAt(cluster, bits, idx)
 		cf := u128FromAddr(cand.Addr())
-		end, blocked := highestTakenOverlap(taken, is4, cf, cf.or(hostMask))
+		end, blocked := blockers.highestOverlapping(cf, cf.or(hostMask))
 		if !blocked {
 			return cand, nil
 		}
@@ -89,24 +92,4 @@ func place(cluster netip.Prefix, bits int, hash uint64, taken []netip.Prefix, wh
 			idx = 0
 		}
 	}
-}
-
-// highestTakenOverlap returns the highest last address among the prefixes of
-// taken that intersect [first, last].
-func highestTakenOverlap(taken []netip.Prefix, is4 bool, first, last u128) (u128, bool) {
-	var high u128
-	found := false
-	for _, t := range taken {
-		if !t.IsValid() || t.Addr().Is4() != is4 {
-			continue
-		}
-		tf, tl := prefixRange(t)
-		if last.less(tf) || tl.less(first) {
-			continue
-		}
-		if !found || high.less(tl) {
-			high, found = tl, true
-		}
-	}
-	return high, found
 }

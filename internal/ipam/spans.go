@@ -1,6 +1,7 @@
 package ipam
 
 import (
+	"net/netip"
 	"slices"
 	"sort"
 )
@@ -135,4 +136,42 @@ func (s *spanSet) each(yield func(u128) bool) {
 			}
 		}
 	}
+}
+
+// spansOf returns the union of the prefixes of one family as a spanSet,
+// ignoring invalid prefixes and prefixes of the other family. Sorting first
+// makes it O(n log n) however the prefixes are ordered.
+func spansOf(prefixes []netip.Prefix, is4 bool) spanSet {
+	var raw []span
+	for _, p := range prefixes {
+		if p.IsValid() && p.Addr().Is4() == is4 {
+			f, l := prefixRange(p)
+			raw = append(raw, span{f, l})
+		}
+	}
+	slices.SortFunc(raw, func(a, b span) int { return a.first.cmp(b.first) })
+	var s spanSet
+	for _, sp := range raw {
+		if n := len(s.spans); n > 0 {
+			top := &s.spans[n-1]
+			if !top.last.less(sp.first) || (top.last != u128Max && top.last.inc() == sp.first) {
+				if top.last.less(sp.last) {
+					top.last = sp.last
+				}
+				continue
+			}
+		}
+		s.spans = append(s.spans, sp)
+	}
+	return s
+}
+
+// highestOverlapping returns the last address of the highest span that
+// intersects [first, last].
+func (s *spanSet) highestOverlapping(first, last u128) (u128, bool) {
+	i := sort.Search(len(s.spans), func(k int) bool { return last.less(s.spans[k].first) })
+	if i > 0 && !s.spans[i-1].last.less(first) {
+		return s.spans[i-1].last, true
+	}
+	return u128{}, false
 }
