@@ -1,6 +1,8 @@
 package ipam
 
 import (
+	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -86,6 +88,16 @@ func TestSpanSetMatchesModel(t *testing.T) {
 			if got, ok := s.lowestOverlapping(at(lo), at(hi)); ok != foundLow || got != wantLow {
 				t.Fatalf("step %d: lowestOverlapping = %v,%v want %v,%v", step, got, ok, wantLow, foundLow)
 			}
+			var wantHigh u128
+			foundHigh := false
+			for _, sp := range s.spans {
+				if !sp.last.less(at(lo)) && !at(hi).less(sp.first) {
+					wantHigh, foundHigh = sp.last, true
+				}
+			}
+			if got, ok := s.highestOverlapping(at(lo), at(hi)); ok != foundHigh || got != wantHigh {
+				t.Fatalf("step %d: highestOverlapping = %v,%v want %v,%v", step, got, ok, wantHigh, foundHigh)
+			}
 		}
 	}
 }
@@ -98,5 +110,40 @@ func TestSpanSetCountSaturates(t *testing.T) {
 	}
 	if _, ok := s.nextFree(u128{}); ok {
 		t.Error("nextFree in a full space reported a free address")
+	}
+}
+
+// TestSpansOfMatchesAdd checks the sort-and-merge construction against
+// inserting the same prefixes one at a time, with prefixes of both families,
+// invalid ones, duplicates, nested and adjacent ones.
+func TestSpansOfMatchesAdd(t *testing.T) {
+	r := newRand(t)
+	for range 500 {
+		var prefixes []netip.Prefix
+		var want spanSet
+		for range r.IntN(20) {
+			var p netip.Prefix
+			switch r.IntN(10) {
+			case 0:
+				p = netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 15: byte(r.IntN(256))}), 120+r.IntN(9))
+			case 1:
+				p = netip.Prefix{}
+			default:
+				p = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 200, 3, byte(r.IntN(256))}), 24+r.IntN(9)).Masked()
+			}
+			prefixes = append(prefixes, p)
+			if p.IsValid() && p.Addr().Is4() {
+				want.add(prefixRange(p))
+			}
+		}
+		got := spansOf(prefixes, true)
+		checkSpans(t, &got)
+		if !slices.Equal(got.spans, want.spans) {
+			t.Fatalf("spansOf(%v) = %v, want %v", prefixes, got.spans, want.spans)
+		}
+	}
+	top := spansOf([]netip.Prefix{netip.MustParsePrefix("ffff::/16"), netip.MustParsePrefix("fffe::/16")}, false)
+	if len(top.spans) != 1 || top.spans[0].last != u128Max {
+		t.Errorf("adjacent prefixes at the top of the space: %v", top.spans)
 	}
 }
