@@ -1,0 +1,125 @@
+package store
+
+// The records below are the daemon's desired state. Each is stored as one JSON value under
+// one key; the JSON field names are part of the on-disk format, so they are snake_case and
+// must never be renamed within a schema version (rename = new SchemaVersion + migration).
+// Adding a field is compatible: older binaries ignore fields they do not know.
+
+// Node is this node's own identity. Exactly one exists; Open creates it in a new file.
+type Node struct {
+	// Identity is random 128-bit hex generated once when the file is created. It never
+	// changes (PutNode refuses to change it), so it identifies the node across restarts.
+	Identity string `json:"identity"`
+	// NodeID is the last value sent with set_local_node_id.
+	NodeID uint64 `json:"node_id"`
+	// ExpectedPubkey is the last base64 key sent with set_local_wg_pubkey; may be empty.
+	ExpectedPubkey string `json:"expected_pubkey"`
+	CreatedUnix    int64  `json:"created_unix"`
+}
+
+// Global is the cluster overlay. Its absence means no global overlay is set up.
+type Global struct {
+	Deployment  string `json:"deployment"`
+	InstanceID  string `json:"instance_id"`
+	ClusterCIDR string `json:"cluster_cidr"`
+	// SliceCIDR is the node's slice of ClusterCIDR in use.
+	SliceCIDR string `json:"slice_cidr"`
+	// SliceExplicit is true when the main daemon sent the slice, false when self-assigned.
+	SliceExplicit bool   `json:"slice_explicit"`
+	NodeIP        string `json:"node_ip"`
+	WGPort        uint16 `json:"wg_port"`
+	NATEnabled    bool   `json:"nat_enabled"`
+	Interface     string `json:"interface"`
+	// PrivateKey is base64. It lives only in this 0600 file.
+	PrivateKey string `json:"private_key"`
+	MTU        int    `json:"mtu"`
+}
+
+// Service is one per-service overlay network. Key: Name.
+type Service struct {
+	Name string `json:"name"`
+	// Mode is "shared" or "dedicated".
+	Mode   string `json:"mode"`
+	Subnet string `json:"subnet"`
+	// SubnetSource is "explicit", "slice" or "hash": how Subnet was chosen, so a restart
+	// re-derives nothing.
+	SubnetSource string `json:"subnet_source"`
+	Gateway      string `json:"gateway"`
+	Bridge       string `json:"bridge"`
+	// Interface is the dedicated WireGuard device, if any.
+	Interface  string `json:"interface"`
+	WGPort     uint16 `json:"wg_port"`
+	PrivateKey string `json:"private_key"`
+	OverlayIP  string `json:"overlay_ip"`
+}
+
+// Allocation is one address handed out from a pool. Key: Pool + "|" + Addr.
+type Allocation struct {
+	// Pool is "slice" or "service:<name>".
+	Pool string `json:"pool"`
+	Addr string `json:"addr"`
+	// Owner says who holds the address, e.g. "node", "gateway", "attach:linux_pid:4242",
+	// "api", "guest:vm-1".
+	Owner string `json:"owner"`
+}
+
+// Attachment is one container or guest attached to a service. Key: Key.
+type Attachment struct {
+	// Key is the handle string, e.g. "linux_pid:4242" or "guest_managed:vm-1".
+	Key      string `json:"key"`
+	Platform string `json:"platform"`
+	PID      uint32 `json:"pid"`
+	GuestID  string `json:"guest_id"`
+	Service  string `json:"service"`
+	IP       string `json:"ip"`
+	GlobalIP string `json:"global_ip"`
+	// HostLink is the host end of the container's eth0 veth.
+	HostLink string `json:"host_link"`
+	// HostLinkGlobal is the host end of the container's eth1 veth.
+	HostLinkGlobal string `json:"host_link_global"`
+	// NetnsInode and StartTime identify the process at attach time, so a recycled PID is
+	// never mistaken for the attached process: the inode of /proc/<pid>/ns/net and field
+	// 22 of /proc/<pid>/stat.
+	NetnsInode  uint64 `json:"netns_inode"`
+	StartTime   uint64 `json:"start_time"`
+	GuestPubkey string `json:"guest_pubkey"`
+	DNSServer   string `json:"dns_server"`
+	DNSDomain   string `json:"dns_domain"`
+	CreatedUnix int64  `json:"created_unix"`
+}
+
+// Peer is one WireGuard peer. Key: Scope + "|" + PublicKey.
+type Peer struct {
+	// Scope is "global" or "service:<name>".
+	Scope     string `json:"scope"`
+	PublicKey string `json:"public_key"`
+	// Endpoint is as requested; it may be a hostname:port.
+	Endpoint string `json:"endpoint"`
+	// AllowedIPs is a set; PutPeer stores it sorted and without duplicates.
+	AllowedIPs []string `json:"allowed_ips"`
+	Keepalive  uint64   `json:"keepalive"`
+	Candidates []string `json:"candidates"`
+	// LearnedEndpoint is an endpoint WireGuard learned by roaming or NAT traversal that
+	// we keep across restarts.
+	LearnedEndpoint string `json:"learned_endpoint"`
+	// Guest is true when a guest_managed attach registered the peer.
+	Guest bool `json:"guest"`
+}
+
+// DNSRecord is the address set of one name. Key: Name, lower-cased by PutDNS.
+type DNSRecord struct {
+	Name string `json:"name"`
+	// Addrs are kept in registration order.
+	Addrs []string `json:"addrs"`
+}
+
+// State is everything in the store, as loaded.
+type State struct {
+	Node        Node
+	Global      *Global
+	Services    map[string]Service
+	Allocations []Allocation
+	Attachments map[string]Attachment
+	Peers       []Peer
+	DNS         map[string]DNSRecord
+}
