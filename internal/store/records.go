@@ -15,6 +15,17 @@ type Node struct {
 	// ExpectedPubkey is the last base64 key sent with set_local_wg_pubkey; may be empty.
 	ExpectedPubkey string `json:"expected_pubkey"`
 	CreatedUnix    int64  `json:"created_unix"`
+	// PrivateKey is the node's WireGuard private key (base64), generated on the
+	// first setup_global_overlay and kept across teardowns so the node keeps the
+	// identity the cluster knows. It lives only in this 0600 file.
+	PrivateKey string `json:"private_key,omitempty"`
+	// ClusterCIDR and SliceCIDR are the node's slice assignment, kept across
+	// teardowns so a later setup gets the same slice (and node IP);
+	// SliceExplicit is true when the main daemon sent the slice, false when
+	// it was self-assigned from Identity.
+	ClusterCIDR   string `json:"cluster_cidr,omitempty"`
+	SliceCIDR     string `json:"slice_cidr,omitempty"`
+	SliceExplicit bool   `json:"slice_explicit,omitempty"`
 }
 
 // Global is the cluster overlay. Its absence means no global overlay is set up.
@@ -22,17 +33,11 @@ type Global struct {
 	Deployment  string `json:"deployment"`
 	InstanceID  string `json:"instance_id"`
 	ClusterCIDR string `json:"cluster_cidr"`
-	// SliceCIDR is the node's slice of ClusterCIDR in use.
-	SliceCIDR string `json:"slice_cidr"`
-	// SliceExplicit is true when the main daemon sent the slice, false when self-assigned.
-	SliceExplicit bool   `json:"slice_explicit"`
-	NodeIP        string `json:"node_ip"`
-	WGPort        uint16 `json:"wg_port"`
-	NATEnabled    bool   `json:"nat_enabled"`
-	Interface     string `json:"interface"`
-	// PrivateKey is base64. It lives only in this 0600 file.
-	PrivateKey string `json:"private_key"`
-	MTU        int    `json:"mtu"`
+	NodeIP      string `json:"node_ip"`
+	WGPort      uint16 `json:"wg_port"`
+	NATEnabled  bool   `json:"nat_enabled"`
+	Interface   string `json:"interface"`
+	MTU         int    `json:"mtu"`
 }
 
 // Service is one per-service overlay network. Key: Name.

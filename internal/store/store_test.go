@@ -141,21 +141,22 @@ func TestNodeIdentityIsPermanent(t *testing.T) {
 	err = s.Update(func(tx *Tx) error {
 		n := first
 		n.NodeID, n.ExpectedPubkey = 7, "cHVia2V5"
+		n.PrivateKey, n.ClusterCIDR, n.SliceCIDR, n.SliceExplicit = "cHJpdmF0ZWtleQ==", "10.200.0.0/16", "10.200.3.0/24", true
 		return tx.PutNode(n)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := mustLoad(t, s).Node; got.NodeID != 7 || got.ExpectedPubkey != "cHVia2V5" || got.Identity != first.Identity {
+	if got := mustLoad(t, s).Node; got.NodeID != 7 || got.ExpectedPubkey != "cHVia2V5" || got.Identity != first.Identity ||
+		got.PrivateKey != "cHJpdmF0ZWtleQ==" || got.SliceCIDR != "10.200.3.0/24" || !got.SliceExplicit || got.ClusterCIDR != "10.200.0.0/16" {
 		t.Fatalf("node after update = %+v", got)
 	}
 }
 
 func sampleRecords() (Global, Service, Allocation, Attachment, Peer, DNSRecord) {
 	g := Global{
-		Deployment: "prod", InstanceID: "i-1", ClusterCIDR: "10.200.0.0/16", SliceCIDR: "10.200.3.0/24",
-		SliceExplicit: true, NodeIP: "10.200.3.1", WGPort: 51820, NATEnabled: true, Interface: "zl-prod-g",
-		PrivateKey: "cHJpdmF0ZWtleXByaXZhdGVrZXlwcml2YXRla2V5MDA=", MTU: 1420,
+		Deployment: "prod", InstanceID: "i-1", ClusterCIDR: "10.200.0.0/16",
+		NodeIP: "10.200.3.1", WGPort: 51820, NATEnabled: true, Interface: "zl-prod-g", MTU: 1420,
 	}
 	svc := Service{
 		Name: "web", Mode: "dedicated", Subnet: "10.200.3.64/28", SubnetSource: "slice", Gateway: "10.200.3.65",
