@@ -22,6 +22,7 @@ const (
 	stepContainerLo      = "set container loopback up"
 	stepContainerDefault = "add container default route"
 	stepContainerRoute   = "add container route"
+	stepHostAlias        = "label host end"
 	stepHostMaster       = "attach host end to bridge"
 	stepHostUp           = "set host end up"
 	stepHostRoute        = "add host route"
@@ -199,6 +200,15 @@ func (a *attachment) build() error {
 		}
 	}
 
+	// The kernel ignores IFLA_IFALIAS when it creates a link, so the label
+	// takes a request of its own.
+	if spec.HostAlias != "" {
+		if err := a.step(stepHostAlias, spec.HostName, func() error {
+			return n.h.LinkSetAlias(a.host, spec.HostAlias)
+		}); err != nil {
+			return err
+		}
+	}
 	if spec.Bridge != "" {
 		if err := a.step(stepHostMaster, spec.HostName+" -> "+spec.Bridge, func() error {
 			return n.h.LinkSetMasterByIndex(a.host, a.bridgeIndex)

@@ -77,6 +77,7 @@ func TestAttachBridgeTwoContainers(t *testing.T) {
 	s1 := bridgedSpec(t, c1, "h1", br, "10.200.3.18/28", "10.200.3.17")
 	s2 := bridgedSpec(t, c2, "h2", br, "10.200.3.19/28", "10.200.3.17")
 	s2.PID, s2.NetnsPath = 0, "/run/netns/"+c2.ns // a pinned namespace instead of a pid
+	s1.HostAlias = "zlayer-overlayd:veth:test"
 	for _, s := range []AttachSpec{s1, s2} {
 		if err := n.Attach(s); err != nil {
 			t.Fatal(err)
@@ -89,8 +90,14 @@ func TestAttachBridgeTwoContainers(t *testing.T) {
 	c1.mustPing(t, "10.200.3.17")
 
 	links, err := n.Links(s1.HostName)
-	if err != nil || len(links) != 1 || links[0].PeerNetnsID < 0 || links[0].Master != br {
-		t.Errorf("Links(%s) = %+v, %v; want one veth port of %s with a known peer namespace id", s1.HostName, links, err, br)
+	if err != nil || len(links) != 1 || links[0].PeerNetnsID < 0 || links[0].Master != br || links[0].Alias != s1.HostAlias {
+		t.Errorf("Links(%s) = %+v, %v; want one veth port of %s with a known peer namespace id and alias %q", s1.HostName, links, err, br, s1.HostAlias)
+	}
+	if err := n.SetAlias(s2.HostName, "relabelled"); err != nil {
+		t.Fatal(err)
+	}
+	if links, err := n.Links(s2.HostName); err != nil || len(links) != 1 || links[0].Alias != "relabelled" {
+		t.Errorf("after SetAlias: %+v, %v", links, err)
 	}
 	for _, tc := range []struct {
 		pid    int
@@ -284,6 +291,7 @@ func TestAttachRollback(t *testing.T) {
 	c := newContainer(t, "c1")
 	bridged := bridgedSpec(t, c, "h1", br, "10.200.3.18/28", "10.200.3.17")
 	bridged.Routes = []ContainerRoute{{Dst: netip.MustParsePrefix("10.210.0.0/16"), Via: netip.MustParseAddr("10.200.3.17")}}
+	bridged.HostAlias = "zlayer-overlayd:veth:rollback"
 	routed := AttachSpec{
 		PID: c.pid, HostName: "zltl" + id + "g", IfName: "eth1", Addr: netip.MustParsePrefix("10.201.5.7/32"),
 		MTU: 1420, HostRoute: true, HostRouteSrc: netip.MustParseAddr("10.201.0.1"),
@@ -329,7 +337,7 @@ func TestAttachRollback(t *testing.T) {
 	}
 	n.afterStep = nil
 	for _, step := range []string{stepCreateVeth, stepContainerAddr, stepContainerUp, stepContainerLo,
-		stepContainerDefault, stepContainerRoute, stepHostMaster, stepHostUp, stepHostRoute} {
+		stepContainerDefault, stepContainerRoute, stepHostAlias, stepHostMaster, stepHostUp, stepHostRoute} {
 		if !seen[step] {
 			t.Errorf("no failure was injected at step %q", step)
 		}

@@ -127,10 +127,30 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 	if err := ensureAddrs(n.h, link, []netip.Prefix{spec.Gateway}); err != nil {
 		return fmt.Errorf("ensure bridge %s: %w", spec.Name, err)
 	}
+	if spec.Alias != "" && link.Attrs().Alias != spec.Alias {
+		if err := n.h.LinkSetAlias(link, spec.Alias); err != nil {
+			return fmt.Errorf("ensure bridge %s: set alias: %w", spec.Name, err)
+		}
+	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := n.h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("ensure bridge %s: set up: %w", spec.Name, err)
 		}
+	}
+	return nil
+}
+
+// SetAlias writes the link's IFLA_IFALIAS.
+func (n *Net) SetAlias(name, alias string) error {
+	link, err := mustLink(n.h, name)
+	if err != nil {
+		return fmt.Errorf("set alias of %s: %w", name, err)
+	}
+	if link.Attrs().Alias == alias {
+		return nil
+	}
+	if err := n.h.LinkSetAlias(link, alias); err != nil {
+		return fmt.Errorf("set alias of %s: %w", name, err)
 	}
 	return nil
 }
@@ -371,6 +391,7 @@ func (n *Net) Links(prefix string) ([]LinkInfo, error) {
 			Up:          a.Flags&net.FlagUp != 0,
 			MTU:         a.MTU,
 			PeerNetnsID: -1,
+			Alias:       a.Alias,
 		}
 		if info.Kind == "veth" && a.NetNsID >= 0 {
 			info.PeerNetnsID = a.NetNsID

@@ -20,6 +20,7 @@ func (n *Net) DeleteLink(string) error                         { return errPlatf
 func (n *Net) LinkExists(string) (bool, error)                 { return false, errPlatform }
 func (n *Net) SetUp(string) error                              { return errPlatform }
 func (n *Net) SetMTU(string, int) error                        { return errPlatform }
+func (n *Net) SetAlias(string, string) error                   { return errPlatform }
 func (n *Net) EnsureAddrs(string, []netip.Prefix) error        { return errPlatform }
 func (n *Net) EnsureRoute(Route) error                         { return errPlatform }
 func (n *Net) DeleteRoute(Route) error                         { return errPlatform }

@@ -17,6 +17,9 @@ type BridgeSpec struct {
 	Gateway netip.Prefix
 	// MTU of the bridge; 0 leaves the current (or kernel default) MTU alone.
 	MTU int
+	// Alias, if set, is written to the link's IFLA_IFALIAS: a label that marks
+	// who owns the link and survives our restarts.
+	Alias string
 }
 
 // Scope is the scope of a route.
@@ -80,6 +83,8 @@ type LinkInfo struct {
 	// PeerNetnsID is, for a veth, the namespace id (as seen from this namespace) of the
 	// namespace holding its peer; -1 if unknown or not applicable.
 	PeerNetnsID int
+	// Alias is the link's IFLA_IFALIAS ("" if none).
+	Alias string
 }
 
 // AttachSpec wires one interface into a container network namespace.
@@ -106,6 +111,8 @@ type AttachSpec struct {
 	Gateway netip.Addr
 	// Routes are extra routes inside the container, all via IfName.
 	Routes []ContainerRoute
+	// HostAlias, if set, is written to the host end's IFLA_IFALIAS.
+	HostAlias string
 }
 
 // ContainerRoute is a route inside a container, always via the attached interface.
