@@ -3,25 +3,27 @@ package firewall
 import (
 	"fmt"
 	"slices"
-
+	"strings"
 )
 
 // canonical renders a table's content as lines that are equal exactly when
 // two tables filter the same way: chains and sets sorted by name, rules in
-// chain order, set elements sorted. Counter values and the batch-local set
-// IDs are left out; everything else the kernel reports back is kept, so a
-// rule edited by hand (not just one deleted) counts as drift.
+// chain order, set elements sorted. Counter values and batch-local set IDs
+// are left out (see exprImage.canonical); everything else the kernel
+// reports back is kept, so a rule edited by hand, not just one deleted,
+// counts as drift.
 func canonical(rs ruleset) []string {
 	if !rs.present {
 		return nil
 	}
 	lines := []string{fmt.Sprintf("table %s flags=%d", rs.table.Name, rs.table.Flags)}
-	for _, s := range sortedSets(rs.sets) {
-		lines = append(lines, fmt.Sprintf("set %s key=%s/%d interval=%t constant=%t map=%t timeout=%t dynamic=%t concat=%t",
-			s.Name, s.KeyType.Name, s.KeyType.Bytes, s.Interval, s.Constant, s.IsMap, s.HasTimeout, s.Dynamic, s.Concatenation))
+	sets := slices.Clone(rs.sets)
+	slices.SortFunc(sets, func(a, b setImage) int { return strings.Compare(a.name, b.name) })
+	for _, s := range sets {
+		lines = append(lines, fmt.Sprintf("set %s flags=%#x key=%d/%d data=%d/%d", s.name, s.flags, s.keyType, s.keyLen, s.dataType, s.dataLen))
 		var elems []string
-		for _, e := range rs.elems[s.Name] {
-			elems = append(elems, fmt.Sprintf("  elem %x end=%t val=%x", e.Key, e.IntervalEnd, e.Val))
+		for _, e := range s.elems {
+			elems = append(elems, fmt.Sprintf("  elem %x flags=%#x data=%x", e.key, e.flags, e.data))
 		}
 		slices.Sort(elems)
 		lines = append(lines, elems...)
@@ -38,7 +40,7 @@ func canonical(rs ruleset) []string {
 			line += fmt.Sprintf(" policy=%d", *ch.Policy)
 		}
 		lines = append(lines, line)
-		for _, r := range rs.images[ch.Name] {
+		for _, r := range rs.rules[ch.Name] {
 			line := fmt.Sprintf("  rule userdata=%x", r.userdata)
 			for _, e := range r.exprs {
 				line += " " + e.canonical()

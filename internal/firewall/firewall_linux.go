@@ -9,14 +9,27 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
+
+// elementsPerMessage keeps one message's element list well under the
+// 64 KiB attribute limit: an IPv6 interval element encodes in about 40
+// bytes.
+const elementsPerMessage = 1024
+
+// batchBufferBytes is the send buffer forced on Apply's socket. The whole
+// batch goes out in one sendmsg, which the kernel refuses with EMSGSIZE when
+// it exceeds the buffer; the default (net.core.wmem_default, 208 KiB) fits
+// about 2000 services (bridge plus subnet each), 32 MiB well over 30000.
+// The buffer only bounds memory; it is not preallocated.
+const batchBufferBytes = 32 << 20
 
 // conn opens a netlink connection for one call. A lasting socket saves the
 // per-dump socket setup of the library's default mode; it is closed when
 // the call returns, so a Firewall holds no resources between calls.
 func (f *Firewall) conn() (*nftables.Conn, func(), error) {
-	opts := []nftables.ConnOption{nftables.AsLasting()}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(forceSendBuffer)}
 	if f.netnsFD != 0 {
 		opts = append(opts, nftables.WithNetNSFd(f.netnsFD))
 	}
@@ -25,6 +38,21 @@ func (f *Firewall) conn() (*nftables.Conn, func(), error) {
 		return nil, nil, describe("opening an nftables netlink socket", err)
 	}
 	return c, func() { _ = c.CloseLasting() }, nil
+}
+
+// forceSendBuffer raises the socket's send buffer past net.core.wmem_max,
+// which SO_SNDBUFFORCE allows with CAP_NET_ADMIN (needed for nftables
+// anyway). Without the capability the default buffer stays and only very
+// large batches fail, with an error that says so.
+func forceSendBuffer(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, batchBufferBytes)
+	})
+	return nil
 }
 
 // Apply atomically replaces our table with the content described by spec.
@@ -48,18 +76,30 @@ func (f *Firewall) Apply(spec Spec) error {
 	c.AddTable(rs.table)
 	c.DelTable(rs.table)
 	c.AddTable(rs.table)
-	for _, s := range rs.sets {
-		if err := c.AddSet(s, rs.elems[s.Name]); err != nil {
+	for _, s := range rs.nftSets {
+		// A netlink attribute holds at most 64 KiB and the library does
+		// not check: an oversized element list wraps its length and the
+		// kernel silently keeps a prefix of it (an interval set then ends
+		// in an open range). Element lists therefore go in chunks, each
+		// its own message within the same batch.
+		elems := rs.nftElems[s.Name]
+		first := elems[:min(len(elems), elementsPerMessage)]
+		if err := c.AddSet(s, first); err != nil {
 			return fmt.Errorf("firewall: encoding set %s of table inet %s: %w", s.Name, d.table, err)
+		}
+		for rest := elems[len(first):]; len(rest) > 0; {
+			n := min(len(rest), elementsPerMessage)
+			if err := c.SetAddElements(s, rest[:n]); err != nil {
+				return fmt.Errorf("firewall: encoding set %s of table inet %s: %w", s.Name, d.table, err)
+			}
+			rest = rest[n:]
 		}
 	}
 	for _, ch := range rs.chains {
 		c.AddChain(ch)
 	}
-	for _, ch := range rs.chains {
-		for _, r := range rs.rules[ch.Name] {
-			c.AddRule(r)
-		}
+	for _, r := range rs.nftRules {
+		c.AddRule(r)
 	}
 	if err := c.Flush(); err != nil {
 		return describe(fmt.Sprintf("replacing table inet %s (the previous table, if any, is unchanged)", d.table), err)
@@ -120,7 +160,7 @@ func (f *Firewall) Inspect(table string) (State, error) {
 		if ch.Policy != nil {
 			cs.Policy = policyName(*ch.Policy)
 		}
-		for _, r := range rs.images[ch.Name] {
+		for _, r := range rs.rules[ch.Name] {
 			rst := RuleState{Comment: r.comment()}
 			rst.Packets, rst.Bytes = r.counter()
 			cs.Rules = append(cs.Rules, rst)
@@ -128,9 +168,10 @@ func (f *Firewall) Inspect(table string) (State, error) {
 		st.Rules += len(cs.Rules)
 		st.Chains = append(st.Chains, cs)
 	}
-	for _, s := range sortedSets(rs.sets) {
-		st.Sets = append(st.Sets, SetState{Name: s.Name, Type: s.KeyType.Name, Elements: elementRanges(s.Interval, rs.elems[s.Name])})
+	for _, s := range rs.sets {
+		st.Sets = append(st.Sets, SetState{Name: s.name, Type: datatypeName(s.keyType), Elements: s.ranges()})
 	}
+	slices.SortFunc(st.Sets, func(a, b SetState) int { return strings.Compare(a.Name, b.Name) })
 	return st, nil
 }
 
@@ -230,23 +271,27 @@ func (f *Firewall) legacyTables() ([]string, error) {
 		}
 		return out, nil
 	}
+	if f.netnsFD == 0 {
+		// The caller's own thread: that is the namespace the other calls
+		// of this Firewall use.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		return read()
+	}
 	type result struct {
 		tables []string
 		err    error
 	}
 	ch := make(chan result, 1)
 	go func() {
+		// The thread stays locked when this goroutine ends, so the
+		// runtime retires it instead of reusing a thread that sits in
+		// another namespace.
 		runtime.LockOSThread()
-		if f.netnsFD == 0 {
-			defer runtime.UnlockOSThread()
-		} else if err := unix.Setns(f.netnsFD, unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked, so the runtime retires it rather
-			// than reuse a thread in an unknown namespace.
+		if err := unix.Setns(f.netnsFD, unix.CLONE_NEWNET); err != nil {
 			ch <- result{err: fmt.Errorf("firewall: entering the network namespace to read legacy iptables tables: %w", err)}
 			return
 		}
-		// A thread moved into another namespace also stays locked and
-		// dies with this goroutine.
 		tables, err := read()
 		ch <- result{tables, err}
 	}()
@@ -254,7 +299,7 @@ func (f *Firewall) legacyTables() ([]string, error) {
 	return r.tables, r.err
 }
 
-// readTable dumps our table's chains, rules, sets and elements. A missing
+// readTable reads our table's chains, rules, sets and elements. A missing
 // table gives a ruleset with present == false.
 func (f *Firewall) readTable(c *nftables.Conn, name string) (ruleset, error) {
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
@@ -265,38 +310,29 @@ func (f *Firewall) readTable(c *nftables.Conn, name string) (ruleset, error) {
 	if i < 0 {
 		return ruleset{}, nil
 	}
-	rs := ruleset{
-		present: true,
-		table:   tables[i],
-		elems:   map[string][]nftables.SetElement{},
-	}
+	rs := ruleset{present: true, table: tables[i]}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return ruleset{}, describe("listing the chains of table inet "+name, err)
 	}
 	for _, ch := range chains {
-		if ch.Table == nil || ch.Table.Name != name {
-			continue
+		if ch.Table != nil && ch.Table.Name == name {
+			rs.chains = append(rs.chains, ch)
 		}
-		rs.chains = append(rs.chains, ch)
 	}
-	if rs.images, err = f.dumpRules(name); err != nil {
+	d, err := f.dumper()
+	if err != nil {
 		return ruleset{}, err
 	}
-	sets, err := c.GetSets(rs.table)
-	if err != nil {
-		return ruleset{}, describe("listing the sets of table inet "+name, err)
+	defer d.Close()
+	if rs.rules, err = d.rules(name); err == nil {
+		rs.sets, err = d.sets(name)
 	}
-	for _, s := range sets {
-		if s.Anonymous {
-			continue // belongs to a rule and is rendered with it
-		}
-		rs.sets = append(rs.sets, s)
-		elems, err := c.GetSetElements(s)
-		if err != nil {
-			return ruleset{}, describe(fmt.Sprintf("listing the elements of set %s in table inet %s", s.Name, name), err)
-		}
-		rs.elems[s.Name] = elems
+	if errors.Is(err, errGone) {
+		return ruleset{}, nil // deleted while we were reading it
+	}
+	if err != nil {
+		return ruleset{}, err
 	}
 	return rs, nil
 }
@@ -310,7 +346,7 @@ func describe(action string, err error) error {
 	case errors.Is(err, unix.EPROTONOSUPPORT), errors.Is(err, unix.EAFNOSUPPORT):
 		return fmt.Errorf("firewall: %s: the kernel has no nf_tables support (CONFIG_NF_TABLES, CONFIG_NF_TABLES_INET): %w", action, err)
 	case errors.Is(err, unix.EMSGSIZE), errors.Is(err, unix.ENOBUFS):
-		return fmt.Errorf("firewall: %s: the netlink batch did not fit the socket buffer; raise net.core.wmem_max or reduce the number of bridges and prefixes: %w", action, err)
+		return fmt.Errorf("firewall: %s: the netlink batch is larger than the socket send buffer allows; reduce the number of bridges and prefixes (or aggregate subnets into fewer prefixes): %w", action, err)
 	}
 	return fmt.Errorf("firewall: %s: %w", action, err)
 }
@@ -321,10 +357,14 @@ func sortedChains(chains []*nftables.Chain) []*nftables.Chain {
 	return out
 }
 
-func sortedSets(sets []*nftables.Set) []*nftables.Set {
-	out := slices.Clone(sets)
-	slices.SortFunc(out, func(a, b *nftables.Set) int { return strings.Compare(a.Name, b.Name) })
-	return out
+// datatypeName names the set key types we use the way nft does.
+func datatypeName(magic uint32) string {
+	for _, t := range []nftables.SetDatatype{nftables.TypeIFName, nftables.TypeIPAddr, nftables.TypeIP6Addr} {
+		if t.GetNFTMagic() == magic {
+			return t.Name
+		}
+	}
+	return fmt.Sprintf("type%d", magic)
 }
 
 func familyName(f nftables.TableFamily) string {

@@ -425,6 +425,20 @@ func TestPackageFunctionsUseThreadNamespace(t *testing.T) {
 	if got := rulesByChain(ns.ruleset(t), DefaultTable); !maps.Equal(got, map[string]int{"postrouting": 2, "forward": 4, "mss_clamp": 2}) {
 		t.Fatalf("nft in the namespace sees rules %v", got)
 	}
+	// DetectForeign reads the same namespace, including the per-namespace
+	// legacy iptables list (the root namespace may have other tables).
+	var fr Foreign
+	_, legacyErr := ns.try("iptables-legacy", "-t", "mangle", "-S")
+	err = inNetNS(t, ns, func() (err error) {
+		fr, err = DetectForeign()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if legacyErr == nil && !slices.Equal(fr.LegacyIPTables, []string{"ip mangle"}) {
+		t.Errorf("DetectForeign in the namespace found legacy tables %q, want only \"ip mangle\"", fr.LegacyIPTables)
+	}
 	err = inNetNS(t, ns, func() error { return Delete("") })
 	if err != nil {
 		t.Fatal(err)

@@ -24,28 +24,30 @@ const (
 	chainClamp   = "mss_clamp"
 )
 
-// ruleset is a table's content in the library's types. build produces the
-// desired one and readTable the kernel's, so both go through the same
-// canonical rendering in Drifted.
+// ruleset is a table's content. build produces the desired one and
+// readTable the kernel's; both carry the same images (the netlink encoding
+// the kernel reports back), which Drifted compares.
 type ruleset struct {
 	present bool
 	table   *nftables.Table
-	sets    []*nftables.Set
-	elems   map[string][]nftables.SetElement // by set name
 	chains  []*nftables.Chain
-	rules   map[string][]*nftables.Rule // by chain name, in order; only in a built ruleset
-	images  map[string][]ruleImage      // by chain name, in order
+	sets    []setImage
+	rules   map[string][]ruleImage // by chain name, in chain order
+
+	// What Apply sends; only in a built ruleset.
+	nftSets  []*nftables.Set
+	nftElems map[string][]nftables.SetElement // by set name
+	nftRules []*nftables.Rule                 // chain by chain, in order
 }
 
 // build turns a normalized spec into the objects Apply installs.
 func build(d desired) (ruleset, error) {
 	t := &nftables.Table{Name: d.table, Family: nftables.TableFamilyINet}
 	rs := ruleset{
-		present: true,
-		table:   t,
-		elems:   map[string][]nftables.SetElement{},
-		rules:   map[string][]*nftables.Rule{},
-		images:  map[string][]ruleImage{},
+		present:  true,
+		table:    t,
+		rules:    map[string][]ruleImage{},
+		nftElems: map[string][]nftables.SetElement{},
 	}
 
 	// Set IDs only link lookups to sets created in the same batch. We
@@ -56,7 +58,7 @@ func build(d desired) (ruleset, error) {
 	addSet := func(name string, keyType nftables.SetDatatype, interval bool, elems []nftables.SetElement) {
 		s := &nftables.Set{
 			Table:    t,
-			ID:       uint32(len(rs.sets) + 1),
+			ID:       uint32(len(rs.nftSets) + 1),
 			Name:     name,
 			KeyType:  keyType,
 			Interval: interval,
@@ -66,8 +68,9 @@ func build(d desired) (ruleset, error) {
 			// key is in host byte order, as nft itself records it.
 			s.KeyByteOrder = binaryutil.NativeEndian
 		}
-		rs.sets = append(rs.sets, s)
-		rs.elems[name] = elems
+		rs.nftSets = append(rs.nftSets, s)
+		rs.nftElems[name] = elems
+		rs.sets = append(rs.sets, imageOfSet(s, elems))
 		sets[name] = s
 	}
 	addSet(setOverlay, nftables.TypeIFName, false, ifnameElements(d.overlay))
@@ -91,7 +94,7 @@ func build(d desired) (ruleset, error) {
 		for _, e := range exprs {
 			all = append(all, e...)
 		}
-		rs.rules[c.Name] = append(rs.rules[c.Name], &nftables.Rule{
+		rs.nftRules = append(rs.nftRules, &nftables.Rule{
 			Table:    t,
 			Chain:    c,
 			Exprs:    all,
@@ -145,14 +148,12 @@ func build(d desired) (ruleset, error) {
 		addRule(clamp, "clamp MSS leaving our devices", in(expr.MetaKeyOIFNAME, setClamp), tcpSyn(), counter, setMSSToRouteMTU())
 		addRule(clamp, "clamp MSS entering from our devices", in(expr.MetaKeyIIFNAME, setClamp), notIn(expr.MetaKeyOIFNAME, setClamp), tcpSyn(), counter, setMSSToRouteMTU())
 	}
-	for chain, rules := range rs.rules {
-		for _, r := range rules {
-			img, err := imageOf(t.Family, r)
-			if err != nil {
-				return ruleset{}, err
-			}
-			rs.images[chain] = append(rs.images[chain], img)
+	for _, r := range rs.nftRules {
+		img, err := imageOfRule(t.Family, r)
+		if err != nil {
+			return ruleset{}, err
 		}
+		rs.rules[r.Chain.Name] = append(rs.rules[r.Chain.Name], img)
 	}
 	return rs, nil
 }
@@ -255,15 +256,15 @@ func setMSSToRouteMTU() []expr.Any {
 	}
 }
 
-// elementRanges counts logical elements of a set as Inspect reports them:
-// ranges for interval sets (their start elements), entries otherwise.
-func elementRanges(interval bool, elems []nftables.SetElement) int {
-	if !interval {
-		return len(elems)
+// ranges counts logical elements of a set as Inspect reports them: ranges
+// for interval sets (their start elements), entries otherwise.
+func (s setImage) ranges() int {
+	if s.flags&unix.NFT_SET_INTERVAL == 0 {
+		return len(s.elems)
 	}
 	n := 0
-	for _, e := range elems {
-		if !e.IntervalEnd {
+	for _, e := range s.elems {
+		if e.flags&unix.NFT_SET_ELEM_INTERVAL_END == 0 {
 			n++
 		}
 	}
