@@ -19,8 +19,9 @@
 // leaves the previous table in place. This is also why repeated Apply calls
 // are idempotent and why stale rules from an earlier run cannot survive.
 //
-// Connections. Each call opens its own netlink socket and closes it before
-// returning, so calls are safe from any goroutine and need no shutdown.
+// Connections. Each call opens its own netlink sockets and closes them
+// before returning (no Conn is shared or cached), so calls are safe from
+// any goroutine and a Firewall needs no shutdown.
 // Concurrent Apply calls are each atomic; the last to commit wins. The
 // package-level functions act on the network namespace of the calling OS
 // thread (the daemon's host namespace, since Go threads all start there);

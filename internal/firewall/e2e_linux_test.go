@@ -10,8 +10,11 @@ import (
 	"net/netip"
 	"regexp"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // lab is three namespaces in a row:
@@ -206,13 +209,16 @@ EOF`)
 	}
 
 	for _, tc := range []struct {
-		clamp    bool
-		wantMSS  int
-		complete bool
-		limit    time.Duration
+		clamp     bool
+		clientMSS int // TCP_MAXSEG set on the client before connecting; 0 = from its MTU
+		wantMSS   int
+		complete  bool
+		limit     time.Duration
 	}{
 		{clamp: false, wantMSS: 1460, complete: false, limit: 5 * time.Second},
 		{clamp: true, wantMSS: 1280 - 40, complete: true, limit: 60 * time.Second},
+		// Clamping only ever lowers: a smaller MSS passes unchanged.
+		{clamp: true, clientMSS: 1000, wantMSS: 1000, complete: true, limit: 60 * time.Second},
 	} {
 		spec := l.spec
 		spec.Masquerade = true
@@ -221,17 +227,17 @@ EOF`)
 
 		capt := startCapture(t, l.internet, l.far, 1, true,
 			fmt.Sprintf("tcp dst port %d and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn", port))
-		err := upload(t, l.container, fmt.Sprintf("198.51.100.2:%d", port), payload, tc.limit)
+		err := upload(t, l.container, fmt.Sprintf("198.51.100.2:%d", port), tc.clientMSS, payload, tc.limit)
 		out := capt.wait(t, 10*time.Second)
 		m := synMSS.FindStringSubmatch(out)
 		if m == nil {
-			t.Fatalf("clamp %v: no SYN with an MSS option in the capture:\n%s", tc.clamp, out)
+			t.Fatalf("clamp %v, client MSS %d: no SYN with an MSS option in the capture:\n%s", tc.clamp, tc.clientMSS, out)
 		}
 		if mss, _ := strconv.Atoi(m[1]); mss != tc.wantMSS {
-			t.Errorf("clamp %v: SYN reached the far side with MSS %d, want %d", tc.clamp, mss, tc.wantMSS)
+			t.Errorf("clamp %v, client MSS %d: SYN reached the far side with MSS %d, want %d", tc.clamp, tc.clientMSS, mss, tc.wantMSS)
 		}
 		if tc.complete && err != nil {
-			t.Errorf("clamp on: 2 MB upload through the 1280-byte path failed: %v", err)
+			t.Errorf("clamp on, client MSS %d: 2 MB upload through the 1280-byte path failed: %v", tc.clientMSS, err)
 		}
 		if !tc.complete && err == nil {
 			t.Errorf("clamp off: 2 MB upload completed although the path hides its MTU; the test no longer proves clamping matters")
@@ -258,13 +264,24 @@ func serveDigests(ln net.Listener) {
 	}
 }
 
-// upload sends payload from a socket in ns and checks the server's digest,
+// upload sends payload from a socket in ns (advertising mss when it is
+// not zero) and checks the server's digest,
 // giving up after limit.
-func upload(t *testing.T, ns netNS, addr string, payload []byte, limit time.Duration) error {
+func upload(t *testing.T, ns netNS, addr string, mss int, payload []byte, limit time.Duration) error {
 	t.Helper()
+	dialer := net.Dialer{Timeout: 5 * time.Second}
+	if mss > 0 {
+		dialer.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_MAXSEG, mss) }); err != nil {
+				return err
+			}
+			return serr
+		}
+	}
 	var conn net.Conn
 	err := inNetNS(t, ns, func() (err error) {
-		conn, err = net.DialTimeout("tcp4", addr, 5*time.Second)
+		conn, err = dialer.Dial("tcp4", addr)
 		return err
 	})
 	if err != nil {

@@ -395,6 +395,71 @@ func TestConcurrentApplyLeavesOneTable(t *testing.T) {
 	}
 }
 
+// TestReadersNeverSeeAHalfBuiltTable lets nft read the ruleset while
+// Apply alternates between two specs: every snapshot must show exactly one
+// complete table, with the bridges of one spec or the other, never a
+// missing table, a partial rule list or a partly filled set.
+func TestReadersNeverSeeAHalfBuiltTable(t *testing.T) {
+	needRoot(t)
+	id := runID(t)
+	ns := newNetNS(t, "zltf-"+id+"-atm")
+	a, b := testSpec(id), testSpec(id)
+	for i := range 300 {
+		b.Bridges = append(b.Bridges, fmt.Sprintf("zl-%03d%s", i, id))
+	}
+	if err := ns.fw().Apply(a); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	applied := make(chan int)
+	go func() {
+		n := 0
+		defer func() { applied <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			spec := a
+			if n%2 == 0 {
+				spec = b
+			}
+			if err := ns.fw().Apply(spec); err != nil {
+				t.Errorf("Apply: %v", err)
+				return
+			}
+			n++
+		}
+	}()
+	seen := map[int]int{}
+	for range 40 {
+		objs := ns.ruleset(t)
+		if got := len(objs.of("table", "inet", DefaultTable)); got != 1 {
+			t.Errorf("snapshot has %d copies of our table", got)
+			continue
+		}
+		if got := rulesByChain(objs, DefaultTable); !maps.Equal(got, map[string]int{"postrouting": 2, "forward": 4, "mss_clamp": 2}) {
+			t.Errorf("snapshot has rules %v", got)
+		}
+		for _, set := range objs.of("set", "inet", DefaultTable) {
+			if set["name"] == "bridges" {
+				elems, _ := set["elem"].([]any)
+				seen[len(elems)]++
+			}
+		}
+	}
+	close(stop)
+	if n := <-applied; n < 2 {
+		t.Fatalf("only %d Applies ran while reading; the test proved nothing", n)
+	}
+	for size := range seen {
+		if size != len(a.Bridges) && size != len(b.Bridges) {
+			t.Errorf("a snapshot showed %d bridges; want %d or %d (seen: %v)", size, len(a.Bridges), len(b.Bridges), seen)
+		}
+	}
+}
+
 // TestPackageFunctionsUseThreadNamespace drives the package-level API from
 // a thread that has entered a test namespace, as the daemon does from the
 // host namespace.
