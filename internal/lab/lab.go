@@ -1,0 +1,250 @@
+// Package lab builds multi-node overlay test beds out of network namespaces
+// on one machine: an underlay "switch", nodes that each run a real
+// zlayer-overlayd process, and containers (processes in their own network
+// namespace). Privileged end-to-end tests and `make demo` use it.
+//
+// Every name a lab creates carries its random id, so concurrent labs (and
+// other tests) never collide, and everything is removed by Close, which is
+// registered as a cleanup when the lab is built.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+)
+
+// TB is the part of testing.TB a lab needs; the demo supplies its own.
+type TB interface {
+	Helper()
+	Logf(format string, args ...any)
+	Fatalf(format string, args ...any)
+	Cleanup(func())
+}
+
+// Options configure a lab.
+type Options struct {
+	// Daemon is the zlayer-overlayd binary every node runs.
+	Daemon string
+	// Underlay is the switch's subnet; node i gets host i+1 (default
+	// 172.31.0.0/24).
+	Underlay netip.Prefix
+	// DaemonArgs are added to every node's command line.
+	DaemonArgs []string
+	// KeepLogs copies the daemons' logs into the test log on Close even
+	// when the test passed.
+	KeepLogs bool
+}
+
+// Lab is one test bed.
+type Lab struct {
+	t    TB
+	opts Options
+	ID   string
+	dir  string
+
+	switchNS string
+
+	mu         sync.Mutex
+	nodes      []*Node
+	containers []*Container
+	nsList     []string
+	closed     bool
+}
+
+// Check reports why labs cannot run here, or nil.
+func Check() error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces, devices)")
+	}
+	for _, bin := range []string{"ip", "nsenter", "unshare", "mount"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			return fmt.Errorf("needs %s on PATH", bin)
+		}
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		return errors.New("needs /dev/net/tun")
+	}
+	return nil
+}
+
+// New builds the underlay switch of a lab.
+func New(t TB, opts Options) *Lab {
+	t.Helper()
+	if err := Check(); err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	if !opts.Underlay.IsValid() {
+		opts.Underlay = netip.MustParsePrefix("172.31.0.0/24")
+	}
+	var b [3]byte
+	rand.Read(b[:])
+	l := &Lab{t: t, opts: opts, ID: hex.EncodeToString(b[:])[:5]}
+	dir, err := os.MkdirTemp("", "zlab-"+l.ID+"-")
+	if err != nil {
+		t.Fatalf("lab: %v", err)
+	}
+	l.dir = dir
+	t.Cleanup(l.Close)
+	l.switchNS = l.nsName("sw")
+	l.addNS(l.switchNS)
+	l.must("ip", "-n", l.switchNS, "link", "add", "br0", "type", "bridge")
+	l.must("ip", "-n", l.switchNS, "link", "set", "br0", "up")
+	l.must("ip", "-n", l.switchNS, "link", "set", "lo", "up")
+	return l
+}
+
+// Dir is the lab's scratch directory.
+func (l *Lab) Dir() string { return l.dir }
+
+func (l *Lab) nsName(suffix string) string { return "zlt" + l.ID + "-" + suffix }
+
+// linkName is a root-namespace-unique interface name (≤ 15 bytes) for
+// links that are created in the root namespace and then moved.
+func (l *Lab) linkName(suffix string) string {
+	n := "zt" + l.ID + suffix
+	if len(n) > 15 {
+		n = n[:15]
+	}
+	return n
+}
+
+func (l *Lab) addNS(name string) {
+	l.must("ip", "netns", "add", name)
+	l.mu.Lock()
+	l.nsList = append(l.nsList, name)
+	l.mu.Unlock()
+}
+
+// must runs a setup command and fails the test when it fails.
+func (l *Lab) must(args ...string) string {
+	l.t.Helper()
+	out, err := run(args...)
+	if err != nil {
+		l.t.Fatalf("lab: %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+func run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput()
+	return string(out), err
+}
+
+// attachToSwitch wires namespace ns to the underlay switch with address
+// addr on interface ifname, returning the switch-side port name.
+func (l *Lab) attachToSwitch(ns, ifname string, addr netip.Prefix, tag string) {
+	l.t.Helper()
+	a, b := l.linkName(tag+"a"), l.linkName(tag+"b")
+	l.must("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+	l.must("ip", "link", "set", a, "netns", l.switchNS)
+	l.must("ip", "link", "set", b, "netns", ns)
+	l.must("ip", "-n", l.switchNS, "link", "set", a, "master", "br0", "up")
+	l.must("ip", "-n", ns, "link", "set", b, "name", ifname)
+	l.must("ip", "-n", ns, "addr", "add", addr.String(), "dev", ifname)
+	l.must("ip", "-n", ns, "link", "set", ifname, "up")
+	l.must("ip", "-n", ns, "link", "set", "lo", "up")
+}
+
+// underlayAddr is host number n of the underlay subnet, with its prefix.
+func (l *Lab) underlayAddr(n int) netip.Prefix {
+	a := l.opts.Underlay.Addr()
+	for range n {
+		a = a.Next()
+	}
+	return netip.PrefixFrom(a, l.opts.Underlay.Bits())
+}
+
+// Nodes returns the lab's nodes in creation order.
+func (l *Lab) Nodes() []*Node {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Node(nil), l.nodes...)
+}
+
+// Close stops every daemon and container and deletes every namespace,
+// link and file the lab made. It is safe to call more than once.
+func (l *Lab) Close() {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	nodes, containers, nsList := l.nodes, l.containers, l.nsList
+	l.mu.Unlock()
+	for _, c := range containers {
+		c.Kill()
+	}
+	for _, n := range nodes {
+		n.stop(true)
+		if n.logFile != nil {
+			n.logFile.Close()
+		}
+	}
+	if l.opts.KeepLogs || failed(l.t) {
+		for _, n := range nodes {
+			if b, err := os.ReadFile(n.LogPath()); err == nil {
+				l.t.Logf("=== daemon log of node %s ===\n%s", n.Name, b)
+			}
+		}
+	}
+	for i := len(nsList) - 1; i >= 0; i-- {
+		if out, err := run("ip", "netns", "delete", nsList[i]); err != nil {
+			l.t.Logf("lab cleanup: ip netns delete %s: %v %s", nsList[i], err, out)
+		}
+	}
+	// Links created in the root namespace and never moved (a failed
+	// setup) carry the lab id.
+	if out, err := run("ip", "-o", "link", "show"); err == nil {
+		for _, line := range strings.Split(out, "\n") {
+			f := strings.Fields(line)
+			if len(f) > 1 {
+				name := strings.TrimSuffix(strings.SplitN(f[1], "@", 2)[0], ":")
+				if strings.HasPrefix(name, "zt"+l.ID) {
+					run("ip", "link", "delete", name)
+				}
+			}
+		}
+	}
+	os.RemoveAll(l.dir)
+}
+
+func failed(t TB) bool {
+	if f, ok := t.(interface{ Failed() bool }); ok {
+		return f.Failed()
+	}
+	return false
+}
+
+// Eventually polls cond every 100 ms until it returns nil or timeout
+// passes, then fails with cond's last error.
+func Eventually(t TB, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for {
+		if err = cond(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %v: %v", what, timeout, err)
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// DataDir for a node inside the lab's directory.
+func (l *Lab) nodeDir(name string) string { return filepath.Join(l.dir, name) }
