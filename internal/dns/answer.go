@@ -213,7 +213,10 @@ func (s *Server) answerNode(q *query, rp *reply, snap *snapshot, n *node) {
 		if n.apex {
 			m.Answer = append(m.Answer, snap.auths[n.name].ns...)
 			if glue := snap.lookup("ns." + snap.origin); glue != nil {
-				m.Extra = append(append(m.Extra[:0:0], glue.a...), append(glue.aaaa, m.Extra...)...)
+				// A fresh slice: the node's record slices are shared and immutable.
+				extra := make([]dns.RR, 0, len(glue.a)+len(glue.aaaa)+len(m.Extra))
+				extra = append(append(append(extra, glue.a...), glue.aaaa...), m.Extra...)
+				m.Extra = extra
 			}
 		}
 	case dns.TypeANY:

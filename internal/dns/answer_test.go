@@ -476,3 +476,76 @@ func TestReplaceAndRecords(t *testing.T) {
 		t.Fatalf("Stats names=%d addresses=%d, want 2 and 3", st.Names, st.Addresses)
 	}
 }
+
+func TestEmptyNonTerminalsFollowTheirChildren(t *testing.T) {
+	s := newTestServer(t, Config{})
+	mustRegister(t, s, "db.backend", "10.1.0.9")
+	mustRegister(t, s, "cache.backend", "10.1.0.10")
+	if err := s.Unregister("db.backend"); err != nil {
+		t.Fatal(err)
+	}
+	if m := ask(t, s, "backend.prod.local.", dns.TypeA); m.Rcode != dns.RcodeSuccess {
+		t.Fatalf("backend with one child left: %s, want NODATA", dns.RcodeToString[m.Rcode])
+	}
+	if err := s.Unregister("cache.backend"); err != nil {
+		t.Fatal(err)
+	}
+	if m := ask(t, s, "backend.prod.local.", dns.TypeA); m.Rcode != dns.RcodeNameError {
+		t.Fatalf("backend with no child left: %s, want NXDOMAIN", dns.RcodeToString[m.Rcode])
+	}
+}
+
+func TestRegisteredNSOverridesListenerGlue(t *testing.T) {
+	s := newTestServer(t, Config{})
+	if err := s.SetListeners([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}); err != nil {
+		t.Fatal(err)
+	}
+	mustRegister(t, s, "ns", "10.1.0.53")
+	if got := answerAddrs(ask(t, s, "ns.prod.local.", dns.TypeA)); !slices.Equal(got, []string{"10.1.0.53"}) {
+		t.Fatalf("ns.prod.local = %v, want the registered address", got)
+	}
+	if err := s.Unregister("ns"); err != nil {
+		t.Fatal(err)
+	}
+	if got := answerAddrs(ask(t, s, "ns.prod.local.", dns.TypeA)); !slices.Equal(got, []string{"127.0.0.1"}) {
+		t.Fatalf("ns.prod.local after Unregister = %v, want the listener glue back", got)
+	}
+}
+
+// Readers never lock; under -race this proves the snapshot handover is
+// sound, and every answer is one of the states a writer published.
+func TestConcurrentQueriesAndChanges(t *testing.T) {
+	s := newTestServer(t, Config{})
+	a, b := netip.MustParseAddr("10.1.0.1"), netip.MustParseAddr("10.1.0.2")
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			switch i % 3 {
+			case 0:
+				s.Set("flip", a)
+			case 1:
+				s.Set("flip", b)
+			case 2:
+				s.Unregister("flip")
+			}
+		}
+	}()
+	for range 2000 {
+		m := ask(t, s, "flip.prod.local.", dns.TypeA)
+		got := answerAddrs(m)
+		ok := m.Rcode == dns.RcodeNameError && len(got) == 0 ||
+			m.Rcode == dns.RcodeSuccess && len(got) == 1 && (got[0] == a.String() || got[0] == b.String())
+		if !ok {
+			t.Fatalf("inconsistent answer: %s %v", dns.RcodeToString[m.Rcode], got)
+		}
+	}
+	close(stop)
+	<-done
+}

@@ -19,7 +19,7 @@ import (
 // copies one small map instead of the whole zone: registering the
 // 10,000th container stays cheap.
 
-const numShards = 64
+const numShards = 256
 
 // node is everything we hold at one owner name. Its record slices are
 // never modified after publication; only the round-robin counter moves.
@@ -105,6 +105,7 @@ type zoneState struct {
 	owners  map[netip.Addr][]string // address → relative names holding it, sorted
 	ptrs    map[string]netip.Addr   // PTR owner name → address
 	ents    map[string]int          // empty non-terminal → number of names below it
+	naddrs  int                     // name/address pairs, kept as names change
 	glue    []netip.Addr            // our listener addresses, the A/AAAA of ns.<zone>
 	reverse []reverseZone
 	apexes  map[string]bool // declared reverse zone apexes
@@ -148,6 +149,7 @@ func (z *zoneState) ptrApex(addr netip.Addr) string {
 // records every owner name whose node must be rebuilt in dirty.
 func (z *zoneState) setName(rel string, addrs []netip.Addr, dirty map[string]struct{}) {
 	old := z.names[rel]
+	z.naddrs += len(addrs) - len(old)
 	if len(addrs) == 0 {
 		delete(z.names, rel)
 	} else {
@@ -299,6 +301,10 @@ func (z *zoneState) rebuildAll() *snapshot {
 	z.serial++
 	z.ents = map[string]int{}
 	z.ptrs = map[string]netip.Addr{}
+	z.naddrs = 0
+	for _, a := range z.names {
+		z.naddrs += len(a)
+	}
 	names := map[string]struct{}{z.origin: {}, z.fqdn("ns"): {}}
 	for apex := range z.apexes {
 		names[apex] = struct{}{}
@@ -331,8 +337,5 @@ func (z *zoneState) rebuildAll() *snapshot {
 }
 
 func (z *zoneState) count(s *snapshot) {
-	s.names, s.addrs = len(z.names), 0
-	for _, a := range z.names {
-		s.addrs += len(a)
-	}
+	s.names, s.addrs = len(z.names), z.naddrs
 }
