@@ -4,6 +4,7 @@ import (
 	"container/list"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -36,7 +37,12 @@ func newEntry(key string, m *dns.Msg, now time.Time) (*entry, error) {
 	m.Compress = true
 	wire, err := m.Pack()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("cannot re-encode the answer: %w", err)
+	}
+	// Records an upstream sent with empty or odd RDATA can unpack fine yet
+	// pack into bytes that no longer parse; never hand those to a client.
+	if err := new(dns.Msg).Unpack(wire); err != nil {
+		return nil, fmt.Errorf("the answer does not survive re-encoding: %w", err)
 	}
 	ttls, qlen, err := scanTTLs(wire)
 	if err != nil {

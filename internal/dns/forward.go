@@ -153,9 +153,15 @@ func (s *Server) exchange(q *query, key string) (*entry, error) {
 			errs = append(errs, err)
 			continue
 		}
-		s.preferred.Store(uint32(idx))
 		tidyAnswer(resp, q.edns)
-		return newEntry(key, resp, s.now())
+		e, err := newEntry(key, resp, s.now())
+		if err != nil {
+			s.stats.upstreamErrors.Add(1)
+			errs = append(errs, fmt.Errorf("upstream %v: %w", up, err))
+			continue
+		}
+		s.preferred.Store(uint32(idx))
+		return e, nil
 	}
 	return nil, fmt.Errorf("all %d upstreams failed: %w", len(ups), errors.Join(errs...))
 }

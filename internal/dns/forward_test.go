@@ -403,3 +403,24 @@ func TestForwardIgnoresMismatchedDatagrams(t *testing.T) {
 		t.Fatalf("answer %v; want the datagram that matches our ID and question", got)
 	}
 }
+
+// An upstream answer with a zero-length SOA unpacks, but miekg/dns would
+// re-encode it into bytes no client can parse (found by FuzzUpstreamAnswer):
+// such an answer counts as a failed upstream.
+func TestUpstreamAnswerThatCannotBeReencodedIsAFailure(t *testing.T) {
+	odd := newStub(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetRcode(r, dns.RcodeNameError)
+		m.Ns = []dns.RR{&dns.RFC3597{Hdr: dns.RR_Header{Name: "example.org.", Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: 60}}}
+		w.WriteMsg(m)
+	})
+	good := newStub(t, answerWith("192.0.2.12", 60))
+	s := newTestServer(t, Config{Upstreams: []netip.AddrPort{odd.addr, good.addr}})
+	if got := answerAddrs(ask(t, s, "odd.example.org.", dns.TypeA)); len(got) != 1 || got[0] != "192.0.2.12" {
+		t.Fatalf("answer %v; want the next upstream's", got)
+	}
+	only := newTestServer(t, Config{Upstreams: []netip.AddrPort{odd.addr}})
+	if m := ask(t, only, "odd.example.org.", dns.TypeA); m.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("rcode %s; want SERVFAIL rather than a malformed answer", dns.RcodeToString[m.Rcode])
+	}
+}
