@@ -125,3 +125,32 @@ func TestCheckAdoptable(t *testing.T) {
 		})
 	}
 }
+
+// The kernel backend refuses a foreign link before it would try to create
+// anything, so this runs on kernels without WireGuard too.
+func TestKernelOpenRefusesForeignLinkAndKeepsIt(t *testing.T) {
+	requireRoot(t)
+	name := "zltw" + randHex(t, 6) + "kt"
+	run(t, "ip", "tuntap", "add", "mode", "tun", "name", name)
+	t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+	_, err := kernelBackend{}.Open(name, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), "not a wireguard device") || !strings.Contains(err.Error(), "refusing") {
+		t.Errorf("Open over a TUN: %v", err)
+	}
+	run(t, "ip", "link", "show", name) // still there
+}
+
+func TestKernelOpenWithoutKernelSupportLeavesNothing(t *testing.T) {
+	requireRoot(t)
+	if has, known := kernelHasWireGuard(t); has || !known {
+		t.Skip("this kernel has WireGuard (or cannot tell); the failure path is not reachable")
+	}
+	name := "zltw" + randHex(t, 6) + "kn"
+	_, err := kernelBackend{}.Open(name, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), `create kernel wireguard link "`+name+`"`) {
+		t.Errorf("Open: %v", err)
+	}
+	if out, err := exec.Command("ip", "link", "show", name).CombinedOutput(); err == nil {
+		t.Errorf("a link was left behind:\n%s", out)
+	}
+}

@@ -168,23 +168,7 @@ func udpAddrFromAddrPort(ap netip.AddrPort) *net.UDPAddr {
 // a non-zero errno is an error. Keys it does not know are skipped, as the
 // protocol asks of clients.
 func parseUAPIGet(text []byte) (*wgtypes.Device, error) {
-	dev := &wgtypes.Device{}
-	var (
-		peer   *wgtypes.Peer
-		hsSec  int64
-		hsNsec int64
-	)
-	finishPeer := func() {
-		if peer == nil {
-			return
-		}
-		if hsSec != 0 || hsNsec != 0 {
-			peer.LastHandshakeTime = time.Unix(hsSec, hsNsec)
-		}
-		dev.Peers = append(dev.Peers, *peer)
-		peer, hsSec, hsNsec = nil, 0, 0
-	}
-
+	p := uapiParser{dev: &wgtypes.Device{}}
 	lineNo := 0
 	for line := range bytes.Lines(text) {
 		lineNo++
@@ -196,44 +180,65 @@ func parseUAPIGet(text []byte) (*wgtypes.Device, error) {
 		if !ok {
 			return nil, fmt.Errorf("wireguard UAPI reply line %d %s has no '='", lineNo, quoteTruncated(string(line)))
 		}
-		key := string(k)
-		err := func() error {
-			if key == "errno" {
-				n, err := strconv.ParseInt(string(v), 10, 64)
-				if err != nil {
-					return err
-				}
-				if n != 0 {
-					return fmt.Errorf("wireguard reported errno %d", n)
-				}
-				return nil
-			}
-			if key == "public_key" {
-				finishPeer()
-				peer = &wgtypes.Peer{}
-				return parseHexKey(v, &peer.PublicKey)
-			}
-			if peer == nil {
-				return parseDeviceLine(dev, key, v)
-			}
-			return parsePeerLine(peer, &hsSec, &hsNsec, key, v)
-		}()
+		done, err := p.line(k, v)
 		if err != nil {
-			return nil, fmt.Errorf("wireguard UAPI reply line %d (%s): %w", lineNo, key, err)
+			return nil, fmt.Errorf("wireguard UAPI reply line %d (%s): %w", lineNo, k, err)
 		}
-		if key == "errno" {
+		if done {
 			break
 		}
 	}
-	finishPeer()
-	if !isZeroKey(dev.PrivateKey) {
-		dev.PublicKey = dev.PrivateKey.PublicKey()
+	p.finishPeer()
+	if !isZeroKey(p.dev.PrivateKey) {
+		p.dev.PublicKey = p.dev.PrivateKey.PublicKey()
 	}
-	return dev, nil
+	return p.dev, nil
 }
 
-func parseDeviceLine(dev *wgtypes.Device, key string, v []byte) error {
-	switch key {
+type uapiParser struct {
+	dev    *wgtypes.Device
+	peer   *wgtypes.Peer // the peer whose lines are being read, if any
+	hsSec  int64
+	hsNsec int64
+}
+
+// line applies one key=value line; done reports the errno line that ends
+// a socket reply.
+func (p *uapiParser) line(k, v []byte) (done bool, err error) {
+	switch string(k) {
+	case "errno":
+		n, err := strconv.ParseInt(string(v), 10, 64)
+		if err != nil {
+			return true, err
+		}
+		if n != 0 {
+			return true, fmt.Errorf("wireguard reported errno %d", n)
+		}
+		return true, nil
+	case "public_key":
+		p.finishPeer()
+		p.peer = &wgtypes.Peer{}
+		return false, parseHexKey(v, &p.peer.PublicKey)
+	}
+	if p.peer == nil {
+		return false, parseDeviceLine(p.dev, k, v)
+	}
+	return false, parsePeerLine(p.peer, &p.hsSec, &p.hsNsec, k, v)
+}
+
+func (p *uapiParser) finishPeer() {
+	if p.peer == nil {
+		return
+	}
+	if p.hsSec != 0 || p.hsNsec != 0 {
+		p.peer.LastHandshakeTime = time.Unix(p.hsSec, p.hsNsec)
+	}
+	p.dev.Peers = append(p.dev.Peers, *p.peer)
+	p.peer, p.hsSec, p.hsNsec = nil, 0, 0
+}
+
+func parseDeviceLine(dev *wgtypes.Device, key, v []byte) error {
+	switch string(key) {
 	case "private_key":
 		return parseHexKey(v, &dev.PrivateKey)
 	case "listen_port":
@@ -248,8 +253,8 @@ func parseDeviceLine(dev *wgtypes.Device, key string, v []byte) error {
 	return nil
 }
 
-func parsePeerLine(p *wgtypes.Peer, hsSec, hsNsec *int64, key string, v []byte) error {
-	switch key {
+func parsePeerLine(p *wgtypes.Peer, hsSec, hsNsec *int64, key, v []byte) error {
+	switch string(key) {
 	case "preshared_key":
 		return parseHexKey(v, &p.PresharedKey)
 	case "protocol_version":

@@ -5,7 +5,6 @@ package wg
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -213,8 +212,10 @@ func (d *userspaceDevice) Close() error {
 	d.close.Do(func() {
 		d.closed.Store(true)
 		if d.closeListener != nil {
-			if err := d.closeListener(); err != nil && !errors.Is(err, net.ErrClosed) {
-				d.log.Warn("closing the UAPI socket failed", "err", err)
+			// ipc's listener can report a harmless race between its own
+			// deletion watcher and Close; the socket is closed either way.
+			if err := d.closeListener(); err != nil {
+				d.log.Debug("closing the UAPI socket reported an error", "err", err)
 			}
 			<-d.uapiDone
 			d.connsMu.Lock()

@@ -5,9 +5,11 @@
 // on a TUN device for kernels without WireGuard (and for darwin and windows).
 //
 // The package never assigns addresses or routes and never sets a link up: the
-// caller does that through its own network package. A userspace device starts
-// moving packets as soon as its link is up, because wireguard-go follows the
-// TUN's operational state.
+// caller does that through its own network package, after Open. A userspace
+// device is already running when Open returns (its UDP socket is open and
+// peers handshake as soon as they are configured); tunnel packets flow once
+// the caller has set the link up, because the kernel routes nothing through
+// a link that is down.
 //
 // Userspace devices publish the standard UAPI socket
 // (/var/run/wireguard/NAME.sock, or a named pipe on windows) so that wg(8)
@@ -52,7 +54,9 @@ type Backend interface {
 	// Kind is KindKernel or KindUserspace.
 	Kind() string
 	// Open creates the device, or adopts an existing device of ours with
-	// that name. The caller must assign addresses and set the link up.
+	// that name; it never touches a link that is not ours. The caller must
+	// assign addresses and set the link up. On darwin the kernel numbers
+	// utun devices: pass "utun" and read Device.Name.
 	Open(name string, opts Options) (Device, error)
 }
 
@@ -80,6 +84,7 @@ type Device interface {
 	// wgctrl replace it keeps the sessions of peers that stay; an endpoint
 	// that is not given is kept, because WireGuard cannot clear one.
 	// A ListenPort equal to the current one does not rebind the socket.
+	// The whole cfg is validated first: an invalid one changes nothing.
 	Configure(cfg wgtypes.Config) error
 	// Snapshot returns the device and its peers as WireGuard reports them
 	// now: the endpoint in use (learned by roaming), last handshake as an
@@ -88,6 +93,7 @@ type Device interface {
 	Snapshot() (*wgtypes.Device, error)
 	// Close tears the device down: the link, the UAPI socket and every
 	// goroutine of the device are gone when it returns. It is idempotent.
+	// A kernel device that should survive a restart is simply not closed.
 	Close() error
 }
 
