@@ -395,3 +395,25 @@ func BenchmarkParseUAPIGet1000Peers(b *testing.B) {
 		}
 	}
 }
+
+func BenchmarkEncodeUAPISet1000Peers(b *testing.B) {
+	ka := 25 * time.Second
+	peers := make([]wgtypes.PeerConfig, 1000)
+	for i := range peers {
+		var k wgtypes.Key
+		k[0], k[1] = byte(i>>8), byte(i)
+		peers[i] = wgtypes.PeerConfig{
+			PublicKey:                   k,
+			Endpoint:                    &net.UDPAddr{IP: net.IPv4(192, 0, 2, byte(i)), Port: 51820},
+			PersistentKeepaliveInterval: &ka,
+			ReplaceAllowedIPs:           true,
+			AllowedIPs:                  []net.IPNet{{IP: net.IPv4(10, 200, byte(i>>8), byte(i)).To4(), Mask: net.CIDRMask(32, 32)}},
+		}
+	}
+	cfg := wgtypes.Config{Peers: peers}
+	for b.Loop() {
+		if _, err := encodeUAPISet(cfg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
