@@ -1,0 +1,196 @@
+package wg
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// ownerAlias marks the kernel links this package created (IFLA_IFALIAS,
+// shown by "ip link"). Only a wireguard link carrying it is adopted or
+// deleted, so a link someone else made is never touched.
+const ownerAlias = "zlayer-overlayd"
+
+// probeKernel creates and deletes a uniquely named wireguard link: the only
+// reliable test, since the module may be built in, loadable or absent, and
+// /sys/module tells nothing about permission.
+func probeKernel() (Backend, error) {
+	var suffix [4]byte
+	rand.Read(suffix[:])
+	la := netlink.NewLinkAttrs()
+	la.Name = "zlprobe" + hex.EncodeToString(suffix[:])
+	err := netlink.LinkAdd(&netlink.Wireguard{LinkAttrs: la})
+	switch {
+	case errors.Is(err, unix.EOPNOTSUPP):
+		return nil, errors.New("this kernel has no WireGuard support (creating a probe link of type wireguard failed: operation not supported)")
+	case errors.Is(err, unix.EPERM):
+		return nil, errors.New("creating a probe wireguard link was not permitted (kernel WireGuard needs CAP_NET_ADMIN)")
+	case err != nil:
+		return nil, fmt.Errorf("creating a probe wireguard link failed: %w", err)
+	}
+	if l, err := netlink.LinkByName(la.Name); err == nil {
+		netlink.LinkDel(l)
+	}
+	return kernelBackend{}, nil
+}
+
+type kernelBackend struct{}
+
+func (kernelBackend) Kind() string { return KindKernel }
+
+// Open creates a kernel wireguard link, or adopts one this package created
+// earlier (a kernel device survives our restart, peers, sessions and all).
+// Options.Bind does not apply: the kernel owns the UDP socket.
+func (kernelBackend) Open(name string, opts Options) (Device, error) {
+	if err := validateName(name); err != nil {
+		return nil, err
+	}
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger.With("device", name, "backend", KindKernel)
+
+	created := false
+	link, err := netlink.LinkByName(name)
+	switch {
+	case err == nil:
+		if err := checkAdoptable(link); err != nil {
+			return nil, err
+		}
+		if link.Attrs().MTU != opts.MTU {
+			if err := netlink.LinkSetMTU(link, opts.MTU); err != nil {
+				return nil, fmt.Errorf("set MTU %d on adopted wireguard link %q: %w", opts.MTU, name, err)
+			}
+		}
+	case errors.As(err, &netlink.LinkNotFoundError{}):
+		la := netlink.NewLinkAttrs()
+		la.Name = name
+		la.MTU = opts.MTU
+		if err := netlink.LinkAdd(&netlink.Wireguard{LinkAttrs: la}); err != nil {
+			return nil, fmt.Errorf("create kernel wireguard link %q: %w", name, err)
+		}
+		created = true
+		if link, err = netlink.LinkByName(name); err == nil {
+			err = netlink.LinkSetAlias(link, ownerAlias)
+		}
+		if err != nil {
+			netlink.LinkDel(&netlink.Wireguard{LinkAttrs: la})
+			return nil, fmt.Errorf("mark kernel wireguard link %q as ours: %w", name, err)
+		}
+	default:
+		return nil, fmt.Errorf("look up link %q: %w", name, err)
+	}
+
+	client, err := wgctrl.New()
+	if err != nil {
+		if created {
+			netlink.LinkDel(link)
+		}
+		return nil, fmt.Errorf("open wgctrl for kernel wireguard link %q: %w", name, err)
+	}
+	if created {
+		log.Info("wireguard device created", "mtu", opts.MTU)
+	} else {
+		log.Info("wireguard device adopted from a previous run", "mtu", opts.MTU)
+	}
+	return &kernelDevice{name: name, client: client, log: log}, nil
+}
+
+// checkAdoptable accepts an existing link only if it is a wireguard link
+// that this package created.
+func checkAdoptable(link netlink.Link) error {
+	name := link.Attrs().Name
+	if link.Type() != "wireguard" {
+		return fmt.Errorf("a %s link named %q already exists and is not a wireguard device; refusing to touch it (delete it or choose another name)", link.Type(), name)
+	}
+	if alias := link.Attrs().Alias; alias != ownerAlias {
+		return fmt.Errorf("a wireguard link named %q already exists but was not created by zlayer-overlayd (its alias is %q, not %q); refusing to adopt it (delete it or choose another name)", name, alias, ownerAlias)
+	}
+	return nil
+}
+
+type kernelDevice struct {
+	name   string
+	log    *slog.Logger
+	mu     sync.Mutex // serialises wgctrl use and read-plan-apply in Configure
+	client *wgctrl.Client
+	closed bool
+}
+
+func (d *kernelDevice) Name() string { return d.name }
+func (d *kernelDevice) Kind() string { return KindKernel }
+
+func (d *kernelDevice) Configure(cfg wgtypes.Config) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return fmt.Errorf("configure wireguard device %q: %w", d.name, net.ErrClosed)
+	}
+	// Validate with the same rules as the userspace backend, so that both
+	// reject the same configurations with the same messages.
+	if _, err := encodeUAPISet(cfg); err != nil {
+		return fmt.Errorf("configure wireguard device %q: %w", d.name, err)
+	}
+	if needsCurrent(cfg) {
+		cur, err := d.client.Device(d.name)
+		if err != nil {
+			return fmt.Errorf("configure wireguard device %q: %w", d.name, err)
+		}
+		cfg = planConfig(cfg, cur)
+	}
+	if err := d.client.ConfigureDevice(d.name, cfg); err != nil {
+		return fmt.Errorf("configure wireguard device %q: %w", d.name, err)
+	}
+	return nil
+}
+
+func (d *kernelDevice) Snapshot() (*wgtypes.Device, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, fmt.Errorf("read wireguard device %q: %w", d.name, net.ErrClosed)
+	}
+	dev, err := d.client.Device(d.name)
+	if err != nil {
+		return nil, fmt.Errorf("read wireguard device %q: %w", d.name, err)
+	}
+	sortPeers(dev.Peers)
+	return dev, nil
+}
+
+// Close deletes the link, but only while it is still the one we own.
+func (d *kernelDevice) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	d.client.Close()
+	link, err := netlink.LinkByName(d.name)
+	if errors.As(err, &netlink.LinkNotFoundError{}) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("look up wireguard link %q to delete it: %w", d.name, err)
+	}
+	if err := checkAdoptable(link); err != nil {
+		d.log.Warn("not deleting link: it is no longer ours", "err", err)
+		return nil
+	}
+	if err := netlink.LinkDel(link); err != nil {
+		return fmt.Errorf("delete wireguard link %q: %w", d.name, err)
+	}
+	d.log.Info("wireguard device closed")
+	return nil
+}

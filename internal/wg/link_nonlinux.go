@@ -1,0 +1,18 @@
+//go:build darwin || windows || freebsd || openbsd
+
+package wg
+
+import (
+	"fmt"
+	"net"
+)
+
+// checkLinkFree refuses a name that is already taken by an interface. For
+// the userspace backend no existing interface can be ours: its TUN dies
+// with the process that made it.
+func checkLinkFree(name string) error {
+	if _, err := net.InterfaceByName(name); err == nil {
+		return fmt.Errorf("an interface named %q already exists and is not ours; refusing to touch it (choose another name)", name)
+	}
+	return nil
+}
