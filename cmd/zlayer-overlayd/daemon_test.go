@@ -41,7 +41,9 @@ func startDaemon(t *testing.T, dataDir string, extra ...string) *daemon {
 	t.Helper()
 	bin := testbin.Build(t, "zlayer-overlayd")
 	d := &daemon{t: t, dataDir: dataDir, socket: filepath.Join(dataDir, "run", "zlayer-overlayd.sock"), stderr: &bytes.Buffer{}, exited: make(chan struct{})}
-	args := append([]string{"--data-dir", dataDir, "--log-level", "debug"}, extra...)
+	// No DNS port on the host's loopback: tests must not collide with a
+	// daemon the developer runs.
+	args := append([]string{"--data-dir", dataDir, "--log-level", "debug", "--dns-port", "0"}, extra...)
 	d.cmd = exec.Command(bin, args...)
 	d.cmd.Stderr = d.stderr
 	if err := d.cmd.Start(); err != nil {

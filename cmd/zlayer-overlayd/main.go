@@ -11,15 +11,19 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/dns"
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
 	"github.com/zlayer/zlayer-overlayd/internal/ipc"
 	"github.com/zlayer/zlayer-overlayd/internal/paths"
+	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/version"
 )
 
@@ -34,7 +38,29 @@ type options struct {
 	logFormat string
 	version   bool
 	service   bool
+
+	wireguard     string
+	mtu           int
+	slicePrefix   int
+	servicePrefix int
+	reconcile     time.Duration
+	health        time.Duration
+
+	dns          bool
+	dnsPort      uint
+	dnsZone      string
+	dnsUpstreams stringList
+	dnsTTL       uint
+
+	firewall   bool
+	masquerade bool
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
@@ -46,6 +72,19 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.service, "service", false, "run under the Windows Service Control Manager (ignored elsewhere)")
+	fs.StringVar(&o.wireguard, "wireguard", "auto", "WireGuard backend: auto (kernel when available), kernel or userspace (embedded wireguard-go)")
+	fs.IntVar(&o.mtu, "mtu", 1420, "MTU of the overlay devices, bridges and container links")
+	fs.IntVar(&o.slicePrefix, "slice-prefix", 0, "prefix length of a self-assigned node slice (default /28, /120 for IPv6)")
+	fs.IntVar(&o.servicePrefix, "service-prefix", 0, "prefix length of a service subnet the main daemon does not assign (default /28, /120 for IPv6)")
+	fs.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often the kernel is checked against the desired state")
+	fs.DurationVar(&o.health, "health-interval", 5*time.Second, "how often peers' handshakes are checked for health events")
+	fs.BoolVar(&o.dns, "dns", true, "serve the cluster zone (embedded DNS)")
+	fs.UintVar(&o.dnsPort, "dns-port", 15353, "port of the DNS listener on 127.0.0.1 (0: none); the node IP and bridge gateways listen on 53")
+	fs.StringVar(&o.dnsZone, "dns-zone", "", "cluster zone (default <deployment>.local, or the dns_domain the main daemon sends)")
+	fs.Var(&o.dnsUpstreams, "dns-upstream", "upstream resolver ip[:port] for names outside the zone (repeatable; default: the host's resolv.conf)")
+	fs.UintVar(&o.dnsTTL, "dns-ttl", 5, "TTL of the zone's records, in seconds")
+	fs.BoolVar(&o.firewall, "firewall", true, "keep our nftables table (forwarding between bridges and the overlay, MSS clamping)")
+	fs.BoolVar(&o.masquerade, "masquerade", true, "masquerade container traffic leaving the node for outside the cluster")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -57,6 +96,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.socket == "" {
 		o.socket = paths.DefaultSocket(o.dataDir)
+	}
+	if o.dnsPort > 65535 {
+		return o, fmt.Errorf("--dns-port %d is not a port", o.dnsPort)
+	}
+	if o.mtu < 1280 || o.mtu > 65535 {
+		return o, fmt.Errorf("--mtu %d: use 1280 to 65535", o.mtu)
 	}
 	return o, nil
 }
@@ -103,15 +148,46 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func serve(o options, log *slog.Logger) error {
-	srv := &ipc.Server{Log: log, QueueDepth: 64, EventQueue: 1024}
-	eng, err := engine.New(engine.Config{
-		Log:           log,
-		Publish:       srv.Broadcast,
-		EventsDropped: srv.EventsDropped,
-	})
+	st, err := store.Open(filepath.Join(o.dataDir, store.FileName), store.Options{Logger: log})
 	if err != nil {
 		return err
 	}
+	defer st.Close()
+
+	srv := &ipc.Server{Log: log, QueueDepth: 64, EventQueue: 1024}
+	cfg := engine.Config{
+		Store:             st,
+		Log:               log,
+		Publish:           srv.Broadcast,
+		EventsDropped:     srv.EventsDropped,
+		MTU:               o.mtu,
+		SliceBits:         o.slicePrefix,
+		ServiceBits:       o.servicePrefix,
+		ReconcileInterval: o.reconcile,
+		HealthInterval:    o.health,
+	}
+	closers, err := platformNetwork(&cfg, o, log)
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}()
+	if err != nil {
+		return err
+	}
+	if o.dns {
+		dcfg, closeDNS, err := newDNS(o, log)
+		if err != nil {
+			return err
+		}
+		defer closeDNS()
+		cfg.DNS, cfg.DNSPolicy = dcfg.cfg, dcfg.policy
+	}
+	eng, err := engine.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
 	srv.Handler = eng
 	policy := ipc.DefaultPolicy()
 	srv.Authorize = func(c net.Conn) error {
@@ -125,6 +201,15 @@ func serve(o options, log *slog.Logger) error {
 	ln, err := ipc.Listen(o.socket, log)
 	if err != nil {
 		return err
+	}
+	// Everything is put back before the first request is read: the main
+	// daemon never sees a half-restored overlay.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	err = eng.Start(ctx)
+	cancel()
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("restore state: %w", err)
 	}
 	log.Info("zlayer-overlayd serving", "version", version.Version, "socket", o.socket, "data_dir", o.dataDir, "pid", os.Getpid())
 
@@ -146,9 +231,9 @@ func serve(o options, log *slog.Logger) error {
 		return err
 	}
 	log.Info("stopping", "cause", cause)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(ctx); err != nil {
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if err := srv.Shutdown(sctx); err != nil {
 		log.Warn("connections did not finish in time", "err", err)
 	}
 	if err := <-served; err != nil {
@@ -156,4 +241,52 @@ func serve(o options, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+type dnsSetup struct {
+	cfg    *engine.DNSConfig
+	policy *engine.DNSPolicy
+}
+
+// newDNS builds the embedded DNS server: upstreams from the flags or the
+// host's resolv.conf (without them, names outside the zone get REFUSED).
+func newDNS(o options, log *slog.Logger) (dnsSetup, func(), error) {
+	var ups []netip.AddrPort
+	for _, u := range o.dnsUpstreams {
+		ap, err := netip.ParseAddrPort(u)
+		if err != nil {
+			a, aerr := netip.ParseAddr(u)
+			if aerr != nil {
+				return dnsSetup{}, nil, fmt.Errorf("--dns-upstream %q: want ip or ip:port", u)
+			}
+			ap = netip.AddrPortFrom(a, 53)
+		}
+		ups = append(ups, ap)
+	}
+	if len(ups) == 0 {
+		found, err := dns.UpstreamsFromResolvConf("", "")
+		if err != nil {
+			log.Warn("no upstream resolvers; names outside the cluster zone will be refused", "err", err)
+		}
+		ups = found
+	}
+	policy := engine.NewDNSPolicy()
+	zone := o.dnsZone
+	if zone == "" {
+		zone = "zlayer.local"
+	}
+	srv, err := dns.New(dns.Config{
+		Zone:           zone,
+		TTL:            uint32(o.dnsTTL),
+		Upstreams:      ups,
+		AllowRecursion: policy.AllowRecursion,
+		Logger:         log.With("component", "dns"),
+	})
+	if err != nil {
+		return dnsSetup{}, nil, fmt.Errorf("dns: %w", err)
+	}
+	return dnsSetup{
+		cfg:    &engine.DNSConfig{Server: srv, Zone: o.dnsZone, LoopbackPort: uint16(o.dnsPort), OverlayPort: 53},
+		policy: policy,
+	}, func() { srv.Close() }, nil
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 
 	"github.com/vishvananda/netlink"
@@ -113,7 +114,9 @@ func checkAdoptable(link netlink.Link) error {
 	if link.Type() != "wireguard" {
 		return fmt.Errorf("a %s link named %q already exists and is not a wireguard device; refusing to touch it (delete it or choose another name)", link.Type(), name)
 	}
-	if alias := link.Attrs().Alias; alias != ownerAlias {
+	// The engine refines the label to "zlayer-overlayd:<node>:..." after
+	// Open; either form is ours.
+	if alias := link.Attrs().Alias; alias != ownerAlias && !strings.HasPrefix(alias, ownerAlias+":") {
 		return fmt.Errorf("a wireguard link named %q already exists but was not created by zlayer-overlayd (its alias is %q, not %q); refusing to adopt it (delete it or choose another name)", name, alias, ownerAlias)
 	}
 	return nil

@@ -1,0 +1,38 @@
+package main
+
+import (
+	"log/slog"
+
+	"github.com/zlayer/zlayer-overlayd/internal/engine"
+	"github.com/zlayer/zlayer-overlayd/internal/firewall"
+	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
+	"github.com/zlayer/zlayer-overlayd/internal/wg"
+)
+
+// platformNetwork wires the Linux network stack into the engine config and
+// returns what must be closed at exit.
+func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(), error) {
+	var closers []func()
+	n, err := linuxnet.New()
+	if err != nil {
+		return closers, err
+	}
+	closers = append(closers, n.Close)
+	cfg.Net = n
+	cfg.EnableForwarding = linuxnet.EnableForwarding
+	backend, err := wg.NewBackend(o.wireguard, log)
+	if err != nil {
+		return closers, err
+	}
+	cfg.WG = backend
+	if o.firewall {
+		fw := &firewall.Firewall{}
+		cfg.Firewall = &engine.FirewallConfig{Firewall: fw, Masquerade: o.masquerade}
+		if foreign, err := fw.DetectForeign(); err == nil && foreign.Any() {
+			for _, h := range foreign.Hints() {
+				log.Warn("other firewall rules may affect overlay traffic", "hint", h)
+			}
+		}
+	}
+	return closers, nil
+}

@@ -1,0 +1,817 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
+	"github.com/zlayer/zlayer-overlayd/internal/store"
+	"github.com/zlayer/zlayer-overlayd/internal/wg"
+	"github.com/zlayer/zlayer-overlayd/protocol"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+func udpAddrOf(ap netip.AddrPort) *net.UDPAddr { return net.UDPAddrFromAddrPort(ap) }
+
+// harness is an engine on fakes, restartable over the same store and
+// "kernel" the way the daemon restarts over the same data dir and host.
+type harness struct {
+	t     *testing.T
+	dir   string
+	net   *fakeNet
+	wg    *fakeWG
+	procs *fakeProcs
+	st    *store.Store
+	e     *Engine
+
+	mu     sync.Mutex
+	events []protocol.Event
+}
+
+func newHarness(t *testing.T) *harness {
+	h := &harness{t: t, dir: t.TempDir(), net: newFakeNet(), procs: newFakeProcs()}
+	h.wg = newFakeWG(h.net)
+	h.start()
+	t.Cleanup(h.stop)
+	return h
+}
+
+func (h *harness) start() {
+	h.t.Helper()
+	st, err := store.Open(filepath.Join(h.dir, store.FileName), store.Options{NoSync: true})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.st = st
+	e, err := New(Config{
+		Store:             st,
+		Net:               h.net,
+		WG:                h.wg,
+		Procs:             h.procs,
+		Log:               slog.New(slog.NewTextHandler(testWriter{h.t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		ReconcileInterval: -1,
+		HealthInterval:    -1,
+		Publish: func(ev protocol.Event) {
+			h.mu.Lock()
+			h.events = append(h.events, ev)
+			h.mu.Unlock()
+		},
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if err := e.Start(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
+	h.e = e
+}
+
+func (h *harness) stop() {
+	if h.e != nil {
+		h.e.Close()
+		h.e = nil
+	}
+	if h.st != nil {
+		h.st.Close()
+		h.st = nil
+	}
+}
+
+// crash simulates SIGKILL and a restart: the process's devices vanish with
+// it (userspace WireGuard), links and the store stay.
+func (h *harness) crash() {
+	h.t.Helper()
+	h.e.bg.Wait()
+	h.wg.mu.Lock()
+	devs := make([]*fakeDevice, 0, len(h.wg.devs))
+	for _, d := range h.wg.devs {
+		devs = append(devs, d)
+	}
+	h.wg.mu.Unlock()
+	for _, d := range devs {
+		d.Close()
+	}
+	h.e = nil
+	h.st.Close()
+	h.st = nil
+	h.start()
+}
+
+func (h *harness) do(req protocol.Request) protocol.Response {
+	h.t.Helper()
+	return h.e.Handle(context.Background(), req)
+}
+
+func (h *harness) ok(req protocol.Request) protocol.Response {
+	h.t.Helper()
+	resp := h.do(req)
+	if e, bad := resp.(protocol.Err); bad {
+		h.t.Fatalf("%s: %s", req.Op(), e.Message)
+	}
+	return resp
+}
+
+func (h *harness) fails(req protocol.Request, want ...string) string {
+	h.t.Helper()
+	resp := h.do(req)
+	e, bad := resp.(protocol.Err)
+	if !bad {
+		h.t.Fatalf("%s: want an err, got %+v", req.Op(), resp)
+	}
+	for _, w := range want {
+		if !strings.Contains(e.Message, w) {
+			h.t.Fatalf("%s: err %q does not mention %q", req.Op(), e.Message, w)
+		}
+	}
+	return e.Message
+}
+
+func (h *harness) status() protocol.StatusSnapshot {
+	h.t.Helper()
+	return h.ok(protocol.Status{}).(protocol.StatusResult).StatusSnapshot
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+func globalReq(slice string) protocol.SetupGlobalOverlay {
+	return protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: "42", ClusterCIDR: "10.200.0.0/16", SliceCIDR: slice, WGPort: 51820}
+}
+
+func newKey(t *testing.T) wgtypes.Key {
+	k, err := wg.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey()
+}
+
+func TestGlobalOverlayWithExplicitSlice(t *testing.T) {
+	h := newHarness(t)
+	resp := h.ok(globalReq("10.200.3.0/24"))
+	if resp.(protocol.BridgeName).Name != "zl-prod-g" {
+		t.Fatalf("got %+v", resp)
+	}
+	s := h.status()
+	if s.NodeIP != netip.MustParseAddr("10.200.3.1") || s.SliceCIDR != "10.200.3.0/24" || s.OverlayCIDR != "10.200.0.0/16" || s.Interface != "zl-prod-g" {
+		t.Fatalf("status %+v", s)
+	}
+	dev := h.wg.device("zl-prod-g")
+	if dev == nil || dev.port != 51820 || dev.key.PublicKey().String() != s.PublicKey {
+		t.Fatalf("device %+v", dev)
+	}
+	if l := h.net.links["zl-prod-g"]; l == nil || !l.up || len(l.addrs) != 1 || l.addrs[0].String() != "10.200.3.1/16" {
+		t.Fatalf("device link %+v", l)
+	}
+	// Idempotent: same request, same device (not re-created), same key.
+	h.ok(globalReq("10.200.3.0/24"))
+	if h.wg.device("zl-prod-g") != dev || h.status().PublicKey != s.PublicKey {
+		t.Fatal("repeated setup re-created the device or changed the key")
+	}
+}
+
+func TestGlobalKeyAndSliceSurviveRestartAndTeardown(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq(""))
+	before := h.status()
+	h.crash()
+	after := h.status()
+	if after.PublicKey != before.PublicKey || after.NodeIP != before.NodeIP || after.SliceCIDR != before.SliceCIDR {
+		t.Fatalf("restart changed identity:\n%+v\n%+v", before, after)
+	}
+	if h.wg.device("zl-prod-g") == nil {
+		t.Fatal("device not restored at start")
+	}
+	h.ok(protocol.TeardownGlobalOverlay{})
+	if h.wg.device("zl-prod-g") != nil || h.net.links["zl-prod-g"] != nil {
+		t.Fatal("teardown left the device")
+	}
+	if s := h.status(); s.Interface != "" || s.NodeIP.IsValid() {
+		t.Fatalf("status after teardown %+v", s)
+	}
+	h.ok(protocol.TeardownGlobalOverlay{}) // idempotent
+	h.ok(globalReq(""))
+	if s := h.status(); s.PublicKey != before.PublicKey || s.NodeIP != before.NodeIP {
+		t.Fatal("a setup after teardown must keep the node's key and slice")
+	}
+}
+
+func TestSelfAssignedSliceIsNotTheSameOnEveryNode(t *testing.T) {
+	seen := map[netip.Addr]bool{}
+	for range 8 {
+		h := newHarness(t)
+		h.ok(globalReq(""))
+		s := h.status()
+		slice := netip.MustParsePrefix(s.SliceCIDR)
+		if slice.Bits() != 28 || !netip.MustParsePrefix("10.200.0.0/16").Contains(slice.Addr()) {
+			t.Fatalf("self-assigned slice %s", slice)
+		}
+		first, _ := netip.ParseAddr(slice.Addr().Next().String())
+		if s.NodeIP != first {
+			t.Fatalf("node IP %s is not the first usable of %s", s.NodeIP, slice)
+		}
+		seen[s.NodeIP] = true
+	}
+	// Eight random identities over 4096 slots: all equal would mean the
+	// identity is ignored (the reference gave every node 10.200.0.1).
+	if len(seen) < 2 {
+		t.Fatalf("every node got the same node IP: %v", seen)
+	}
+}
+
+func TestExplicitSliceReaddressesTheNode(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq(""))
+	h.ok(globalReq("10.200.9.0/24"))
+	if s := h.status(); s.NodeIP != netip.MustParseAddr("10.200.9.1") || s.SliceCIDR != "10.200.9.0/24" {
+		t.Fatalf("not re-addressed: %+v", s)
+	}
+	if l := h.net.links["zl-prod-g"]; l.addrs[0].String() != "10.200.9.1/16" {
+		t.Fatalf("device address %v", l.addrs)
+	}
+	// With addresses of the slice in use, moving is refused.
+	h.ok(protocol.AllocateIP{Service: "none"})
+	h.fails(globalReq("10.200.10.0/24"), "in use")
+}
+
+func TestGlobalBadInput(t *testing.T) {
+	h := newHarness(t)
+	cases := map[string]protocol.SetupGlobalOverlay{
+		"cluster_cidr":      {Deployment: "p", ClusterCIDR: "10.200.0.0/33", WGPort: 1},
+		"not inside":        {Deployment: "p", ClusterCIDR: "10.200.0.0/16", SliceCIDR: "10.9.0.0/24", WGPort: 1},
+		"wg_port":           {Deployment: "p", ClusterCIDR: "10.200.0.0/16"},
+		"too small":         {Deployment: "p", ClusterCIDR: "10.200.0.0/30", WGPort: 1},
+		"deployment":        {Deployment: "", ClusterCIDR: "10.200.0.0/16", WGPort: 1},
+		"contains '/'":      {Deployment: "a/b", ClusterCIDR: "10.200.0.0/16", WGPort: 1},
+		"private_key":       {Deployment: "p", ClusterCIDR: "10.200.0.0/16", WGPort: 1, PrivateKey: "nope"},
+		"at most 63":        {Deployment: strings.Repeat("x", 300), ClusterCIDR: "10.200.0.0/16", WGPort: 1},
+		"is not a name":     {Deployment: "..", ClusterCIDR: "10.200.0.0/16", WGPort: 1},
+		"contains ' '":      {Deployment: "a b", ClusterCIDR: "10.200.0.0/16", WGPort: 1},
+		"contains '\\x01'":  {Deployment: "a\x01", ClusterCIDR: "10.200.0.0/16", WGPort: 1},
+		"invalid CIDR":      {Deployment: "p", ClusterCIDR: "banana", WGPort: 1},
+		"not inside (fam)":  {Deployment: "p", ClusterCIDR: "10.200.0.0/16", SliceCIDR: "fd00::/64", WGPort: 1},
+		"private_key: wire": {Deployment: "p", ClusterCIDR: "10.200.0.0/16", WGPort: 1, PrivateKey: strings.Repeat("ab", 32)},
+	}
+	for want, req := range cases {
+		want = strings.TrimSuffix(strings.TrimSuffix(strings.Split(want, " (")[0], ": wire"), "")
+		h.fails(req, want)
+	}
+	if s := h.status(); s.Interface != "" || len(h.wg.devs) != 0 {
+		t.Fatal("a refused setup left state behind")
+	}
+}
+
+func TestAdoptedPrivateKey(t *testing.T) {
+	h := newHarness(t)
+	k, _ := wg.GenerateKey()
+	req := globalReq("10.200.3.0/24")
+	req.PrivateKey = k.String()
+	h.ok(req)
+	if s := h.status(); s.PublicKey != k.PublicKey().String() {
+		t.Fatalf("key not adopted: %s", s.PublicKey)
+	}
+	h.ok(protocol.SetLocalWGPubkey{Pubkey: newKey(t).String()})
+	if s := h.status(); !s.PubkeyMismatch || len(s.Warnings) == 0 {
+		t.Fatalf("a disagreeing set_local_wg_pubkey must show: %+v", s)
+	}
+	h.ok(protocol.SetLocalWGPubkey{Pubkey: k.PublicKey().String()})
+	if s := h.status(); s.PubkeyMismatch {
+		t.Fatal("agreeing keys flagged")
+	}
+}
+
+func TestServicePlacement(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	web := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay)
+	api := h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "auto"}).(protocol.ServiceOverlay)
+	db := h.ok(protocol.SetupServiceOverlay{Service: "db", Mode: "shared", Subnet: "10.201.7.0/24"}).(protocol.ServiceOverlay)
+	slice := netip.MustParsePrefix("10.200.3.0/24")
+	for _, a := range []protocol.ServiceOverlay{web, api} {
+		sub := netip.MustParsePrefix(a.Subnet)
+		if !slice.Contains(sub.Addr()) || sub.Bits() != 28 || a.Mode != "shared" {
+			t.Fatalf("service not carved from the slice: %+v", a)
+		}
+		if a.Gateway != sub.Addr().Next() {
+			t.Fatalf("gateway %s of %s", a.Gateway, sub)
+		}
+		if l := h.net.links[a.Name]; l == nil || l.kind != "bridge" || l.addrs[0] != netip.PrefixFrom(a.Gateway, 28) || l.mtu != 1420 {
+			t.Fatalf("bridge %s: %+v", a.Name, l)
+		}
+	}
+	if web.Subnet == api.Subnet {
+		t.Fatal("two services got the same subnet")
+	}
+	if db.Subnet != "10.201.7.0/24" || db.Gateway != netip.MustParseAddr("10.201.7.1") {
+		t.Fatalf("explicit subnet not used: %+v", db)
+	}
+	// The slice pool never hands out an address inside a carved subnet.
+	for range 200 {
+		ip := h.ok(protocol.AllocateIP{Service: "nope"}).(protocol.IP).IP
+		for _, s := range []string{web.Subnet, api.Subnet} {
+			if netip.MustParsePrefix(s).Contains(ip) {
+				t.Fatalf("slice address %s inside service subnet %s", ip, s)
+			}
+		}
+	}
+	// Idempotent re-setup keeps the bridge; a mode switch is refused.
+	if again := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay); again != web {
+		t.Fatalf("re-setup changed the answer: %+v vs %+v", again, web)
+	}
+	h.fails(protocol.SetupServiceOverlay{Service: "web", Mode: "dedicated"}, "tear it down")
+	h.fails(protocol.SetupServiceOverlay{Service: "x", Mode: "weird"}, "mode")
+	h.fails(protocol.SetupServiceOverlay{Service: "y", Mode: "shared", Subnet: "10.201.7.128/25"}, "overlaps service db")
+	h.fails(protocol.SetupServiceOverlay{Service: "../etc", Mode: "shared"}, "service")
+	// Teardown releases the subnet: a new service can take it again.
+	h.ok(protocol.TeardownServiceOverlay{Service: "db"})
+	h.ok(protocol.TeardownServiceOverlay{Service: "db"})
+	if h.net.links[db.Name] != nil {
+		t.Fatal("bridge left after teardown")
+	}
+	h.ok(protocol.SetupServiceOverlay{Service: "db2", Mode: "shared", Subnet: "10.201.7.0/24"})
+}
+
+func TestServiceSubnetByHashWhenTheSliceIsFull(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/28"))
+	a := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay)
+	sub := netip.MustParsePrefix(a.Subnet)
+	if sub.Bits() != 28 || sub.Overlaps(netip.MustParsePrefix("10.200.3.0/28")) || !netip.MustParsePrefix("10.200.0.0/16").Contains(sub.Addr()) {
+		t.Fatalf("hash-placed subnet %s", sub)
+	}
+	if s := h.status(); s.Services[0].Subnet != a.Subnet {
+		t.Fatalf("status services %+v", s.Services)
+	}
+}
+
+func TestAllocateReleaseAcrossRestart(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.200.100.0/24"})
+	h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "shared", Subnet: "10.200.101.0/24"})
+	held := map[netip.Addr]bool{}
+	var order []netip.Addr
+	for _, svc := range []string{"web", "api"} {
+		for range 20 {
+			ip := h.ok(protocol.AllocateIP{Service: svc}).(protocol.IP).IP
+			if held[ip] {
+				t.Fatalf("%s handed out twice", ip)
+			}
+			held[ip] = true
+			order = append(order, ip)
+		}
+	}
+	released := order[3:8]
+	for _, ip := range released {
+		h.ok(protocol.ReleaseIP{IP: ip})
+		delete(held, ip)
+	}
+	h.fails(protocol.ReleaseIP{IP: released[0]}, "never allocated")
+	before := h.status().Services
+	h.crash()
+	after := h.status().Services
+	if fmt.Sprint(before) != fmt.Sprint(after) {
+		t.Fatalf("counts changed across restart:\n%v\n%v", before, after)
+	}
+	for range 40 {
+		ip := h.ok(protocol.AllocateIP{Service: "web"}).(protocol.IP).IP
+		if held[ip] {
+			t.Fatalf("%s handed out while still held", ip)
+		}
+		held[ip] = true
+	}
+	// Lowest-free: the released web addresses came back first.
+	for _, ip := range released {
+		if !held[ip] {
+			t.Fatalf("released %s was not reused", ip)
+		}
+	}
+	// What release_ip refuses.
+	h.fails(protocol.ReleaseIP{IP: netip.MustParseAddr("10.200.3.1")}, "node's overlay IP")
+	h.fails(protocol.ReleaseIP{IP: netip.MustParseAddr("10.200.100.1")}, "gateway of service web")
+	h.fails(protocol.ReleaseIP{IP: netip.MustParseAddr("192.0.2.1")}, "none of this node's pools")
+	h.fails(protocol.ReleaseIP{IP: netip.MustParseAddr("10.200.100.250")}, "never allocated")
+}
+
+func TestAllocateWithoutAnything(t *testing.T) {
+	h := newHarness(t)
+	h.fails(protocol.AllocateIP{Service: "web"}, "setup_global_overlay")
+	h.ok(globalReq("10.200.3.0/30"))
+	// A /30 slice: the node IP and one more address, then exhaustion.
+	h.ok(protocol.AllocateIP{Service: "x"})
+	h.fails(protocol.AllocateIP{Service: "x"}, "no free address", "10.200.3.0/30")
+}
+
+func TestAttachDetachContainer(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	svc := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay)
+	h.procs.add(4242)
+	att := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(4242), Service: "web", JoinGlobal: true}).(protocol.Attached)
+	if !netip.MustParsePrefix(svc.Subnet).Contains(att.IP) || att.IP == svc.Gateway {
+		t.Fatalf("container IP %s not in %s", att.IP, svc.Subnet)
+	}
+	if !netip.MustParsePrefix("10.200.3.0/24").Contains(att.GlobalIP) {
+		t.Fatalf("global IP %s", att.GlobalIP)
+	}
+	eth0, eth1 := h.net.links["zl-v4242-e0"], h.net.links["zl-v4242-e1"]
+	if eth0 == nil || eth0.master != svc.Name || eth0.spec.Gateway != svc.Gateway || eth0.spec.IfName != "eth0" || eth0.mtu != 1420 {
+		t.Fatalf("eth0 %+v", eth0)
+	}
+	if eth1 == nil || !eth1.spec.HostRoute || eth1.spec.HostRouteSrc != netip.MustParseAddr("10.200.3.1") || eth1.spec.Addr.Bits() != 32 {
+		t.Fatalf("eth1 %+v", eth1)
+	}
+	if !strings.HasPrefix(eth0.alias, linkAliasPrefix) {
+		t.Fatalf("veth not labelled as ours: %q", eth0.alias)
+	}
+	// Same PID again: same IP, no second veth.
+	n := h.net.attaches
+	again := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(4242), Service: "web", JoinGlobal: true}).(protocol.Attached)
+	if again.IP != att.IP || len(h.net.veths()) != 2 {
+		t.Fatalf("repeat attach: %+v, veths %v", again, h.net.veths())
+	}
+	_ = n
+	h.ok(protocol.DetachContainer{Handle: protocol.LinuxPID(4242)})
+	h.e.bg.Wait()
+	if len(h.net.veths()) != 0 {
+		t.Fatalf("detach left %v", h.net.veths())
+	}
+	if s := h.status(); len(s.Attachments) != 0 || s.Services[0].Used != 1 || s.SlicePool.Used != 1 {
+		t.Fatalf("detach left state: %+v %+v", s.Attachments, s.Services)
+	}
+	h.ok(protocol.DetachContainer{Handle: protocol.LinuxPID(4242)}) // unknown = ok
+	h.ok(protocol.DetachContainer{Handle: protocol.WindowsContainer("x", netip.Addr{})})
+}
+
+func TestAttachErrors(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(999), Service: "web"}, "process 999 does not exist")
+	h.procs.add(7)
+	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(7), Service: "nope"}, "setup_service_overlay")
+	h.fails(protocol.AttachContainer{Handle: protocol.WindowsContainer("c", netip.Addr{}), Service: "web"}, "Windows")
+	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(0), Service: "web"}, "not a Linux process id")
+	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(maxPID + 1), Service: "web"}, "not a Linux process id")
+	if len(h.net.veths()) != 0 {
+		t.Fatal("failed attaches left links")
+	}
+}
+
+func TestAttachRollsBackEveryStep(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	before := h.status()
+	h.procs.add(50)
+	// eth1 fails: eth0 must go too, and both addresses come back.
+	h.net.failAttach = func(s linuxnet.AttachSpec) error {
+		if s.IfName == "eth1" {
+			return fmt.Errorf("injected failure on eth1")
+		}
+		return nil
+	}
+	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(50), Service: "web", JoinGlobal: true}, "injected failure")
+	h.net.failAttach = nil
+	if v := h.net.veths(); len(v) != 0 {
+		t.Fatalf("eth1 failure left %v", v)
+	}
+	if s := h.status(); fmt.Sprint(before.Services, before.SlicePool) != fmt.Sprint(s.Services, s.SlicePool) {
+		t.Fatalf("eth1 failure leaked addresses: %v %v", s.Services, s.SlicePool)
+	}
+	// The process exits between the links and the commit.
+	calls := 0
+	h.procs.onStart = func(pid int) {
+		calls++
+		if calls == 2 {
+			go h.procs.kill(pid)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(50), Service: "web", JoinGlobal: true}, "exited during the attach")
+	h.procs.onStart = nil
+	after := h.status()
+	if len(h.net.veths()) != 0 || fmt.Sprint(before.Services, before.SlicePool) != fmt.Sprint(after.Services, after.SlicePool) || len(after.Attachments) != 0 {
+		t.Fatalf("rollback incomplete: veths %v\nbefore %v %v\nafter %v %v", h.net.veths(), before.Services, before.SlicePool, after.Services, after.SlicePool)
+	}
+	h.crash()
+	if s := h.status(); len(s.Attachments) != 0 || fmt.Sprint(s.Services) != fmt.Sprint(before.Services) {
+		t.Fatal("a failed attach reached the store")
+	}
+}
+
+func TestReconcileReleasesDeadContainersAndRepairsLinks(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	for _, pid := range []int{10, 11, 12} {
+		h.procs.add(pid)
+		h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(uint32(pid)), Service: "web", JoinGlobal: pid == 12})
+	}
+	// 10 dies (its namespace and veth with it); 11's link was deleted by
+	// someone; 12 is fine.
+	h.procs.kill(10)
+	h.net.killContainer(10)
+	h.net.DeleteLink("zl-v11-e0")
+	// A link labelled ours that nothing wants, and a foreign one.
+	h.net.links["zl-v999-e0"] = &fakeLink{kind: "veth", alias: h.e.linkAlias("veth", "linux_pid:999"), spec: &linuxnet.AttachSpec{PID: 999}}
+	h.net.links["zl-foreign"] = &fakeLink{kind: "bridge"}
+	if _, err := h.e.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.e.bg.Wait()
+	s := h.status()
+	if len(s.Attachments) != 2 {
+		t.Fatalf("attachments after reconcile: %+v", s.Attachments)
+	}
+	got := h.net.veths()
+	want := []string{"zl-v11-e0", "zl-v12-e0", "zl-v12-e1"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("veths %v, want %v", got, want)
+	}
+	if h.net.links["zl-foreign"] == nil {
+		t.Fatal("reconcile deleted a link that is not ours")
+	}
+	// A new container takes the dead one's address only now that it is free.
+	h.procs.add(13)
+	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(13), Service: "web"})
+}
+
+func TestPIDReuseIsNotTheSameContainer(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	h.procs.add(77)
+	first := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(77), Service: "web"}).(protocol.Attached)
+	h.procs.kill(77)
+	h.net.killContainer(77)
+	time.Sleep(time.Millisecond)
+	h.procs.add(77) // a new process got the PID
+	second := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(77), Service: "web"}).(protocol.Attached)
+	h.e.bg.Wait()
+	if s := h.status(); len(s.Attachments) != 1 || s.Services[0].Used != 2 {
+		t.Fatalf("the old attachment was not replaced: %+v %+v (%s, %s)", s.Attachments, s.Services, first.IP, second.IP)
+	}
+}
+
+func TestContainersSurviveARestart(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	ips := map[int]netip.Addr{}
+	for _, pid := range []int{20, 21} {
+		h.procs.add(pid)
+		ips[pid] = h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(uint32(pid)), Service: "web", JoinGlobal: true}).(protocol.Attached).IP
+	}
+	n := h.net.attaches
+	h.crash()
+	if h.net.attaches != n {
+		t.Fatal("restart re-created intact container links")
+	}
+	s := h.status()
+	if len(s.Attachments) != 2 {
+		t.Fatalf("attachments after restart %+v", s.Attachments)
+	}
+	for _, a := range s.Attachments {
+		if ips[int(a.Handle.PID)] != a.IP {
+			t.Fatalf("address changed across restart: %+v", a)
+		}
+	}
+	// The same attach after the restart is idempotent.
+	if got := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(20), Service: "web", JoinGlobal: true}).(protocol.Attached).IP; got != ips[20] {
+		t.Fatalf("re-attach after restart gave %s, want %s", got, ips[20])
+	}
+}
+
+func TestManyAttachesAndDetachesLeaveNothing(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.210.0.0/22"})
+	base := h.status()
+	for pid := 1000; pid < 1200; pid++ {
+		h.procs.add(pid)
+		h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(uint32(pid)), Service: "web"})
+	}
+	if len(h.net.veths()) != 200 {
+		t.Fatalf("%d veths", len(h.net.veths()))
+	}
+	for pid := 1000; pid < 1200; pid++ {
+		h.ok(protocol.DetachContainer{Handle: protocol.LinuxPID(uint32(pid))})
+	}
+	h.e.bg.Wait()
+	s := h.status()
+	if len(h.net.veths()) != 0 || len(s.Attachments) != 0 || s.Services[0].Used != base.Services[0].Used {
+		t.Fatalf("left behind: veths %d attachments %d used %d", len(h.net.veths()), len(s.Attachments), s.Services[0].Used)
+	}
+	loaded, _ := h.st.Load()
+	if len(loaded.Allocations) != 2 { // node IP and gateway
+		t.Fatalf("allocations left in the store: %+v", loaded.Allocations)
+	}
+}
+
+func TestPeers(t *testing.T) {
+	h := newHarness(t)
+	pub := newKey(t).String()
+	add := protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32, 10.200.8.0/24", PersistentKeepaliveSecs: 25}}
+	h.fails(add, "global overlay not set up")
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(add)
+	dev := h.wg.device("zl-prod-g")
+	k, _ := wg.ParseKey(pub)
+	p := dev.peers[k]
+	if p == nil || p.Endpoint.String() != "192.0.2.10:51820" || len(p.AllowedIPs) != 2 || p.PersistentKeepaliveInterval != 25*time.Second {
+		t.Fatalf("peer %+v", p)
+	}
+	// Upsert in place: same peer object, new endpoint and keepalive.
+	add.Endpoint, add.PersistentKeepaliveSecs = "192.0.2.11:51821", 10
+	h.ok(add)
+	if q := dev.peers[k]; q != p || q.Endpoint.String() != "192.0.2.11:51821" || q.PersistentKeepaliveInterval != 10*time.Second {
+		t.Fatalf("not updated in place: %+v", q)
+	}
+	// Allowed IP set semantics, idempotent both ways.
+	for range 2 {
+		h.ok(protocol.AddAllowedIP{Pubkey: pub, CIDR: "10.200.46.224/28"})
+	}
+	if len(dev.peers[k].AllowedIPs) != 3 {
+		t.Fatalf("allowed IPs %v", dev.peers[k].AllowedIPs)
+	}
+	for range 2 {
+		h.ok(protocol.RemoveAllowedIP{Pubkey: pub, CIDR: "10.200.46.224/28"})
+	}
+	if len(dev.peers[k].AllowedIPs) != 2 {
+		t.Fatalf("allowed IPs %v", dev.peers[k].AllowedIPs)
+	}
+	other := newKey(t).String()
+	h.fails(protocol.AddAllowedIP{Pubkey: other, CIDR: "10.0.0.0/8"}, "unknown peer")
+	h.ok(protocol.RemoveAllowedIP{Pubkey: other, CIDR: "10.0.0.0/8"})
+	h.ok(protocol.RemovePeer{Pubkey: other})
+	// Bad input.
+	h.fails(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: "short", Endpoint: "1.2.3.4:1", AllowedIPs: "10.0.0.1/32"}}, "public_key")
+	h.fails(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "1.2.3.4:1", AllowedIPs: "10.0.0.1/33"}}, "allowed IP")
+	h.fails(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "no-port", AllowedIPs: "10.0.0.1/32"}}, "endpoint")
+	h.fails(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "nx.invalid:51820", AllowedIPs: "10.0.0.1/32"}}, "does not resolve")
+	h.fails(protocol.AddAllowedIP{Pubkey: pub, CIDR: "nope"}, "cidr")
+	// The reference's exact message for a service scope without device.
+	if msg := h.fails(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "1.2.3.4:1"}, Scope: protocol.ServiceScope("x")}); msg != "no dedicated overlay for service x" {
+		t.Fatalf("message %q", msg)
+	}
+	// Persisted: a restart restores the peer with its allowed IPs.
+	h.crash()
+	dev = h.wg.device("zl-prod-g")
+	if q := dev.peers[k]; q == nil || len(q.AllowedIPs) != 2 || q.Endpoint.String() != "192.0.2.11:51821" {
+		t.Fatalf("peer after restart %+v", q)
+	}
+	h.ok(protocol.RemovePeer{Pubkey: pub})
+	if len(dev.peers) != 0 {
+		t.Fatal("remove_peer left the peer")
+	}
+}
+
+func TestPeerRoutesOutsideTheCluster(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	pub := newKey(t).String()
+	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.1:1", AllowedIPs: "10.200.9.0/24,172.16.5.0/24,0.0.0.0/0"}})
+	rs, _ := h.net.Routes("zl-prod-g")
+	if len(rs) != 1 || rs[0].Dst.String() != "172.16.5.0/24" {
+		t.Fatalf("routes %+v: want only the allowed IP outside the cluster (never a default route)", rs)
+	}
+	h.ok(protocol.RemovePeer{Pubkey: pub})
+	if rs, _ := h.net.Routes("zl-prod-g"); len(rs) != 0 {
+		t.Fatalf("routes left %+v", rs)
+	}
+}
+
+func TestDedicatedService(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	d := h.ok(protocol.SetupServiceOverlay{Service: "db", Mode: "dedicated"}).(protocol.ServiceOverlay)
+	if d.Mode != "dedicated" || d.WGPort != 51821 || d.WGPublicKey == "" || !d.OverlayIP.IsValid() || d.Subnet == "" {
+		t.Fatalf("answer %+v", d)
+	}
+	dev := h.wg.device(d.Name)
+	if dev == nil || dev.port != 51821 || dev.key.PublicKey().String() != d.WGPublicKey {
+		t.Fatalf("dedicated device %+v", dev)
+	}
+	d2 := h.ok(protocol.SetupServiceOverlay{Service: "db2", Mode: "dedicated"}).(protocol.ServiceOverlay)
+	if d2.WGPort != 51822 || d2.Name == d.Name || d2.WGPublicKey == d.WGPublicKey {
+		t.Fatalf("second dedicated %+v", d2)
+	}
+	pub := newKey(t).String()
+	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.1:51821", AllowedIPs: "10.200.77.0/28"}, Scope: protocol.ServiceScope("db")})
+	h.ok(protocol.AddAllowedIP{Pubkey: pub, CIDR: "10.200.77.0/28", Scope: protocol.ServiceScope("db")})
+	if rs, _ := h.net.Routes(d.Name); len(rs) != 1 || rs[0].Dst.String() != "10.200.77.0/28" {
+		t.Fatalf("dedicated routes %+v", rs)
+	}
+	s := h.status()
+	if len(s.DedicatedServices) != 2 || s.DedicatedServices[0].PeerCount != 1 || s.DedicatedServices[0].ListenPort != 51821 {
+		t.Fatalf("status %+v", s.DedicatedServices)
+	}
+	h.crash()
+	if dev := h.wg.device(d.Name); dev == nil || dev.port != 51821 || dev.key.PublicKey().String() != d.WGPublicKey || len(dev.peers) != 1 {
+		t.Fatalf("dedicated device after restart %+v", dev)
+	}
+	h.ok(protocol.TeardownServiceOverlay{Service: "db"})
+	if h.wg.device(d.Name) != nil || h.net.links[d.Name] != nil {
+		t.Fatal("dedicated device left after teardown")
+	}
+	if msg := h.fails(protocol.RemovePeer{Pubkey: pub, Scope: protocol.ServiceScope("db")}); msg != "no dedicated overlay for service db" {
+		t.Fatalf("%q", msg)
+	}
+}
+
+func TestGuestAttach(t *testing.T) {
+	h := newHarness(t)
+	h.fails(protocol.AttachContainer{Handle: protocol.GuestManaged("vm-1"), Service: "web"}, "global overlay to be set up")
+	h.ok(globalReq("10.200.3.0/24"))
+	gc := h.ok(protocol.AttachContainer{Handle: protocol.GuestManaged("vm-1"), Service: "web", DNSServer: netip.MustParseAddr("10.200.3.1"), DNSDomain: "prod.local"}).(protocol.GuestConfig)
+	node := h.status()
+	if !netip.MustParsePrefix("10.200.3.0/24").Contains(gc.OverlayIP) || gc.PrefixLen != 16 || gc.ListenPort != 51820 || gc.PrivateKey == "" || gc.PublicKey == gc.PrivateKey {
+		t.Fatalf("guest config %+v", gc)
+	}
+	if len(gc.Peers) != 1 || gc.Peers[0].PublicKey != node.PublicKey || gc.Peers[0].AllowedIPs != "10.200.0.0/16" || gc.Peers[0].Endpoint != "10.200.3.1:51820" {
+		t.Fatalf("guest's peer %+v", gc.Peers)
+	}
+	priv, _ := wg.ParseKey(gc.PrivateKey)
+	if priv.PublicKey().String() != gc.PublicKey {
+		t.Fatal("guest keypair does not match")
+	}
+	dev := h.wg.device("zl-prod-g")
+	gk, _ := wg.ParseKey(gc.PublicKey)
+	if p := dev.peers[gk]; p == nil || p.AllowedIPs[0].String() != gc.OverlayIP.String()+"/32" {
+		t.Fatalf("guest not registered as a peer: %+v", p)
+	}
+	h.ok(protocol.DetachContainer{Handle: protocol.GuestManaged("vm-1")})
+	if len(dev.peers) != 0 || h.status().SlicePool.Used != 1 {
+		t.Fatal("guest detach left its peer or address")
+	}
+	h.ok(protocol.DetachContainer{Handle: protocol.GuestManaged("vm-1")})
+}
+
+func TestHealthAndEndpointEvents(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	pk := newKey(t)
+	pub := pk.String()
+	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}})
+	dev := h.wg.device("zl-prod-g")
+	now := time.Now()
+	h.e.checkPeers(now)
+	dev.handshake(pk, now, "")
+	h.e.checkPeers(now)
+	// 2 × 25 s + 10 s without a handshake: down.
+	h.e.checkPeers(now.Add(61 * time.Second))
+	// The peer roams: WireGuard learns a new endpoint with a fresh handshake.
+	dev.handshake(pk, now.Add(70*time.Second), "198.51.100.7:40123")
+	h.e.checkPeers(now.Add(71 * time.Second))
+	h.mu.Lock()
+	got := fmt.Sprint(h.events)
+	h.mu.Unlock()
+	want := fmt.Sprint([]protocol.Event{
+		protocol.PeerHealthChanged{Pubkey: pub, Healthy: true},
+		protocol.PeerHealthChanged{Pubkey: pub, Healthy: false},
+		protocol.PeerHealthChanged{Pubkey: pub, Healthy: true},
+		protocol.NATEndpointChanged{Pubkey: pub, Endpoint: "198.51.100.7:40123"},
+	})
+	if got != want {
+		t.Fatalf("events\n got %s\nwant %s", got, want)
+	}
+	// The learned endpoint is kept: an add_peer repeating the old endpoint
+	// and a restart do not put the old one back.
+	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}})
+	if ep := dev.peers[pk].Endpoint.String(); ep != "198.51.100.7:40123" {
+		t.Fatalf("add_peer with the old endpoint fought the learned one: %s", ep)
+	}
+	h.crash()
+	if ep := h.wg.device("zl-prod-g").peers[pk].Endpoint.String(); ep != "198.51.100.7:40123" {
+		t.Fatalf("restart fought the learned endpoint: %s", ep)
+	}
+	// A really new endpoint in a request wins.
+	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.99:51820", AllowedIPs: "10.200.7.1/32"}})
+	if ep := h.wg.device("zl-prod-g").peers[pk].Endpoint.String(); ep != "192.0.2.99:51820" {
+		t.Fatalf("a changed endpoint in add_peer was ignored: %s", ep)
+	}
+}
+
+func TestRequestsAfterShutdownAreRefused(t *testing.T) {
+	h := newHarness(t)
+	h.ok(protocol.Shutdown{})
+	select {
+	case <-h.e.ShutdownRequested():
+	default:
+		t.Fatal("shutdown not signalled")
+	}
+	h.fails(protocol.Status{}, "shutting down")
+}

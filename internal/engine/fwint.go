@@ -1,0 +1,126 @@
+package engine
+
+import (
+	"net/netip"
+	"sort"
+	"sync"
+
+	"github.com/zlayer/zlayer-overlayd/internal/firewall"
+	"github.com/zlayer/zlayer-overlayd/protocol"
+)
+
+// Firewall is what the engine needs from the firewall package: one table
+// of our own, replaced atomically.
+type Firewall interface {
+	Apply(firewall.Spec) error
+	Delete(table string) error
+	Drifted(firewall.Spec) (bool, error)
+	Inspect(table string) (firewall.State, error)
+}
+
+// FirewallConfig wires the firewall into the engine.
+type FirewallConfig struct {
+	Firewall Firewall
+	// Table is our nftables table (default "zlayer_overlay").
+	Table string
+	// Masquerade turns egress NAT for containers on (--masquerade).
+	Masquerade bool
+}
+
+type fwState struct {
+	cfg     FirewallConfig
+	mu      sync.Mutex // serialises rebuilds; never held with Engine.mu
+	lastErr string
+	present bool
+}
+
+func (e *Engine) enableFirewall(cfg FirewallConfig) {
+	if cfg.Table == "" {
+		cfg.Table = firewall.DefaultTable
+	}
+	e.fw = &fwState{cfg: cfg}
+	e.hooks.topology = append(e.hooks.topology, func() { e.syncFirewall(false) })
+	e.hooks.statusExtra = append(e.hooks.statusExtra, e.firewallStatus)
+}
+
+// firewallSpec derives our table from the desired state; ok is false when
+// no table should exist (no global overlay).
+func (e *Engine) firewallSpec() (firewall.Spec, bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	g := e.st.global
+	if g == nil {
+		return firewall.Spec{}, false
+	}
+	spec := firewall.Spec{
+		Table:         e.fw.cfg.Table,
+		OverlayIfaces: []string{g.rec.Interface},
+		Cluster:       []netip.Prefix{e.st.cluster},
+		Masquerade:    e.fw.cfg.Masquerade,
+		ClampMSS:      true,
+	}
+	if e.st.slice.IsValid() {
+		spec.Sources = append(spec.Sources, e.st.slice)
+	}
+	for _, svc := range e.st.services {
+		spec.Bridges = append(spec.Bridges, svc.rec.Bridge)
+		spec.Sources = append(spec.Sources, svc.subnet)
+		if svc.dedicated() {
+			spec.OverlayIfaces = append(spec.OverlayIfaces, svc.rec.Interface)
+		}
+	}
+	sort.Strings(spec.Bridges)
+	sort.Strings(spec.OverlayIfaces)
+	return spec, true
+}
+
+// syncFirewall rebuilds our table from the desired state, or deletes it
+// when there is no global overlay. onlyIfDrifted skips the rebuild when the
+// kernel's table already matches (the periodic check).
+func (e *Engine) syncFirewall(onlyIfDrifted bool) bool {
+	e.fw.mu.Lock()
+	defer e.fw.mu.Unlock()
+	spec, want := e.firewallSpec()
+	fw := e.fw.cfg.Firewall
+	if !want {
+		if !e.fw.present && onlyIfDrifted {
+			return false
+		}
+		if err := fw.Delete(e.fw.cfg.Table); err != nil {
+			e.fw.lastErr = err.Error()
+			e.log.Warn("deleting our nftables table", "err", err)
+			return false
+		}
+		changed := e.fw.present
+		e.fw.present, e.fw.lastErr = false, ""
+		return changed
+	}
+	if onlyIfDrifted {
+		drifted, err := fw.Drifted(spec)
+		if err == nil && !drifted {
+			return false
+		}
+		if err == nil {
+			e.log.Info("our nftables table drifted; rebuilding it", "table", spec.Table)
+		}
+	}
+	if err := fw.Apply(spec); err != nil {
+		e.fw.lastErr = err.Error()
+		e.log.Warn("building our nftables table", "table", spec.Table, "err", err)
+		return false
+	}
+	e.fw.present, e.fw.lastErr = true, ""
+	return true
+}
+
+func (e *Engine) firewallStatus(s *protocol.StatusSnapshot) {
+	e.fw.mu.Lock()
+	fs := &protocol.FirewallStatus{Table: e.fw.cfg.Table, Masquerade: e.fw.cfg.Masquerade, LastError: e.fw.lastErr}
+	e.fw.mu.Unlock()
+	if st, err := e.fw.cfg.Firewall.Inspect(fs.Table); err == nil {
+		fs.Rules = st.Rules
+	} else if fs.LastError == "" {
+		fs.LastError = err.Error()
+	}
+	s.Firewall = fs
+}

@@ -1,0 +1,295 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/zlayer/zlayer-overlayd/internal/store"
+)
+
+func (e *Engine) reconcileLoop() {
+	defer e.bg.Done()
+	t := time.NewTicker(e.cfg.ReconcileInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.bgStop:
+			return
+		case <-t.C:
+			ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ReconcileInterval)
+			if n, err := e.reconcile(ctx, false); err != nil {
+				e.log.Warn("reconcile failed; retrying on the next tick", "err", err)
+			} else if n > 0 {
+				e.log.Info("reconcile repaired drift", "changes", n)
+			}
+			cancel()
+		}
+	}
+}
+
+// Reconcile runs one reconcile pass now (tests and operators).
+func (e *Engine) Reconcile(ctx context.Context) (int, error) { return e.reconcile(ctx, false) }
+
+// reconcile puts the kernel back to the desired state and drops desired
+// state that can no longer exist (attachments of containers that died).
+// It deletes only links that carry our alias and that nothing wants, and
+// never touches anything else. It returns the number of changes.
+func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
+	if e.cfg.Net == nil {
+		return 0, nil
+	}
+	e.global.RLock()
+	defer e.global.RUnlock()
+	changes := 0
+	var errs []error
+	note := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+
+	note(e.reconcileGlobal(ctx, &changes))
+	e.mu.Lock()
+	names := make([]string, 0, len(e.st.services))
+	for n := range e.st.services {
+		names = append(names, n)
+	}
+	e.mu.Unlock()
+	for _, n := range names {
+		note(e.reconcileService(ctx, n, &changes))
+	}
+	note(e.reconcileAttachments(ctx, &changes))
+	note(e.removeOrphanLinks(&changes))
+	note(e.dropOrphanAllocations(&changes))
+
+	if e.fw != nil && !startup && e.syncFirewall(true) {
+		changes++
+	}
+	e.reconcileRuns.Add(1)
+	e.reconcileChanges.Add(uint64(changes))
+	e.lastReconcile.Store(time.Now().Unix())
+	if changes > 0 || startup {
+		e.topologyChanged()
+	}
+	return changes, errors.Join(errs...)
+}
+
+func (e *Engine) reconcileGlobal(ctx context.Context, changes *int) error {
+	e.mu.Lock()
+	g := e.st.global
+	key, cluster := e.st.key, e.st.cluster
+	e.mu.Unlock()
+	if g == nil {
+		return nil
+	}
+	spec := e.globalSpec(g.rec, key, cluster, g.nodeIP)
+	if g.dev == nil {
+		dev, err := e.openDevice(ctx, spec)
+		if err != nil {
+			return fmt.Errorf("restore %s: %w", g.rec.Interface, err)
+		}
+		e.mu.Lock()
+		g.dev = dev
+		e.mu.Unlock()
+		*changes++
+		e.log.Info("global device restored", "interface", g.rec.Interface, "peers", len(spec.peers))
+		return nil
+	}
+	return e.syncDevice(ctx, g.dev, spec, false)
+}
+
+func (e *Engine) reconcileService(ctx context.Context, name string, changes *int) error {
+	unlock := e.serviceLock(name)
+	defer unlock()
+	e.mu.Lock()
+	svc := e.st.services[name]
+	e.mu.Unlock()
+	if svc == nil {
+		return nil
+	}
+	had := svc.dev != nil
+	exists, err := e.cfg.Net.LinkExists(svc.rec.Bridge)
+	if err != nil {
+		return err
+	}
+	if err := e.ensureService(ctx, svc); err != nil {
+		return fmt.Errorf("service %s: %w", name, err)
+	}
+	if !exists || (svc.dedicated() && !had) {
+		*changes++
+		e.log.Info("service restored", "service", name, "bridge", svc.rec.Bridge)
+	}
+	return nil
+}
+
+// reconcileAttachments forgets containers whose process is gone (their
+// links go with them) and re-creates the links of live containers that
+// lost them.
+func (e *Engine) reconcileAttachments(ctx context.Context, changes *int) error {
+	links, err := e.cfg.Net.Links("zl-v")
+	if err != nil {
+		return err
+	}
+	present := map[string]bool{}
+	for _, l := range links {
+		present[l.Name] = true
+	}
+	e.mu.Lock()
+	var list []*store.Attachment
+	for _, a := range e.st.attach {
+		if a.Platform == "linux_pid" {
+			list = append(list, a)
+		}
+	}
+	e.mu.Unlock()
+	var errs []error
+	for _, a := range list {
+		if err := e.reconcileAttachment(ctx, a, present, changes); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", a.Key, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (e *Engine) reconcileAttachment(ctx context.Context, a *store.Attachment, present map[string]bool, changes *int) error {
+	unlock := e.locks.lock("service:"+a.Service, "handle:"+a.Key)
+	defer unlock()
+	e.mu.Lock()
+	cur := e.st.attach[a.Key]
+	svc := e.st.services[a.Service]
+	e.mu.Unlock()
+	if cur != a {
+		return nil // changed by a request meanwhile
+	}
+	start, err := e.cfg.Procs.StartTime(int(a.PID))
+	alive := err == nil && start == a.StartTime
+	if alive {
+		if ino, err := e.cfg.Procs.NetnsInode(int(a.PID)); err != nil || ino != a.NetnsInode {
+			alive = false
+		}
+	} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if !alive || svc == nil {
+		e.log.Info("container gone; releasing its attachment", "handle", a.Key, "service", a.Service, "ip", a.IP)
+		*changes++
+		return e.forgetAttachment(ctx, a)
+	}
+	if present[a.HostLink] && (a.HostLinkGlobal == "" || present[a.HostLinkGlobal]) {
+		return nil
+	}
+	e.log.Info("container lost its links; re-creating them", "handle", a.Key)
+	*changes++
+	return e.wireContainer(ctx, a, svc)
+}
+
+// removeOrphanLinks deletes links labelled as ours that the desired state
+// no longer has: bridges of services torn down while we were not running,
+// veths of attachments we forgot, devices of an old deployment name.
+func (e *Engine) removeOrphanLinks(changes *int) error {
+	links, err := e.cfg.Net.Links("")
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	want := map[string]bool{}
+	if g := e.st.global; g != nil {
+		want[g.rec.Interface] = true
+	}
+	for _, svc := range e.st.services {
+		want[svc.rec.Bridge] = true
+		if svc.rec.Interface != "" {
+			want[svc.rec.Interface] = true
+		}
+	}
+	for _, a := range e.st.attach {
+		if a.HostLink != "" {
+			want[a.HostLink] = true
+		}
+		if a.HostLinkGlobal != "" {
+			want[a.HostLinkGlobal] = true
+		}
+	}
+	e.mu.Unlock()
+	ours := e.aliasPrefix()
+	var errs []error
+	for _, l := range links {
+		if !strings.HasPrefix(l.Alias, ours) || want[l.Name] {
+			continue
+		}
+		if _, pending := e.detaching.Load(l.Name); pending {
+			continue
+		}
+		e.log.Info("removing a link of ours that nothing wants", "link", l.Name, "kind", l.Kind, "label", l.Alias)
+		var err error
+		if l.Kind == "veth" {
+			err = e.cfg.Net.Detach(l.Name)
+		} else {
+			err = e.cfg.Net.DeleteLink(l.Name)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		*changes++
+	}
+	return errors.Join(errs...)
+}
+
+// dropOrphanAllocations deletes allocation records whose owner no longer
+// exists (a crash between forgetting an attachment and committing, or a
+// pool that went away) and returns their addresses.
+func (e *Engine) dropOrphanAllocations(changes *int) error {
+	type orphan struct {
+		pool string
+		addr netip.Addr
+	}
+	var orphans []orphan
+	e.mu.Lock()
+	for k, owner := range e.st.owners {
+		pool, addr, _ := cut(k)
+		a, err := netip.ParseAddr(addr)
+		if err != nil {
+			continue
+		}
+		gone := e.st.pool(pool) == nil
+		if h, ok := strings.CutPrefix(owner, attachOwner); ok && e.st.attach[h] == nil {
+			gone = true
+		}
+		if id, ok := strings.CutPrefix(owner, guestOwner); ok && e.st.attach["guest_managed:"+id] == nil {
+			gone = true
+		}
+		if gone {
+			orphans = append(orphans, orphan{pool, a})
+		}
+	}
+	e.mu.Unlock()
+	if len(orphans) == 0 {
+		return nil
+	}
+	err := e.store.Update(func(tx *store.Tx) error {
+		for _, o := range orphans {
+			if err := tx.DeleteAllocation(o.pool, o.addr.String()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	for _, o := range orphans {
+		delete(e.st.owners, allocKey(o.pool, o.addr))
+		releaseIfFree(e.st.pool(o.pool), o.addr)
+	}
+	e.mu.Unlock()
+	*changes += len(orphans)
+	e.log.Info("released addresses whose owners are gone", "count", len(orphans))
+	return nil
+}

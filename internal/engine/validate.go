@@ -1,0 +1,161 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/zlayer/zlayer-overlayd/internal/ipam"
+)
+
+// validName checks a deployment or service name. Names end up in interface
+// names, store keys and log lines, so anything that could traverse paths,
+// break a key, or hide in a log is refused with the reason.
+func validName(field, s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%s is empty", field)
+	case len(s) > 63:
+		return fmt.Errorf("%s %q is %d bytes; at most 63 are allowed", field, truncate(s), len(s))
+	case s == "." || s == "..":
+		return fmt.Errorf("%s %q is not a name", field, s)
+	case s[0] == '-' || s[0] == '.':
+		return fmt.Errorf("%s %q must start with a letter, digit or '_'", field, s)
+	}
+	for _, r := range s {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
+		if !ok {
+			return fmt.Errorf("%s %q contains %q; use letters, digits, '-', '_' and '.'", field, truncate(s), r)
+		}
+	}
+	return nil
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+// parseCIDRField parses a CIDR field of a request; errors name the field.
+func parseCIDRField(field, s string) (netip.Prefix, error) {
+	p, err := ipam.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%s: %w", field, err)
+	}
+	return p, nil
+}
+
+// parseAllowedIPs splits the comma-separated allowed_ips of a peer into a
+// set of canonical CIDRs (host bits cleared, as WireGuard stores them).
+func parseAllowedIPs(s string) ([]string, error) {
+	var out []string
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(part)
+		if err != nil {
+			return nil, fmt.Errorf("allowed IP %q is not a CIDR such as 10.200.1.0/24: %v", truncate(part), err)
+		}
+		if p.Addr().Zone() != "" {
+			return nil, fmt.Errorf("allowed IP %q has a zone; zones are not routable", part)
+		}
+		c := p.Masked().String()
+		if !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// parseCIDR parses one CIDR of add/remove_allowed_ip into canonical form.
+func parseCIDR(s string) (string, error) {
+	p, err := netip.ParsePrefix(strings.TrimSpace(s))
+	if err != nil {
+		return "", fmt.Errorf("%q is not a CIDR such as 10.200.1.0/24: %v", truncate(s), err)
+	}
+	return p.Masked().String(), nil
+}
+
+// splitEndpoint checks "host:port" (host an address or a DNS name, IPv6 in
+// brackets) without resolving it.
+func splitEndpoint(ep string) (host string, port uint16, err error) {
+	h, p, err := net.SplitHostPort(ep)
+	if err != nil {
+		return "", 0, fmt.Errorf("endpoint %q is not host:port (IPv6 as [addr]:port): %v", truncate(ep), err)
+	}
+	n, err := strconv.ParseUint(p, 10, 16)
+	if err != nil || n == 0 {
+		return "", 0, fmt.Errorf("endpoint %q: port %q is not 1-65535", truncate(ep), p)
+	}
+	if h == "" {
+		return "", 0, fmt.Errorf("endpoint %q has no host", ep)
+	}
+	if _, err := netip.ParseAddr(h); err != nil && !validHostname(h) {
+		return "", 0, fmt.Errorf("endpoint %q: %q is neither an IP address nor a host name", truncate(ep), truncate(h))
+	}
+	return h, uint16(n), nil
+}
+
+func validHostname(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// resolveEndpoint turns "host:port" into an address, resolving host names
+// with a bounded wait. An address literal never touches the resolver.
+func resolveEndpoint(ctx context.Context, ep string) (netip.AddrPort, error) {
+	host, port, err := splitEndpoint(ep)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		return netip.AddrPortFrom(a.Unmap(), port), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		var dnsErr *net.DNSError
+		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+			return netip.AddrPort{}, fmt.Errorf("endpoint %q: host %s does not resolve", ep, host)
+		}
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: cannot resolve %s: %v", ep, host, err)
+	}
+	if len(addrs) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: host %s has no addresses", ep, host)
+	}
+	// Prefer IPv4: the underlay of most clusters is IPv4 and a node
+	// without IPv6 connectivity would never complete a handshake.
+	best := addrs[0]
+	for _, a := range addrs {
+		if a.Unmap().Is4() {
+			best = a
+			break
+		}
+	}
+	return netip.AddrPortFrom(best.Unmap(), port), nil
+}
