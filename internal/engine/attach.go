@@ -42,7 +42,10 @@ func (e *Engine) attach(ctx context.Context, r protocol.AttachContainer) (protoc
 	case protocol.PlatformGuestManaged:
 		return e.attachGuest(ctx, r)
 	case protocol.PlatformWindowsContainer:
-		return nil, fmt.Errorf("windows_container handles are for Windows nodes; this daemon runs on %s (use linux_pid)", runtime.GOOS)
+		if e.cfg.HCN == nil {
+			return nil, fmt.Errorf("windows_container handles are for Windows nodes; this daemon runs on %s (use linux_pid)", runtime.GOOS)
+		}
+		return e.attachWindows(ctx, r)
 	}
 	return nil, fmt.Errorf("unknown handle platform %q", r.Handle.Platform)
 }
@@ -76,6 +79,9 @@ func (e *Engine) attachLinux(ctx context.Context, r protocol.AttachContainer) (p
 	pid := r.Handle.PID
 	if pid == 0 || pid > maxPID {
 		return nil, fmt.Errorf("pid %d is not a Linux process id (1-%d)", pid, maxPID)
+	}
+	if e.cfg.Caps.NoBridges {
+		return nil, fmt.Errorf("linux_pid attaches need Linux network namespaces; this daemon runs on %s (use guest_managed for VM guests)", e.cfg.Caps.Platform)
 	}
 	if e.cfg.Net == nil {
 		return nil, errNoBackend
@@ -295,8 +301,10 @@ func (e *Engine) unwireContainer(a *store.Attachment) {
 func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protocol.Response, error) {
 	switch r.Handle.Platform {
 	case protocol.PlatformWindowsContainer:
-		// Nothing of a Windows container can exist on this platform.
-		return protocol.OK{}, nil
+		if e.cfg.HCN == nil {
+			// Nothing of a Windows container can exist on this platform.
+			return protocol.OK{}, nil
+		}
 	case protocol.PlatformLinuxPID, protocol.PlatformGuestManaged:
 	default:
 		return nil, fmt.Errorf("unknown handle platform %q", r.Handle.Platform)
@@ -310,10 +318,13 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 	if a == nil {
 		return protocol.OK{}, nil
 	}
+	if a.Platform == protocol.PlatformWindowsContainer {
+		key = "windows:" + r.Handle.ContainerID
+	}
 	unlock := e.locks.lock("service:"+a.Service, "handle:"+key)
 	defer unlock()
 	e.mu.Lock()
-	a = e.st.attach[key]
+	a = e.st.attach[handleKey(r.Handle)]
 	e.mu.Unlock()
 	if a == nil {
 		return protocol.OK{}, nil
@@ -327,8 +338,11 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 // detachAttachment forgets an attachment and removes its kernel side. The
 // caller holds the service and handle locks.
 func (e *Engine) detachAttachment(ctx context.Context, a *store.Attachment) error {
-	if a.Platform == protocol.PlatformGuestManaged {
+	switch a.Platform {
+	case protocol.PlatformGuestManaged:
 		return e.detachGuest(ctx, a)
+	case protocol.PlatformWindowsContainer:
+		return e.detachWindows(ctx, a)
 	}
 	return e.forgetAttachment(ctx, a)
 }

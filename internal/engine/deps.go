@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"net/netip"
 
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
@@ -62,3 +63,49 @@ func (e *Engine) aliasPrefix() string {
 }
 
 func (e *Engine) linkAlias(kind, key string) string { return e.aliasPrefix() + kind + ":" + key }
+
+// HCN attaches Windows containers through the Host Compute Network service:
+// one Internal network on the node slice, an endpoint and a network
+// namespace per container. Only the Windows daemon sets it.
+type HCN interface {
+	// EnsureNetwork creates or adopts the Internal network of the node
+	// slice.
+	EnsureNetwork(ctx context.Context, n HCNNetwork) error
+	// Attach creates the container's endpoint and namespace and returns
+	// the namespace GUID (bare, lower case) the runtime puts into the
+	// compute-system document.
+	Attach(ctx context.Context, a HCNAttach) (namespaceGUID string, err error)
+	// Detach removes the endpoint and namespace; an unknown GUID is fine.
+	Detach(ctx context.Context, namespaceGUID string) error
+	// DeleteNetwork removes the Internal network (teardown).
+	DeleteNetwork(ctx context.Context, name string) error
+}
+
+// HCNNetwork is the node's Internal network.
+type HCNNetwork struct {
+	Name    string       // e.g. "<deployment>-overlay"
+	Subnet  netip.Prefix // the node slice
+	Gateway netip.Addr   // the node IP
+}
+
+// HCNAttach is one Windows container to attach.
+type HCNAttach struct {
+	Network     string
+	ContainerID string
+	IP          netip.Addr
+	PrefixLen   int
+	Gateway     netip.Addr
+	Cluster     netip.Prefix // routed via the gateway
+	DNSServer   netip.Addr
+	DNSDomain   string
+}
+
+// Capabilities say what the platform's network stack can do; the zero
+// value is Linux (everything). On macOS and Windows there are no bridges
+// or veth pairs: shared service overlays only record their subnet, and
+// linux_pid attaches answer a clear error.
+type Capabilities struct {
+	NoBridges bool
+	// Platform names the OS in error messages.
+	Platform string
+}

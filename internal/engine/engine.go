@@ -67,6 +67,9 @@ type Config struct {
 	// has an overlay to forward for, never before (a daemon that is only
 	// started does not change the host).
 	EnableForwarding func() ([]string, error)
+	// Caps describe the platform; HCN attaches Windows containers.
+	Caps Capabilities
+	HCN  HCN
 }
 
 // Engine is safe for concurrent use.

@@ -113,9 +113,12 @@ func (e *Engine) reconcileService(ctx context.Context, name string, changes *int
 		return nil
 	}
 	had := svc.dev != nil
-	exists, err := e.cfg.Net.LinkExists(svc.rec.Bridge)
-	if err != nil {
-		return err
+	exists := true
+	if !e.cfg.Caps.NoBridges {
+		var err error
+		if exists, err = e.cfg.Net.LinkExists(svc.rec.Bridge); err != nil {
+			return err
+		}
 	}
 	if err := e.ensureService(ctx, svc); err != nil {
 		return fmt.Errorf("service %s: %w", name, err)
@@ -131,6 +134,9 @@ func (e *Engine) reconcileService(ctx context.Context, name string, changes *int
 // links go with them) and re-creates the links of live containers that
 // lost them.
 func (e *Engine) reconcileAttachments(ctx context.Context, changes *int) error {
+	if e.cfg.Caps.NoBridges {
+		return nil
+	}
 	links, err := e.cfg.Net.Links("zl-v")
 	if err != nil {
 		return err

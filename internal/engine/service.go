@@ -244,14 +244,16 @@ func serviceAnswer(svc *serviceState) protocol.ServiceOverlay {
 // the bridge (created, or adopted with its members), and for a dedicated
 // service its WireGuard device with its peers.
 func (e *Engine) ensureService(ctx context.Context, svc *serviceState) error {
-	err := e.cfg.Net.EnsureBridge(linuxnet.BridgeSpec{
-		Name:    svc.rec.Bridge,
-		Gateway: netip.PrefixFrom(svc.gateway, svc.subnet.Bits()),
-		MTU:     e.cfg.MTU,
-		Alias:   e.linkAlias("bridge", svc.rec.Name),
-	})
-	if err != nil {
-		return err
+	if !e.cfg.Caps.NoBridges {
+		err := e.cfg.Net.EnsureBridge(linuxnet.BridgeSpec{
+			Name:    svc.rec.Bridge,
+			Gateway: netip.PrefixFrom(svc.gateway, svc.subnet.Bits()),
+			MTU:     e.cfg.MTU,
+			Alias:   e.linkAlias("bridge", svc.rec.Name),
+		})
+		if err != nil {
+			return err
+		}
 	}
 	if !svc.dedicated() {
 		return nil
@@ -303,7 +305,7 @@ func (e *Engine) removeServiceKernel(svc *serviceState) {
 			e.log.Warn("deleting dedicated device", "device", svc.rec.Interface, "err", err)
 		}
 	}
-	if svc.rec.Bridge != "" {
+	if svc.rec.Bridge != "" && !e.cfg.Caps.NoBridges {
 		if err := e.cfg.Net.DeleteLink(svc.rec.Bridge); err != nil {
 			e.log.Warn("deleting bridge", "bridge", svc.rec.Bridge, "err", err)
 		}
