@@ -267,15 +267,17 @@ func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *se
 		return errors.New("join_global needs the global overlay, which is not set up")
 	}
 	err = e.cfg.Net.Attach(linuxnet.AttachSpec{
-		PID:          int(a.PID),
-		HostName:     a.HostLinkGlobal,
-		IfName:       "eth1",
-		Addr:         netip.PrefixFrom(gip, gip.BitLen()),
-		MTU:          e.cfg.MTU,
-		HostRoute:    true,
-		HostRouteSrc: nodeIP,
-		Routes:       []linuxnet.ContainerRoute{{Dst: cluster, Via: nodeIP, OnLink: true}},
-		HostAlias:    alias,
+		PID:      int(a.PID),
+		HostName: a.HostLinkGlobal,
+		IfName:   "eth1",
+		Addr:     netip.PrefixFrom(gip, gip.BitLen()),
+		MTU:      e.cfg.MTU,
+		// No preferred source on the host route: the kernel flushes routes
+		// whose source address disappears, and the node IP disappears with
+		// a userspace device whenever the daemon restarts.
+		HostRoute: true,
+		Routes:    []linuxnet.ContainerRoute{{Dst: cluster, Via: nodeIP, OnLink: true}},
+		HostAlias: alias,
 	})
 	if err != nil {
 		if derr := e.cfg.Net.Detach(a.HostLink); derr != nil {

@@ -430,7 +430,7 @@ func TestAttachDetachContainer(t *testing.T) {
 	if eth0 == nil || eth0.master != svc.Name || eth0.spec.Gateway != svc.Gateway || eth0.spec.IfName != "eth0" || eth0.mtu != 1420 {
 		t.Fatalf("eth0 %+v", eth0)
 	}
-	if eth1 == nil || !eth1.spec.HostRoute || eth1.spec.HostRouteSrc != netip.MustParseAddr("10.200.3.1") || eth1.spec.Addr.Bits() != 32 {
+	if eth1 == nil || !eth1.spec.HostRoute || eth1.spec.Routes[0].Via != netip.MustParseAddr("10.200.3.1") || eth1.spec.Addr.Bits() != 32 {
 		t.Fatalf("eth1 %+v", eth1)
 	}
 	if !strings.HasPrefix(eth0.alias, linkAliasPrefix) {

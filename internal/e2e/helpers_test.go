@@ -1,0 +1,97 @@
+// Package e2e holds the end-to-end acceptance tests: real daemons in
+// network namespaces (internal/lab), real WireGuard tunnels, real bridges,
+// veths, nftables and DNS, checked with independent tools (ping, wg, dig,
+// nft, tcpdump). They need root and skip otherwise.
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/zlayer/zlayer-overlayd/internal/lab"
+	"github.com/zlayer/zlayer-overlayd/internal/testbin"
+	"github.com/zlayer/zlayer-overlayd/protocol"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testbin.Cleanup()
+	os.Exit(code)
+}
+
+const cluster = "10.200.0.0/16"
+
+// newLab builds a lab whose daemons reconcile and check health quickly, so
+// tests observe the periodic behaviour in seconds.
+func newLab(t *testing.T, extraArgs ...string) *lab.Lab {
+	t.Helper()
+	if err := lab.Check(); err != nil {
+		t.Skip("end-to-end tests: " + err.Error())
+	}
+	for _, bin := range []string{"ping", "wg"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("end-to-end tests need %s (apt-get install iputils-ping wireguard-tools)", bin)
+		}
+	}
+	args := append([]string{"--reconcile-interval", "2s", "--health-interval", "1s"}, extraArgs...)
+	return lab.New(t, lab.Options{Daemon: testbin.Build(t, "zlayer-overlayd"), DaemonArgs: args})
+}
+
+// sliceOf is the explicit slice of node i (10.200.<i+1>.0/24).
+func sliceOf(i int) string { return fmt.Sprintf("10.200.%d.0/24", i+1) }
+
+// setupGlobal brings the global overlay up on every node with its own
+// slice and returns the status of each.
+func setupGlobal(t *testing.T, nodes []*lab.Node) []protocol.StatusSnapshot {
+	t.Helper()
+	out := make([]protocol.StatusSnapshot, len(nodes))
+	for i, n := range nodes {
+		n.Call(protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: n.Name, ClusterCIDR: cluster, SliceCIDR: sliceOf(i), WGPort: 51820})
+		out[i] = n.Status()
+	}
+	return out
+}
+
+// meshPeers tells every node about every other one, with allowed IPs =
+// the other's slice plus extra(j): what the main daemon must send so that
+// node IPs, join_global containers and service subnets all route.
+func meshPeers(t *testing.T, nodes []*lab.Node, st []protocol.StatusSnapshot, extra func(j int) []string) {
+	t.Helper()
+	for i, n := range nodes {
+		for j, m := range nodes {
+			if i == j {
+				continue
+			}
+			allowed := []string{sliceOf(j)}
+			if extra != nil {
+				allowed = append(allowed, extra(j)...)
+			}
+			n.Call(protocol.AddPeer{PeerSpec: protocol.PeerSpec{
+				PublicKey:               st[j].PublicKey,
+				Endpoint:                netip.AddrPortFrom(m.Underlay, 51820).String(),
+				AllowedIPs:              strings.Join(allowed, ","),
+				PersistentKeepaliveSecs: 25,
+			}})
+		}
+	}
+}
+
+func mustPing(t *testing.T, what string, ping func(netip.Addr, int) error, addr netip.Addr) {
+	t.Helper()
+	lab.Eventually(t, 15*time.Second, what+" pings "+addr.String(), func() error { return ping(addr, 1) })
+}
+
+func errMessage(resp protocol.Response, err error) string {
+	if err != nil {
+		return err.Error()
+	}
+	if e, ok := resp.(protocol.Err); ok {
+		return e.Message
+	}
+	return ""
+}
