@@ -89,6 +89,7 @@ type Engine struct {
 	hooks    hooks
 	health   map[string]bool   // guarded by mu; peerKey -> healthy
 	trials   map[string]*trial // guarded by mu; candidate endpoints being tried
+	rx       map[string]rxMark // guarded by mu; receive-counter progress per peer
 	resolved map[string]string // guarded by mu; peerKey -> configured endpoint as resolved
 	dns      *dnsState
 	fw       *fwState
@@ -144,6 +145,7 @@ func New(cfg Config) (*Engine, error) {
 		st:         st,
 		health:     map[string]bool{},
 		trials:     map[string]*trial{},
+		rx:         map[string]rxMark{},
 		resolved:   map[string]string{},
 		shutdownCh: make(chan struct{}),
 		bgStop:     make(chan struct{}),

@@ -815,3 +815,36 @@ func TestRequestsAfterShutdownAreRefused(t *testing.T) {
 	}
 	h.fails(protocol.Status{}, "shutting down")
 }
+
+// Keepalives are not handshakes: on a healthy link the handshake age
+// cycles up to two minutes, so health with a keepalive must follow the
+// receive counter, not flap every cycle.
+func TestHealthFollowsTrafficNotHandshakeAge(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	pk := newKey(t)
+	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pk.String(), Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}})
+	dev := h.wg.device("zl-prod-g")
+	t0 := time.Now()
+	dev.handshake(pk, t0, "")
+	for sec := 0; sec <= 150; sec += 5 {
+		dev.mu.Lock()
+		dev.peers[pk].ReceiveBytes += 32 // a keepalive arrived
+		dev.mu.Unlock()
+		h.e.checkPeers(t0.Add(time.Duration(sec) * time.Second))
+	}
+	h.mu.Lock()
+	n := len(h.events)
+	h.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("a link with steady keepalives flapped: %d events", n)
+	}
+	// Traffic stops: down after 2 × 25 s + 10 s.
+	h.e.checkPeers(t0.Add(150*time.Second + 59*time.Second))
+	h.e.checkPeers(t0.Add(150*time.Second + 61*time.Second))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.events) != 2 || h.events[1] != (protocol.PeerHealthChanged{Pubkey: pk.String(), Healthy: false}) {
+		t.Fatalf("events %v", h.events)
+	}
+}

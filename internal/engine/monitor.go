@@ -14,23 +14,33 @@ import (
 
 // Health thresholds: WireGuard re-handshakes every 2 minutes while traffic
 // flows and rejects a session after 180 s (REJECT_AFTER_TIME), so a peer
-// with no handshake for 180 s is down. With a persistent keepalive the
-// peer proves itself every keepalive interval, so two missed intervals plus
-// slack is enough to say so much sooner.
+// with no handshake for 180 s is down. With a persistent keepalive the peer
+// proves itself far more often, but keepalives are not handshakes (the
+// handshake age cycles up to 120 s on a perfectly healthy link), so the
+// fast rule looks at the receive counter instead: a peer whose bytes stop
+// arriving for two keepalive intervals plus slack is down.
 const (
 	healthThreshold     = 180 * time.Second
 	candidateTrialAfter = 6 * time.Second // one handshake attempt (REKEY_TIMEOUT 5 s) plus slack
 )
 
-func healthyAt(hs time.Time, keepalive time.Duration, now time.Time) bool {
-	if hs.IsZero() {
+// healthyAt decides a peer's health from its last handshake and the last
+// time its receive counter moved (zero if never seen moving).
+func healthyAt(hs time.Time, keepalive time.Duration, lastRx, now time.Time) bool {
+	if hs.IsZero() || now.Sub(hs) >= healthThreshold {
 		return false
 	}
-	limit := healthThreshold
-	if keepalive > 0 {
-		limit = min(limit, 2*keepalive+10*time.Second)
+	if keepalive <= 0 {
+		return true
 	}
-	return now.Sub(hs) < limit
+	limit := 2*keepalive + 10*time.Second
+	return now.Sub(hs) < limit || (!lastRx.IsZero() && now.Sub(lastRx) < limit)
+}
+
+// rxMark is when a peer's receive counter was last seen to move.
+type rxMark struct {
+	bytes int64
+	at    time.Time
 }
 
 // trial is where a peer's candidate endpoints stand.
@@ -114,13 +124,26 @@ func (e *Engine) checkPeers(now time.Time) {
 			delete(e.trials, k)
 		}
 	}
+	for k := range e.rx {
+		if !seen[k] {
+			delete(e.rx, k)
+		}
+	}
 	e.mu.Unlock()
 }
 
 func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.Time) {
 	pub := p.PublicKey.String()
-	healthy := healthyAt(p.LastHandshakeTime, p.PersistentKeepaliveInterval, now)
 	e.mu.Lock()
+	mark, seen := e.rx[key]
+	if !seen || p.ReceiveBytes != mark.bytes {
+		mark = rxMark{bytes: p.ReceiveBytes}
+		if seen || p.ReceiveBytes > 0 {
+			mark.at = now
+		}
+		e.rx[key] = mark
+	}
+	healthy := healthyAt(p.LastHandshakeTime, p.PersistentKeepaliveInterval, mark.at, now)
 	was := e.health[key]
 	e.health[key] = healthy
 	var desired *store.Peer

@@ -248,3 +248,43 @@ func Eventually(t TB, timeout time.Duration, what string, cond func() error) {
 
 // DataDir for a node inside the lab's directory.
 func (l *Lab) nodeDir(name string) string { return filepath.Join(l.dir, name) }
+
+// Host is a plain machine on the underlay without a daemon: "the internet"
+// for egress tests, a STUN server's home, a router.
+type Host struct {
+	lab  *Lab
+	Name string
+	NS   string
+	Addr netip.Addr
+}
+
+// AddHost attaches a namespace to the underlay at host number n.
+func (l *Lab) AddHost(name string, n int) *Host {
+	l.t.Helper()
+	h := &Host{lab: l, Name: name, NS: l.nsName(name), Addr: l.underlayAddr(n).Addr()}
+	l.addNS(h.NS)
+	l.attachToSwitch(h.NS, "eth0", l.underlayAddr(n), "h"+name)
+	return h
+}
+
+// Exec runs a command in the host's namespace.
+func (h *Host) Exec(args ...string) (string, error) {
+	return run(append([]string{"ip", "netns", "exec", h.NS}, args...)...)
+}
+
+// Start runs a long-lived command in the host's namespace until the lab
+// closes; it returns the process so tests can wait for it.
+func (h *Host) Start(args ...string) *exec.Cmd {
+	h.lab.t.Helper()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", h.NS}, args...)...)
+	if err := cmd.Start(); err != nil {
+		h.lab.t.Fatalf("lab: %s: %v", strings.Join(args, " "), err)
+	}
+	h.lab.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	return cmd
+}
