@@ -3,10 +3,10 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
-	"net/netip"
 	"sync"
 	"testing"
 	"time"
