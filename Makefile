@@ -13,7 +13,7 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X github.com/zlayer/zlayer-overlayd/internal/version.Version=$(VERSION)
 RUN_ARGS  ?=
 
-.PHONY: all build run test test-short vet fmt cross clean
+.PHONY: all build run demo test test-short vet fmt cross clean
 
 all: build
 
@@ -24,6 +24,12 @@ run: build
 	@if [ "$$(id -u)" != 0 ]; then echo "make run: zlayer-overlayd manages network devices and must run as root (sudo make run)"; exit 1; fi
 	@echo "state in $(DATA_DIR); talk to it with: $(BIN)/overlayctl --data-dir $(DATA_DIR) status"
 	$(BIN)/zlayer-overlayd --data-dir $(DATA_DIR) --log-level $(LOG_LEVEL) $(RUN_ARGS)
+
+# Two nodes, a mesh, a service with a container on each node, pings across;
+# everything is removed at the end. Root.
+demo: build
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo: needs root (network namespaces)"; exit 1; fi
+	$(GO) run ./internal/lab/demo --daemon $(BIN)/zlayer-overlayd
 
 vet:
 	$(GO) vet ./...
