@@ -296,6 +296,8 @@ func errf(format string, args ...any) protocol.Err {
 }
 
 func (e *Engine) setNodeID(r protocol.SetLocalNodeID) (protocol.Response, error) {
+	unlock := e.locks.lock("node")
+	defer unlock()
 	e.mu.Lock()
 	node := e.st.node
 	e.mu.Unlock()
