@@ -120,10 +120,18 @@ func (b *Bind) Port() (uint16, bool) {
 	return b.port, b.open
 }
 
-func (b *Bind) SetMark(mark uint32) error                     { return b.inner.SetMark(mark) }
-func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error    { return b.inner.Send(bufs, ep) }
+// SetMark passes through to the inner bind.
+func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
+
+// Send passes through to the inner bind untouched, so its batching and UDP
+// segmentation offload stay in effect.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error { return b.inner.Send(bufs, ep) }
+
+// ParseEndpoint passes through to the inner bind.
 func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) { return b.inner.ParseEndpoint(s) }
-func (b *Bind) BatchSize() int                                { return b.inner.BatchSize() }
+
+// BatchSize passes through to the inner bind.
+func (b *Bind) BatchSize() int { return b.inner.BatchSize() }
 
 // errUnsupported names the capability the inner bind lacks.
 func (b *Bind) errUnsupported(what string) error {

@@ -173,7 +173,7 @@ func (h *host) send(req nodeRequest) <-chan nodeResponse {
 
 // startDaemon runs a server program in ns until the test ends; its output
 // goes to the test log if the test fails.
-func startDaemon(t *testing.T, ns string, args ...string) {
+func startDaemon(t testing.TB, ns string, args ...string) {
 	t.Helper()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
 	var out bytes.Buffer
@@ -194,7 +194,7 @@ func startDaemon(t *testing.T, ns string, args ...string) {
 // conntrackMappings reads the router's connection tracking table: for each
 // UDP flow from the node's port 51830, the original destination and the
 // public port the NAT gave it. nil when conntrack(8) is not installed.
-func conntrackMappings(t *testing.T, ns string) map[string]int {
+func conntrackMappings(t testing.TB, ns string) map[string]int {
 	t.Helper()
 	if _, err := exec.LookPath("conntrack"); err != nil {
 		t.Log("conntrack is not installed; skipping the router-side check")

@@ -89,11 +89,7 @@ func ParseBindingResponse(b []byte) (TransactionID, netip.AddrPort, error) {
 	switch m.Type.Class {
 	case stun.ClassSuccessResponse:
 	case stun.ClassErrorResponse:
-		var ec stun.ErrorCodeAttribute
-		if err := ec.GetFrom(m); err != nil {
-			return id, netip.AddrPort{}, fmt.Errorf("STUN Binding error response without a valid ERROR-CODE: %w", err)
-		}
-		return id, netip.AddrPort{}, &ErrorResponse{Code: int(ec.Code), Reason: string(ec.Reason)}
+		return id, netip.AddrPort{}, decodeErrorCode(m)
 	default:
 		return id, netip.AddrPort{}, fmt.Errorf("STUN message is a Binding %s, not a response", m.Type.Class)
 	}
@@ -113,6 +109,20 @@ func ParseBindingResponse(b []byte) (TransactionID, netip.AddrPort, error) {
 		return id, ap, nil
 	}
 	return id, netip.AddrPort{}, errors.New("STUN Binding response has neither XOR-MAPPED-ADDRESS nor MAPPED-ADDRESS")
+}
+
+// decodeErrorCode returns the *ErrorResponse an error response carries
+// (RFC 5389 §15.6: class 3..6, number 0..99), or why it carries none.
+func decodeErrorCode(m *stun.Message) error {
+	v, err := m.Get(stun.AttrErrorCode)
+	if err != nil || len(v) < 4 {
+		return errors.New("STUN Binding error response without a valid ERROR-CODE")
+	}
+	class, number := int(v[2]&7), int(v[3])
+	if class < 3 || class > 6 || number > 99 {
+		return fmt.Errorf("STUN Binding error response with an invalid ERROR-CODE (class %d, number %d)", class, number)
+	}
+	return &ErrorResponse{Code: class*100 + number, Reason: string(v[4:])}
 }
 
 // decodeAddress decodes the value of a (XOR-)MAPPED-ADDRESS attribute

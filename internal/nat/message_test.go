@@ -43,6 +43,8 @@ func TestParseBindingResponse(t *testing.T) {
 
 		{"error response", mustBuild(t, idSetter, stun.BindingError, stun.CodeBadRequest), netip.AddrPort{}, "STUN error response 400"},
 		{"error response without error-code", mustBuild(t, idSetter, stun.BindingError), netip.AddrPort{}, "ERROR-CODE"},
+		{"error code class 2", mustBuild(t, idSetter, stun.BindingError, stun.ErrorCodeAttribute{Code: 299}), netip.AddrPort{}, "invalid ERROR-CODE"},
+		{"error code number 100", mustBuild(t, idSetter, stun.BindingError, raw(stun.AttrErrorCode, []byte{0, 0, 4, 100})), netip.AddrPort{}, "invalid ERROR-CODE"},
 		{"no address", mustBuild(t, idSetter, stun.BindingSuccess), netip.AddrPort{}, "neither XOR-MAPPED-ADDRESS nor MAPPED-ADDRESS"},
 		{"request", mustBuild(t, idSetter, stun.BindingRequest, xor4), netip.AddrPort{}, "not a response"},
 		{"indication", mustBuild(t, idSetter, stun.NewType(stun.MethodBinding, stun.ClassIndication), xor4), netip.AddrPort{}, "not a response"},

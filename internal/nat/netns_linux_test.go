@@ -69,6 +69,9 @@ type nodeRequest struct {
 	Servers  []string        `json:"servers,omitempty"`
 	Count    int             `json:"count,omitempty"`
 	Interval time.Duration   `json:"interval,omitempty"`
+	// Plain opens the device on wireguard-go's default bind, without STUN
+	// (the baseline of the throughput benchmark).
+	Plain bool `json:"plain,omitempty"`
 }
 
 type nodeResponse struct {
@@ -112,8 +115,12 @@ func runNode(in io.Reader, out io.Writer) {
 				if err != nil {
 					return err
 				}
-				bind = NewBind(nil, log)
-				if dev, err = backend.Open(req.Name, wg.Options{Bind: bind, Logger: log}); err != nil {
+				opts := wg.Options{Logger: log}
+				if !req.Plain {
+					bind = NewBind(nil, log)
+					opts.Bind = bind
+				}
+				if dev, err = backend.Open(req.Name, opts); err != nil {
 					return err
 				}
 				return dev.Configure(*req.Config)
@@ -172,13 +179,13 @@ func runNode(in io.Reader, out io.Writer) {
 
 // host is the test's handle on a helper process.
 type host struct {
-	t   *testing.T
+	t   testing.TB
 	ns  string
 	in  io.WriteCloser
 	out *bufio.Reader
 }
 
-func startHost(t *testing.T, ns, mode string, env ...string) *host {
+func startHost(t testing.TB, ns, mode string, env ...string) *host {
 	t.Helper()
 	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
 	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode), env...)
@@ -209,7 +216,7 @@ func startHost(t *testing.T, ns, mode string, env ...string) *host {
 }
 
 // startSTUNServers runs our STUN server on addrs inside ns.
-func startSTUNServers(t *testing.T, ns string, addrs ...string) {
+func startSTUNServers(t testing.TB, ns string, addrs ...string) {
 	t.Helper()
 	h := startHost(t, ns, "stun", stunAddrEnv+"="+strings.Join(addrs, ","))
 	line, err := h.out.ReadString('\n')
@@ -260,7 +267,7 @@ func (h *host) must(req nodeRequest) nodeResponse {
 
 // logWriter forwards a host's log lines to the test log.
 type logWriter struct {
-	t      *testing.T
+	t      testing.TB
 	prefix string
 	buf    []byte
 }
@@ -281,7 +288,7 @@ func (w *logWriter) Write(p []byte) (int, error) {
 	}
 }
 
-func requireRoot(t *testing.T, tools ...string) {
+func requireRoot(t testing.TB, tools ...string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: creates network namespaces, veth pairs, TUN devices and NAT rules")
@@ -296,7 +303,7 @@ func requireRoot(t *testing.T, tools ...string) {
 	}
 }
 
-func run(t *testing.T, args ...string) string {
+func run(t testing.TB, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
 	if err != nil {
@@ -305,7 +312,7 @@ func run(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-func randHex(t *testing.T, n int) string {
+func randHex(t testing.TB, n int) string {
 	t.Helper()
 	b := make([]byte, (n+1)/2)
 	if _, err := rand.Read(b); err != nil {
@@ -314,7 +321,7 @@ func randHex(t *testing.T, n int) string {
 	return hex.EncodeToString(b)[:n]
 }
 
-func newNetns(t *testing.T, name string) {
+func newNetns(t testing.TB, name string) {
 	t.Helper()
 	run(t, "ip", "netns", "add", name)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
@@ -343,7 +350,7 @@ const (
 	extraAddr = "203.0.113.6"
 )
 
-func newNATLab(t *testing.T, masquerade ...string) *natLab {
+func newNATLab(t testing.TB, masquerade ...string) *natLab {
 	t.Helper()
 	r := randHex(t, 6)
 	l := &natLab{id: r, node: "zltn-" + r + "-node", router: "zltn-" + r + "-rtr", net: "zltn-" + r + "-net"}
@@ -383,14 +390,20 @@ type wgPeer struct {
 
 // startWGHost opens a device named dev listening on port, with tunnel
 // address tunnelCIDR, in ns.
-func startWGHost(t *testing.T, ns, dev string, port int, tunnelCIDR string) *wgPeer {
+func startWGHost(t testing.TB, ns, dev string, port int, tunnelCIDR string) *wgPeer {
+	t.Helper()
+	return startWGHostBind(t, ns, dev, port, tunnelCIDR, false)
+}
+
+// startWGHostBind is startWGHost, on wireguard-go's default bind when plain.
+func startWGHostBind(t testing.TB, ns, dev string, port int, tunnelCIDR string, plain bool) *wgPeer {
 	t.Helper()
 	key, err := wgtypes.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &wgPeer{host: startHost(t, ns, "node"), key: key, dev: dev, port: port}
-	p.must(nodeRequest{Op: "open", Name: dev, Config: &wgtypes.Config{PrivateKey: &key, ListenPort: &port}})
+	p.must(nodeRequest{Op: "open", Name: dev, Plain: plain, Config: &wgtypes.Config{PrivateKey: &key, ListenPort: &port}})
 	run(t, "ip", "-n", ns, "addr", "add", tunnelCIDR, "dev", dev)
 	run(t, "ip", "-n", ns, "link", "set", dev, "up")
 	return p
@@ -433,7 +446,7 @@ func (p *wgPeer) probe(servers ...string) (*probeResult, error) {
 	return r.Probe, nil
 }
 
-func mustCIDR(t *testing.T, s string) net.IPNet {
+func mustCIDR(t testing.TB, s string) net.IPNet {
 	t.Helper()
 	_, n, err := net.ParseCIDR(s)
 	if err != nil {
@@ -444,7 +457,7 @@ func mustCIDR(t *testing.T, s string) net.IPNet {
 
 // pingAll pings ip from ns count times at interval and returns how many
 // replies came back.
-func pingAll(t *testing.T, ns, ip string, count int, interval string) (int, string) {
+func pingAll(t testing.TB, ns, ip string, count int, interval string) (int, string) {
 	t.Helper()
 	out, _ := exec.Command("ip", "netns", "exec", ns, "ping", "-q", "-c", fmt.Sprint(count), "-i", interval, "-W", "5", ip).CombinedOutput()
 	var sent, got int
