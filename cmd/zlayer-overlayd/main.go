@@ -54,6 +54,7 @@ type options struct {
 
 	firewall   bool
 	masquerade bool
+	stun       stringList
 }
 
 // stringList is a repeatable string flag.
@@ -85,6 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.UintVar(&o.dnsTTL, "dns-ttl", 5, "TTL of the zone's records, in seconds")
 	fs.BoolVar(&o.firewall, "firewall", true, "keep our nftables table (forwarding between bridges and the overlay, MSS clamping)")
 	fs.BoolVar(&o.masquerade, "masquerade", true, "masquerade container traffic leaving the node for outside the cluster")
+	fs.Var(&o.stun, "stun-server", "STUN server host[:port] for NAT traversal from the WireGuard port (repeatable; none by default)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -165,6 +167,7 @@ func serve(o options, log *slog.Logger) error {
 		ServiceBits:       o.servicePrefix,
 		ReconcileInterval: o.reconcile,
 		HealthInterval:    o.health,
+		NAT:               &engine.NATConfig{Servers: o.stun},
 	}
 	closers, err := platformNetwork(&cfg, o, log)
 	defer func() {

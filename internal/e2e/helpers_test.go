@@ -95,3 +95,5 @@ func errMessage(resp protocol.Response, err error) string {
 	}
 	return ""
 }
+
+func errf(format string, args ...any) error { return fmt.Errorf(format, args...) }

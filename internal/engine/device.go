@@ -23,6 +23,7 @@ type deviceSpec struct {
 	addrs  []netip.Prefix
 	peers  []store.Peer
 	routes []netip.Prefix // destinations routed into the device besides the addresses' own
+	global bool           // the global device (gets the NAT-traversal bind)
 }
 
 var errNoBackend = errors.New("no WireGuard backend is configured in this daemon")
@@ -33,7 +34,11 @@ func (e *Engine) openDevice(ctx context.Context, spec deviceSpec) (wg.Device, er
 	if e.cfg.WG == nil || e.cfg.Net == nil {
 		return nil, errNoBackend
 	}
-	dev, err := e.cfg.WG.Open(spec.name, wg.Options{MTU: e.cfg.MTU, Logger: e.log.With("device", spec.name)})
+	opts := wg.Options{MTU: e.cfg.MTU, Logger: e.log.With("device", spec.name)}
+	if spec.global {
+		opts.Bind = e.globalBind()
+	}
+	dev, err := e.cfg.WG.Open(spec.name, opts)
 	if err != nil {
 		return nil, err
 	}

@@ -67,6 +67,8 @@ type Config struct {
 	// has an overlay to forward for, never before (a daemon that is only
 	// started does not change the host).
 	EnableForwarding func() ([]string, error)
+	// NAT, when set, enables STUN-based NAT traversal on the global device.
+	NAT *NATConfig
 	// Caps describe the platform; HCN attaches Windows containers.
 	Caps Capabilities
 	HCN  HCN
@@ -93,6 +95,7 @@ type Engine struct {
 	resolved map[string]string // guarded by mu; peerKey -> configured endpoint as resolved
 	dns      *dnsState
 	fw       *fwState
+	nat      *natState
 
 	forwarding bool // guarded by mu; IP forwarding is on (or not ours to turn on)
 
@@ -157,6 +160,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.Firewall != nil {
 		e.enableFirewall(*cfg.Firewall)
+	}
+	if cfg.NAT != nil {
+		e.enableNAT(*cfg.NAT)
 	}
 	return e, nil
 }
@@ -276,6 +282,8 @@ func (e *Engine) dispatch(ctx context.Context, req protocol.Request) (protocol.R
 		return e.registerDNS(r)
 	case protocol.UnregisterDNS:
 		return e.unregisterDNS(r)
+	case protocol.NATTick:
+		return e.natTick(ctx)
 	case protocol.Shutdown:
 		e.stopping.Store(true)
 		e.shutdownOnce.Do(func() { close(e.shutdownCh) })

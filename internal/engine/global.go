@@ -194,6 +194,9 @@ func (e *Engine) setupGlobal(ctx context.Context, r protocol.SetupGlobalOverlay)
 			"expected", exp, "device", key.PublicKey().String())
 	}
 	e.topologyChanged()
+	if r.NATEnabled {
+		e.probeSoon()
+	}
 	return protocol.BridgeName{Name: rec.Interface}, nil
 }
 
@@ -246,6 +249,7 @@ func (e *Engine) globalSpec(rec store.Global, key wgtypes.Key, cluster netip.Pre
 		addrs:  []netip.Prefix{netip.PrefixFrom(nodeIP, cluster.Bits())},
 		peers:  peers,
 		routes: peerRoutes(peers, []netip.Prefix{cluster}),
+		global: true,
 	}
 }
 

@@ -218,9 +218,10 @@ func (e *Engine) tryNextCandidate(d scopedDevice, key string, p *store.Peer, can
 		e.log.Warn("switching a peer to its next candidate", "peer", p.PublicKey, "err", err)
 		return
 	}
+	// e.resolved keeps the requested endpoint: a candidate that wins is
+	// then told apart from it and reported like a learned endpoint.
 	e.mu.Lock()
 	e.trials[key] = &trial{index: next, since: now}
-	e.resolved[key] = ap.String()
 	e.mu.Unlock()
 	e.log.Debug("trying candidate endpoint", "peer", p.PublicKey, "candidate", ap)
 }

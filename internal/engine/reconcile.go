@@ -98,6 +98,9 @@ func (e *Engine) reconcileGlobal(ctx context.Context, changes *int) error {
 		e.mu.Unlock()
 		*changes++
 		e.log.Info("global device restored", "interface", g.rec.Interface, "peers", len(spec.peers))
+		if g.rec.NATEnabled {
+			e.probeSoon()
+		}
 		return nil
 	}
 	return e.syncDevice(ctx, g.dev, spec, false)

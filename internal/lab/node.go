@@ -43,17 +43,25 @@ type Node struct {
 	client  *client.Client
 }
 
-// AddNode creates a node and starts its daemon.
+// AddNode creates a node on the underlay switch and starts its daemon.
 func (l *Lab) AddNode(name string, args ...string) *Node {
 	l.t.Helper()
 	l.mu.Lock()
 	idx := len(l.nodes)
 	l.mu.Unlock()
+	n := l.newNode(name, l.underlayAddr(idx+1).Addr(), args)
+	l.attachToSwitch(n.NS, "eth0", l.underlayAddr(idx+1), fmt.Sprintf("n%d", idx))
+	l.register(n)
+	return n
+}
+
+func (l *Lab) newNode(name string, underlay netip.Addr, args []string) *Node {
+	l.t.Helper()
 	n := &Node{
 		lab:      l,
 		Name:     name,
 		NS:       l.nsName(name),
-		Underlay: l.underlayAddr(idx + 1).Addr(),
+		Underlay: underlay,
 		DataDir:  filepath.Join(l.nodeDir(name), "data"),
 		WGDir:    filepath.Join(l.nodeDir(name), "wireguard"),
 		args:     append(append([]string{}, l.opts.DaemonArgs...), args...),
@@ -65,12 +73,14 @@ func (l *Lab) AddNode(name string, args ...string) *Node {
 		}
 	}
 	l.addNS(n.NS)
-	l.attachToSwitch(n.NS, "eth0", l.underlayAddr(idx+1), fmt.Sprintf("n%d", idx))
+	return n
+}
+
+func (l *Lab) register(n *Node) {
 	l.mu.Lock()
 	l.nodes = append(l.nodes, n)
 	l.mu.Unlock()
 	n.Start()
-	return n
 }
 
 // LogPath is the daemon's log file (appended across restarts).
