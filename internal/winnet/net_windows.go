@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"unsafe"
@@ -133,10 +134,16 @@ func (n *Net) LinkExists(name string) (bool, error) {
 }
 
 // SetUp sets the adapter administratively up (SetIfEntry; a Wintun
-// adapter is operationally up while wireguard-go holds its session).
+// adapter is operationally up while wireguard-go holds its session) and
+// turns IP forwarding on for it: an overlay adapter routes for the node's
+// containers, and Windows decides forwarding per interface where Linux has
+// one global switch.
 func (n *Net) SetUp(name string) error {
 	r, err := mustFind(name)
 	if err != nil {
+		return fmt.Errorf("set %s up: %w", name, err)
+	}
+	if _, err := enableForwarding(r.InterfaceLuid); err != nil {
 		return fmt.Errorf("set %s up: %w", name, err)
 	}
 	if r.AdminStatus == ifAdminStatusUp {
@@ -409,4 +416,68 @@ func (n *Net) Links(prefix string) ([]linuxnet.LinkInfo, error) {
 	}
 	n.mu.Unlock()
 	return out, nil
+}
+
+// enableForwarding turns IP forwarding on for every family bound to the
+// interface; changed is true when it was off for any.
+func enableForwarding(luid uint64) (changed bool, err error) {
+	for _, family := range []uint16{afInet, afInet6} {
+		row := windows.MibIpInterfaceRow{Family: family, InterfaceLuid: luid}
+		if err := windows.GetIpInterfaceEntry(&row); err != nil {
+			if errors.Is(err, windows.ERROR_NOT_FOUND) {
+				continue
+			}
+			return changed, fmt.Errorf("read the IP interface: %w", err)
+		}
+		if row.ForwardingEnabled != 0 {
+			continue
+		}
+		row.ForwardingEnabled = 1
+		if family == afInet {
+			row.SitePrefixLength = 0
+		}
+		if err := setIpInterfaceEntry(&row); err != nil {
+			return changed, fmt.Errorf("enable IP forwarding: %w", err)
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
+// EnableForwardingFor turns IP forwarding on for the interfaces that hold
+// address p (address and prefix length exactly), and returns their
+// aliases. HCN gives an Internal network's host vNIC the network's gateway
+// address; forwarding on it is what lets containers behind the network
+// reach the overlay.
+func EnableForwardingFor(p netip.Prefix) ([]string, error) {
+	var t *windows.MibUnicastIpAddressTable
+	if err := windows.GetUnicastIpAddressTable(afUnspec, &t); err != nil {
+		return nil, fmt.Errorf("read the address table: %w", err)
+	}
+	var luids []uint64
+	for _, r := range unsafe.Slice(&t.Table[0], t.NumEntries) {
+		if q, ok := prefixOfRow(&r); ok && q == p && !slices.Contains(luids, r.InterfaceLuid) {
+			luids = append(luids, r.InterfaceLuid)
+		}
+	}
+	windows.FreeMibTable(unsafe.Pointer(t))
+	if len(luids) == 0 {
+		return nil, fmt.Errorf("no interface holds %s", p)
+	}
+	rows, err := interfaces()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, luid := range luids {
+		if _, err := enableForwarding(luid); err != nil {
+			return names, err
+		}
+		for i := range rows {
+			if rows[i].InterfaceLuid == luid {
+				names = append(names, alias(&rows[i]))
+			}
+		}
+	}
+	return names, nil
 }
