@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
@@ -160,6 +161,71 @@ func (n *Net) SetUp(name string) error {
 	return nil
 }
 
+// bindWait bounds how long a new adapter may take until the IP stack has
+// bound a family to it: Windows binds IPv4 and IPv6 to a fresh Wintun
+// adapter asynchronously, and every IP Helper call on that family fails
+// with ERROR_NOT_FOUND until it has.
+const bindWait = 10 * time.Second
+
+// ipInterface reads the adapter's IP interface of a family, waiting up to
+// wait for the family to be bound; ok is false when it is not by then.
+func ipInterface(luid uint64, family uint16, wait time.Duration) (row windows.MibIpInterfaceRow, ok bool, err error) {
+	deadline := time.Now().Add(wait)
+	for {
+		row = windows.MibIpInterfaceRow{Family: family, InterfaceLuid: luid}
+		err := windows.GetIpInterfaceEntry(&row)
+		if err == nil {
+			return row, true, nil
+		}
+		if !errors.Is(err, windows.ERROR_NOT_FOUND) {
+			return row, false, fmt.Errorf("read the IP interface: %w", err)
+		}
+		if time.Now().After(deadline) {
+			return row, false, nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// boundFamilies waits until the IP stack has bound the adapter (see
+// bindWait) and returns its IP interfaces: whichever family comes first,
+// then the other once it follows shortly (a host with IPv6 disabled
+// never binds it).
+func boundFamilies(luid uint64) ([]windows.MibIpInterfaceRow, error) {
+	var rows []windows.MibIpInterfaceRow
+	for deadline := time.Now().Add(bindWait); ; time.Sleep(50 * time.Millisecond) {
+		for _, family := range []uint16{afInet, afInet6} {
+			row, ok, err := ipInterface(luid, family, 0)
+			if err != nil {
+				return nil, err
+			}
+			if ok {
+				rows = append(rows, row)
+			}
+		}
+		if len(rows) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("neither IPv4 nor IPv6 was bound to the adapter within %s", bindWait)
+		}
+	}
+	if len(rows) == 1 {
+		other := uint16(afInet6)
+		if rows[0].Family == afInet6 {
+			other = afInet
+		}
+		row, ok, err := ipInterface(luid, other, time.Second)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			rows = append(rows, row)
+		}
+	}
+	return rows, nil
+}
+
 // SetMTU sets the IP MTU of both families on the adapter (the one that
 // applies to packets; a Wintun adapter's link MTU is fixed when it is
 // created, from the same value).
@@ -168,16 +234,12 @@ func (n *Net) SetMTU(name string, mtu int) error {
 	if err != nil {
 		return fmt.Errorf("set MTU of %s: %w", name, err)
 	}
-	set := 0
-	for _, family := range []uint16{afInet, afInet6} {
-		row := windows.MibIpInterfaceRow{Family: family, InterfaceLuid: r.InterfaceLuid}
-		if err := windows.GetIpInterfaceEntry(&row); err != nil {
-			if errors.Is(err, windows.ERROR_NOT_FOUND) {
-				continue // this family is not bound to the adapter
-			}
-			return fmt.Errorf("set MTU of %s: read its IP interface: %w", name, err)
-		}
-		set++
+	rows, err := boundFamilies(r.InterfaceLuid)
+	if err != nil {
+		return fmt.Errorf("set MTU of %s: %w", name, err)
+	}
+	for _, row := range rows {
+		family := row.Family
 		if row.NlMtu == uint32(mtu) {
 			continue
 		}
@@ -190,9 +252,6 @@ func (n *Net) SetMTU(name string, mtu int) error {
 		if err := setIpInterfaceEntry(&row); err != nil {
 			return fmt.Errorf("set MTU of %s to %d: %w", name, mtu, err)
 		}
-	}
-	if set == 0 {
-		return fmt.Errorf("set MTU of %s: neither IPv4 nor IPv6 is bound to the adapter", name)
 	}
 	return nil
 }
@@ -271,7 +330,16 @@ func (n *Net) EnsureAddrs(name string, want []netip.Prefix) error {
 		*(*[sizeofSockaddrInet]byte)(unsafe.Pointer(&row.Address)) = sockaddrInet(p.Addr())
 		row.OnLinkPrefixLength = uint8(p.Bits())
 		row.DadState = ipDadStatePreferred
-		if err := createUnicastIpAddressEntry(&row); err != nil && !errors.Is(err, windows.ERROR_OBJECT_ALREADY_EXISTS) {
+		err := createUnicastIpAddressEntry(&row)
+		if errors.Is(err, windows.ERROR_NOT_FOUND) {
+			// The family is not bound to the new adapter yet.
+			if _, ok, werr := ipInterface(r.InterfaceLuid, familyOf(p.Addr()), bindWait); werr != nil {
+				return fmt.Errorf("add address %s to %s: %w", p, name, werr)
+			} else if ok {
+				err = createUnicastIpAddressEntry(&row)
+			}
+		}
+		if err != nil && !errors.Is(err, windows.ERROR_OBJECT_ALREADY_EXISTS) {
 			return fmt.Errorf("add address %s to %s: %w", p, name, err)
 		}
 	}
