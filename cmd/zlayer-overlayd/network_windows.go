@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
 	"github.com/zlayer/zlayer-overlayd/internal/hcn"
+	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/internal/winnet"
+	"golang.org/x/sys/windows"
 )
 
 // platformNetwork wires the Windows network stack into the engine config:
@@ -18,6 +21,9 @@ import (
 // linux_pid attaches are refused.
 func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(), error) {
 	var closers []func()
+	if err := restrictToAdministrators(filepath.Join(o.dataDir, store.FileName)); err != nil {
+		return closers, err
+	}
 	n, err := winnet.New()
 	if err != nil {
 		return closers, err
@@ -43,6 +49,29 @@ func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(),
 		log.Debug("--firewall manages nftables, which Windows does not have; no firewall rules are kept")
 	}
 	return closers, nil
+}
+
+// stateFileSDDL gives the state file to SYSTEM and Administrators alone,
+// with nothing inherited: it holds the node's private keys, and a file
+// under %ProgramData% otherwise inherits read access for every local user
+// (Windows ignores the 0600 the store asks for).
+const stateFileSDDL = "D:P(A;;FA;;;SY)(A;;FA;;;BA)"
+
+func restrictToAdministrators(path string) error {
+	sd, err := windows.SecurityDescriptorFromString(stateFileSDDL)
+	if err != nil {
+		return err
+	}
+	dacl, _, err := sd.DACL()
+	if err != nil {
+		return err
+	}
+	err = windows.SetNamedSecurityInfo(path, windows.SE_FILE_OBJECT,
+		windows.DACL_SECURITY_INFORMATION|windows.PROTECTED_DACL_SECURITY_INFORMATION, nil, nil, dacl, nil)
+	if err != nil {
+		return fmt.Errorf("restrict %s, which holds private keys, to SYSTEM and Administrators: %w", path, err)
+	}
+	return nil
 }
 
 // hcnUnavailable answers every HCN call with the reason HNS could not be
