@@ -31,6 +31,10 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// runService, when the platform has a service manager to run under
+// (--service), runs the daemon there and returns its exit code.
+var runService func(o options, stderr io.Writer) int
+
 type options struct {
 	dataDir   string
 	socket    string
@@ -38,6 +42,13 @@ type options struct {
 	logFormat string
 	version   bool
 	service   bool
+
+	pipeAccount string
+	// stop and ready connect serve to a service manager (the Windows
+	// SCM): a stop request is handled exactly like SIGTERM, and ready is
+	// called once requests are being served.
+	stop  <-chan string
+	ready func()
 
 	wireguard     string
 	mtu           int
@@ -73,6 +84,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.logFormat, "log-format", "text", "text or json")
 	fs.BoolVar(&o.version, "version", false, "print the version and exit")
 	fs.BoolVar(&o.service, "service", false, "run under the Windows Service Control Manager (ignored elsewhere)")
+	fs.StringVar(&o.pipeAccount, "pipe-account", "", "Windows: the account or group that may open the pipe besides SYSTEM and Administrators (default: group zlayer when it exists); ignored elsewhere")
 	fs.StringVar(&o.wireguard, "wireguard", "auto", "WireGuard backend: auto (kernel when available), kernel or userspace (embedded wireguard-go)")
 	fs.IntVar(&o.mtu, "mtu", 1420, "MTU of the overlay devices, bridges and container links")
 	fs.IntVar(&o.slicePrefix, "slice-prefix", 0, "prefix length of a self-assigned node slice (default /28, /120 for IPv6)")
@@ -136,6 +148,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "zlayer-overlayd", version.Version)
 		return 0
 	}
+	if o.service && runService != nil {
+		return runService(o, stderr)
+	}
 	log, err := newLogger(o.logLevel, o.logFormat, stderr)
 	if err != nil {
 		fmt.Fprintln(stderr, "zlayer-overlayd:", err)
@@ -192,7 +207,11 @@ func serve(o options, log *slog.Logger) error {
 	}
 	defer eng.Close()
 	srv.Handler = eng
-	policy := ipc.DefaultPolicy()
+	access := ipc.Access{PipeAccount: o.pipeAccount}
+	policy, err := access.Policy()
+	if err != nil {
+		return err
+	}
 	srv.Authorize = func(c net.Conn) error {
 		caller, err := ipc.PeerCaller(c)
 		if err != nil {
@@ -201,7 +220,7 @@ func serve(o options, log *slog.Logger) error {
 		return policy.Allow(caller)
 	}
 
-	ln, err := ipc.Listen(o.socket, log)
+	ln, err := access.Listen(o.socket, log)
 	if err != nil {
 		return err
 	}
@@ -215,6 +234,9 @@ func serve(o options, log *slog.Logger) error {
 		return fmt.Errorf("restore state: %w", err)
 	}
 	log.Info("zlayer-overlayd serving", "version", version.Version, "socket", o.socket, "data_dir", o.dataDir, "pid", os.Getpid())
+	if o.ready != nil {
+		o.ready()
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
@@ -227,6 +249,8 @@ func serve(o options, log *slog.Logger) error {
 	select {
 	case s := <-sigs:
 		cause = "signal " + s.String()
+		eng.Stop()
+	case cause = <-o.stop:
 		eng.Stop()
 	case <-eng.ShutdownRequested():
 		cause = "shutdown request"

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e holds the end-to-end acceptance tests: real daemons in
 // network namespaces (internal/lab), real WireGuard tunnels, real bridges,
 // veths, nftables and DNS, checked with independent tools (ping, wg, dig,

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package lab builds multi-node overlay test beds out of network namespaces
 // on one machine: an underlay "switch", nodes that each run a real
 // zlayer-overlayd process, and containers (processes in their own network

@@ -49,11 +49,14 @@ func (userspaceBackend) Open(name string, opts Options) (Device, error) {
 		return nil, err
 	}
 
-	tdev, err := tun.CreateTUN(name, opts.MTU)
+	tdev, err := createTUN(name, opts.MTU)
 	if err != nil {
-		return nil, fmt.Errorf("create TUN device %q for wireguard: %w (this needs CAP_NET_ADMIN and a TUN driver)", name, err)
+		return nil, fmt.Errorf("create TUN device %q for wireguard: %w (%s)", name, err, tunHint)
 	}
-	realName, err := tdev.Name()
+	// The device keeps the caller's name on every platform; where the
+	// kernel picks the interface name itself (darwin's utunN), the
+	// mapping is published below for the network package to follow.
+	systemName, err := tdev.Name()
 	if err != nil {
 		tdev.Close()
 		return nil, fmt.Errorf("read the name of TUN device %q: %w", name, err)
@@ -62,19 +65,25 @@ func (userspaceBackend) Open(name string, opts Options) (Device, error) {
 	if bind == nil {
 		bind = conn.NewDefaultBind()
 	}
-	d, err := startUserspace(realName, tdev, bind, log)
+	d, err := startUserspace(name, tdev, bind, log)
 	if err != nil {
 		return nil, err
 	}
-	ln, errSources, err := listenUAPI(realName)
+	ln, errSources, err := listenUAPI(name)
 	if err != nil {
 		d.Close()
 		return nil, err
 	}
 	d.serveUAPI(ln, errSources)
+	unpublish, err := publishSystemName(name, systemName)
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.unpublish = unpublish
 	// A batch size above 1 means wireguard-go negotiated the TUN's
 	// virtio-net header, i.e. TSO/GSO and GRO offloads are on.
-	log.Info("wireguard device created", "name", realName, "mtu", opts.MTU, "tun_batch_size", tdev.BatchSize())
+	log.Info("wireguard device created", "name", name, "interface", systemName, "mtu", opts.MTU, "tun_batch_size", tdev.BatchSize())
 	return d, nil
 }
 
@@ -91,6 +100,7 @@ type userspaceDevice struct {
 	close    sync.Once
 
 	closeListener func() error // nil when no UAPI listener is published
+	unpublish     func()       // forgets the name the OS gave the interface; nil until published
 	uapiDone      chan struct{}
 	connsMu       sync.Mutex
 	conns         map[net.Conn]struct{}
@@ -226,6 +236,9 @@ func (d *userspaceDevice) Close() error {
 			d.connsWG.Wait()
 		}
 		d.dev.Close()
+		if d.unpublish != nil {
+			d.unpublish()
+		}
 		d.log.Info("wireguard device closed")
 	})
 	return nil

@@ -55,8 +55,10 @@ type Backend interface {
 	Kind() string
 	// Open creates the device, or adopts an existing device of ours with
 	// that name; it never touches a link that is not ours. The caller must
-	// assign addresses and set the link up. On darwin the kernel numbers
-	// utun devices: pass "utun" and read Device.Name.
+	// assign addresses and set the link up. The device keeps name on
+	// every platform (Device.Name, the UAPI socket); on darwin, where the
+	// kernel numbers utun interfaces itself, SystemName(name) tells which
+	// utunN it is.
 	Open(name string, opts Options) (Device, error)
 }
 

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command demo shows the overlay working end to end on one machine: two
 // nodes (network namespaces, each running zlayer-overlayd), a WireGuard
 // mesh between them, a service "web" with a container on each node, and
