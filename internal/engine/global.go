@@ -307,6 +307,15 @@ func (e *Engine) teardownGlobal(ctx context.Context) (protocol.Response, error) 
 			e.log.Warn("deleting the global device link", "err", err)
 		}
 	}
+	if e.cfg.HCN != nil {
+		// The Internal network lives on the node slice behind the node IP
+		// that just went away; containers still attached keep their
+		// endpoints until they are detached, and HNS refuses to delete a
+		// network with endpoints, so a failure here is only logged.
+		if err := e.cfg.HCN.DeleteNetwork(ctx, hcnNetworkName(old.rec.Deployment)); err != nil {
+			e.log.Warn("deleting the HCN network", "network", hcnNetworkName(old.rec.Deployment), "err", err)
+		}
+	}
 	e.log.Info("global overlay torn down", "interface", old.rec.Interface)
 	e.topologyChanged()
 	return protocol.OK{}, nil
