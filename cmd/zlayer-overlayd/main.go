@@ -54,6 +54,8 @@ type options struct {
 
 	firewall   bool
 	masquerade bool
+
+	observe observeOptions
 }
 
 // stringList is a repeatable string flag.
@@ -85,7 +87,11 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.UintVar(&o.dnsTTL, "dns-ttl", 5, "TTL of the zone's records, in seconds")
 	fs.BoolVar(&o.firewall, "firewall", true, "keep our nftables table (forwarding between bridges and the overlay, MSS clamping)")
 	fs.BoolVar(&o.masquerade, "masquerade", true, "masquerade container traffic leaving the node for outside the cluster")
+	o.observe.register(fs)
 	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if err := o.observe.validate(); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
@@ -188,7 +194,16 @@ func serve(o options, log *slog.Logger) error {
 		return err
 	}
 	defer eng.Close()
-	srv.Handler = eng
+	var dnsSrv *dns.Server
+	if cfg.DNS != nil {
+		dnsSrv = cfg.DNS.Server
+	}
+	handler, stopObserve, err := o.observe.start(log, eng, srv, dnsSrv)
+	if err != nil {
+		return err
+	}
+	defer stopObserve()
+	srv.Handler = handler
 	policy := ipc.DefaultPolicy()
 	srv.Authorize = func(c net.Conn) error {
 		caller, err := ipc.PeerCaller(c)
