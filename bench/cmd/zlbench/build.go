@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/zlayer/zlayer-overlayd/bench/internal/benchlib"
+)
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// binaries builds zlayer-overlayd and the echo server once per run, from
+// the module this benchmark lives in.
+func binaries() (dir string, err error) {
+	buildOnce.Do(func() {
+		buildDir = benchlib.TempDir()
+		root, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+		if err != nil {
+			buildErr = fmt.Errorf("find the module: %v", err)
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/zlayer-overlayd", "./bench/echo")
+		cmd.Dir = strings.TrimSpace(string(root))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	return buildDir, buildErr
+}
+
+func daemonBin() (string, error) {
+	d, err := binaries()
+	return filepath.Join(d, "zlayer-overlayd"), err
+}
