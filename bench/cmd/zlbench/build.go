@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/zlayer/zlayer-overlayd/bench/internal/benchlib"
 )
@@ -26,8 +28,11 @@ func binaries() (dir string, err error) {
 			buildErr = fmt.Errorf("find the module: %v", err)
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", buildDir+"/", "./cmd/zlayer-overlayd", "./bench/echo")
+		ctx, cancel := context.WithCancel(context.Background())
+		benchlib.Defer(cancel) // an interrupted run stops the build too
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", buildDir+"/", "./cmd/zlayer-overlayd", "./bench/echo")
 		cmd.Dir = strings.TrimSpace(string(root))
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}

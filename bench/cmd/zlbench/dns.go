@@ -67,8 +67,11 @@ func benchDNS() error {
 	os.WriteFile(queries, []byte(q.String()), 0o644)
 
 	// Ours.
-	ours := newDaemon(ns, filepath.Join(dir, "ours"), "--dns-port", "5300", "--dns-zone", dnsZone, "--firewall=false",
-		"--reconcile-interval", "1h", "--health-interval", "1h")
+	args := []string{"--dns-port", "5300", "--dns-zone", dnsZone, "--firewall=false", "--reconcile-interval", "1h", "--health-interval", "1h"}
+	if *profile != "" {
+		args = append(args, "--pprof-listen", "127.0.0.1:16060")
+	}
+	ours := newDaemon(ns, filepath.Join(dir, "ours"), args...)
 	if err := ours.start(); err != nil {
 		return fmt.Errorf("%v\n%s", err, ours.log())
 	}
@@ -129,9 +132,18 @@ func benchDNS() error {
 	dur := measure(5*time.Second, 2*time.Second)
 	var cs []benchlib.Contender
 	for _, s := range servers {
-		port := s.port
-		cs = append(cs, benchlib.Contender{Name: s.name, Run: func(int) (map[string]float64, error) {
+		port, name := s.port, s.name
+		cs = append(cs, benchlib.Contender{Name: s.name, Run: func(round int) (map[string]float64, error) {
+			var stopProf func() error
+			if *profile != "" && round == 0 && name == "zlayer-overlayd" {
+				stopProf = startProfile(ns, dur, profilePath("dns"))
+			}
 			qps, err := dnsperfQPS(ns, port, queries, dur)
+			if stopProf != nil {
+				if perr := stopProf(); perr != nil {
+					fmt.Fprintln(os.Stderr, "dns: profile:", perr)
+				}
+			}
 			if err != nil {
 				return nil, err
 			}

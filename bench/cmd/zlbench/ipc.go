@@ -67,7 +67,7 @@ func benchIPC() error {
 		return func(round int) (map[string]float64, error) {
 			var stopProf func() error
 			if prof && round == 0 {
-				stopProf = startProfile(ns, dur)
+				stopProf = startProfile(ns, dur, profilePath("ipc"))
 			}
 			rps, _, err := roundTrips(sock, 16, dur, 0, statusFrame)
 			if stopProf != nil {
@@ -202,8 +202,8 @@ func roundTrip(c net.Conn, req []byte, buf *[]byte) error {
 
 // startProfile fetches a CPU profile of the daemon over its pprof listener
 // (loopback of its namespace) while the load runs, and writes it to
-// -cpuprofile when the returned function is called.
-func startProfile(ns string, dur time.Duration) func() error {
+// path; the returned function waits for it.
+func startProfile(ns string, dur time.Duration, path string) func() error {
 	done := make(chan error, 1)
 	go func() {
 		secs := int(dur / time.Second)
@@ -230,7 +230,7 @@ func startProfile(ns string, dur time.Duration) func() error {
 				return
 			}
 			var f *os.File
-			if f, err = os.Create(*profile); err != nil {
+			if f, err = os.Create(path); err != nil {
 				return
 			}
 			defer f.Close()

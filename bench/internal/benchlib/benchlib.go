@@ -38,8 +38,12 @@ func Name(suffix string) string {
 }
 
 var (
-	cleanMu  sync.Mutex
+	cleanMu  sync.Mutex // guards cleanups
 	cleanups []func()
+	// cleaning is held while cleanups run, so a second caller (a failure
+	// in main racing the Ctrl-C handler) waits for the first to finish
+	// instead of exiting halfway through.
+	cleaning sync.Mutex
 	sigOnce  sync.Once
 )
 
@@ -53,6 +57,8 @@ func Defer(f func()) {
 // Cleanup runs every registered cleanup once. main defers it, and the
 // signal handler calls it before exiting, so Ctrl-C leaves nothing behind.
 func Cleanup() {
+	cleaning.Lock()
+	defer cleaning.Unlock()
 	cleanMu.Lock()
 	fs := cleanups
 	cleanups = nil
