@@ -307,7 +307,7 @@ type rawFrame struct {
 // with a known frame kind wraps ErrMalformed. A request frame with a valid id
 // whose request cannot be decoded returns a *BadRequestError.
 func UnmarshalFrame(data []byte) (Frame, error) {
-	if f, ok := fastRequestFrame(data); ok {
+	if f, ok := fastFrame(data); ok {
 		return f, nil
 	}
 	return unmarshalFrameGeneral(data)

@@ -7,12 +7,12 @@ import (
 	"unicode/utf8"
 )
 
-// The fast path decodes the request frames a well-behaved client sends —
-// the only frames a server decodes at volume — with one validation pass,
-// one cheap scan of the envelope and the request's top-level members, and
-// at most one encoding/json pass over the request body (none for ops
-// without fields, such as status). The general decoder below used five
-// passes, one of them into a map.
+// The fast path decodes the request frames a well-behaved client sends and
+// the response frames a server sends — the frames decoded at volume —
+// with one validation pass, one cheap scan of the envelope and the
+// object's top-level members, and at most one encoding/json pass over the
+// body (none for variants without fields, such as status or ok). The
+// general decoder below makes five passes, one of them into a map.
 //
 // The fast path never produces an error: any frame it is not certain to
 // decode exactly as the general decoder would (not valid JSON, keys with
@@ -33,7 +33,7 @@ type member struct {
 
 // maxFastMembers bounds the members the fast path tracks without
 // allocating; bigger objects take the general path.
-const maxFastMembers = 16
+const maxFastMembers = 48
 
 // scanObject lists the top-level members of a JSON object that is
 // already known to be valid. It reports false when data is not an object,
@@ -182,20 +182,28 @@ func exactOnly(key []byte, want string) (match, ok bool) {
 	return false, true
 }
 
-// fieldless caches which request types have no JSON fields at all: their
-// body needs no decoding once the frame is known to be valid.
-var fieldless = map[string]bool{}
+// fieldlessRequests and fieldlessResponses are the variants without JSON
+// fields: once the frame is known to be valid their body needs no
+// decoding.
+var (
+	fieldlessRequests  = fieldlessOf(requestTypes)
+	fieldlessResponses = fieldlessOf(responseTypes)
+)
 
-func init() {
-	for op, mk := range requestTypes {
+func fieldlessOf[T any](types map[string]func() T) map[string]bool {
+	out := map[string]bool{}
+	for name, mk := range types {
 		if reflect.TypeOf(mk()).Elem().NumField() == 0 {
-			fieldless[op] = true
+			out[name] = true
 		}
 	}
+	return out
 }
 
-// fastRequestFrame decodes a request frame, or reports false.
-func fastRequestFrame(data []byte) (Frame, bool) {
+// fastFrame decodes a request or response frame, or reports false.
+// Responses are what a client decodes at volume, and a status answer with
+// a thousand peers is hundreds of kilobytes: every pass counts.
+func fastFrame(data []byte) (Frame, bool) {
 	if !json.Valid(data) || !utf8.Valid(data) {
 		return Frame{}, false
 	}
@@ -204,7 +212,7 @@ func fastRequestFrame(data []byte) (Frame, bool) {
 	if !ok {
 		return Frame{}, false
 	}
-	var kind, idRaw, reqRaw []byte
+	var kind, idRaw, reqRaw, respRaw []byte
 	var seen [len(envelopeKeys)]bool
 	for _, m := range members[:n] {
 		for k, name := range envelopeKeys {
@@ -226,56 +234,76 @@ func fastRequestFrame(data []byte) (Frame, bool) {
 				idRaw = m.value
 			case 2:
 				reqRaw = m.value
+			case 3:
+				respRaw = m.value
 			}
 		}
-	}
-	if string(kind) != `"request"` {
-		return Frame{}, false
 	}
 	id, ok := parseID(idRaw)
 	if !ok {
 		return Frame{}, false
 	}
-	req, ok := fastRequest(reqRaw)
-	if !ok {
-		return Frame{}, false
+	switch string(kind) {
+	case `"request"`:
+		req, ok := fastRequest(reqRaw)
+		if !ok {
+			return Frame{}, false
+		}
+		return Frame{Kind: KindRequest, ID: id, Request: req}, true
+	case `"response"`:
+		resp, ok := fastResponse(respRaw)
+		if !ok {
+			return Frame{}, false
+		}
+		return Frame{Kind: KindResponse, ID: id, Response: resp}, true
 	}
-	return Frame{Kind: KindRequest, ID: id, Request: req}, true
+	return Frame{}, false
 }
 
 // fastRequest decodes a request object, or reports false.
 func fastRequest(data []byte) (Request, bool) {
+	return fastTagged(data, "op", requestTypes, fieldlessRequests)
+}
+
+// fastResponse decodes a response object, or reports false.
+func fastResponse(data []byte) (Response, bool) {
+	return fastTagged(data, "result", responseTypes, fieldlessResponses)
+}
+
+// fastTagged decodes an object tagged by the member tag, or reports false.
+func fastTagged[T any](data []byte, tag string, types map[string]func() T, fieldless map[string]bool) (T, bool) {
+	var zero T
 	var members [maxFastMembers]member
 	n, ok := scanObject(data, &members)
 	if !ok {
-		return nil, false
+		return zero, false
 	}
-	var op []byte
+	var name []byte
 	for i, m := range members[:n] {
-		match, ok := exactOnly(m.key, "op")
+		match, ok := exactOnly(m.key, tag)
 		if !ok {
-			return nil, false
+			return zero, false
 		}
 		if match {
-			if op != nil {
-				return nil, false
+			if name != nil {
+				return zero, false
 			}
-			if op, ok = plainString(m.value); !ok {
-				return nil, false
+			if name, ok = plainString(m.value); !ok {
+				return zero, false
 			}
 		}
 		for _, o := range members[:i] {
 			if bytes.Equal(o.key, m.key) {
-				return nil, false // duplicate member
+				return zero, false // duplicate member
 			}
 		}
 	}
-	if op == nil {
-		return nil, false
+	if name == nil {
+		return zero, false
 	}
-	mk, known := requestTypes[string(op)]
+	mk, known := types[string(name)]
 	if !known {
-		return nil, false
+		return zero, false
 	}
 	p := mk()
 	for _, k := range requiredKeys(reflect.TypeOf(p).Elem()) {
@@ -287,13 +315,13 @@ func fastRequest(data []byte) (Request, bool) {
 			}
 		}
 		if !found {
-			return nil, false
+			return zero, false
 		}
 	}
-	if !fieldless[string(op)] {
+	if !fieldless[string(name)] {
 		if err := json.Unmarshal(data, p); err != nil {
-			return nil, false
+			return zero, false
 		}
 	}
-	return reflect.ValueOf(p).Elem().Interface().(Request), true
+	return reflect.ValueOf(p).Elem().Interface().(T), true
 }
