@@ -27,7 +27,11 @@ func benchScale() error {
 	}
 	dir := benchlib.TempDir()
 	ns := benchlib.NetNS("sc")
-	d := newDaemon(ns, filepath.Join(dir, "ours"), "--wireguard", "userspace", "--reconcile-interval", "1h", "--health-interval", "1h")
+	args := []string{"--wireguard", "userspace", "--reconcile-interval", "1h", "--health-interval", "1h"}
+	if *profile != "" {
+		args = append(args, "--pprof-listen", "127.0.0.1:16060")
+	}
+	d := newDaemon(ns, filepath.Join(dir, "ours"), args...)
 	if err := d.start(); err != nil {
 		return fmt.Errorf("%v\n%s", err, d.log())
 	}
@@ -103,7 +107,19 @@ func benchScale() error {
 		{Name: "rss", Unit: "MB", Better: "lower"},
 		{Name: "status", Unit: "ms", Better: "lower"},
 		{Name: "restart_to_ready", Unit: "ms", Better: "lower"},
-	}, benchlib.Contender{Name: "zlayer-overlayd", Run: func(int) (map[string]float64, error) {
+	}, benchlib.Contender{Name: "zlayer-overlayd", Run: func(round int) (map[string]float64, error) {
+		if *profile != "" && round == 0 {
+			// A profile of the daemon answering status back to back.
+			stop := startProfile(ns, 3*time.Second, profilePath("scale-status"))
+			for t0 := time.Now(); time.Since(t0) < 3*time.Second; {
+				if _, err := c.Status(ctx); err != nil {
+					return nil, err
+				}
+			}
+			if err := stop(); err != nil {
+				fmt.Fprintln(os.Stderr, "scale: profile:", err)
+			}
+		}
 		rss, err := rssMB(d.proc.Cmd.Process.Pid)
 		if err != nil {
 			return nil, err
