@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command zlbench runs the side-by-side benchmarks of issue 9: each
 // comparison measures zlayer-overlayd and the tool people use today in the
 // same run, interleaved round by round, and prints medians, min/max and

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package benchlib is what every side-by-side benchmark shares: unique
 // names, namespaces and processes that are always cleaned up (normal exit,
 // error or Ctrl-C), interleaved A/B rounds and their summary.
