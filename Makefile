@@ -2,9 +2,6 @@
 #
 #   make run     build and run the daemon as root, state in ./.data
 #   make test    vet + every test under the race detector (privileged suites run as root)
-#   make bench   as root: install the pinned peers, run every side-by-side
-#                comparison (bench-ipc, bench-attach, bench-dns,
-#                bench-throughput, bench-scale alone); docs/benchmarks.md
 #
 # See README.md.
 
@@ -17,7 +14,6 @@ LDFLAGS   := -X github.com/zlayer/zlayer-overlayd/internal/version.Version=$(VER
 RUN_ARGS  ?=
 
 .PHONY: all build run test test-short vet fmt cross clean
-.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-micro
 
 all: build
 
@@ -47,9 +43,14 @@ fmt:
 clean:
 	rm -rf $(BIN)
 
-# Benchmarks (issue 9). Each comparison interleaves ours and the peer for
-# BENCH_ROUNDS rounds (at least 5) and prints medians, min/max and ratios.
-# BENCH_FLAGS=-quick shortens every measurement for a smoke run.
+# Benchmarks (issue 9; docs/benchmarks.md). As root, `make bench` installs
+# the pinned peers and runs every side-by-side comparison; bench-ipc,
+# bench-attach, bench-dns, bench-throughput and bench-scale run one each.
+# Each interleaves ours and the peer for BENCH_ROUNDS rounds (at least 5)
+# and prints medians, min/max and ratios. BENCH_FLAGS=-quick shortens every
+# measurement for a smoke run.
+.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-micro
+
 BENCH_TOOLS  ?= /var/tmp/zlayer-bench/bin
 BENCH_ROUNDS ?= 5
 BENCH_FLAGS  ?=

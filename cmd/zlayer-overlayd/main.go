@@ -32,6 +32,8 @@ func main() {
 }
 
 type options struct {
+	observe observeOptions // --pprof-listen, --metrics-listen: observe.go
+
 	dataDir   string
 	socket    string
 	logLevel  string
@@ -54,8 +56,6 @@ type options struct {
 
 	firewall   bool
 	masquerade bool
-
-	observe observeOptions
 }
 
 // stringList is a repeatable string flag.
@@ -68,6 +68,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("zlayer-overlayd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	o.observe.register(fs)
 	fs.StringVar(&o.dataDir, "data-dir", "", "state directory (default $ZLAYER_DATA_DIR, else /var/lib/zlayer as root, ~/.zlayer otherwise)")
 	fs.StringVar(&o.socket, "socket", "", "control socket (default derived from --data-dir as the ZLayer daemon expects)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -87,7 +88,6 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.UintVar(&o.dnsTTL, "dns-ttl", 5, "TTL of the zone's records, in seconds")
 	fs.BoolVar(&o.firewall, "firewall", true, "keep our nftables table (forwarding between bridges and the overlay, MSS clamping)")
 	fs.BoolVar(&o.masquerade, "masquerade", true, "masquerade container traffic leaving the node for outside the cluster")
-	o.observe.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -194,16 +194,7 @@ func serve(o options, log *slog.Logger) error {
 		return err
 	}
 	defer eng.Close()
-	var dnsSrv *dns.Server
-	if cfg.DNS != nil {
-		dnsSrv = cfg.DNS.Server
-	}
-	handler, stopObserve, err := o.observe.start(log, eng, srv, dnsSrv)
-	if err != nil {
-		return err
-	}
-	defer stopObserve()
-	srv.Handler = handler
+	srv.Handler = eng
 	policy := ipc.DefaultPolicy()
 	srv.Authorize = func(c net.Conn) error {
 		caller, err := ipc.PeerCaller(c)
@@ -231,6 +222,13 @@ func serve(o options, log *slog.Logger) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+
+	stopObserve, err := o.observe.start(log, eng, srv, cfg.DNS)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer stopObserve()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

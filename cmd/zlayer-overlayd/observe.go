@@ -11,7 +11,6 @@ import (
 	"net/http/pprof"
 	"time"
 
-	"github.com/zlayer/zlayer-overlayd/internal/dns"
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
 	"github.com/zlayer/zlayer-overlayd/internal/ipc"
 	"github.com/zlayer/zlayer-overlayd/internal/metrics"
@@ -47,11 +46,10 @@ func (o *observeOptions) validate() error {
 	return nil
 }
 
-// observed wires the request-metrics wrapper and starts the endpoints.
-// It returns the handler the IPC server should use and a function that
-// stops the endpoints.
-func (o *observeOptions) start(log *slog.Logger, eng *engine.Engine, srv *ipc.Server, dnsSrv *dns.Server) (ipc.Handler, func(), error) {
-	var handler ipc.Handler = eng
+// start starts the endpoints that are enabled and, with metrics on, wraps
+// srv's handler to count requests; call it before srv serves. It returns a
+// function that stops the endpoints.
+func (o *observeOptions) start(log *slog.Logger, eng *engine.Engine, srv *ipc.Server, dnsCfg *engine.DNSConfig) (func(), error) {
 	var servers []*http.Server
 	stop := func() {
 		for _, s := range servers {
@@ -84,7 +82,7 @@ func (o *observeOptions) start(log *slog.Logger, eng *engine.Engine, srv *ipc.Se
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		if err := serve("pprof", o.pprofListen, mux); err != nil {
 			stop()
-			return nil, nil, err
+			return nil, err
 		}
 	}
 	if o.metricsListen != "" {
@@ -102,17 +100,17 @@ func (o *observeOptions) start(log *slog.Logger, eng *engine.Engine, srv *ipc.Se
 			EventsDropped: srv.EventsDropped,
 			ReconcileRuns: eng.ReconcileRuns,
 		}
-		if dnsSrv != nil {
-			src.DNS = dnsSrv.Stats
+		if dnsCfg != nil && dnsCfg.Server != nil {
+			src.DNS = dnsCfg.Server.Stats
 		}
 		reg := metrics.New(src)
-		handler = reg.Wrap(eng)
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", reg.Handler())
 		if err := serve("metrics", o.metricsListen, mux); err != nil {
 			stop()
-			return nil, nil, err
+			return nil, err
 		}
+		srv.Handler = reg.Wrap(srv.Handler)
 	}
-	return handler, stop, nil
+	return stop, nil
 }
