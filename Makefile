@@ -65,3 +65,42 @@ fmt:
 
 clean:
 	rm -rf $(BIN)
+
+# Benchmarks (issue 9; docs/benchmarks.md). As root, `make bench` installs
+# the pinned peers and runs every side-by-side comparison; bench-ipc,
+# bench-attach, bench-dns, bench-throughput and bench-scale run one each.
+# Each interleaves ours and the peer for BENCH_ROUNDS rounds (at least 5)
+# and prints medians, min/max and ratios. BENCH_FLAGS=-quick shortens every
+# measurement for a smoke run.
+.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-micro
+
+BENCH_TOOLS  ?= /var/tmp/zlayer-bench/bin
+BENCH_ROUNDS ?= 5
+BENCH_FLAGS  ?=
+ZLBENCH      = $(GO) run ./bench/cmd/zlbench -tools $(BENCH_TOOLS) -rounds $(BENCH_ROUNDS) $(BENCH_FLAGS)
+
+bench: bench-tools
+	$(ZLBENCH) all
+
+bench-tools:
+	BENCH_TOOLS=$(BENCH_TOOLS) bash bench/install.sh
+
+bench-ipc: bench-tools
+	$(ZLBENCH) ipc
+
+bench-attach: bench-tools
+	$(ZLBENCH) attach
+
+bench-dns: bench-tools
+	$(ZLBENCH) dns
+
+bench-throughput: bench-tools
+	$(ZLBENCH) throughput
+
+bench-scale: bench-tools
+	$(ZLBENCH) scale
+
+# Go micro-benchmarks of the hot paths (codec, dispatch, IPAM, DNS zone
+# lookup, peer upsert, metrics).
+bench-micro:
+	$(GO) test -run '^$$' -bench . -benchmem ./protocol ./internal/ipc ./internal/engine ./internal/ipam ./internal/dns ./internal/wg ./internal/metrics

@@ -176,9 +176,20 @@ func writeTaggedBody(b *bytes.Buffer, tag, name string, v any) error {
 	writeString(b, tag)
 	b.WriteByte(':')
 	writeString(b, name)
-	body, err := marshalCompact(v)
-	if err != nil {
+	es := encoders.Get().(*encoderState)
+	defer func() {
+		if es.buf.Cap() <= 64<<10 {
+			es.buf.Reset()
+			encoders.Put(es)
+		}
+	}()
+	if err := es.enc.Encode(v); err != nil {
+		es.buf.Reset()
 		return err
+	}
+	body := bytes.TrimSuffix(es.buf.Bytes(), []byte("\n"))
+	if bytes.Contains(body, []byte(`\u202`)) {
+		body = unescapeLineSeparators(body)
 	}
 	// body is "{...}"; splice its members after the tag.
 	if len(body) > 2 {
@@ -192,17 +203,41 @@ func writeTaggedBody(b *bytes.Buffer, tag, name string, v any) error {
 // marshalCompact encodes v like serde_json does: no HTML escaping, and
 // U+2028/U+2029 written raw.
 func marshalCompact(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		return nil, err
+	return appendCompact(nil, v)
+}
+
+// encoderState is a reusable encoder: building a json.Encoder and its
+// buffer per call was a third of the cost of a small response.
+type encoderState struct {
+	buf bytes.Buffer
+	enc *json.Encoder
+}
+
+var encoders = sync.Pool{New: func() any {
+	es := &encoderState{}
+	es.enc = json.NewEncoder(&es.buf)
+	es.enc.SetEscapeHTML(false)
+	return es
+}}
+
+// appendCompact appends the compact encoding of v to dst.
+func appendCompact(dst []byte, v any) ([]byte, error) {
+	es := encoders.Get().(*encoderState)
+	defer func() {
+		if es.buf.Cap() <= 64<<10 {
+			es.buf.Reset()
+			encoders.Put(es)
+		}
+	}()
+	if err := es.enc.Encode(v); err != nil {
+		es.buf.Reset()
+		return dst, err
 	}
-	out := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+	out := bytes.TrimSuffix(es.buf.Bytes(), []byte("\n"))
 	if bytes.Contains(out, []byte(`\u202`)) {
-		out = unescapeLineSeparators(out)
+		return append(dst, unescapeLineSeparators(out)...), nil
 	}
-	return out, nil
+	return append(dst, out...), nil
 }
 
 // unescapeLineSeparators turns the \u2028 and \u2029 escapes encoding/json
@@ -236,8 +271,26 @@ func unescapeLineSeparators(in []byte) []byte {
 
 // writeString writes s as a JSON string the way serde_json does.
 func writeString(b *bytes.Buffer, s string) {
+	if plainJSON(s) {
+		b.WriteByte('"')
+		b.WriteString(s)
+		b.WriteByte('"')
+		return
+	}
 	enc, _ := marshalCompact(s)
 	b.Write(enc)
+}
+
+// plainJSON reports whether s encodes as itself between quotes: printable
+// ASCII without '"' or '\\'. (serde_json writes other UTF-8 raw too, but
+// those strings are rare on the wire and take the general encoder.)
+func plainJSON(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 // rawFrame is the envelope of every frame; event fields are read from the
@@ -254,6 +307,14 @@ type rawFrame struct {
 // with a known frame kind wraps ErrMalformed. A request frame with a valid id
 // whose request cannot be decoded returns a *BadRequestError.
 func UnmarshalFrame(data []byte) (Frame, error) {
+	if f, ok := fastFrame(data); ok {
+		return f, nil
+	}
+	return unmarshalFrameGeneral(data)
+}
+
+// unmarshalFrameGeneral decodes any frame and words every error.
+func unmarshalFrameGeneral(data []byte) (Frame, error) {
 	var raw rawFrame
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return Frame{}, fmt.Errorf("%w: %v", ErrMalformed, err)

@@ -36,6 +36,8 @@ func main() {
 var runService func(o options, stderr io.Writer) int
 
 type options struct {
+	observe observeOptions // --pprof-listen, --metrics-listen: observe.go
+
 	dataDir   string
 	socket    string
 	logLevel  string
@@ -78,6 +80,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("zlayer-overlayd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	o.observe.register(fs)
 	fs.StringVar(&o.dataDir, "data-dir", "", "state directory (default $ZLAYER_DATA_DIR, else /var/lib/zlayer as root, ~/.zlayer otherwise)")
 	fs.StringVar(&o.socket, "socket", "", "control socket (default derived from --data-dir as the ZLayer daemon expects)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -100,6 +103,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.masquerade, "masquerade", true, "masquerade container traffic leaving the node for outside the cluster")
 	fs.Var(&o.stun, "stun-server", "STUN server host[:port] for NAT traversal from the WireGuard port (repeatable; none by default)")
 	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if err := o.observe.validate(); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
@@ -241,6 +247,13 @@ func serve(o options, log *slog.Logger) error {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+
+	stopObserve, err := o.observe.start(log, eng, srv, cfg.DNS)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer stopObserve()
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()

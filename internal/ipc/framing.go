@@ -31,6 +31,7 @@ type FrameReader struct {
 	r   *bufio.Reader
 	buf []byte
 	max int
+	hdr [4]byte // a field, not a local: a local escapes through io.ReadFull
 }
 
 // NewFrameReader reads frames of at most protocol.MaxFrameBytes from r.
@@ -41,8 +42,8 @@ func NewFrameReader(r io.Reader) *FrameReader {
 // Read returns the next frame body. EOF before the first byte of the length
 // prefix is ErrClosed; EOF anywhere later is io.ErrUnexpectedEOF.
 func (fr *FrameReader) Read() ([]byte, error) {
-	var hdr [4]byte
-	n, err := io.ReadFull(fr.r, hdr[:])
+	hdr := fr.hdr[:]
+	n, err := io.ReadFull(fr.r, hdr)
 	if err != nil {
 		if n == 0 && errors.Is(err, io.EOF) {
 			return nil, ErrClosed
@@ -52,7 +53,7 @@ func (fr *FrameReader) Read() ([]byte, error) {
 		}
 		return nil, err
 	}
-	size := binary.LittleEndian.Uint32(hdr[:])
+	size := binary.LittleEndian.Uint32(hdr)
 	if uint64(size) > uint64(fr.max) {
 		return nil, &FrameTooLargeError{Size: uint64(size)}
 	}

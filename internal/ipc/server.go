@@ -34,8 +34,10 @@ func (f HandlerFunc) Handle(ctx context.Context, req protocol.Request) protocol.
 //
 // Requests of one connection are executed one at a time, in the order they
 // arrive, so a client may pipeline dependent requests (setup a service, then
-// attach to it) without waiting; responses carry the request id. Different
-// connections run in parallel. Events are pushed to every connection through
+// attach to it) without waiting; responses carry the request id. Pipelined
+// requests wait in the socket's buffer while one executes, which is also
+// the back-pressure on a client that sends faster than it is served.
+// Different connections run in parallel. Events are pushed to every connection through
 // a bounded queue; a client that does not read loses events (counted) and
 // stalls only itself.
 type Server struct {
@@ -44,9 +46,11 @@ type Server struct {
 	// Authorize vets a new connection; a non-nil error is sent to the
 	// caller as an err frame and the connection is closed.
 	Authorize func(net.Conn) error
-	// QueueDepth bounds the requests read ahead of execution per
-	// connection; the server stops reading from a connection that has this
-	// many requests waiting (back-pressure instead of unbounded memory).
+	// QueueDepth is no longer used: a connection's requests are read
+	// only as they are executed (nothing is read ahead), and the socket
+	// buffer bounds what a client can have waiting.
+	//
+	// Deprecated: setting it has no effect.
 	QueueDepth int
 	// EventQueue bounds the undelivered events per connection.
 	EventQueue int
@@ -132,10 +136,10 @@ func (s *Server) track(nc net.Conn) bool {
 	c := &serverConn{
 		srv:    s,
 		nc:     nc,
-		queue:  make(chan protocol.Frame, max(s.QueueDepth, 1)),
-		out:    make(chan protocol.Frame, max(s.QueueDepth, 1)+1),
 		events: make(chan protocol.Event, max(s.EventQueue, 1)),
+		quit:   make(chan struct{}),
 		done:   make(chan struct{}),
+		wbuf:   make([]byte, 0, 4096),
 	}
 	s.mu.Lock()
 	if s.closing {
@@ -202,22 +206,28 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// serverConn is one client connection: a reader that decodes frames, a
-// worker that executes them in order, and a writer that owns the socket's
-// write side (responses and events never interleave mid-frame).
+// serverConn is one client connection. Its goroutine reads a frame,
+// executes it and writes the answer before reading the next, so requests of
+// one connection run in arrival order with no hand-off between goroutines
+// (each hand-off costs a scheduler wake-up, which was most of a status
+// round trip). A second goroutine writes pushed events; both write whole
+// frames under wmu, so frames never interleave.
 type serverConn struct {
 	srv    *Server
 	nc     net.Conn
-	queue  chan protocol.Frame // decoded requests, and err responses for bad ones
-	out    chan protocol.Frame // responses ready to write
 	events chan protocol.Event
-	done   chan struct{} // closed when the writer has finished
+	quit   chan struct{} // closed when the request loop has ended
+	done   chan struct{} // closed when the event writer has ended
 	once   sync.Once
+
+	wmu    sync.Mutex // serialises writes; guards wbuf and broken
+	wbuf   []byte
+	broken bool
 }
 
 func (c *serverConn) stopReading() {
 	c.once.Do(func() {
-		// Unblocks a Read in progress; the reader then ends normally.
+		// Unblocks a Read in progress; the loop then ends normally.
 		_ = c.nc.SetReadDeadline(time.Unix(1, 0))
 	})
 }
@@ -234,19 +244,19 @@ func (c *serverConn) run() {
 			return
 		}
 	}
-	go c.writer()
-	go c.worker()
-	c.reader()
+	go c.eventWriter()
+	c.serve()
+	close(c.quit)
 	<-c.done
 	c.nc.Close()
 }
 
-// reader decodes frames until the peer hangs up, sends garbage or the server
-// shuts down, then closes the queue so the worker and writer finish.
-func (c *serverConn) reader() {
-	defer close(c.queue)
+// serve reads, executes and answers requests until the peer hangs up,
+// sends garbage, a write fails or the server shuts down.
+func (c *serverConn) serve() {
 	log := c.srv.logger()
 	fr := NewFrameReader(c.nc)
+	ctx := context.Background()
 	for {
 		body, err := fr.Read()
 		if err != nil {
@@ -254,7 +264,7 @@ func (c *serverConn) reader() {
 			switch {
 			case errors.Is(err, ErrClosed), errors.Is(err, net.ErrClosed), errors.Is(err, io.EOF):
 			case isDeadline(err):
-				// Shutdown, or the writer found the peer gone.
+				// Shutdown, or a write found the peer gone.
 			case errors.As(err, &tooLarge):
 				log.Warn("closing connection: "+err.Error(), "remote", c.nc.RemoteAddr())
 			default:
@@ -267,7 +277,7 @@ func (c *serverConn) reader() {
 			var bad *protocol.BadRequestError
 			if errors.As(err, &bad) {
 				log.Debug("bad request", "id", bad.ID, "err", bad)
-				c.queue <- protocol.ResponseFrame(bad.ID, protocol.Err{Message: bad.Error()})
+				c.write(protocol.ResponseFrame(bad.ID, protocol.Err{Message: bad.Error()}))
 				continue
 			}
 			log.Warn("closing connection: undecodable frame", "err", err, "bytes", len(body))
@@ -277,26 +287,13 @@ func (c *serverConn) reader() {
 			log.Warn("ignoring a non-request frame from a client", "kind", f.Kind)
 			continue
 		}
-		c.queue <- f
+		c.write(protocol.ResponseFrame(f.ID, c.handle(ctx, f.Request)))
 	}
 }
 
 func isDeadline(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// worker executes requests in arrival order.
-func (c *serverConn) worker() {
-	defer close(c.out)
-	ctx := context.Background()
-	for f := range c.queue {
-		if f.Kind == protocol.KindResponse {
-			c.out <- f // an err answer to a bad request, already built
-			continue
-		}
-		c.out <- protocol.ResponseFrame(f.ID, c.handle(ctx, f.Request))
-	}
 }
 
 func (c *serverConn) handle(ctx context.Context, req protocol.Request) (resp protocol.Response) {
@@ -309,45 +306,42 @@ func (c *serverConn) handle(ctx context.Context, req protocol.Request) (resp pro
 	return c.srv.Handler.Handle(ctx, req)
 }
 
-// writer writes responses and events until the worker is done, then
-// returns. A write error (peer gone) makes it drain and discard the rest so
-// the worker never blocks on a dead connection.
-func (c *serverConn) writer() {
-	defer close(c.done)
-	log := c.srv.logger()
-	buf := make([]byte, 0, 4096)
-	broken := false
-	write := func(f protocol.Frame) {
-		if broken {
+// write encodes and writes one frame. After a write error (peer gone) it
+// discards everything and stops the request loop, so nothing ever blocks
+// on a dead connection.
+func (c *serverConn) write(f protocol.Frame) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.broken {
+		return
+	}
+	var err error
+	c.wbuf, err = AppendFrame(c.wbuf[:0], f)
+	if err != nil {
+		c.srv.logger().Error("cannot encode frame", "err", err)
+		if f.Kind != protocol.KindResponse {
 			return
 		}
-		var err error
-		buf, err = AppendFrame(buf[:0], f)
-		if err != nil {
-			log.Error("cannot encode frame", "err", err)
-			if f.Kind == protocol.KindResponse {
-				buf, _ = AppendFrame(buf[:0], protocol.ResponseFrame(f.ID, protocol.Err{Message: "response could not be encoded: " + err.Error()}))
-			} else {
-				return
-			}
-		}
-		if _, err := c.nc.Write(buf); err != nil {
-			broken = true
-			c.stopReading()
-		}
-		if cap(buf) > 1<<20 {
-			buf = make([]byte, 0, 4096)
-		}
+		c.wbuf, _ = AppendFrame(c.wbuf[:0], protocol.ResponseFrame(f.ID, protocol.Err{Message: "response could not be encoded: " + err.Error()}))
 	}
+	if _, err := c.nc.Write(c.wbuf); err != nil {
+		c.broken = true
+		c.stopReading()
+	}
+	if cap(c.wbuf) > 1<<20 {
+		c.wbuf = make([]byte, 0, 4096)
+	}
+}
+
+// eventWriter writes pushed events until the request loop has ended.
+func (c *serverConn) eventWriter() {
+	defer close(c.done)
 	for {
 		select {
-		case f, ok := <-c.out:
-			if !ok {
-				return
-			}
-			write(f)
 		case ev := <-c.events:
-			write(protocol.EventFrame(ev))
+			c.write(protocol.EventFrame(ev))
+		case <-c.quit:
+			return
 		}
 	}
 }

@@ -1,0 +1,176 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/zlayer/zlayer-overlayd/bench/internal/benchlib"
+	"github.com/zlayer/zlayer-overlayd/client"
+	"github.com/zlayer/zlayer-overlayd/protocol"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// benchScale loads one daemon with 1,000 peers and 1,000 attached
+// containers and measures what an operator feels: resident memory, the
+// time a status answer takes, and the time from a crash (SIGKILL) to
+// ready again with every device, peer, link and route restored. There is
+// no peer tool to compare with; the goals are absolute.
+func benchScale() error {
+	n := 1000
+	if *quick {
+		n = 200
+	}
+	dir := benchlib.TempDir()
+	ns := benchlib.NetNS("sc")
+	args := []string{"--wireguard", "userspace", "--reconcile-interval", "1h", "--health-interval", "1h"}
+	if *profile != "" {
+		args = append(args, "--pprof-listen", "127.0.0.1:16060")
+	}
+	d := newDaemon(ns, filepath.Join(dir, "ours"), args...)
+	if err := d.start(); err != nil {
+		return fmt.Errorf("%v\n%s", err, d.log())
+	}
+	ctx := context.Background()
+	c := client.New(d.sock)
+	defer c.Close()
+	for _, req := range []protocol.Request{
+		protocol.SetupGlobalOverlay{Deployment: "bench", InstanceID: "1", ClusterCIDR: "10.246.0.0/16", SliceCIDR: "10.246.64.0/24", WGPort: 51820},
+		protocol.SetupServiceOverlay{Service: "web", Mode: protocol.ModeShared, Subnet: "10.246.0.0/21"},
+	} {
+		if _, err := c.Call(ctx, req); err != nil {
+			return fmt.Errorf("%s: %v", req.Op(), err)
+		}
+	}
+	start := time.Now()
+	for i := range n {
+		k, _ := wgtypes.GeneratePrivateKey()
+		// Endpoints on loopback: nothing is sent without traffic or a
+		// keepalive, and if it were, it would stay on this host.
+		_, err := c.Call(ctx, protocol.AddPeer{PeerSpec: protocol.PeerSpec{
+			PublicKey:  k.PublicKey().String(),
+			Endpoint:   "127.0.0.1:" + strconv.Itoa(20000+i),
+			AllowedIPs: fmt.Sprintf("10.246.%d.%d/32", 128+i/250, i%250+1),
+		}})
+		if err != nil {
+			return fmt.Errorf("add_peer %d: %v", i, err)
+		}
+	}
+	fmt.Printf("scale: %d peers added in %v (%.2f ms each)\n", n, time.Since(start).Round(time.Millisecond), ms(time.Since(start))/float64(n))
+
+	// Containers: processes in a network namespace of their own.
+	start = time.Now()
+	pids := make([]int, 0, n)
+	for range n {
+		p := benchlib.Start("", "unshare", "--net", "sleep", "3600")
+		pids = append(pids, p.Cmd.Process.Pid)
+	}
+	self, _ := os.Readlink("/proc/self/ns/net")
+	for _, pid := range pids {
+		for {
+			l, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/net")
+			if err == nil && l != self {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	fmt.Printf("scale: %d container processes started in %v\n", n, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	for _, pid := range pids {
+		if _, err := c.Call(ctx, protocol.AttachContainer{Handle: protocol.LinuxPID(uint32(pid)), Service: "web"}); err != nil {
+			return fmt.Errorf("attach %d: %v", pid, err)
+		}
+	}
+	fmt.Printf("scale: %d containers attached in %v (%.2f ms each)\n", n, time.Since(start).Round(time.Millisecond), ms(time.Since(start))/float64(n))
+
+	measureStatus := func() (float64, error) {
+		var lat []float64
+		for range 20 {
+			t0 := time.Now()
+			st, err := c.Status(ctx)
+			if err != nil {
+				return 0, err
+			}
+			lat = append(lat, ms(time.Since(t0)))
+			if len(st.Peers) != n || len(st.Attachments) != n {
+				return 0, fmt.Errorf("status shows %d peers and %d attachments, want %d each", len(st.Peers), len(st.Attachments), n)
+			}
+		}
+		return benchlib.Summarize(lat).Median, nil
+	}
+	res, err := benchlib.Interleave(fmt.Sprintf("scale: %d peers + %d attachments (absolute goals)", n, n), *rounds, []benchlib.Metric{
+		{Name: "rss", Unit: "MB", Better: "lower"},
+		{Name: "status", Unit: "ms", Better: "lower"},
+		{Name: "restart_to_ready", Unit: "ms", Better: "lower"},
+	}, benchlib.Contender{Name: "zlayer-overlayd", Run: func(round int) (map[string]float64, error) {
+		if *profile != "" && round == 0 {
+			// A profile of the daemon answering status back to back.
+			stop := startProfile(ns, 3*time.Second, profilePath("scale-status"))
+			for t0 := time.Now(); time.Since(t0) < 3*time.Second; {
+				if _, err := c.Status(ctx); err != nil {
+					return nil, err
+				}
+			}
+			if err := stop(); err != nil {
+				fmt.Fprintln(os.Stderr, "scale: profile:", err)
+			}
+		}
+		rss, err := rssMB(d.proc.Cmd.Process.Pid)
+		if err != nil {
+			return nil, err
+		}
+		status, err := measureStatus()
+		if err != nil {
+			return nil, err
+		}
+		d.kill()
+		t0 := time.Now()
+		if err := d.start(); err != nil {
+			return nil, fmt.Errorf("restart: %v\n%s", err, d.log())
+		}
+		ready := ms(time.Since(t0))
+		// Ready means restored: the device is back with every peer, and
+		// every container's link is in place.
+		if _, err := measureStatus(); err != nil {
+			return nil, fmt.Errorf("after restart: %v", err)
+		}
+		return map[string]float64{"rss": rss, "status": status, "restart_to_ready": ready}, nil
+	}})
+	if res != nil {
+		res.Print(os.Stdout)
+		s := func(m string) float64 { return benchlib.Summarize(res.Samples["zlayer-overlayd"][m]).Median }
+		fmt.Printf("goals: RSS %.1f MB < 150: %s; status %.1f ms < 50: %s; restart to ready %.0f ms < 3000: %s\n",
+			s("rss"), met(s("rss") < 150), s("status"), met(s("status") < 50), s("restart_to_ready"), met(s("restart_to_ready") < 3000))
+	}
+	return err
+}
+
+func met(ok bool) string {
+	if ok {
+		return "MET"
+	}
+	return "NOT MET"
+}
+
+// rssMB is the resident set of a process, from /proc.
+func rssMB(pid int) (float64, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			f := strings.Fields(v)
+			kb, err := strconv.ParseFloat(f[0], 64)
+			return kb / 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for pid %d", pid)
+}

@@ -1,0 +1,187 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/zlayer/zlayer-overlayd/bench/internal/benchlib"
+	"github.com/zlayer/zlayer-overlayd/client"
+	"github.com/zlayer/zlayer-overlayd/protocol"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// benchThroughput compares TCP throughput between two node namespaces
+// joined by a veth pair: through our overlay (each node runs
+// zlayer-overlayd, configured over its socket), through a standalone
+// wireguard-go of the module version we embed (configured by `wg`), and
+// over the raw veth. iperf3 -P1 and -P4.
+func benchThroughput() error {
+	wgGo, err := tool("wireguard")
+	if err != nil {
+		return err
+	}
+	for _, bin := range []string{"iperf3", "wg"} {
+		if _, err := lookPath(bin); err != nil {
+			return fmt.Errorf("%s is not installed; run bench/install.sh (make bench does)", bin)
+		}
+	}
+	dir := benchlib.TempDir()
+	a, b := benchlib.NetNS("ta"), benchlib.NetNS("tb")
+	va, vb := benchlib.Name("va"), benchlib.Name("vb")
+	benchlib.Must("ip", "link", "add", va, "type", "veth", "peer", "name", vb)
+	benchlib.Defer(func() { benchlib.Run("ip", "link", "delete", va) })
+	benchlib.Must("ip", "link", "set", va, "netns", a)
+	benchlib.Must("ip", "link", "set", vb, "netns", b)
+	under := map[string]string{a: "192.168.240.1", b: "192.168.240.2"}
+	for ns, link := range map[string]string{a: va, b: vb} {
+		benchlib.Must("ip", "-n", ns, "addr", "add", under[ns]+"/24", "dev", link)
+		benchlib.Must("ip", "-n", ns, "link", "set", link, "up")
+	}
+
+	// Ours: a daemon per node, each the other's peer.
+	ctx := context.Background()
+	overlayIP := map[string]string{}
+	type node struct {
+		ns, slice string
+		d         *daemon
+		c         *client.Client
+		pub       string
+	}
+	nodes := []*node{{ns: a, slice: "10.243.1.0/24"}, {ns: b, slice: "10.243.2.0/24"}}
+	for i, n := range nodes {
+		n.d = newDaemon(n.ns, filepath.Join(dir, "ours"+strconv.Itoa(i)), "--wireguard", "userspace", "--dns=false",
+			"--reconcile-interval", "1h", "--health-interval", "1h")
+		if err := n.d.start(); err != nil {
+			return fmt.Errorf("%v\n%s", err, n.d.log())
+		}
+		if n.c, err = client.Dial(ctx, n.d.sock); err != nil {
+			return err
+		}
+		defer n.c.Close()
+		if _, err := n.c.Call(ctx, protocol.SetupGlobalOverlay{Deployment: "bench", InstanceID: strconv.Itoa(i), ClusterCIDR: "10.243.0.0/16", SliceCIDR: n.slice, WGPort: 51820}); err != nil {
+			return fmt.Errorf("setup_global_overlay: %v", err)
+		}
+		st, err := n.c.Status(ctx)
+		if err != nil {
+			return err
+		}
+		n.pub = st.PublicKey
+		overlayIP[n.ns] = st.NodeIP.String()
+	}
+	for i, n := range nodes {
+		o := nodes[1-i]
+		if _, err := n.c.Call(ctx, protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: o.pub, Endpoint: under[o.ns] + ":51820", AllowedIPs: o.slice}}); err != nil {
+			return fmt.Errorf("add_peer: %v", err)
+		}
+	}
+
+	// Standalone wireguard-go configured by wg.
+	wgIP := map[string]string{a: "10.244.0.1", b: "10.244.0.2"}
+	keys := map[string]wgtypes.Key{}
+	devs := map[string]string{a: benchlib.Name("wa"), b: benchlib.Name("wb")}
+	for _, ns := range []string{a, b} {
+		k, _ := wgtypes.GeneratePrivateKey()
+		keys[ns] = k
+		dev := devs[ns]
+		benchlib.Start(filepath.Join(dir, dev+".log"), "ip", "netns", "exec", ns, "env", "LOG_LEVEL=error", wgGo, "-f", dev)
+		benchlib.Defer(func() { os.Remove("/var/run/wireguard/" + dev + ".sock") })
+	}
+	for _, ns := range []string{a, b} {
+		dev := devs[ns]
+		if err := waitFile("/var/run/wireguard/"+dev+".sock", 10*time.Second); err != nil {
+			return err
+		}
+		other := b
+		if ns == b {
+			other = a
+		}
+		kf := filepath.Join(dir, dev+".key")
+		os.WriteFile(kf, []byte(keys[ns].String()), 0o600)
+		benchlib.Must("ip", "netns", "exec", ns, "wg", "set", dev, "listen-port", "51821", "private-key", kf,
+			"peer", keys[other].PublicKey().String(), "endpoint", under[other]+":51821", "allowed-ips", wgIP[other]+"/32")
+		benchlib.Must("ip", "-n", ns, "addr", "add", wgIP[ns]+"/24", "dev", dev)
+		benchlib.Must("ip", "-n", ns, "link", "set", dev, "mtu", "1420", "up")
+	}
+
+	iperf := benchlib.Start(filepath.Join(dir, "iperf3.log"), "ip", "netns", "exec", b, "iperf3", "-s")
+	targets := map[string]string{"zlayer-overlayd": overlayIP[b], "wireguard-go": wgIP[b], "raw-veth": under[b]}
+	for name, ip := range targets {
+		err := iperf.WaitFor("iperf3 via "+name, 20*time.Second, func() bool {
+			_, err := benchlib.Run("ip", "netns", "exec", a, "iperf3", "-c", ip, "-t", "1", "-J")
+			return err == nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	secs := "5"
+	if *quick {
+		secs = "2"
+	}
+	run := func(name string) func(int) (map[string]float64, error) {
+		return func(int) (map[string]float64, error) {
+			out := map[string]float64{}
+			for _, p := range []string{"1", "4"} {
+				bps, err := iperf3(a, targets[name], secs, p)
+				if err != nil {
+					return nil, err
+				}
+				out["P"+p] = bps / 1e9
+			}
+			return out, nil
+		}
+	}
+	res, err := benchlib.Interleave("overlay TCP throughput between two node namespaces, iperf3", *rounds, []benchlib.Metric{
+		{Name: "P1", Unit: "Gbit/s", Better: "higher", Goal: 1.2, GoalPeer: "wireguard-go"},
+		{Name: "P4", Unit: "Gbit/s", Better: "higher", Goal: 1.2, GoalPeer: "wireguard-go"},
+	},
+		benchlib.Contender{Name: "zlayer-overlayd", Run: run("zlayer-overlayd")},
+		benchlib.Contender{Name: "wireguard-go", Run: run("wireguard-go")},
+		benchlib.Contender{Name: "raw-veth", Run: run("raw-veth")},
+	)
+	if res != nil {
+		res.Print(os.Stdout)
+		fmt.Println("(raw veth is the ceiling: no encryption, no TUN)")
+	}
+	return err
+}
+
+// iperf3 runs one client test from namespace ns and returns the received
+// bits per second.
+func iperf3(ns, target, secs, parallel string) (float64, error) {
+	out, err := benchlib.Run("ip", "netns", "exec", ns, "iperf3", "-c", target, "-t", secs, "-P", parallel, "-J")
+	if err != nil {
+		return 0, err
+	}
+	var r struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &r); err != nil {
+		return 0, fmt.Errorf("iperf3 output: %v", err)
+	}
+	return r.End.SumReceived.BitsPerSecond, nil
+}
+
+func waitFile(path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %v", path, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
