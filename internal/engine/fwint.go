@@ -32,6 +32,7 @@ type fwState struct {
 	mu      sync.Mutex // serialises rebuilds; never held with Engine.mu
 	lastErr string
 	present bool
+	rules   int // rule count after the last rebuild or check, for status
 }
 
 func (e *Engine) enableFirewall(cfg FirewallConfig) {
@@ -98,6 +99,7 @@ func (e *Engine) syncFirewall(onlyIfDrifted bool) bool {
 	if onlyIfDrifted {
 		drifted, err := fw.Drifted(spec)
 		if err == nil && !drifted {
+			e.countRulesLocked()
 			return false
 		}
 		if err == nil {
@@ -110,17 +112,24 @@ func (e *Engine) syncFirewall(onlyIfDrifted bool) bool {
 		return false
 	}
 	e.fw.present, e.fw.lastErr = true, ""
+	e.countRulesLocked()
 	return true
+}
+
+// countRulesLocked refreshes the rule count status shows, so status itself
+// never dumps the ruleset; the caller holds e.fw.mu.
+func (e *Engine) countRulesLocked() {
+	if st, err := e.fw.cfg.Firewall.Inspect(e.fw.cfg.Table); err == nil {
+		e.fw.rules = st.Rules
+	}
 }
 
 func (e *Engine) firewallStatus(s *protocol.StatusSnapshot) {
 	e.fw.mu.Lock()
 	fs := &protocol.FirewallStatus{Table: e.fw.cfg.Table, Masquerade: e.fw.cfg.Masquerade, LastError: e.fw.lastErr}
-	e.fw.mu.Unlock()
-	if st, err := e.fw.cfg.Firewall.Inspect(fs.Table); err == nil {
-		fs.Rules = st.Rules
-	} else if fs.LastError == "" {
-		fs.LastError = err.Error()
+	if e.fw.present {
+		fs.Rules = e.fw.rules
 	}
+	e.fw.mu.Unlock()
 	s.Firewall = fs
 }

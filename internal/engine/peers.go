@@ -143,20 +143,31 @@ func (e *Engine) syncPeerRoutes(scope, dev string, next, prev *store.Peer) error
 			return err
 		}
 	}
+	var gone []netip.Prefix
+	for _, p := range old {
+		if !slices.Contains(want, p) {
+			gone = append(gone, p)
+		}
+	}
+	if len(gone) == 0 {
+		// The common case (a new peer, or allowed IPs inside the cluster)
+		// needs no look at the other peers: add_peer stays O(1).
+		return nil
+	}
 	// A route another peer of the device still needs stays.
 	e.mu.Lock()
 	stillNeeded := map[netip.Prefix]bool{}
-	for _, p := range e.st.peersOf(scope) {
-		if p.PublicKey == pubOf(next, prev) {
+	for _, p := range e.st.peers {
+		if p.Scope != scope || p.PublicKey == pubOf(next, prev) {
 			continue
 		}
-		for _, r := range peerRoutes([]store.Peer{p}, covered) {
+		for _, r := range peerRoutes([]store.Peer{*p}, covered) {
 			stillNeeded[r] = true
 		}
 	}
 	e.mu.Unlock()
-	for _, p := range old {
-		if slices.Contains(want, p) || stillNeeded[p] {
+	for _, p := range gone {
+		if stillNeeded[p] {
 			continue
 		}
 		if err := e.cfg.Net.DeleteRoute(linuxnet.Route{Dst: p, Dev: dev}); err != nil {
