@@ -30,7 +30,7 @@ func serve(t *testing.T, path string, h ipc.Handler) *ipc.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &ipc.Server{Handler: h, QueueDepth: 64, EventQueue: 64}
+	srv := &ipc.Server{Handler: h, EventQueue: 64}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Shutdown(context.Background()) })
 	return srv

@@ -177,7 +177,7 @@ func serve(o options, log *slog.Logger) error {
 	}
 	defer st.Close()
 
-	srv := &ipc.Server{Log: log, QueueDepth: 64, EventQueue: 1024}
+	srv := &ipc.Server{Log: log, EventQueue: 1024}
 	cfg := engine.Config{
 		Store:             st,
 		Log:               log,

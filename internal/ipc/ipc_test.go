@@ -120,7 +120,7 @@ func startServer(t *testing.T, h Handler, configure ...func(*Server)) (*Server, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &Server{Handler: h, Log: testLogger(t), QueueDepth: 16, EventQueue: 8}
+	srv := &Server{Handler: h, Log: testLogger(t), EventQueue: 8}
 	for _, f := range configure {
 		f(srv)
 	}
@@ -310,7 +310,7 @@ func TestShutdownFlushesAnswers(t *testing.T) {
 	}
 	release := make(chan struct{})
 	var started atomic.Int32
-	srv := &Server{Log: testLogger(t), QueueDepth: 4, EventQueue: 4, Handler: HandlerFunc(func(ctx context.Context, req protocol.Request) protocol.Response {
+	srv := &Server{Log: testLogger(t), EventQueue: 4, Handler: HandlerFunc(func(ctx context.Context, req protocol.Request) protocol.Response {
 		started.Add(1)
 		<-release
 		return protocol.OK{}

@@ -46,12 +46,6 @@ type Server struct {
 	// Authorize vets a new connection; a non-nil error is sent to the
 	// caller as an err frame and the connection is closed.
 	Authorize func(net.Conn) error
-	// QueueDepth is no longer used: a connection's requests are read
-	// only as they are executed (nothing is read ahead), and the socket
-	// buffer bounds what a client can have waiting.
-	//
-	// Deprecated: setting it has no effect.
-	QueueDepth int
 	// EventQueue bounds the undelivered events per connection.
 	EventQueue int
 
