@@ -314,3 +314,39 @@ func TestManyConcurrentClients(t *testing.T) {
 		}
 	}
 }
+
+// A state file that is not ours (garbage, truncated) stops the daemon with
+// a message naming the file, and the file is left exactly as it was.
+func TestCorruptStoreIsRefusedAndKept(t *testing.T) {
+	bin := testbin.Build(t, "zlayer-overlayd")
+	// A real store, then cut in half.
+	dir := t.TempDir()
+	d := startDaemon(t, dir)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	d.wait(15 * time.Second)
+	real, err := os.ReadFile(filepath.Join(dir, "overlayd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string][]byte{
+		"garbage":   []byte("this is not a bbolt file, and never was\n"),
+		"truncated": real[:len(real)/2],
+	} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "overlayd.db")
+		if err := os.WriteFile(path, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(bin, "--data-dir", dir, "--dns-port", "0").CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() == 0 {
+			t.Fatalf("%s: the daemon started on a bad store: %v\n%s", name, err, out)
+		}
+		if !strings.Contains(string(out), path) {
+			t.Fatalf("%s: the message does not name %s:\n%s", name, path, out)
+		}
+		if after, _ := os.ReadFile(path); !bytes.Equal(after, content) {
+			t.Fatalf("%s: the file was changed", name)
+		}
+	}
+}

@@ -301,13 +301,13 @@ func TestServicePlacement(t *testing.T) {
 	slice := netip.MustParsePrefix("10.200.3.0/24")
 	for _, a := range []protocol.ServiceOverlay{web, api} {
 		sub := netip.MustParsePrefix(a.Subnet)
-		if !slice.Contains(sub.Addr()) || sub.Bits() != 28 || a.Mode != "shared" {
+		if !slice.Contains(sub.Addr()) || sub.Bits() != 27 || a.Mode != "shared" {
 			t.Fatalf("service not carved from the slice: %+v", a)
 		}
 		if a.Gateway != sub.Addr().Next() {
 			t.Fatalf("gateway %s of %s", a.Gateway, sub)
 		}
-		if l := h.net.links[a.Name]; l == nil || l.kind != "bridge" || l.addrs[0] != netip.PrefixFrom(a.Gateway, 28) || l.mtu != 1420 {
+		if l := h.net.links[a.Name]; l == nil || l.kind != "bridge" || l.addrs[0] != netip.PrefixFrom(a.Gateway, 27) || l.mtu != 1420 {
 			t.Fatalf("bridge %s: %+v", a.Name, l)
 		}
 	}
@@ -318,7 +318,7 @@ func TestServicePlacement(t *testing.T) {
 		t.Fatalf("explicit subnet not used: %+v", db)
 	}
 	// The slice pool never hands out an address inside a carved subnet.
-	for range 200 {
+	for range 150 {
 		ip := h.ok(protocol.AllocateIP{Service: "nope"}).(protocol.IP).IP
 		for _, s := range []string{web.Subnet, api.Subnet} {
 			if netip.MustParsePrefix(s).Contains(ip) {
@@ -846,5 +846,24 @@ func TestHealthFollowsTrafficNotHandshakeAge(t *testing.T) {
 	defer h.mu.Unlock()
 	if len(h.events) != 2 || h.events[1] != (protocol.PeerHealthChanged{Pubkey: pk.String(), Healthy: false}) {
 		t.Fatalf("events %v", h.events)
+	}
+}
+
+func TestCarveBits(t *testing.T) {
+	e := &Engine{}
+	for _, c := range []struct {
+		slice string
+		want  int
+	}{
+		{"10.200.3.0/24", 27}, {"10.200.0.0/20", 24}, {"10.0.0.0/8", 24}, {"10.200.3.0/26", 28}, {"10.200.3.0/28", 28},
+		{"fd00::/112", 115}, {"fd00::/64", 104}, {"fd00::/118", 120},
+	} {
+		if got := e.carveBits(netip.MustParsePrefix(c.slice)); got != c.want {
+			t.Errorf("carveBits(%s) = %d, want %d", c.slice, got, c.want)
+		}
+	}
+	e.cfg.ServiceBits = 26
+	if got := e.carveBits(netip.MustParsePrefix("10.200.3.0/24")); got != 26 {
+		t.Errorf("--service-prefix not honoured: %d", got)
 	}
 }

@@ -20,6 +20,22 @@ func (e *Engine) serviceBits(cluster netip.Prefix) int {
 	return ipam.DefaultServiceBits(cluster)
 }
 
+// carveBits is the size of a service subnet carved out of the node slice:
+// an eighth of the slice, so a node fits eight services before falling
+// back to placement over the cluster, but never smaller than the reference's
+// /28 (13 containers) nor larger than a /24 (v6: /120 and /104). A /24
+// slice gives /27s: 29 containers per service per node.
+func (e *Engine) carveBits(slice netip.Prefix) int {
+	if e.cfg.ServiceBits > 0 && slice.Addr().Is4() == (e.cfg.ServiceBits <= 32) {
+		return e.cfg.ServiceBits
+	}
+	smallest, largest := 28, 24
+	if slice.Addr().Is6() {
+		smallest, largest = 120, 104
+	}
+	return min(max(slice.Bits()+3, largest), smallest)
+}
+
 func resolveMode(mode string) (string, error) {
 	switch mode {
 	case protocol.ModeAuto, protocol.ModeShared:
@@ -178,8 +194,8 @@ func (e *Engine) placeService(name, mode string, explicit netip.Prefix) (*servic
 		}
 	default:
 		bits := e.serviceBits(st.cluster)
-		if st.slicePool != nil && st.slice.Bits() < bits {
-			if p, err := st.slicePool.Carve(bits, withoutPrefix(taken, st.slice)); err == nil {
+		if cb := e.carveBits(st.slice); st.slicePool != nil && st.slice.Bits() < cb {
+			if p, err := st.slicePool.Carve(cb, withoutPrefix(taken, st.slice)); err == nil {
 				subnet, source, carved = p, "slice", true
 			}
 		}
