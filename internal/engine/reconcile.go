@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 )
 
@@ -187,11 +188,48 @@ func (e *Engine) reconcileAttachment(ctx context.Context, a *store.Attachment, p
 		return e.forgetAttachment(ctx, a)
 	}
 	if present[a.HostLink] && (a.HostLinkGlobal == "" || present[a.HostLinkGlobal]) {
-		return nil
+		return e.ensureHostRoute(a, changes)
 	}
 	e.log.Info("container lost its links; re-creating them", "handle", a.Key)
 	*changes++
 	return e.wireContainer(ctx, a, svc)
+}
+
+// ensureHostRoute re-adds the host route of a container's eth1 when it is
+// missing. The route names the node IP as its source, and the kernel drops
+// such routes when that address goes away: whenever the global device
+// vanishes (a userspace device dies with a killed daemon; a teardown) while
+// the container's links survive.
+func (e *Engine) ensureHostRoute(a *store.Attachment, changes *int) error {
+	if a.HostLinkGlobal == "" {
+		return nil
+	}
+	gip, err := netip.ParseAddr(a.GlobalIP)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	var nodeIP netip.Addr
+	if g := e.st.global; g != nil {
+		nodeIP = g.nodeIP
+	}
+	e.mu.Unlock()
+	if !nodeIP.IsValid() {
+		return nil
+	}
+	dst := netip.PrefixFrom(gip, gip.BitLen())
+	have, err := e.cfg.Net.Routes(a.HostLinkGlobal)
+	if err != nil {
+		return err
+	}
+	for _, r := range have {
+		if r.Dst == dst {
+			return nil
+		}
+	}
+	e.log.Info("container lost its host route; re-adding it", "handle", a.Key, "route", dst, "dev", a.HostLinkGlobal)
+	*changes++
+	return e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: dst, Dev: a.HostLinkGlobal, Src: nodeIP})
 }
 
 // removeOrphanLinks deletes links labelled as ours that the desired state
