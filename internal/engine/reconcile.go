@@ -65,7 +65,7 @@ func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
 		note(e.reconcileService(ctx, n, &changes))
 	}
 	note(e.reconcileAttachments(ctx, &changes))
-	note(e.removeOrphanLinks(&changes))
+	note(e.removeOrphanLinks(&changes, startup))
 	note(e.dropOrphanAllocations(&changes))
 
 	if e.fw != nil && !startup && e.syncFirewall(true) {
@@ -235,7 +235,14 @@ func (e *Engine) ensureHostRoute(a *store.Attachment, changes *int) error {
 // removeOrphanLinks deletes links labelled as ours that the desired state
 // no longer has: bridges of services torn down while we were not running,
 // veths of attachments we forgot, devices of an old deployment name.
-func (e *Engine) removeOrphanLinks(changes *int) error {
+//
+// At start-up it also deletes unlabelled veths named by our scheme
+// (zl-v<pid>-e<n>) that nothing wants. The kernel ignores a label given at
+// creation, so an attach killed between creating the pair and labelling it
+// leaves exactly that, with the container's end still inside the
+// container; no request of ours is in flight at start-up, and no one else
+// names veths like this.
+func (e *Engine) removeOrphanLinks(changes *int, startup bool) error {
 	links, err := e.cfg.Net.Links("")
 	if err != nil {
 		return err
@@ -263,13 +270,22 @@ func (e *Engine) removeOrphanLinks(changes *int) error {
 	ours := e.aliasPrefix()
 	var errs []error
 	for _, l := range links {
-		if !strings.HasPrefix(l.Alias, ours) || want[l.Name] {
+		if want[l.Name] {
+			continue
+		}
+		_, _, ourVethName := parseVethName(l.Name)
+		unlabelled := startup && l.Alias == "" && l.Kind == "veth" && ourVethName
+		if !strings.HasPrefix(l.Alias, ours) && !unlabelled {
 			continue
 		}
 		if _, pending := e.detaching.Load(l.Name); pending {
 			continue
 		}
-		e.log.Info("removing a link of ours that nothing wants", "link", l.Name, "kind", l.Kind, "label", l.Alias)
+		if unlabelled {
+			e.log.Info("removing an unlabelled veth of ours that nothing wants (an attach interrupted by a crash)", "link", l.Name)
+		} else {
+			e.log.Info("removing a link of ours that nothing wants", "link", l.Name, "kind", l.Kind, "label", l.Alias)
+		}
 		var err error
 		if l.Kind == "veth" {
 			err = e.cfg.Net.Detach(l.Name)

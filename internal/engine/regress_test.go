@@ -1,7 +1,9 @@
 package engine
 
 import (
+	"context"
 	"net/netip"
+	"slices"
 	"testing"
 
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
@@ -30,5 +32,35 @@ func TestRestartRestoresTheHostRouteOfJoinGlobalContainers(t *testing.T) {
 	}
 	if h.net.attaches != attaches {
 		t.Fatal("the repair re-created the container's links instead of adding the route")
+	}
+}
+
+// The kernel ignores a label given when a link is created, so an attach
+// killed between creating the veth pair and labelling it leaves an
+// unlabelled zl-v<pid>-e<n> in the node and its other end in the container.
+// The restart removes it; unlabelled links named otherwise stay untouched.
+func TestRestartRemovesTheUnlabelledVethOfAnInterruptedAttach(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	h.procs.add(40)
+	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(40), Service: "web"})
+	h.net.links["zl-v41-e1"] = &fakeLink{kind: "veth", spec: &linuxnet.AttachSpec{PID: 41}}
+	h.net.links["veth-foreign"] = &fakeLink{kind: "veth", spec: &linuxnet.AttachSpec{PID: 42}}
+	h.net.links["zl-v43-e0"] = &fakeLink{kind: "bridge"}
+	// At run time a request of ours may be between creating and labelling:
+	// only the start-up reconcile may judge unlabelled links.
+	if _, err := h.e.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h.net.links["zl-v41-e1"] == nil {
+		t.Fatal("a periodic reconcile deleted an unlabelled veth")
+	}
+	h.crash()
+	if got, want := h.net.veths(), []string{"veth-foreign", "zl-v40-e0"}; !slices.Equal(got, want) {
+		t.Fatalf("veths after the restart %v, want %v", got, want)
+	}
+	if h.net.links["zl-v43-e0"] == nil {
+		t.Fatal("the restart deleted an unlabelled link that is not a veth")
 	}
 }
