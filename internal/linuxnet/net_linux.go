@@ -114,6 +114,15 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 		return fmt.Errorf("ensure bridge %s: a %s link with that name already exists; it was left alone, delete it or choose another bridge name",
 			spec.Name, kindOf(link))
 	}
+	// Label first: the kernel ignores a label given at creation, and a
+	// daemon killed before the label would leave a bridge its restart does
+	// not recognise as its own. Unlabelled, it must at least carry no
+	// address (and so no route).
+	if spec.Alias != "" && link.Attrs().Alias != spec.Alias {
+		if err := n.h.LinkSetAlias(link, spec.Alias); err != nil {
+			return fmt.Errorf("ensure bridge %s: set alias: %w", spec.Name, err)
+		}
+	}
 	if err := n.setBridgeSTPOff(link.Attrs().Index); err != nil {
 		return fmt.Errorf("ensure bridge %s: turn STP off: %w", spec.Name, err)
 	}
@@ -126,11 +135,6 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 	}
 	if err := ensureAddrs(n.h, link, []netip.Prefix{spec.Gateway}); err != nil {
 		return fmt.Errorf("ensure bridge %s: %w", spec.Name, err)
-	}
-	if spec.Alias != "" && link.Attrs().Alias != spec.Alias {
-		if err := n.h.LinkSetAlias(link, spec.Alias); err != nil {
-			return fmt.Errorf("ensure bridge %s: set alias: %w", spec.Name, err)
-		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := n.h.LinkSetUp(link); err != nil {
