@@ -247,7 +247,57 @@ func (e *Engine) removeOrphanLinks(changes *int, startup bool) error {
 	if err != nil {
 		return err
 	}
+	want := e.wantedLinks()
+	ours := e.aliasPrefix()
+	var errs []error
+	for _, l := range links {
+		if want[l.Name] {
+			continue
+		}
+		_, _, ourVethName := parseVethName(l.Name)
+		unlabelled := startup && l.Alias == "" && l.Kind == "veth" && ourVethName
+		if !strings.HasPrefix(l.Alias, ours) && !unlabelled {
+			continue
+		}
+		if _, pending := e.detaching.Load(l.Name); pending {
+			continue
+		}
+		// A request creating this link right now labels it before it
+		// records it in the state, holding the lock of what it works on:
+		// wait for it, then look again.
+		unlock, judge := e.creatorLock(strings.TrimPrefix(l.Alias, ours), startup)
+		if !judge {
+			continue
+		}
+		if e.wantedLinks()[l.Name] {
+			unlock()
+			continue
+		}
+		if unlabelled {
+			e.log.Info("removing an unlabelled veth of ours that nothing wants (an attach interrupted by a crash)", "link", l.Name)
+		} else {
+			e.log.Info("removing a link of ours that nothing wants", "link", l.Name, "kind", l.Kind, "label", l.Alias)
+		}
+		var err error
+		if l.Kind == "veth" {
+			err = e.cfg.Net.Detach(l.Name)
+		} else {
+			err = e.cfg.Net.DeleteLink(l.Name)
+		}
+		unlock()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		*changes++
+	}
+	return errors.Join(errs...)
+}
+
+// wantedLinks is every link name the desired state has.
+func (e *Engine) wantedLinks() map[string]bool {
 	e.mu.Lock()
+	defer e.mu.Unlock()
 	want := map[string]bool{}
 	if g := e.st.global; g != nil {
 		want[g.rec.Interface] = true
@@ -266,39 +316,23 @@ func (e *Engine) removeOrphanLinks(changes *int, startup bool) error {
 			want[a.HostLinkGlobal] = true
 		}
 	}
-	e.mu.Unlock()
-	ours := e.aliasPrefix()
-	var errs []error
-	for _, l := range links {
-		if want[l.Name] {
-			continue
-		}
-		_, _, ourVethName := parseVethName(l.Name)
-		unlabelled := startup && l.Alias == "" && l.Kind == "veth" && ourVethName
-		if !strings.HasPrefix(l.Alias, ours) && !unlabelled {
-			continue
-		}
-		if _, pending := e.detaching.Load(l.Name); pending {
-			continue
-		}
-		if unlabelled {
-			e.log.Info("removing an unlabelled veth of ours that nothing wants (an attach interrupted by a crash)", "link", l.Name)
-		} else {
-			e.log.Info("removing a link of ours that nothing wants", "link", l.Name, "kind", l.Kind, "label", l.Alias)
-		}
-		var err error
-		if l.Kind == "veth" {
-			err = e.cfg.Net.Detach(l.Name)
-		} else {
-			err = e.cfg.Net.DeleteLink(l.Name)
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		*changes++
+	return want
+}
+
+// creatorLock takes the lock a request holds while it creates the link
+// with this label (without our prefix): the container's for a veth, the
+// service's for a bridge. A device's label names the device, not the
+// service whose setup may be creating it, so only the start-up reconcile,
+// when no request is in flight, judges devices (judge is false otherwise).
+func (e *Engine) creatorLock(label string, startup bool) (unlock func(), judge bool) {
+	kind, key, _ := strings.Cut(label, ":")
+	switch kind {
+	case "veth":
+		return e.locks.lock("handle:" + key), true
+	case "bridge":
+		return e.serviceLock(key), true
 	}
-	return errors.Join(errs...)
+	return func() {}, startup
 }
 
 // dropOrphanAllocations deletes allocation records whose owner no longer

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/protocol"
@@ -62,5 +63,44 @@ func TestRestartRemovesTheUnlabelledVethOfAnInterruptedAttach(t *testing.T) {
 	}
 	if h.net.links["zl-v43-e0"] == nil {
 		t.Fatal("the restart deleted an unlabelled link that is not a veth")
+	}
+}
+
+// An attach labels its links before it records the attachment in the
+// state. A periodic reconcile that looks in between must not take them for
+// orphans: it waits for the request instead.
+func TestReconcileLeavesTheLinksOfAnAttachInFlight(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	h.procs.add(50)
+	calls := 0
+	reconciled := make(chan error, 1)
+	h.procs.onStart = func(pid int) {
+		if pid != 50 {
+			return
+		}
+		if calls++; calls != 2 {
+			return
+		}
+		// The second look at the process comes after the links were
+		// built and before the attachment is committed.
+		go func() {
+			var n int
+			reconciled <- h.e.removeOrphanLinks(&n, false)
+		}()
+		select {
+		case err := <-reconciled:
+			reconciled <- err
+		case <-time.After(200 * time.Millisecond): // blocked on the container's lock, as it should be
+		}
+	}
+	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(50), Service: "web", JoinGlobal: true})
+	if err := <-reconciled; err != nil {
+		t.Fatal(err)
+	}
+	h.procs.onStart = nil
+	if got, want := h.net.veths(), []string{"zl-v50-e0", "zl-v50-e1"}; !slices.Equal(got, want) {
+		t.Fatalf("veths after an attach that raced a reconcile: %v, want %v", got, want)
 	}
 }
