@@ -3,6 +3,7 @@ package linuxnet
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"slices"
@@ -99,6 +100,7 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = spec.Name
 		attrs.MTU = spec.MTU
+		attrs.HardwareAddr = bridgeMAC(spec.Name)
 		err := n.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
 		// EEXIST: someone created it between our lookup and now; adopt it below like any
 		// other existing link, which includes checking that it is a bridge.
@@ -142,6 +144,19 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 		}
 	}
 	return nil
+}
+
+// bridgeMAC is the address a bridge is created with: locally administered,
+// unicast, and derived from the name so a re-created bridge answers with
+// the address its containers have cached. A bridge whose address was not
+// chosen takes the lowest address of its ports and changes it whenever that
+// port leaves, and every other container on it then sends to a gateway
+// address nobody has until its neighbour entry goes stale (30 s and more).
+func bridgeMAC(name string) net.HardwareAddr {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	sum := h.Sum(nil)
+	return net.HardwareAddr{0x02, sum[0], sum[1], sum[2], sum[3], sum[4]}
 }
 
 // SetAlias writes the link's IFLA_IFALIAS.
