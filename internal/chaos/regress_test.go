@@ -1,0 +1,82 @@
+package chaos
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/zlayer/zlayer-overlayd/internal/lab"
+	"github.com/zlayer/zlayer-overlayd/internal/testbin"
+	"github.com/zlayer/zlayer-overlayd/protocol"
+)
+
+// Regression tests, against real namespaces, for bugs the suites of this
+// package found.
+
+// A Linux bridge whose address nobody chose takes the lowest address of its
+// ports and changes it when that port leaves. The containers still on the
+// bridge keep the old address of their gateway in their neighbour caches,
+// and their frames to it go nowhere until the entry goes stale (30 s and
+// more). Detaching one container must not cut its siblings off.
+func TestDetachingAContainerKeepsItsSiblingsGateway(t *testing.T) {
+	if err := lab.Check(); err != nil {
+		t.Skip("lab: " + err.Error())
+	}
+	l := lab.New(t, lab.Options{Daemon: testbin.Build(t, "zlayer-overlayd")})
+	n := l.AddNode("a", "--dns-port", "0")
+	n.Call(protocol.SetupGlobalOverlay{Deployment: deployment, InstanceID: "1", ClusterCIDR: clusterCIDR, SliceCIDR: "10.77.1.0/24", WGPort: wgPort})
+	svc := n.Call(protocol.SetupServiceOverlay{Service: "web", Mode: protocol.ModeShared}).(protocol.ServiceOverlay)
+	var ctrs []*lab.Container
+	for _, name := range []string{"c1", "c2", "c3"} {
+		c := l.AddContainer(name)
+		n.Call(protocol.AttachContainer{Handle: c.Handle(), Service: "web"})
+		if err := c.Ping(svc.Gateway, 1); err != nil {
+			t.Fatal(err)
+		}
+		ctrs = append(ctrs, c)
+	}
+	mac := func(name string) string {
+		ls, err := links(n.Exec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range ls {
+			if l.Name == name {
+				return l.Address
+			}
+		}
+		t.Fatalf("no link %s", name)
+		return ""
+	}
+	// Detach the container whose host end has the lowest address: the one
+	// an unpinned bridge takes its own address from.
+	victim := 0
+	for i, c := range ctrs {
+		if strings.Compare(mac(hostLink(c)), mac(hostLink(ctrs[victim]))) < 0 {
+			victim = i
+		}
+	}
+	before := mac(svc.Name)
+	n.Call(protocol.DetachContainer{Handle: ctrs[victim].Handle()})
+	lab.Eventually(t, 5e9, "the detached veth is gone", func() error {
+		ls, _ := links(n.Exec)
+		for _, l := range ls {
+			if l.Name == hostLink(ctrs[victim]) {
+				return errStill
+			}
+		}
+		return nil
+	})
+	if after := mac(svc.Name); after != before {
+		t.Errorf("the bridge changed its address from %s to %s when a port left", before, after)
+	}
+	for i, c := range ctrs {
+		if i == victim {
+			continue
+		}
+		if err := c.Ping(svc.Gateway, 2); err != nil {
+			t.Errorf("container %s lost its gateway when a sibling was detached: %v", c.Name, err)
+		}
+	}
+}
+
+func hostLink(c *lab.Container) string { return vethOf(c.PID, 0) }
