@@ -91,4 +91,3 @@ func FuzzFrameReader(f *testing.F) {
 		}
 	})
 }
-
