@@ -2,12 +2,17 @@ package engine
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/dns"
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
+	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
@@ -103,4 +108,59 @@ func TestReconcileLeavesTheLinksOfAnAttachInFlight(t *testing.T) {
 	if got, want := h.net.veths(), []string{"zl-v50-e0", "zl-v50-e1"}; !slices.Equal(got, want) {
 		t.Fatalf("veths after an attach that raced a reconcile: %v, want %v", got, want)
 	}
+}
+
+// Requests may be megabytes long; a refusal quotes the offending value cut
+// short instead of echoing it (sometimes twice, through net and net/netip
+// errors) into the log and an err answer that might no longer fit a frame.
+func TestRefusalsDoNotEchoHugeInput(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	long := strings.Repeat("9", 1<<20)
+	key := newKey(t).String()
+	for _, req := range []protocol.Request{
+		protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: "1", ClusterCIDR: long + "/16", WGPort: 1},
+		protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.0.0.0/" + long},
+		protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: key, AllowedIPs: "10.0.0.0/8," + long}},
+		protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: key, Endpoint: long}},
+		protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: key, Endpoint: "[" + long + "]:1"}},
+		protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: key, Endpoint: "host:" + long}},
+		protocol.AddAllowedIP{Pubkey: key, CIDR: "::" + long},
+	} {
+		if msg := h.fails(req); len(msg) > 300 {
+			t.Errorf("%s: a %d-byte refusal: %.100q…", req.Op(), len(msg), msg)
+		}
+	}
+	e := newDNSEngine(t)
+	for _, req := range []protocol.Request{
+		protocol.RegisterDNS{Name: long, IP: netip.MustParseAddr("10.200.3.9")},
+		protocol.UnregisterDNS{Name: long},
+	} {
+		resp, ok := e.Handle(context.Background(), req).(protocol.Err)
+		if !ok || len(resp.Message) > 300 {
+			t.Errorf("%s: a %d-byte refusal (%t): %.100q…", req.Op(), len(resp.Message), ok, resp.Message)
+		}
+	}
+}
+
+// newDNSEngine is an engine with the embedded DNS server and nothing else.
+func newDNSEngine(t *testing.T) *Engine {
+	t.Helper()
+	st, err := store.Open(filepath.Join(t.TempDir(), store.FileName), store.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := dns.New(dns.Config{Zone: "zltr.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := New(Config{Store: st, DNS: &DNSConfig{Server: srv}, ReconcileInterval: -1, HealthInterval: -1, Log: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close(); srv.Close(); st.Close() })
+	return e
 }
