@@ -309,9 +309,13 @@ func (e *Engine) setNodeID(r protocol.SetLocalNodeID) (protocol.Response, error)
 
 func (e *Engine) setExpectedPubkey(r protocol.SetLocalWGPubkey) (protocol.Response, error) {
 	if r.Pubkey != "" {
-		if _, err := wg.ParseKey(r.Pubkey); err != nil {
+		k, err := wg.ParseKey(r.Pubkey)
+		if err != nil {
 			return nil, err
 		}
+		// Base64 spells a key more than one way; keep the one
+		// PublicKey().String() gives, so comparisons are of keys.
+		r.Pubkey = k.String()
 	}
 	unlock := e.locks.lock("node")
 	defer unlock()

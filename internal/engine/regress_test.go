@@ -164,3 +164,21 @@ func newDNSEngine(t *testing.T) *Engine {
 	t.Cleanup(func() { e.Close(); srv.Close(); st.Close() })
 	return e
 }
+
+// Base64 spells a key more than one way (line breaks are skipped, the two
+// spare bits of the last character are ignored). The key the main daemon
+// sends for this node is compared as a key, not as a string: the same key
+// spelled differently is no mismatch.
+func TestExpectedPubkeyIsComparedAsAKey(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	pub := h.status().PublicKey
+	last := strings.IndexByte("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", pub[42])
+	spare := pub[:42] + string("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"[last|1]) + "="
+	for _, spelling := range []string{pub[:20] + "\n" + pub[20:], spare} {
+		h.ok(protocol.SetLocalWGPubkey{Pubkey: spelling})
+		if s := h.status(); s.PubkeyMismatch || s.ExpectedPubkey != pub || len(s.Warnings) > 0 {
+			t.Fatalf("%q, our own key spelled differently, reported as %q, mismatch %t, warnings %q", spelling, s.ExpectedPubkey, s.PubkeyMismatch, s.Warnings)
+		}
+	}
+}
