@@ -294,6 +294,10 @@ func errf(format string, args ...any) protocol.Err {
 }
 
 func (e *Engine) setNodeID(r protocol.SetLocalNodeID) (protocol.Response, error) {
+	// Every writer of the node record rewrites it from a copy: serialise
+	// them, or one undoes another (in the store too).
+	unlock := e.locks.lock("node")
+	defer unlock()
 	e.mu.Lock()
 	node := e.st.node
 	e.mu.Unlock()

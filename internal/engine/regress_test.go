@@ -2,11 +2,13 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -179,6 +181,42 @@ func TestExpectedPubkeyIsComparedAsAKey(t *testing.T) {
 		h.ok(protocol.SetLocalWGPubkey{Pubkey: spelling})
 		if s := h.status(); s.PubkeyMismatch || s.ExpectedPubkey != pub || len(s.Warnings) > 0 {
 			t.Fatalf("%q, our own key spelled differently, reported as %q, mismatch %t, warnings %q", spelling, s.ExpectedPubkey, s.PubkeyMismatch, s.Warnings)
+		}
+	}
+}
+
+// set_local_node_id, set_local_wg_pubkey and setup_global_overlay each
+// rewrite the node record from a copy. Run side by side, none may undo
+// another: not in memory, and not in the store (what a restart sees).
+func TestNodeRecordUpdatesDoNotLoseEachOther(t *testing.T) {
+	h := newHarness(t)
+	for i := range 50 {
+		id := uint64(100 + i)
+		key := newKey(t).String()
+		slice := fmt.Sprintf("10.200.%d.0/24", i)
+		var wg sync.WaitGroup
+		for _, req := range []protocol.Request{protocol.SetLocalNodeID{NodeID: id}, protocol.SetLocalWGPubkey{Pubkey: key}, globalReq(slice)} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if e, bad := h.do(req).(protocol.Err); bad {
+					t.Errorf("%s: %s", req.Op(), e.Message)
+				}
+			}()
+		}
+		wg.Wait()
+		check := func(when string) {
+			s := h.status()
+			if s.NodeID != id || s.ExpectedPubkey != key || s.SliceCIDR != slice || s.PublicKey == "" {
+				t.Fatalf("round %d, %s: node id %d key %s slice %s public key %q; want %d %s %s", i, when, s.NodeID, s.ExpectedPubkey, s.SliceCIDR, s.PublicKey, id, key, slice)
+			}
+		}
+		check("running")
+		pub := h.status().PublicKey
+		h.crash()
+		check("after a restart")
+		if got := h.status().PublicKey; got != pub {
+			t.Fatalf("round %d: the node's key changed across a restart: %s -> %s", i, pub, got)
 		}
 	}
 }
