@@ -69,6 +69,9 @@ func FuzzUnmarshalFrame(f *testing.F) {
 				if bad.Err == nil {
 					t.Fatal("a bad request that does not say what is wrong")
 				}
+				if msg := bad.Error(); len(msg) > 400 || !utf8.ValidString(msg) {
+					t.Fatalf("a %d-byte bad-request message (UTF-8: %t): %.100q…", len(msg), utf8.ValidString(msg), msg)
+				}
 			case errors.Is(err, ErrMalformed):
 			default:
 				t.Fatalf("UnmarshalFrame failed with %v (%T): neither ErrMalformed nor *BadRequestError, so the server cannot tell whether to answer or hang up", err, err)
