@@ -2,7 +2,9 @@ package chaos
 
 import (
 	"fmt"
+	"os"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 )
@@ -79,6 +81,27 @@ func TestCrashConsistency(t *testing.T) {
 		nd.afterRestart()
 	}
 	w.checkAll("after killing both daemons at the end")
+	for _, nd := range w.nodes {
+		if err := cleanLog(nd.n.LogPath()); err != nil {
+			t.Errorf("node %s: %v", nd.name, err)
+		}
+	}
 	t.Logf("%d operations (%d requests, %d container deaths); %d SIGKILLs mid-request, %d between requests, 2 at the end",
 		ops, requests, deaths, midKills, betweenKills)
+}
+
+// cleanLog fails on what a daemon must never log, even one that was
+// SIGKILLed before it could exit with an error: a data race (the lab runs
+// race-enabled binaries under -race), a panic, a fatal Go runtime error.
+func cleanLog(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	for _, bad := range []string{"WARNING: DATA RACE", "panic:", "fatal error:", "level=ERROR"} {
+		if i := strings.Index(string(b), bad); i >= 0 {
+			return fmt.Errorf("the daemon log has %q:\n%s", bad, b[max(0, i-2000):min(len(b), i+4000)])
+		}
+	}
+	return nil
 }

@@ -14,6 +14,7 @@ var (
 	seedFlag  = flag.Uint64("chaos.seed", 0, "seed of the randomized suites (0 picks one and logs it)")
 	opsFlag   = flag.Int("chaos.ops", 150, "operations of the crash-consistency workload")
 	killsFlag = flag.Int("chaos.kills", 5, "SIGKILLs of a node's daemon during the crash-consistency workload")
+	reqsFlag  = flag.Int("chaos.requests", 1000, "requests per client of the load suites (64 clients)")
 )
 
 func TestMain(m *testing.M) {

@@ -196,7 +196,8 @@ func newTarget(t *testing.T, args ...string) *target {
 	return &target{t: t, socket: p.socket, proc: p}
 }
 
-// daemonProc is a daemon process started directly (unprivileged runs).
+// daemonProc is a daemon process started directly: as this user when it
+// is not root, else in a network namespace of its own.
 type daemonProc struct {
 	t       *testing.T
 	cmd     *exec.Cmd
@@ -227,7 +228,13 @@ func (l *lockedBuffer) String() string {
 func startProc(t *testing.T, dataDir string, args ...string) *daemonProc {
 	t.Helper()
 	p := &daemonProc{t: t, dataDir: dataDir, socket: filepath.Join(dataDir, "run", "zlayer-overlayd.sock"), args: args, log: &lockedBuffer{}, exited: make(chan struct{})}
-	p.cmd = exec.Command(testbin.Build(t, "zlayer-overlayd"), append([]string{"--data-dir", dataDir, "--log-level", "debug"}, args...)...)
+	argv := append([]string{testbin.Build(t, "zlayer-overlayd"), "--data-dir", dataDir, "--log-level", "debug"}, args...)
+	if os.Geteuid() == 0 {
+		// A root daemon outside a lab gets a network namespace of its own,
+		// which dies with it: nothing of the host's is touched.
+		argv = append([]string{"unshare", "--net", "--"}, argv...)
+	}
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stderr = p.log
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
