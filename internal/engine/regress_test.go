@@ -220,3 +220,23 @@ func TestNodeRecordUpdatesDoNotLoseEachOther(t *testing.T) {
 		}
 	}
 }
+
+// A prefix belongs to the last peer that claims it (add_peer or
+// add_allowed_ip), as in WireGuard; the store must say so too, or a
+// restart, which configures peers in key order, may give it back.
+func TestAClaimedPrefixLeavesItsPreviousPeerInTheStore(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	first, second := newKey(t).String(), newKey(t).String()
+	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: first, AllowedIPs: "10.99.1.0/24,10.99.2.0/24,10.99.3.0/24"}})
+	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: second, AllowedIPs: "10.99.1.0/24"}})
+	h.ok(protocol.AddAllowedIP{Pubkey: second, CIDR: "10.99.2.0/24"})
+	h.crash()
+	got := map[string]string{}
+	for _, p := range h.status().Peers {
+		got[p.PublicKey] = p.AllowedIPs
+	}
+	if got[first] != "10.99.3.0/24" || got[second] != "10.99.1.0/24,10.99.2.0/24" {
+		t.Fatalf("after a restart: first %q, second %q; want 10.99.3.0/24 and 10.99.1.0/24,10.99.2.0/24", got[first], got[second])
+	}
+}
