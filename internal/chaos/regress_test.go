@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -80,3 +81,58 @@ func TestDetachingAContainerKeepsItsSiblingsGateway(t *testing.T) {
 }
 
 func hostLink(c *lab.Container) string { return vethOf(c.PID, 0) }
+
+// WireGuard gives an allowed IP to one peer: the last one that claims it.
+// The daemon must remember it that way, or a restart (which configures the
+// peers in key order) hands the prefix back to whichever peer sorts last,
+// and the traffic for it silently goes to another node.
+func TestAClaimedAllowedIPStaysWithItsPeerAcrossARestart(t *testing.T) {
+	if err := lab.Check(); err != nil {
+		t.Skip("lab: " + err.Error())
+	}
+	l := lab.New(t, lab.Options{Daemon: testbin.Build(t, "zlayer-overlayd")})
+	n := l.AddNode("a", "--dns-port", "0")
+	n.Call(protocol.SetupGlobalOverlay{Deployment: deployment, InstanceID: "1", ClusterCIDR: clusterCIDR, SliceCIDR: "10.77.1.0/24", WGPort: wgPort})
+	// first sorts after second, so a restart in key order would favour it.
+	var first, second string
+	for first <= second {
+		first, _ = keyFor("")
+		second, _ = keyFor("")
+	}
+	peer := func(pub, allowed string) protocol.AddPeer {
+		return protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "172.31.0.200:51820", AllowedIPs: allowed}}
+	}
+	n.Call(peer(first, "10.99.1.0/24,10.99.2.0/24"))
+	n.Call(peer(second, "10.99.1.0/24"))
+	n.Call(protocol.AddAllowedIP{Pubkey: second, CIDR: "10.99.2.0/24"})
+	want := map[string][]string{first: nil, second: {"10.99.1.0/24", "10.99.2.0/24"}}
+	check := func(when string) {
+		t.Helper()
+		dev, err := wgDump(n.Exec, globalIface)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for pub, ips := range want {
+			if got := dev.Peers[pub].AllowedIPs; !slices.Equal(got, ips) {
+				t.Errorf("%s: WireGuard gives peer %.8s… %v, want %v", when, pub, got, ips)
+			}
+		}
+		for _, p := range n.Status().Peers {
+			if got := splitNonEmpty(p.AllowedIPs); !slices.Equal(got, want[p.PublicKey]) {
+				t.Errorf("%s: status gives peer %.8s… %v, want %v", when, p.PublicKey, got, want[p.PublicKey])
+			}
+		}
+	}
+	check("before the restart")
+	n.Restart()
+	check("after the restart")
+}
+
+func splitNonEmpty(s string) []string {
+	if s == "" {
+		return nil
+	}
+	out := strings.Split(s, ",")
+	slices.Sort(out)
+	return out
+}
