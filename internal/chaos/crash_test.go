@@ -88,6 +88,7 @@ func TestCrashConsistency(t *testing.T) {
 	}
 	t.Logf("%d operations (%d requests, %d container deaths); %d SIGKILLs mid-request, %d between requests, 2 at the end",
 		ops, requests, deaths, midKills, betweenKills)
+	t.Logf("by kind: %v", w.counts)
 }
 
 // cleanLog fails on what a daemon must never log, even one that was

@@ -76,9 +76,7 @@ func (nd *node) resync() error {
 			delete(nd.peers, id)
 			for _, p := range s.Peers {
 				if p.PublicKey == id {
-					ips := strings.Split(p.AllowedIPs, ",")
-					sort.Strings(ips)
-					nd.peers[id] = ips
+					nd.peers[id] = splitNonEmpty(p.AllowedIPs)
 				}
 			}
 		case "dns":

@@ -54,6 +54,8 @@ type world struct {
 	history []string
 	seq     int
 	peerNet int // next /24 for fake peers' routed allowed IPs
+	// counts of operation kinds, for the summary
+	counts map[string]int
 }
 
 type node struct {
@@ -97,7 +99,7 @@ func newWorld(t *testing.T) *world {
 		t.Skip("crash-consistency suite: " + err.Error())
 	}
 	rng, _ := newRand(t)
-	w := &world{t: t, rng: rng, peerNet: 1}
+	w := &world{t: t, rng: rng, peerNet: 1, counts: map[string]int{}}
 	w.lab = lab.New(t, lab.Options{Daemon: testbin.Build(t, "zlayer-overlayd")})
 	for i, name := range []string{"a", "b"} {
 		nd := &node{
@@ -140,6 +142,13 @@ func newWorld(t *testing.T) *world {
 
 func (w *world) logf(format string, args ...any) {
 	w.seq++
+	if f := strings.Fields(fmt.Sprintf(format, args...)); len(f) > 2 {
+		kind := strings.TrimSuffix(f[2], ",")
+		if strings.Contains(format+fmt.Sprint(args...), "claimed from") {
+			kind += " (claim)"
+		}
+		w.counts[kind]++
+	}
 	line := fmt.Sprintf("#%d ", w.seq) + fmt.Sprintf(format, args...)
 	w.history = append(w.history, line)
 	if len(w.history) > 40 {
@@ -567,10 +576,19 @@ func (nd *node) opAllowedIP() *op {
 	}
 	nd.w.peerNet++
 	cidr := fmt.Sprintf("10.98.%d.0/24", nd.w.peerNet%250)
+	keys := []string{"peer:" + pub}
+	// Sometimes claim a prefix another peer holds: WireGuard moves it to
+	// this peer, and so must the daemon's record of both.
+	var from string
+	if others := slices.DeleteFunc(slices.Clone(fakes), func(p string) bool { return p == pub || len(nd.peers[p]) == 0 }); len(others) > 0 && nd.w.rng.IntN(3) == 0 {
+		from = pick(nd.w.rng, others)
+		cidr = pick(nd.w.rng, nd.peers[from])
+		keys = append(keys, "peer:"+from)
+	}
 	return &op{
-		nd: nd, desc: "add_allowed_ip " + pub[:8] + "… " + cidr,
+		nd: nd, desc: "add_allowed_ip " + pub[:8] + "… " + cidr + map[bool]string{true: " (claimed from " + from + ")"}[from != ""],
 		req:  protocol.AddAllowedIP{Pubkey: pub, CIDR: cidr, Scope: protocol.GlobalScope()},
-		keys: []string{"peer:" + pub},
+		keys: keys,
 		apply: func(resp protocol.Response) error {
 			if err := errAnswer(resp); err != nil {
 				return err
@@ -578,6 +596,9 @@ func (nd *node) opAllowedIP() *op {
 			next := append(slices.Clone(cur), cidr)
 			sort.Strings(next)
 			nd.peers[pub] = slices.Compact(next)
+			if from != "" {
+				nd.peers[from] = slices.DeleteFunc(slices.Clone(nd.peers[from]), func(c string) bool { return c == cidr })
+			}
 			return nil
 		},
 	}
