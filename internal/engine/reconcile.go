@@ -232,6 +232,28 @@ func (e *Engine) ensureHostRoute(a *store.Attachment, changes *int) error {
 	return e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: dst, Dev: a.HostLinkGlobal, Src: nodeIP})
 }
 
+// restoreHostRoutes re-adds the host routes of every join_global container
+// (see ensureHostRoute), for when the node IP has just come back.
+func (e *Engine) restoreHostRoutes() {
+	if e.cfg.Net == nil || e.cfg.Caps.NoBridges {
+		return
+	}
+	e.mu.Lock()
+	var list []*store.Attachment
+	for _, a := range e.st.attach {
+		if a.HostLinkGlobal != "" {
+			list = append(list, a)
+		}
+	}
+	e.mu.Unlock()
+	var n int
+	for _, a := range list {
+		if err := e.ensureHostRoute(a, &n); err != nil {
+			e.log.Warn("re-adding a container's host route failed; reconcile retries", "handle", a.Key, "err", err)
+		}
+	}
+}
+
 // removeOrphanLinks deletes links labelled as ours that the desired state
 // no longer has: bridges of services torn down while we were not running,
 // veths of attachments we forgot, devices of an old deployment name.

@@ -240,3 +240,20 @@ func TestAClaimedPrefixLeavesItsPreviousPeerInTheStore(t *testing.T) {
 		t.Fatalf("after a restart: first %q, second %q; want 10.99.3.0/24 and 10.99.1.0/24,10.99.2.0/24", got[first], got[second])
 	}
 }
+
+// teardown_global_overlay takes the node IP away and the kernel the host
+// routes of join_global containers with it; the next setup_global_overlay
+// must put them back at once, not at the next reconcile.
+func TestGlobalSetupAfterTeardownRestoresHostRoutes(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	h.procs.add(60)
+	a := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(60), Service: "web", JoinGlobal: true}).(protocol.Attached)
+	h.ok(protocol.TeardownGlobalOverlay{})
+	h.net.DeleteRoute(linuxnet.Route{Dst: netip.PrefixFrom(a.GlobalIP, 32), Dev: "zl-v60-e1"}) // what the kernel does
+	h.ok(globalReq("10.200.3.0/24"))
+	if routes, _ := h.net.Routes("zl-v60-e1"); len(routes) != 1 || routes[0].Dst != netip.PrefixFrom(a.GlobalIP, 32) {
+		t.Fatalf("host routes of eth1 after the global overlay came back: %+v", routes)
+	}
+}
