@@ -136,3 +136,28 @@ func splitNonEmpty(s string) []string {
 	slices.Sort(out)
 	return out
 }
+
+// A join_global container keeps its links across teardown_global_overlay
+// and setup_global_overlay, but the kernel drops its host route with the
+// node IP. The node (and through it the overlay) must reach the container
+// again as soon as the global overlay is back.
+func TestAContainerIsReachableRightAfterTheGlobalOverlayReturns(t *testing.T) {
+	if err := lab.Check(); err != nil {
+		t.Skip("lab: " + err.Error())
+	}
+	l := lab.New(t, lab.Options{Daemon: testbin.Build(t, "zlayer-overlayd")})
+	n := l.AddNode("a", "--dns-port", "0")
+	global := protocol.SetupGlobalOverlay{Deployment: deployment, InstanceID: "1", ClusterCIDR: clusterCIDR, SliceCIDR: "10.77.1.0/24", WGPort: wgPort}
+	n.Call(global)
+	n.Call(protocol.SetupServiceOverlay{Service: "web", Mode: protocol.ModeShared})
+	c := l.AddContainer("c1")
+	a := n.Call(protocol.AttachContainer{Handle: c.Handle(), Service: "web", JoinGlobal: true}).(protocol.Attached)
+	if err := n.Ping(a.GlobalIP, 1); err != nil {
+		t.Fatal(err)
+	}
+	n.Call(protocol.TeardownGlobalOverlay{})
+	n.Call(global)
+	if err := n.Ping(a.GlobalIP, 1); err != nil {
+		t.Fatalf("the node cannot reach the container's eth1 once the global overlay is back: %v\n%s", err, n.MustExec("ip", "route"))
+	}
+}
