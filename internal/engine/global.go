@@ -293,6 +293,9 @@ func (e *Engine) teardownGlobal(ctx context.Context) (protocol.Response, error) 
 	delete(e.st.owners, allocKey(poolSlice, old.nodeIP))
 	if e.st.slicePool != nil {
 		e.st.slicePool.Release(old.nodeIP)
+		// The node keeps its slice, and so its node IP: nothing else may
+		// take it, or the next setup cannot have it back.
+		e.st.slicePool.Reserve(old.nodeIP)
 	}
 	e.mu.Unlock()
 	if old.dev != nil {

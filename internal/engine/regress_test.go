@@ -257,3 +257,27 @@ func TestGlobalSetupAfterTeardownRestoresHostRoutes(t *testing.T) {
 		t.Fatalf("host routes of eth1 after the global overlay came back: %+v", routes)
 	}
 }
+
+// A node whose global overlay is torn down keeps its slice to get the same
+// node IP back; meanwhile nothing may hand that address out, or the next
+// setup_global_overlay fails (and the node cannot rejoin) until it is
+// released. Across a restart too.
+func TestTheNodeIPWaitsForTheNextGlobalSetup(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		h := newHarness(t)
+		h.ok(globalReq("10.200.3.0/24"))
+		h.ok(protocol.TeardownGlobalOverlay{})
+		if restart {
+			h.crash()
+		}
+		for range 3 {
+			if ip := h.ok(protocol.AllocateIP{Service: "any"}).(protocol.IP).IP; ip == netip.MustParseAddr("10.200.3.1") {
+				t.Fatalf("restart %t: allocate_ip handed out the node IP of a torn-down global overlay", restart)
+			}
+		}
+		h.ok(globalReq("10.200.3.0/24"))
+		if s := h.status(); s.NodeIP != netip.MustParseAddr("10.200.3.1") || s.SlicePool.Used != 4 {
+			t.Fatalf("restart %t: node IP %s, slice addresses in use %d (want 10.200.3.1 and 4)", restart, s.NodeIP, s.SlicePool.Used)
+		}
+	}
+}
