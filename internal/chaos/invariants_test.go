@@ -80,7 +80,7 @@ func (nd *node) resync() error {
 				}
 			}
 		case "dns":
-			got, nx, err := digA(nd.n.Exec, "127.0.0.1", dnsPort, id+"."+zone)
+			got, nx, err := digA(nd.n.Exec, "127.0.0.1", dnsPort, id+"."+s.DNS.Zone)
 			if err != nil {
 				return err
 			}
@@ -89,6 +89,8 @@ func (nd *node) resync() error {
 			} else {
 				nd.dns[id] = got
 			}
+		case "global":
+			nd.down = s.Interface == ""
 		case "api":
 			// Only teardown marks a pool: its allocations went with the
 			// service if the service went (handled by "svc").
@@ -123,12 +125,19 @@ func (nd *node) check() error {
 	var errs []error
 	fail := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 
-	// The global overlay is exactly what was set up.
-	if s.Interface != globalIface || s.NodeIP != nd.nodeIP || s.SliceCIDR != nd.slice.String() ||
+	// The global overlay is exactly what was set up, or, torn down, gone
+	// but for the slice the node keeps.
+	if nd.down {
+		if s.Interface != "" || s.NodeIP.IsValid() || s.SliceCIDR != nd.slice.String() || s.OverlayCIDR != clusterCIDR {
+			fail("global overlay torn down, but status shows interface %q node_ip %v slice %s cluster %s", s.Interface, s.NodeIP, s.SliceCIDR, s.OverlayCIDR)
+		}
+	} else if s.Interface != globalIface || s.NodeIP != nd.nodeIP || s.SliceCIDR != nd.slice.String() ||
 		s.OverlayCIDR != clusterCIDR || s.PublicKey != nd.pub || s.WGPort != wgPort {
 		fail("global overlay changed: interface %s node_ip %s slice %s cluster %s key %s port %d",
 			s.Interface, s.NodeIP, s.SliceCIDR, s.OverlayCIDR, s.PublicKey, s.WGPort)
 	}
+	// The node IP stays the node's while the global overlay is torn down.
+	const nodeIPs = 1
 
 	// Services: every acknowledged one, nothing else, never moved.
 	gotSvc := map[string]protocol.ServiceStatus{}
@@ -231,7 +240,7 @@ func (nd *node) check() error {
 	if s.SlicePool == nil {
 		fail("status has no slice pool")
 	} else {
-		want := uint64(1 + len(s.Guests) + nd.apiIn("slice"))
+		want := uint64(nodeIPs + len(s.Guests) + nd.apiIn("slice"))
 		for _, a := range s.Attachments {
 			if a.GlobalIP.IsValid() {
 				want++
@@ -252,7 +261,10 @@ func (nd *node) check() error {
 	for _, l := range ls {
 		present[l.Name] = l
 	}
-	wanted := map[string]string{globalIface: "global device"}
+	wanted := map[string]string{}
+	if !nd.down {
+		wanted[globalIface] = "global device"
+	}
 	bridgeOf := map[string]string{}
 	for _, ss := range s.Services {
 		wanted[ss.Bridge] = "bridge of " + ss.Service
@@ -325,7 +337,10 @@ func (nd *node) check() error {
 	}
 
 	// Addresses of our links.
-	wantAddr := map[string][]netip.Prefix{globalIface: {netip.PrefixFrom(nd.nodeIP, cluster.Bits())}}
+	wantAddr := map[string][]netip.Prefix{}
+	if !nd.down {
+		wantAddr[globalIface] = []netip.Prefix{netip.PrefixFrom(nd.nodeIP, cluster.Bits())}
+	}
 	for _, ss := range s.Services {
 		sub := netip.MustParsePrefix(ss.Subnet)
 		wantAddr[ss.Bridge] = []netip.Prefix{netip.PrefixFrom(ss.Gateway, sub.Bits())}
@@ -344,8 +359,14 @@ func (nd *node) check() error {
 	if err != nil {
 		return err
 	}
-	wantRoute := map[string]bool{clusterCIDR + " " + globalIface: true}
+	wantRoute := map[string]bool{}
+	if !nd.down {
+		wantRoute[clusterCIDR+" "+globalIface] = true
+	}
 	for _, ips := range nd.peers {
+		if nd.down {
+			break
+		}
 		for _, c := range ips {
 			p := netip.MustParsePrefix(c)
 			if p.Bits() > 0 && !(cluster.Bits() <= p.Bits() && cluster.Contains(p.Addr())) {
@@ -357,7 +378,7 @@ func (nd *node) check() error {
 		wantRoute[ss.Subnet+" "+ss.Bridge] = true
 	}
 	for _, a := range s.Attachments {
-		if a.GlobalIP.IsValid() && !nd.ctrs[int(a.Handle.PID)].deadAttached {
+		if a.GlobalIP.IsValid() && !nd.ctrs[int(a.Handle.PID)].deadAttached && !nd.down {
 			wantRoute[netip.PrefixFrom(a.GlobalIP, 32).String()+fmt.Sprintf(" zl-v%d-e1", a.Handle.PID)] = true
 		}
 	}
@@ -403,9 +424,14 @@ func (nd *node) check() error {
 	sort.Strings(bridges)
 	clamp := slices.Concat(overlay, bridges)
 	sort.Strings(clamp)
-	if sets == nil {
+	switch {
+	case nd.down:
+		if sets != nil {
+			fail("our nftables table exists while the global overlay is torn down: %v", sets)
+		}
+	case sets == nil:
 		fail("our nftables table is missing")
-	} else {
+	default:
 		for name, want := range map[string][]string{"overlay_ifaces": overlay, "bridges": bridges, "mss_clamp_ifaces": clamp} {
 			if got := sets[name]; !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
 				fail("nft set %s is %v, want %v", name, got, want)
@@ -416,9 +442,13 @@ func (nd *node) check() error {
 	// WireGuard: the device is the node's identity with exactly the
 	// acknowledged peers and allowed IPs.
 	dev, err := wgDump(exec, globalIface)
-	if err != nil {
+	switch {
+	case nd.down:
+		// The device is gone (the link check says so); its peers are
+		// remembered and must all be back once it is set up again.
+	case err != nil:
 		fail("%v", err)
-	} else {
+	default:
 		if dev.PublicKey != nd.pub || dev.ListenPort != wgPort {
 			fail("wg device key %s port %d, want %s %d", dev.PublicKey, dev.ListenPort, nd.pub, wgPort)
 		}
@@ -450,7 +480,7 @@ func (nd *node) check() error {
 		fail("status counts %v DNS names, %d were acknowledged", s.DNS, len(nd.dns))
 	}
 	for _, name := range dnsNames {
-		got, nx, err := digA(exec, "127.0.0.1", dnsPort, name+"."+zone)
+		got, nx, err := digA(exec, "127.0.0.1", dnsPort, name+"."+s.DNS.Zone)
 		if err != nil {
 			fail("%v", err)
 			continue
@@ -537,6 +567,9 @@ func (nd *node) reachable(other *node) error {
 		}
 		if err := c.c.Ping(nd.services[c.service].gateway, 1); err != nil {
 			errs = append(errs, fmt.Errorf("container %d of %s cannot reach its gateway: %v", pid, c.service, err))
+		}
+		if nd.down || other.down {
+			continue
 		}
 		if err := c.c.Ping(other.nodeIP, 1); err != nil {
 			errs = append(errs, fmt.Errorf("container %d of %s (join_global=%t) cannot reach node %s over the overlay: %v", pid, c.service, c.join, other.name, err))

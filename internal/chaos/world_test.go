@@ -70,9 +70,11 @@ type node struct {
 	ctrs     map[int]*ctr
 	peers    map[string][]string // pubkey -> sorted allowed IPs (the other node's real peer included)
 	realPeer string
-	dns      map[string][]string   // relative name -> sorted addresses
-	api      map[netip.Addr]string // addresses handed out by allocate_ip -> pool ("slice" or "service:x")
-	unsure   map[string]bool       // keys an interrupted operation may have changed
+	// down is true while the global overlay is torn down.
+	down   bool
+	dns    map[string][]string   // relative name -> sorted addresses
+	api    map[netip.Addr]string // addresses handed out by allocate_ip -> pool ("slice" or "service:x")
+	unsure map[string]bool       // keys an interrupted operation may have changed
 }
 
 type service struct {
@@ -242,6 +244,9 @@ func pick[T any](rng *rand.Rand, xs []T) T { return xs[rng.IntN(len(xs))] }
 // must refuse are marked as such.
 func (w *world) nextOp() *op {
 	nd := pick(w.rng, w.nodes)
+	if nd.down && w.rng.IntN(3) == 0 || !nd.down && w.rng.IntN(60) == 0 {
+		return nd.opGlobal()
+	}
 	for {
 		switch r := w.rng.IntN(100); {
 		case r < 10:
@@ -299,7 +304,42 @@ func (w *world) nextOp() *op {
 	}
 }
 
+// opGlobal tears the global overlay down, or sets it up again as it was.
+// The node keeps its key, slice and peers across; its containers keep
+// their links.
+func (nd *node) opGlobal() *op {
+	if !nd.down {
+		return &op{
+			nd: nd, desc: "teardown_global_overlay", req: protocol.TeardownGlobalOverlay{}, keys: []string{"global"},
+			apply: func(resp protocol.Response) error {
+				if err := errAnswer(resp); err != nil {
+					return err
+				}
+				nd.down = true
+				return nil
+			},
+		}
+	}
+	return &op{
+		nd: nd, desc: "setup_global_overlay (again)", keys: []string{"global"},
+		req: protocol.SetupGlobalOverlay{Deployment: deployment, InstanceID: "2", ClusterCIDR: clusterCIDR, SliceCIDR: nd.slice.String(), WGPort: wgPort},
+		apply: func(resp protocol.Response) error {
+			if err := errAnswer(resp); err != nil {
+				return err
+			}
+			if got := resp.(protocol.BridgeName).Name; got != globalIface {
+				return fmt.Errorf("global device %q, want %q", got, globalIface)
+			}
+			nd.down = false
+			return nil
+		},
+	}
+}
+
 func (nd *node) opSetupService() *op {
+	if nd.down {
+		return nil
+	}
 	name := pick(nd.w.rng, serviceNames)
 	mode := protocol.ModeShared
 	if nd.w.rng.IntN(5) == 0 {
@@ -394,7 +434,9 @@ func (nd *node) opAttach() *op {
 	var c *ctr
 	var candidates []*ctr
 	for _, x := range nd.ctrs {
-		if !x.dead && (x.service == "" || x.service == name) {
+		// While the global overlay is down, a container attached with
+		// join_global cannot be attached the same way again.
+		if !x.dead && (x.service == "" || x.service == name && !(nd.down && x.join)) {
 			candidates = append(candidates, x)
 		}
 	}
@@ -411,6 +453,7 @@ func (nd *node) opAttach() *op {
 	if c.service != "" {
 		join = c.join // a repeat must not change join_global
 	}
+	gotGlobal := join && !nd.down // join_global without a global overlay gets no eth1
 	return &op{
 		nd: nd, desc: fmt.Sprintf("attach_container pid %d to %s join_global=%t", c.c.PID, name, join),
 		req:  protocol.AttachContainer{Handle: c.c.Handle(), Service: name, JoinGlobal: join},
@@ -424,13 +467,13 @@ func (nd *node) opAttach() *op {
 			if !s.subnet.Contains(a.IP) || a.IP == s.gateway {
 				return fmt.Errorf("address %s is not a container address of %s", a.IP, s.subnet)
 			}
-			if join != a.GlobalIP.IsValid() || (join && !nd.slice.Contains(a.GlobalIP)) {
-				return fmt.Errorf("join_global=%t but global_ip %v", join, a.GlobalIP)
+			if gotGlobal != a.GlobalIP.IsValid() || (gotGlobal && !nd.slice.Contains(a.GlobalIP)) {
+				return fmt.Errorf("join_global=%t (global overlay down: %t) but global_ip %v", join, nd.down, a.GlobalIP)
 			}
 			if c.service != "" && (c.ip != a.IP || c.gip != a.GlobalIP) {
 				return fmt.Errorf("repeated attach changed the addresses: %v/%v -> %v/%v", c.ip, c.gip, a.IP, a.GlobalIP)
 			}
-			c.service, c.join, c.ip, c.gip = name, join, a.IP, a.GlobalIP
+			c.service, c.join, c.ip, c.gip = name, gotGlobal, a.IP, a.GlobalIP
 			return nil
 		},
 	}
@@ -507,7 +550,7 @@ func (nd *node) fakePeers() []string {
 }
 
 func (nd *node) opAddPeer() *op {
-	if len(nd.fakePeers()) >= 8 {
+	if nd.down || len(nd.fakePeers()) >= 8 {
 		return nil
 	}
 	pub, err := keyFor("")
@@ -534,7 +577,7 @@ func (nd *node) opAddPeer() *op {
 
 func (nd *node) opRemovePeer() *op {
 	fakes := nd.fakePeers()
-	if len(fakes) == 0 {
+	if nd.down || len(fakes) == 0 {
 		return nil
 	}
 	pub := pick(nd.w.rng, fakes)
@@ -554,7 +597,7 @@ func (nd *node) opRemovePeer() *op {
 
 func (nd *node) opAllowedIP() *op {
 	fakes := nd.fakePeers()
-	if len(fakes) == 0 {
+	if nd.down || len(fakes) == 0 {
 		return nil
 	}
 	pub := pick(nd.w.rng, fakes)
@@ -623,7 +666,13 @@ func (nd *node) opDNS() *op {
 	ip := netip.AddrFrom4([4]byte{10, 77, byte(1 + nd.w.rng.IntN(2)), byte(2 + nd.w.rng.IntN(200))})
 	qualified := name
 	if nd.w.rng.IntN(2) == 0 {
+		// Without --dns-zone the zone is <deployment>.local only while the
+		// global overlay is up (it falls back to zlayer.local); records are
+		// kept relative, so they follow.
 		qualified = name + "." + zone + "."
+		if nd.down {
+			qualified = name + ".zlayer.local."
+		}
 	}
 	return &op{
 		nd: nd, desc: "register_dns " + qualified + " " + ip.String(),
