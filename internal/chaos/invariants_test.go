@@ -91,6 +91,17 @@ func (nd *node) resync() error {
 			}
 		case "global":
 			nd.down = s.Interface == ""
+		case "guest":
+			if old, ok := nd.guests[id]; ok {
+				delete(nd.peers, old.pub)
+				delete(nd.guests, id)
+			}
+			for _, g := range s.Guests {
+				if g.ID == id {
+					nd.guests[id] = guest{ip: g.IP, pub: g.PublicKey, service: g.Service}
+					nd.peers[g.PublicKey] = []string{netip.PrefixFrom(g.IP, 32).String()}
+				}
+			}
 		case "api":
 			// Only teardown marks a pool: its allocations went with the
 			// service if the service went (handled by "svc").
@@ -192,6 +203,22 @@ func (nd *node) check() error {
 	for pid := range atts {
 		if nd.ctrs[pid] == nil {
 			fail("attachment of a pid the workload never attached: %d", pid)
+		}
+	}
+
+	// Guests: exactly the acknowledged ones, with their addresses and keys.
+	gotGuests := map[string]protocol.GuestStatus{}
+	for _, g := range s.Guests {
+		gotGuests[g.ID] = g
+	}
+	for id, g := range nd.guests {
+		if sg, ok := gotGuests[id]; !ok || sg.IP != g.ip || sg.PublicKey != g.pub || sg.Service != g.service {
+			fail("guest %s is %+v, acknowledged %s key %s", id, sg, g.ip, g.pub)
+		}
+	}
+	for id := range gotGuests {
+		if _, ok := nd.guests[id]; !ok {
+			fail("guest %s exists but was detached or never acknowledged", id)
 		}
 	}
 

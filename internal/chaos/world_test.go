@@ -70,6 +70,9 @@ type node struct {
 	ctrs     map[int]*ctr
 	peers    map[string][]string // pubkey -> sorted allowed IPs (the other node's real peer included)
 	realPeer string
+	// guests are guest_managed attachments: id -> address and key (their
+	// keys are peers of the global device, in peers too).
+	guests map[string]guest
 	// down is true while the global overlay is torn down.
 	down   bool
 	dns    map[string][]string   // relative name -> sorted addresses
@@ -82,6 +85,12 @@ type service struct {
 	subnet     netip.Prefix
 	gateway    netip.Addr
 	iface      string // the bridge, or the dedicated device for dedicated services
+}
+
+type guest struct {
+	ip      netip.Addr
+	pub     string
+	service string // a teardown of the service detaches its guests too
 }
 
 type ctr struct {
@@ -113,6 +122,7 @@ func newWorld(t *testing.T) *world {
 			peers:    map[string][]string{},
 			dns:      map[string][]string{},
 			api:      map[netip.Addr]string{},
+			guests:   map[string]guest{},
 			unsure:   map[string]bool{},
 		}
 		nd.nodeIP = nd.slice.Addr().Next()
@@ -293,6 +303,10 @@ func (w *world) nextOp() *op {
 			if o := nd.opRefusedRelease(); o != nil {
 				return o
 			}
+		case r < 97:
+			if o := nd.opGuest(); o != nil {
+				return o
+			}
 		default:
 			return &op{nd: nd, desc: "status", req: protocol.Status{}, apply: func(resp protocol.Response) error {
 				if _, ok := resp.(protocol.StatusResult); !ok {
@@ -392,6 +406,11 @@ func (nd *node) opTeardownService() *op {
 	for _, c := range nd.members(name) {
 		keys = append(keys, "att:"+strconv.Itoa(c.c.PID))
 	}
+	for id, g := range nd.guests {
+		if g.service == name {
+			keys = append(keys, "guest:"+id)
+		}
+	}
 	return &op{
 		nd: nd, desc: "teardown_service_overlay " + name,
 		req: protocol.TeardownServiceOverlay{Service: name}, keys: keys,
@@ -413,6 +432,12 @@ func (nd *node) forgetService(name string) {
 	for a, pool := range nd.api {
 		if pool == "service:"+name {
 			delete(nd.api, a)
+		}
+	}
+	for id, g := range nd.guests {
+		if g.service == name {
+			delete(nd.peers, g.pub)
+			delete(nd.guests, id)
 		}
 	}
 }
@@ -538,10 +563,19 @@ func (w *world) fakePeerIPs() []string {
 	return ips
 }
 
+func (nd *node) isGuest(pub string) bool {
+	for _, g := range nd.guests {
+		if g.pub == pub {
+			return true
+		}
+	}
+	return false
+}
+
 func (nd *node) fakePeers() []string {
 	var out []string
 	for p := range nd.peers {
-		if p != nd.realPeer {
+		if p != nd.realPeer && !nd.isGuest(p) {
 			out = append(out, p)
 		}
 	}
@@ -756,6 +790,69 @@ func (nd *node) apiIn(pool string) int {
 	return n
 }
 
+// opGuest attaches a VM guest that runs its own WireGuard (a new one, or
+// again, which rotates its key and keeps its address) or detaches one.
+func (nd *node) opGuest() *op {
+	var ids []string
+	for id := range nd.guests {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	if len(ids) > 0 && nd.w.rng.IntN(2) == 0 {
+		id := pick(nd.w.rng, ids)
+		return &op{
+			nd: nd, desc: "detach_container guest " + id, keys: []string{"guest:" + id},
+			req: protocol.DetachContainer{Handle: protocol.GuestManaged(id)},
+			apply: func(resp protocol.Response) error {
+				if err := errAnswer(resp); err != nil {
+					return err
+				}
+				delete(nd.peers, nd.guests[id].pub)
+				delete(nd.guests, id)
+				return nil
+			},
+		}
+	}
+	if nd.down || len(ids) >= 4 {
+		return nil
+	}
+	id := fmt.Sprintf("vm-%d", nd.w.seq)
+	if len(ids) > 0 && nd.w.rng.IntN(3) == 0 {
+		id = pick(nd.w.rng, ids)
+	}
+	old, again := nd.guests[id]
+	svc := pick(nd.w.rng, serviceNames)
+	if again {
+		svc = old.service
+	}
+	return &op{
+		nd: nd, desc: "attach_container guest " + id + " to " + svc, keys: []string{"guest:" + id},
+		req: protocol.AttachContainer{Handle: protocol.GuestManaged(id), Service: svc, JoinGlobal: true},
+		apply: func(resp protocol.Response) error {
+			if err := errAnswer(resp); err != nil {
+				return err
+			}
+			gc := resp.(protocol.GuestConfig)
+			switch {
+			case !nd.slice.Contains(gc.OverlayIP) || gc.OverlayIP == nd.nodeIP:
+				return fmt.Errorf("guest address %s is not a guest address of slice %s", gc.OverlayIP, nd.slice)
+			case len(gc.Peers) != 1 || gc.Peers[0].PublicKey != nd.pub:
+				return fmt.Errorf("guest config peers %+v, want the node (%s)", gc.Peers, nd.pub)
+			case again && gc.OverlayIP != old.ip:
+				return fmt.Errorf("attaching guest %s again moved it from %s to %s", id, old.ip, gc.OverlayIP)
+			case again && gc.PublicKey == old.pub:
+				return fmt.Errorf("attaching guest %s again kept its key", id)
+			}
+			if again {
+				delete(nd.peers, old.pub)
+			}
+			nd.guests[id] = guest{ip: gc.OverlayIP, pub: gc.PublicKey, service: svc}
+			nd.peers[gc.PublicKey] = []string{netip.PrefixFrom(gc.OverlayIP, 32).String()}
+			return nil
+		},
+	}
+}
+
 // opRefusedRelease tries to release an address that is not the caller's:
 // a container's, a gateway or the node IP. It must be refused.
 func (nd *node) opRefusedRelease() *op {
@@ -767,6 +864,9 @@ func (nd *node) opRefusedRelease() *op {
 		if c.service != "" && !c.dead {
 			targets = append(targets, c.ip)
 		}
+	}
+	for _, g := range nd.guests {
+		targets = append(targets, g.ip)
 	}
 	slices.SortFunc(targets, netip.Addr.Compare)
 	a := pick(nd.w.rng, targets)
