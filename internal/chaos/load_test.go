@@ -394,7 +394,8 @@ func TestLoadRealDaemon(t *testing.T) {
 	if testing.Short() {
 		perClient = min(perClient, 100)
 	}
-	d := newTarget(t)
+	// /24 service subnets: 16 clients share each service's pool.
+	d := newTarget(t, "--service-prefix", "24")
 	root := d.node != nil
 	if root {
 		c := dialRaw(t, d.socket)
@@ -433,10 +434,15 @@ func TestLoadRealDaemon(t *testing.T) {
 	lat.report(t, elapsed)
 	after, _ := rss(pid)
 	t.Logf("daemon resident memory: %d KiB before, %d KiB at the peak, %d KiB after", base, peak.Load(), after)
-	// A sanity bound, not a measurement: a leak of the load's size would
-	// cross it. (The race detector alone multiplies memory several times.)
-	if peak.Load() > 1<<20 {
-		t.Errorf("the daemon's resident memory peaked at %d KiB", peak.Load())
+	// A sanity bound, not a measurement: without the race detector the
+	// daemon stays under 100 MiB through round after round of this load
+	// (measured); the race detector's shadow memory multiplies that.
+	bound := int64(256 << 10)
+	if raceOn {
+		bound = 2 << 20
+	}
+	if peak.Load() > bound {
+		t.Errorf("the daemon's resident memory peaked at %d KiB (bound %d KiB)", peak.Load(), bound)
 	}
 	s, err := dialRaw(t, d.socket).status(1)
 	if err != nil {
