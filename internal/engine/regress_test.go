@@ -281,3 +281,20 @@ func TestTheNodeIPWaitsForTheNextGlobalSetup(t *testing.T) {
 		}
 	}
 }
+
+// Attaching a guest again rotates its key and keeps its address, also when
+// a lower address of the slice has become free in between.
+func TestAGuestAttachedAgainKeepsItsAddress(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	guest := func(id string) protocol.GuestConfig {
+		return h.ok(protocol.AttachContainer{Handle: protocol.GuestManaged(id), Service: "web", JoinGlobal: true}).(protocol.GuestConfig)
+	}
+	first := guest("vm-1")
+	second := guest("vm-2")
+	h.ok(protocol.DetachContainer{Handle: protocol.GuestManaged("vm-1")})
+	again := guest("vm-2")
+	if again.OverlayIP != second.OverlayIP || again.PublicKey == second.PublicKey {
+		t.Fatalf("vm-2 attached again: %s key %s, was %s key %s (vm-1 had %s)", again.OverlayIP, again.PublicKey, second.OverlayIP, second.PublicKey, first.OverlayIP)
+	}
+}
