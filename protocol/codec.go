@@ -53,9 +53,23 @@ type BadRequestError struct {
 
 func (e *BadRequestError) Error() string {
 	if e.Op != "" {
-		return fmt.Sprintf("invalid %s request: %v", e.Op, e.Err)
+		return fmt.Sprintf("invalid %s request: %s", clip(e.Op, 64), clip(e.Err.Error(), 300))
 	}
-	return fmt.Sprintf("invalid request: %v", e.Err)
+	return fmt.Sprintf("invalid request: %s", clip(e.Err.Error(), 300))
+}
+
+// clip cuts s to at most n bytes, on a rune boundary. A request's values
+// can be megabytes long, and the errors about them (ours, encoding/json's,
+// net/netip's) quote them whole; the err answer and the log keep a
+// sentence.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 func (e *BadRequestError) Unwrap() error { return e.Err }

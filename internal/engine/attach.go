@@ -457,8 +457,10 @@ func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (p
 	if g == nil || g.dev == nil {
 		return nil, errUnprefixed{"guest-managed attach requires the global overlay to be set up first (call setup_global_overlay)"}
 	}
+	var keep netip.Addr
 	if existing != nil {
 		// A repeated attach rotates the guest's key but keeps its address.
+		keep, _ = netip.ParseAddr(existing.IP)
 		if err := e.detachGuest(ctx, existing); err != nil {
 			return nil, err
 		}
@@ -468,7 +470,13 @@ func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, err
 	}
 	e.mu.Lock()
-	ip, err := e.st.slicePool.Allocate()
+	var ip netip.Addr
+	if keep.IsValid() && e.st.slicePool.AllocateSpecific(keep) == nil {
+		ip = keep
+	} else {
+		// First attach, or another request took the address meanwhile.
+		ip, err = e.st.slicePool.Allocate()
+	}
 	slice := e.st.slice
 	e.mu.Unlock()
 	if err != nil {

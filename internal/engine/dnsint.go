@@ -217,6 +217,10 @@ func (e *Engine) relativeDNSName(name string) (string, error) {
 	if e.dns == nil {
 		return "", errors.New("the embedded DNS server is disabled")
 	}
+	if len(name) > 255 {
+		// Checked here so the message does not quote it whole.
+		return "", fmt.Errorf("name %q is %d bytes long; a DNS name has at most 253 characters", truncate(name), len(name))
+	}
 	fqdn, err := e.dns.cfg.Server.CanonicalName(name)
 	if err != nil {
 		return "", err

@@ -304,6 +304,8 @@ func errf(format string, args ...any) protocol.Err {
 }
 
 func (e *Engine) setNodeID(r protocol.SetLocalNodeID) (protocol.Response, error) {
+	// Every writer of the node record rewrites it from a copy: serialise
+	// them, or one undoes another (in the store too).
 	unlock := e.locks.lock("node")
 	defer unlock()
 	e.mu.Lock()
@@ -321,9 +323,13 @@ func (e *Engine) setNodeID(r protocol.SetLocalNodeID) (protocol.Response, error)
 
 func (e *Engine) setExpectedPubkey(r protocol.SetLocalWGPubkey) (protocol.Response, error) {
 	if r.Pubkey != "" {
-		if _, err := wg.ParseKey(r.Pubkey); err != nil {
+		k, err := wg.ParseKey(r.Pubkey)
+		if err != nil {
 			return nil, err
 		}
+		// Base64 spells a key more than one way; keep the one
+		// PublicKey().String() gives, so comparisons are of keys.
+		r.Pubkey = k.String()
 	}
 	unlock := e.locks.lock("node")
 	defer unlock()

@@ -189,6 +189,10 @@ func (e *Engine) setupGlobal(ctx context.Context, r protocol.SetupGlobalOverlay)
 	e.log.Info("global overlay up", "interface", rec.Interface, "node_ip", nodeIP, "slice", newSlice,
 		"slice_source", map[bool]string{true: "main daemon", false: "self-assigned"}[explicit],
 		"public_key", key.PublicKey().String(), "port", r.WGPort)
+	// Containers with join_global keep their links across a teardown, but
+	// the kernel dropped their host routes with the node IP: put them back
+	// now, not at the next reconcile.
+	e.restoreHostRoutes()
 	if exp := node.ExpectedPubkey; exp != "" && exp != key.PublicKey().String() {
 		e.log.Warn("set_local_wg_pubkey gave a different key than the device's; peers will reject our handshakes until the keys agree",
 			"expected", exp, "device", key.PublicKey().String())
@@ -293,6 +297,9 @@ func (e *Engine) teardownGlobal(ctx context.Context) (protocol.Response, error) 
 	delete(e.st.owners, allocKey(poolSlice, old.nodeIP))
 	if e.st.slicePool != nil {
 		e.st.slicePool.Release(old.nodeIP)
+		// The node keeps its slice, and so its node IP: nothing else may
+		// take it, or the next setup cannot have it back.
+		e.st.slicePool.Reserve(old.nodeIP)
 	}
 	e.mu.Unlock()
 	if old.dev != nil {

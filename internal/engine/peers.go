@@ -54,7 +54,7 @@ func (e *Engine) addPeer(ctx context.Context, r protocol.AddPeer) (protocol.Resp
 	if err != nil {
 		return nil, err
 	}
-	unlock := e.peerLock(scope, pub)
+	unlock := e.lockClaim(scope, pub, allowed)
 	defer unlock()
 
 	e.mu.Lock()
@@ -97,15 +97,76 @@ func (e *Engine) addPeer(ctx context.Context, r protocol.AddPeer) (protocol.Resp
 		e.restorePeer(ctx, dev, prev, pub)
 		return nil, err
 	}
-	if err := e.store.Update(func(tx *store.Tx) error { return tx.PutPeer(next) }); err != nil {
+	losers := e.claimLosers(scope, pub, next.AllowedIPs)
+	if err := e.store.Update(func(tx *store.Tx) error { return putPeers(tx, next, losers) }); err != nil {
 		e.restorePeer(ctx, dev, prev, pub)
 		return nil, err
 	}
 	e.mu.Lock()
 	e.st.peers[peerKey(scope, pub)] = &next
+	e.setPeersLocked(losers)
 	e.mu.Unlock()
 	e.onPeerChange(scope, &next, prev)
 	return protocol.OK{}, nil
+}
+
+// lockClaim locks a peer and every other peer of the scope that holds one
+// of the prefixes it claims: WireGuard gives a prefix to the last peer
+// that claims it, so the stored records of those peers change too.
+func (e *Engine) lockClaim(scope, pub string, claims []string) func() {
+	for {
+		holders := e.claimHolders(scope, pub, claims)
+		keys := []string{"peer:" + peerKey(scope, pub)}
+		for _, h := range holders {
+			keys = append(keys, "peer:"+peerKey(scope, h))
+		}
+		unlock := e.locks.lock(keys...)
+		if again := e.claimHolders(scope, pub, claims); slices.Equal(again, holders) {
+			return unlock // the holders cannot change while we hold their locks
+		}
+		unlock()
+	}
+}
+
+func (e *Engine) claimHolders(scope, pub string, claims []string) []string {
+	var out []string
+	for _, p := range e.claimLosers(scope, pub, claims) {
+		out = append(out, p.PublicKey)
+	}
+	return out
+}
+
+// claimLosers returns, as they will be stored, the other peers of scope
+// that hold one of claims: without those prefixes.
+func (e *Engine) claimLosers(scope, pub string, claims []string) []store.Peer {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []store.Peer
+	for _, p := range e.st.peersOf(scope) {
+		if p.PublicKey == pub || !slices.ContainsFunc(p.AllowedIPs, func(c string) bool { return slices.Contains(claims, c) }) {
+			continue
+		}
+		p.AllowedIPs = slices.DeleteFunc(slices.Clone(p.AllowedIPs), func(c string) bool { return slices.Contains(claims, c) })
+		out = append(out, p)
+	}
+	return out
+}
+
+func putPeers(tx *store.Tx, next store.Peer, losers []store.Peer) error {
+	for _, p := range append([]store.Peer{next}, losers...) {
+		if err := tx.PutPeer(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setPeersLocked records peers in the state. Called with e.mu held.
+func (e *Engine) setPeersLocked(peers []store.Peer) {
+	for _, p := range peers {
+		p := p
+		e.st.peers[peerKey(p.Scope, p.PublicKey)] = &p
+	}
 }
 
 // restorePeer puts a device's view of one peer back to prev after a later
@@ -275,7 +336,12 @@ func (e *Engine) changeAllowedIP(ctx context.Context, pubkey, cidr string, ps pr
 	if err != nil {
 		return nil, err
 	}
-	unlock := e.peerLock(scope, pub)
+	var unlock func()
+	if add {
+		unlock = e.lockClaim(scope, pub, []string{c})
+	} else {
+		unlock = e.peerLock(scope, pub)
+	}
 	defer unlock()
 	e.mu.Lock()
 	cur := e.st.peers[peerKey(scope, pub)]
@@ -314,12 +380,17 @@ func (e *Engine) changeAllowedIP(ctx context.Context, pubkey, cidr string, ps pr
 		e.restorePeer(ctx, dev, &prev, pub)
 		return nil, err
 	}
-	if err := e.store.Update(func(tx *store.Tx) error { return tx.PutPeer(next) }); err != nil {
+	var losers []store.Peer
+	if add {
+		losers = e.claimLosers(scope, pub, []string{c})
+	}
+	if err := e.store.Update(func(tx *store.Tx) error { return putPeers(tx, next, losers) }); err != nil {
 		e.restorePeer(ctx, dev, &prev, pub)
 		return nil, err
 	}
 	e.mu.Lock()
 	e.st.peers[peerKey(scope, pub)] = &next
+	e.setPeersLocked(losers)
 	e.mu.Unlock()
 	return protocol.OK{}, nil
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 )
 
@@ -64,7 +65,7 @@ func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
 		note(e.reconcileService(ctx, n, &changes))
 	}
 	note(e.reconcileAttachments(ctx, &changes))
-	note(e.removeOrphanLinks(&changes))
+	note(e.removeOrphanLinks(&changes, startup))
 	note(e.dropOrphanAllocations(&changes))
 
 	if e.fw != nil && !startup && e.syncFirewall(true) {
@@ -190,22 +191,138 @@ func (e *Engine) reconcileAttachment(ctx context.Context, a *store.Attachment, p
 		return e.forgetAttachment(ctx, a)
 	}
 	if present[a.HostLink] && (a.HostLinkGlobal == "" || present[a.HostLinkGlobal]) {
-		return nil
+		return e.ensureHostRoute(a, changes)
 	}
 	e.log.Info("container lost its links; re-creating them", "handle", a.Key)
 	*changes++
 	return e.wireContainer(ctx, a, svc)
 }
 
-// removeOrphanLinks deletes links labelled as ours that the desired state
-// no longer has: bridges of services torn down while we were not running,
-// veths of attachments we forgot, devices of an old deployment name.
-func (e *Engine) removeOrphanLinks(changes *int) error {
-	links, err := e.cfg.Net.Links("")
+// ensureHostRoute re-adds the host route of a container's eth1 when it is
+// missing. The route names the node IP as its source, and the kernel drops
+// such routes when that address goes away: whenever the global device
+// vanishes (a userspace device dies with a killed daemon; a teardown) while
+// the container's links survive.
+func (e *Engine) ensureHostRoute(a *store.Attachment, changes *int) error {
+	if a.HostLinkGlobal == "" {
+		return nil
+	}
+	gip, err := netip.ParseAddr(a.GlobalIP)
 	if err != nil {
 		return err
 	}
 	e.mu.Lock()
+	var nodeIP netip.Addr
+	if g := e.st.global; g != nil {
+		nodeIP = g.nodeIP
+	}
+	e.mu.Unlock()
+	if !nodeIP.IsValid() {
+		return nil
+	}
+	dst := netip.PrefixFrom(gip, gip.BitLen())
+	have, err := e.cfg.Net.Routes(a.HostLinkGlobal)
+	if err != nil {
+		return err
+	}
+	for _, r := range have {
+		if r.Dst == dst {
+			return nil
+		}
+	}
+	e.log.Info("container lost its host route; re-adding it", "handle", a.Key, "route", dst, "dev", a.HostLinkGlobal)
+	*changes++
+	return e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: dst, Dev: a.HostLinkGlobal, Src: nodeIP})
+}
+
+// restoreHostRoutes re-adds the host routes of every join_global container
+// (see ensureHostRoute), for when the node IP has just come back.
+func (e *Engine) restoreHostRoutes() {
+	if e.cfg.Net == nil || e.cfg.Caps.NoBridges {
+		return
+	}
+	e.mu.Lock()
+	var list []*store.Attachment
+	for _, a := range e.st.attach {
+		if a.HostLinkGlobal != "" {
+			list = append(list, a)
+		}
+	}
+	e.mu.Unlock()
+	var n int
+	for _, a := range list {
+		if err := e.ensureHostRoute(a, &n); err != nil {
+			e.log.Warn("re-adding a container's host route failed; reconcile retries", "handle", a.Key, "err", err)
+		}
+	}
+}
+
+// removeOrphanLinks deletes links labelled as ours that the desired state
+// no longer has: bridges of services torn down while we were not running,
+// veths of attachments we forgot, devices of an old deployment name.
+//
+// At start-up it also deletes unlabelled veths named by our scheme
+// (zl-v<pid>-e<n>) that nothing wants. The kernel ignores a label given at
+// creation, so an attach killed between creating the pair and labelling it
+// leaves exactly that, with the container's end still inside the
+// container; no request of ours is in flight at start-up, and no one else
+// names veths like this.
+func (e *Engine) removeOrphanLinks(changes *int, startup bool) error {
+	links, err := e.cfg.Net.Links("")
+	if err != nil {
+		return err
+	}
+	want := e.wantedLinks()
+	ours := e.aliasPrefix()
+	var errs []error
+	for _, l := range links {
+		if want[l.Name] {
+			continue
+		}
+		_, _, ourVethName := parseVethName(l.Name)
+		unlabelled := startup && l.Alias == "" && l.Kind == "veth" && ourVethName
+		if !strings.HasPrefix(l.Alias, ours) && !unlabelled {
+			continue
+		}
+		if _, pending := e.detaching.Load(l.Name); pending {
+			continue
+		}
+		// A request creating this link right now labels it before it
+		// records it in the state, holding the lock of what it works on:
+		// wait for it, then look again.
+		unlock, judge := e.creatorLock(strings.TrimPrefix(l.Alias, ours), startup)
+		if !judge {
+			continue
+		}
+		if e.wantedLinks()[l.Name] {
+			unlock()
+			continue
+		}
+		if unlabelled {
+			e.log.Info("removing an unlabelled veth of ours that nothing wants (an attach interrupted by a crash)", "link", l.Name)
+		} else {
+			e.log.Info("removing a link of ours that nothing wants", "link", l.Name, "kind", l.Kind, "label", l.Alias)
+		}
+		var err error
+		if l.Kind == "veth" {
+			err = e.cfg.Net.Detach(l.Name)
+		} else {
+			err = e.cfg.Net.DeleteLink(l.Name)
+		}
+		unlock()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		*changes++
+	}
+	return errors.Join(errs...)
+}
+
+// wantedLinks is every link name the desired state has.
+func (e *Engine) wantedLinks() map[string]bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	want := map[string]bool{}
 	if g := e.st.global; g != nil {
 		want[g.rec.Interface] = true
@@ -224,30 +341,23 @@ func (e *Engine) removeOrphanLinks(changes *int) error {
 			want[a.HostLinkGlobal] = true
 		}
 	}
-	e.mu.Unlock()
-	ours := e.aliasPrefix()
-	var errs []error
-	for _, l := range links {
-		if !strings.HasPrefix(l.Alias, ours) || want[l.Name] {
-			continue
-		}
-		if _, pending := e.detaching.Load(l.Name); pending {
-			continue
-		}
-		e.log.Info("removing a link of ours that nothing wants", "link", l.Name, "kind", l.Kind, "label", l.Alias)
-		var err error
-		if l.Kind == "veth" {
-			err = e.cfg.Net.Detach(l.Name)
-		} else {
-			err = e.cfg.Net.DeleteLink(l.Name)
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		*changes++
+	return want
+}
+
+// creatorLock takes the lock a request holds while it creates the link
+// with this label (without our prefix): the container's for a veth, the
+// service's for a bridge. A device's label names the device, not the
+// service whose setup may be creating it, so only the start-up reconcile,
+// when no request is in flight, judges devices (judge is false otherwise).
+func (e *Engine) creatorLock(label string, startup bool) (unlock func(), judge bool) {
+	kind, key, _ := strings.Cut(label, ":")
+	switch kind {
+	case "veth":
+		return e.locks.lock("handle:" + key), true
+	case "bridge":
+		return e.serviceLock(key), true
 	}
-	return errors.Join(errs...)
+	return func() {}, startup
 }
 
 // dropOrphanAllocations deletes allocation records whose owner no longer

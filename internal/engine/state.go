@@ -156,6 +156,13 @@ func loadState(st *store.State) (*state, error) {
 		}
 		s.owners[allocKey(a.Pool, addr)] = a.Owner
 	}
+	if st.Global == nil && s.slicePool != nil {
+		// A node whose global overlay is torn down keeps its slice and the
+		// slice's node IP (see teardownGlobal).
+		if ip, ok := ipam.FirstUsable(s.slice); ok && !s.slicePool.IsAllocated(ip) {
+			_ = s.slicePool.Reserve(ip) // an address carved out for a service stays with it
+		}
+	}
 	for k, a := range st.Attachments {
 		a := a
 		s.attach[k] = &a

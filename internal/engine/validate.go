@@ -43,11 +43,28 @@ func truncate(s string) string {
 	return s
 }
 
+// reason is what a parser's error says is wrong, without the input: the
+// errors of net and net/netip quote their whole input (and parts of it
+// again), and a request field can be megabytes long. Our messages quote
+// the input themselves, cut short, so a refusal stays a sentence in the
+// log and in the err answer.
+func reason(err error) string {
+	var ae *net.AddrError
+	if errors.As(err, &ae) {
+		return truncate(ae.Err)
+	}
+	msg := err.Error()
+	if i := strings.LastIndex(msg, "): "); i >= 0 {
+		msg = msg[i+3:]
+	}
+	return strings.ToValidUTF8(truncate(msg), "\uFFFD")
+}
+
 // parseCIDRField parses a CIDR field of a request; errors name the field.
 func parseCIDRField(field, s string) (netip.Prefix, error) {
 	p, err := ipam.ParsePrefix(s)
 	if err != nil {
-		return netip.Prefix{}, fmt.Errorf("%s: %w", field, err)
+		return netip.Prefix{}, fmt.Errorf("%s: invalid CIDR %q: %s", field, truncate(s), reason(err))
 	}
 	return p, nil
 }
@@ -64,10 +81,10 @@ func parseAllowedIPs(s string) ([]string, error) {
 		}
 		p, err := netip.ParsePrefix(part)
 		if err != nil {
-			return nil, fmt.Errorf("allowed IP %q is not a CIDR such as 10.200.1.0/24: %v", truncate(part), err)
+			return nil, fmt.Errorf("allowed IP %q is not a CIDR such as 10.200.1.0/24: %s", truncate(part), reason(err))
 		}
 		if p.Addr().Zone() != "" {
-			return nil, fmt.Errorf("allowed IP %q has a zone; zones are not routable", part)
+			return nil, fmt.Errorf("allowed IP %q has a zone; zones are not routable", truncate(part))
 		}
 		c := p.Masked().String()
 		if !seen[c] {
@@ -82,7 +99,7 @@ func parseAllowedIPs(s string) ([]string, error) {
 func parseCIDR(s string) (string, error) {
 	p, err := netip.ParsePrefix(strings.TrimSpace(s))
 	if err != nil {
-		return "", fmt.Errorf("%q is not a CIDR such as 10.200.1.0/24: %v", truncate(s), err)
+		return "", fmt.Errorf("%q is not a CIDR such as 10.200.1.0/24: %s", truncate(s), reason(err))
 	}
 	return p.Masked().String(), nil
 }
@@ -92,14 +109,14 @@ func parseCIDR(s string) (string, error) {
 func splitEndpoint(ep string) (host string, port uint16, err error) {
 	h, p, err := net.SplitHostPort(ep)
 	if err != nil {
-		return "", 0, fmt.Errorf("endpoint %q is not host:port (IPv6 as [addr]:port): %v", truncate(ep), err)
+		return "", 0, fmt.Errorf("endpoint %q is not host:port (IPv6 as [addr]:port): %s", truncate(ep), reason(err))
 	}
 	n, err := strconv.ParseUint(p, 10, 16)
 	if err != nil || n == 0 {
-		return "", 0, fmt.Errorf("endpoint %q: port %q is not 1-65535", truncate(ep), p)
+		return "", 0, fmt.Errorf("endpoint %q: port %q is not 1-65535", truncate(ep), truncate(p))
 	}
 	if h == "" {
-		return "", 0, fmt.Errorf("endpoint %q has no host", ep)
+		return "", 0, fmt.Errorf("endpoint %q has no host", truncate(ep))
 	}
 	if _, err := netip.ParseAddr(h); err != nil && !validHostname(h) {
 		return "", 0, fmt.Errorf("endpoint %q: %q is neither an IP address nor a host name", truncate(ep), truncate(h))
@@ -141,12 +158,12 @@ func resolveEndpoint(ctx context.Context, ep string) (netip.AddrPort, error) {
 	if err != nil {
 		var dnsErr *net.DNSError
 		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-			return netip.AddrPort{}, fmt.Errorf("endpoint %q: host %s does not resolve", ep, host)
+			return netip.AddrPort{}, fmt.Errorf("endpoint %q: host %s does not resolve", truncate(ep), host)
 		}
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q: cannot resolve %s: %v", ep, host, err)
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: cannot resolve %s: %v", truncate(ep), host, err)
 	}
 	if len(addrs) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("endpoint %q: host %s has no addresses", ep, host)
+		return netip.AddrPort{}, fmt.Errorf("endpoint %q: host %s has no addresses", truncate(ep), host)
 	}
 	// Prefer IPv4: the underlay of most clusters is IPv4 and a node
 	// without IPv6 connectivity would never complete a handshake.

@@ -57,11 +57,8 @@ func (fr *FrameReader) Read() ([]byte, error) {
 	if uint64(size) > uint64(fr.max) {
 		return nil, &FrameTooLargeError{Size: uint64(size)}
 	}
-	if cap(fr.buf) < int(size) {
-		fr.buf = make([]byte, size)
-	}
-	body := fr.buf[:size]
-	if _, err := io.ReadFull(fr.r, body); err != nil {
+	body, err := fr.readBody(int(size))
+	if err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, io.ErrUnexpectedEOF
 		}
@@ -71,6 +68,36 @@ func (fr *FrameReader) Read() ([]byte, error) {
 	// one big frame and then only small ones.
 	if cap(fr.buf) > 1<<20 && size < 64<<10 {
 		fr.buf = nil
+	}
+	return body, nil
+}
+
+// readBody reads a body of size bytes into fr.buf. A body larger than the
+// buffer grows it as its bytes arrive rather than all at once: otherwise a
+// caller that sends only a length prefix of 8 MiB on each of many
+// connections pins 8 MiB of memory per connection for nothing.
+func (fr *FrameReader) readBody(size int) ([]byte, error) {
+	if cap(fr.buf) >= size || size <= 64<<10 {
+		if cap(fr.buf) < size {
+			fr.buf = make([]byte, size)
+		}
+		body := fr.buf[:size]
+		_, err := io.ReadFull(fr.r, body)
+		return body, err
+	}
+	body := fr.buf[:0]
+	for len(body) < size {
+		if len(body) == cap(body) {
+			grown := make([]byte, len(body), min(size, max(2*cap(body), 64<<10)))
+			copy(grown, body)
+			body = grown
+			fr.buf = grown
+		}
+		n, err := fr.r.Read(body[len(body):cap(body)])
+		body = body[:len(body)+n]
+		if err != nil && len(body) < size {
+			return nil, err
+		}
 	}
 	return body, nil
 }

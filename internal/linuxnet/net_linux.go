@@ -3,6 +3,7 @@ package linuxnet
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"net/netip"
 	"slices"
@@ -99,6 +100,7 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = spec.Name
 		attrs.MTU = spec.MTU
+		attrs.HardwareAddr = bridgeMAC(spec.Name)
 		err := n.h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs})
 		// EEXIST: someone created it between our lookup and now; adopt it below like any
 		// other existing link, which includes checking that it is a bridge.
@@ -114,6 +116,15 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 		return fmt.Errorf("ensure bridge %s: a %s link with that name already exists; it was left alone, delete it or choose another bridge name",
 			spec.Name, kindOf(link))
 	}
+	// Label first: the kernel ignores a label given at creation, and a
+	// daemon killed before the label would leave a bridge its restart does
+	// not recognise as its own. Unlabelled, it must at least carry no
+	// address (and so no route).
+	if spec.Alias != "" && link.Attrs().Alias != spec.Alias {
+		if err := n.h.LinkSetAlias(link, spec.Alias); err != nil {
+			return fmt.Errorf("ensure bridge %s: set alias: %w", spec.Name, err)
+		}
+	}
 	if err := n.setBridgeSTPOff(link.Attrs().Index); err != nil {
 		return fmt.Errorf("ensure bridge %s: turn STP off: %w", spec.Name, err)
 	}
@@ -127,17 +138,25 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 	if err := ensureAddrs(n.h, link, []netip.Prefix{spec.Gateway}); err != nil {
 		return fmt.Errorf("ensure bridge %s: %w", spec.Name, err)
 	}
-	if spec.Alias != "" && link.Attrs().Alias != spec.Alias {
-		if err := n.h.LinkSetAlias(link, spec.Alias); err != nil {
-			return fmt.Errorf("ensure bridge %s: set alias: %w", spec.Name, err)
-		}
-	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if err := n.h.LinkSetUp(link); err != nil {
 			return fmt.Errorf("ensure bridge %s: set up: %w", spec.Name, err)
 		}
 	}
 	return nil
+}
+
+// bridgeMAC is the address a bridge is created with: locally administered,
+// unicast, and derived from the name so a re-created bridge answers with
+// the address its containers have cached. A bridge whose address was not
+// chosen takes the lowest address of its ports and changes it whenever that
+// port leaves, and every other container on it then sends to a gateway
+// address nobody has until its neighbour entry goes stale (30 s and more).
+func bridgeMAC(name string) net.HardwareAddr {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	sum := h.Sum(nil)
+	return net.HardwareAddr{0x02, sum[0], sum[1], sum[2], sum[3], sum[4]}
 }
 
 // SetAlias writes the link's IFLA_IFALIAS.
