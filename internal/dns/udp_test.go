@@ -15,7 +15,7 @@ import (
 
 // startUDP serves s on a fresh UDP socket at addr with the given reader
 // count and datagram I/O (nil: the platform's), and stops it at cleanup.
-func startUDP(t *testing.T, s *Server, addr string, readers int, newIO func(*net.UDPConn) datagramIO) netip.AddrPort {
+func startUDP(t testing.TB, s *Server, addr string, readers int, newIO func(*net.UDPConn) datagramIO) netip.AddrPort {
 	t.Helper()
 	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
 	if err != nil {
