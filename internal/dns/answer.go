@@ -64,23 +64,59 @@ type query struct {
 // otherwise by forwarding (for clients allowed to recurse) or REFUSED.
 // It is safe for concurrent use and never blocks zone answers behind
 // upstream traffic: forwarding happens only on the query's own goroutine.
+// The TCP listeners serve through it; UDP datagrams take the fast path
+// first (udp.go).
 func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
+	src, udp := remote(w)
+	if job := s.serve(w, r, src, udp); job != nil {
+		job.run()
+	}
+}
+
+// upstreamJob is a query that waits for an upstream resolution. It owns
+// the query and its reply scratch space, and answers through q.w.
+type upstreamJob struct {
+	s  *Server
+	q  query
+	rp *reply
+}
+
+// run resolves the query upstream and answers it; it can take as long as
+// the upstreams do.
+func (j *upstreamJob) run() {
+	j.s.forwardUpstream(&j.q, j.rp)
+	putReply(j.rp)
+}
+
+// serve answers one query without ever waiting for the network: from the
+// zone, from the cache, or with an error. When the answer needs an
+// upstream, it returns the job that resolves it instead (nothing has been
+// sent yet); the caller runs the job, on a goroutine of its own when it
+// must not wait.
+func (s *Server) serve(w dns.ResponseWriter, r *dns.Msg, src netip.Addr, udp bool) *upstreamJob {
 	s.stats.queries.Add(1)
 	if r == nil || r.Response {
 		// Never answer a response: two servers could loop forever.
 		s.stats.dropped.Add(1)
-		return
+		return nil
 	}
 	rp := getReply()
-	defer putReply(rp)
-	q := query{w: w, r: r, limit: dns.MinMsgSize}
-	q.src, q.udp = remote(w)
-	m := s.startReply(rp, &q)
+	q := query{w: w, r: r, limit: dns.MinMsgSize, src: src, udp: udp}
+	if s.answer(&q, rp) {
+		putReply(rp)
+		return nil
+	}
+	return &upstreamJob{s: s, q: q, rp: rp}
+}
 
-	if rc, ok := s.checkRequest(&q); !ok {
+// answer answers q unless that needs an upstream, and reports whether it did.
+func (s *Server) answer(q *query, rp *reply) bool {
+	r := q.r
+	m := s.startReply(rp, q)
+	if rc, ok := s.checkRequest(q); !ok {
 		m.Rcode = rc
-		s.write(&q, rp)
-		return
+		s.write(q, rp)
+		return true
 	}
 	q.q = r.Question[0]
 	q.name = lowerASCII(q.q.Name)
@@ -89,20 +125,20 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 
 	snap := s.snap.Load()
 	if n := snap.lookup(q.name); n != nil {
-		s.answerNode(&q, rp, snap, n)
-		return
+		s.answerNode(q, rp, snap, n)
+		return true
 	}
 	if inZone(q.name, snap.origin) {
-		s.answerNegative(&q, rp, snap, dns.RcodeNameError, snap.soaFor(snap.origin))
-		return
+		s.answerNegative(q, rp, snap, dns.RcodeNameError, snap.soaFor(snap.origin))
+		return true
 	}
 	if isReverseName(q.name) {
 		if apex, ok := snap.reverseApex(q.name); ok {
-			s.answerNegative(&q, rp, snap, dns.RcodeNameError, snap.soaFor(apex))
-			return
+			s.answerNegative(q, rp, snap, dns.RcodeNameError, snap.soaFor(apex))
+			return true
 		}
 	}
-	s.forward(&q, rp)
+	return s.forwardLocal(q, rp)
 }
 
 // remote extracts the client address and transport without allocating.

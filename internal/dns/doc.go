@@ -11,6 +11,13 @@
 // pointer and never wait for a lock, for writers or for upstream traffic:
 // a slow or dead upstream delays only the forwarded names.
 //
+// UDP is served by our own read loop (udp.go): batches of datagrams per
+// system call, zone answers built on the reading goroutine from records
+// the snapshot keeps packed for the wire (fastpath.go), forwards handed to
+// goroutines of their own. It answers every datagram exactly as
+// miekg/dns's server calling ServeDNS did, byte for byte (the fuzz
+// targets check it). TCP is served by miekg/dns.
+//
 // Listeners are explicit addresses (loopback with the --dns-port, bridge
 // and overlay gateways on port 53), never a wildcard.
 //

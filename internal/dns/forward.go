@@ -30,29 +30,38 @@ var (
 	errBusy        = fmt.Errorf("more than %d upstream queries are already in flight", maxInflight)
 )
 
-// forward answers a name outside our zones from the cache or the upstreams.
-func (s *Server) forward(q *query, rp *reply) {
+// forwardLocal answers what forwarding can answer without waiting for
+// the network (REFUSED for clients that may not recurse or when there are
+// no upstreams, and cache hits) and reports whether it did; if not, the
+// query must go to forwardUpstream.
+func (s *Server) forwardLocal(q *query, rp *reply) bool {
 	if !q.policy {
 		s.fail(q, rp, dns.RcodeRefused, dns.ExtendedErrorCodeProhibited, "recursion is not offered to this client")
-		return
+		return true
 	}
 	if len(*s.upstreams.Load()) == 0 {
 		// Not a resolver yet: REFUSED sends the client on to its next
 		// configured nameserver, where SERVFAIL might stop it.
 		s.fail(q, rp, dns.RcodeRefused, dns.ExtendedErrorCodeNotReady, errNoUpstreams.Error())
-		return
+		return true
 	}
-	var kb [300]byte
-	key := appendKey(kb[:0], q)
 	if s.cache != nil && !q.ecs {
-		if e := s.cache.get(key, s.now()); e != nil {
+		var kb [300]byte
+		if e := s.cache.get(appendKey(kb[:0], q), s.now()); e != nil {
 			s.stats.cacheHits.Add(1)
 			s.serveEntry(q, rp, e)
-			return
+			return true
 		}
 		s.stats.cacheMisses.Add(1)
 	}
-	e, err := s.resolve(key, q)
+	return false
+}
+
+// forwardUpstream answers a name outside our zones from the upstreams
+// (or a resolution of the same question already in flight).
+func (s *Server) forwardUpstream(q *query, rp *reply) {
+	var kb [300]byte
+	e, err := s.resolve(appendKey(kb[:0], q), q)
 	if err != nil {
 		s.log.Debug("dns: forwarding failed", "name", q.q.Name, "type", dns.TypeToString[q.q.Qtype], "err", err)
 		s.fail(q, rp, dns.RcodeServerFailure, dns.ExtendedErrorCodeNoReachableAuthority, err.Error())

@@ -15,8 +15,9 @@ import (
 )
 
 const (
-	// udpReadSize is the largest query datagram we read; queries are small
-	// but EDNS options can push them past 512 bytes.
+	// udpReadSize is the largest query datagram we read (the size
+	// miekg/dns's server read before): queries are small but EDNS options
+	// can push them past 512 bytes.
 	udpReadSize = 4096
 	// drainTimeout bounds how long removing a listener waits for queries
 	// it is still answering (forwards can take seconds); after that its
@@ -31,9 +32,9 @@ const (
 type listener struct {
 	want netip.AddrPort // as requested (port may be 0)
 	addr netip.AddrPort // as bound
-	udp  *dns.Server
+	udp  *udpServer
 	tcp  *dns.Server
-	done sync.WaitGroup
+	done sync.WaitGroup // readers, upstream jobs and the TCP server
 }
 
 func (l *listener) matches(a netip.AddrPort) bool { return a == l.want || a == l.addr }
@@ -134,7 +135,7 @@ func (s *Server) setGlue() {
 // listen binds UDP and TCP on a and starts serving them.
 func (s *Server) listen(a netip.AddrPort) (*listener, error) {
 	for attempt := 1; ; attempt++ {
-		pc, err := net.ListenPacket("udp", a.String())
+		pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(a))
 		if err != nil {
 			return nil, fmt.Errorf("dns: cannot listen on %v/udp: %w", a, err)
 		}
@@ -150,9 +151,9 @@ func (s *Server) listen(a netip.AddrPort) (*listener, error) {
 		l := &listener{
 			want: a,
 			addr: bound,
-			udp:  &dns.Server{PacketConn: pc, Handler: s, UDPSize: udpReadSize},
 			tcp:  &dns.Server{Listener: ln, Handler: s},
 		}
+		l.udp = newUDPServer(s, pc, &l.done)
 		if err := l.start(); err != nil {
 			return nil, fmt.Errorf("dns: cannot serve on %v: %w", bound, err)
 		}
@@ -162,24 +163,25 @@ func (s *Server) listen(a netip.AddrPort) (*listener, error) {
 
 // start runs both servers and returns once they accept queries, so a
 // stop that follows can never race with a server that has not started.
+// The UDP socket is bound already, so datagrams wait in it until the
+// readers run.
 func (l *listener) start() error {
-	errc := make(chan error, 2)
-	for _, srv := range []*dns.Server{l.udp, l.tcp} {
-		started := make(chan struct{})
-		srv.NotifyStartedFunc = func() { close(started) }
-		l.done.Add(1)
-		go func() {
-			defer l.done.Done()
-			if err := srv.ActivateAndServe(); err != nil {
-				errc <- err
-			}
-		}()
-		select {
-		case <-started:
-		case err := <-errc:
-			l.stop(0)
-			return err
+	l.udp.start(udpReaders)
+	errc := make(chan error, 1)
+	started := make(chan struct{})
+	l.tcp.NotifyStartedFunc = func() { close(started) }
+	l.done.Add(1)
+	go func() {
+		defer l.done.Done()
+		if err := l.tcp.ActivateAndServe(); err != nil {
+			errc <- err
 		}
+	}()
+	select {
+	case <-started:
+	case err := <-errc:
+		l.stop(0)
+		return err
 	}
 	return nil
 }
@@ -189,15 +191,9 @@ func (l *listener) start() error {
 // that a server never started or did not drain in time; neither matters
 // once the sockets are closed.
 func (l *listener) stop(drain time.Duration) {
-	for _, srv := range []*dns.Server{l.udp, l.tcp} {
-		ctx, cancel := context.WithTimeout(context.Background(), drain)
-		srv.ShutdownContext(ctx)
-		cancel()
-		if srv.PacketConn != nil {
-			srv.PacketConn.Close()
-		}
-		if srv.Listener != nil {
-			srv.Listener.Close()
-		}
-	}
+	l.udp.stop(drain)
+	ctx, cancel := context.WithTimeout(context.Background(), drain)
+	l.tcp.ShutdownContext(ctx)
+	cancel()
+	l.tcp.Listener.Close()
 }

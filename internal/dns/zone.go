@@ -31,6 +31,12 @@ type node struct {
 	aaaa []dns.RR
 	ptr  []dns.RR
 	next atomic.Uint32 // rotation start for the next answer
+
+	// The same records packed for the wire, for the UDP fast path
+	// (fastpath.go); wireOK is false when one of them could not be packed,
+	// and then every query for the name takes the full path.
+	wireA, wireAAAA, wirePTR packedSet
+	wireOK                   bool
 }
 
 func (n *node) empty() bool { return len(n.a) == 0 && len(n.aaaa) == 0 && len(n.ptr) == 0 }
@@ -38,8 +44,9 @@ func (n *node) empty() bool { return len(n.a) == 0 && len(n.aaaa) == 0 && len(n.
 // authority holds the apex records of one zone (the cluster zone or a
 // declared reverse zone).
 type authority struct {
-	soa []dns.RR // exactly one SOA, as a slice so answers can append it without copying
-	ns  []dns.RR
+	soa     []dns.RR // exactly one SOA, as a slice so answers can append it without copying
+	ns      []dns.RR
+	soaWire []byte // the SOA packed for the wire (fast path); nil if it could not be packed
 }
 
 type snapshot struct {
@@ -250,6 +257,11 @@ func (z *zoneState) buildNode(name string) *node {
 	if n.empty() && !n.apex && z.ents[name] == 0 {
 		return nil
 	}
+	var okA, okAAAA, okPTR bool
+	n.wireA, okA = packSet(n.a)
+	n.wireAAAA, okAAAA = packSet(n.aaaa)
+	n.wirePTR, okPTR = packSet(n.ptr)
+	n.wireOK = okA && okAAAA && okPTR
 	return n
 }
 
@@ -262,10 +274,16 @@ func (z *zoneState) authorities() map[string]*authority {
 	auths := make(map[string]*authority, 1+len(z.apexes))
 	ns := "ns." + z.origin
 	for _, apex := range append([]string{z.origin}, slices.Collect(maps.Keys(z.apexes))...) {
-		auths[apex] = &authority{
-			soa: []dns.RR{newSOA(apex, z.origin, z.serial, z.ttl)},
+		soa := newSOA(apex, z.origin, z.serial, z.ttl)
+		wire, ok := packSet([]dns.RR{soa})
+		a := &authority{
+			soa: []dns.RR{soa},
 			ns:  []dns.RR{&dns.NS{Hdr: z.hdr(apex, dns.TypeNS), Ns: ns}},
 		}
+		if ok {
+			a.soaWire = wire.wire
+		}
+		auths[apex] = a
 	}
 	return auths
 }
