@@ -94,44 +94,32 @@ func (n *Net) deleteLocked(name string) {
 
 func (n *Net) LinkExists(name string) (bool, error) { return n.Has(name), nil }
 
-func (n *Net) SetUp(name string) error {
+// change runs f on the link called name, with the network locked.
+func (n *Net) change(name string, f func(*Link)) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	l, err := n.link(name)
 	if err == nil {
-		l.Up = true
+		f(l)
 	}
 	return err
+}
+
+func (n *Net) SetUp(name string) error {
+	return n.change(name, func(l *Link) { l.Up = true })
 }
 
 func (n *Net) SetMTU(name string, mtu int) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	l, err := n.link(name)
-	if err == nil {
-		l.MTU = mtu
-	}
-	return err
+	return n.change(name, func(l *Link) { l.MTU = mtu })
 }
 
 func (n *Net) SetAlias(name, alias string) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	l, err := n.link(name)
-	if err == nil {
-		l.Alias = alias
-	}
-	return err
+	return n.change(name, func(l *Link) { l.Alias = alias })
 }
 
 func (n *Net) EnsureAddrs(name string, want []netip.Prefix) error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	l, err := n.link(name)
-	if err == nil {
-		l.Addrs = slices.Clone(want)
-	}
-	return err
+	want = slices.Clone(want)
+	return n.change(name, func(l *Link) { l.Addrs = want })
 }
 
 func (n *Net) EnsureRoute(r linuxnet.Route) error {
