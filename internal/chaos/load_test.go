@@ -23,8 +23,10 @@ import (
 	"github.com/zlayer/zlayer-overlayd/client"
 	"github.com/zlayer/zlayer-overlayd/internal/dns"
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
+	"github.com/zlayer/zlayer-overlayd/internal/engine/enginetest"
 	"github.com/zlayer/zlayer-overlayd/internal/ipc"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
+	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
@@ -55,7 +57,7 @@ type loadStep struct {
 // on resources of its own (names, PIDs, keys, ranges) besides the shared
 // services and node record, so each answer is known in advance however
 // the clients interleave, and a cycle leaves nothing behind.
-func loadCycle(i, round int, root bool, procs *memProcs, peerKey string) []loadStep {
+func loadCycle(i, round int, root bool, procs *enginetest.Procs, peerKey string) []loadStep {
 	svc := fmt.Sprintf("s%d", i%loadServices)
 	name := fmt.Sprintf("c%d-%d", i, round%7)
 	ip := netip.AddrFrom4([4]byte{10, 1, byte(i), byte(1 + round%250)})
@@ -74,7 +76,7 @@ func loadCycle(i, round int, root bool, procs *memProcs, peerKey string) []loadS
 		return append(steps, loadStep{req: protocol.Status{}, want: "status"})
 	}
 	if procs != nil {
-		procs.start(int(pid))
+		procs.Add(int(pid))
 	}
 	allowed := fmt.Sprintf("172.16.%d.0/24", i)
 	extra := fmt.Sprintf("172.17.%d.0/24", i)
@@ -142,7 +144,7 @@ func runCycle(ctx context.Context, c *client.Client, steps []loadStep, lat *late
 // minutes, it fails the test with every goroutine's stack. (A slow machine
 // is not a deadlock, so there is no limit on the whole run but the test
 // timeout.)
-func runLoad(t *testing.T, socket string, root bool, procs *memProcs, perClient int) (*latencies, []uint64) {
+func runLoad(t *testing.T, socket string, root bool, procs *enginetest.Procs, perClient int) (*latencies, []uint64) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -287,11 +289,11 @@ func TestLoadInProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	net := newMemNet()
-	procs := newMemProcs()
+	net := enginetest.NewNet()
+	procs := enginetest.NewProcs()
 	srv := &ipc.Server{Log: quiet, EventQueue: 1024}
 	eng, err := engine.New(engine.Config{
-		Store: st, Net: net, WG: memWG{net}, Procs: procs, Log: quiet,
+		Store: st, Net: net, WG: enginetest.NewWG(net, wg.KindUserspace), Procs: procs, Log: quiet,
 		Publish: srv.Broadcast, EventsDropped: srv.EventsDropped,
 		ServiceBits: 24,
 		// Reconcile and the health monitor run all the time beside the

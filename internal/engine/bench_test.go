@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/zlayer/zlayer-overlayd/internal/engine/enginetest"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
+	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -23,9 +25,9 @@ func benchEngine(b *testing.B) *Engine {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { st.Close() })
-	n := newFakeNet()
+	n := enginetest.NewNet()
 	e, err := New(Config{
-		Store: st, Net: n, WG: newFakeWG(n), Procs: newFakeProcs(),
+		Store: st, Net: n, WG: enginetest.NewWG(n, wg.KindKernel), Procs: enginetest.NewProcs(),
 		Log:               slog.New(slog.NewTextHandler(io.Discard, nil)),
 		ReconcileInterval: -1, HealthInterval: -1,
 		Publish: func(protocol.Event) {},

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/engine/enginetest"
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
@@ -19,16 +19,14 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-func udpAddrOf(ap netip.AddrPort) *net.UDPAddr { return net.UDPAddrFromAddrPort(ap) }
-
 // harness is an engine on fakes, restartable over the same store and
 // "kernel" the way the daemon restarts over the same data dir and host.
 type harness struct {
 	t     *testing.T
 	dir   string
-	net   *fakeNet
-	wg    *fakeWG
-	procs *fakeProcs
+	net   *enginetest.Net
+	wg    *enginetest.WG
+	procs *enginetest.Procs
 	st    *store.Store
 	e     *Engine
 
@@ -37,8 +35,10 @@ type harness struct {
 }
 
 func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, dir: t.TempDir(), net: newFakeNet(), procs: newFakeProcs()}
-	h.wg = newFakeWG(h.net)
+	h := &harness{t: t, dir: t.TempDir(), net: enginetest.NewNet(), procs: enginetest.NewProcs()}
+	// Kernel devices outlive the engine's Close; crash takes them down
+	// the way a SIGKILL takes userspace ones.
+	h.wg = enginetest.NewWG(h.net, wg.KindKernel)
 	h.start()
 	t.Cleanup(h.stop)
 	return h
@@ -90,13 +90,7 @@ func (h *harness) stop() {
 func (h *harness) crash() {
 	h.t.Helper()
 	h.e.bg.Wait()
-	h.wg.mu.Lock()
-	devs := make([]*fakeDevice, 0, len(h.wg.devs))
-	for _, d := range h.wg.devs {
-		devs = append(devs, d)
-	}
-	h.wg.mu.Unlock()
-	for _, d := range devs {
+	for _, d := range h.wg.Devices() {
 		d.Close()
 	}
 	h.e = nil
@@ -168,16 +162,16 @@ func TestGlobalOverlayWithExplicitSlice(t *testing.T) {
 	if s.NodeIP != netip.MustParseAddr("10.200.3.1") || s.SliceCIDR != "10.200.3.0/24" || s.OverlayCIDR != "10.200.0.0/16" || s.Interface != "zl-prod-g" {
 		t.Fatalf("status %+v", s)
 	}
-	dev := h.wg.device("zl-prod-g")
-	if dev == nil || dev.port != 51820 || dev.key.PublicKey().String() != s.PublicKey {
+	dev := h.wg.Device("zl-prod-g")
+	if dev == nil || dev.ListenPort() != 51820 || dev.PublicKey().String() != s.PublicKey {
 		t.Fatalf("device %+v", dev)
 	}
-	if l := h.net.links["zl-prod-g"]; l == nil || !l.up || len(l.addrs) != 1 || l.addrs[0].String() != "10.200.3.1/16" {
+	if l, ok := h.net.Link("zl-prod-g"); !ok || !l.Up || len(l.Addrs) != 1 || l.Addrs[0].String() != "10.200.3.1/16" {
 		t.Fatalf("device link %+v", l)
 	}
 	// Idempotent: same request, same device (not re-created), same key.
 	h.ok(globalReq("10.200.3.0/24"))
-	if h.wg.device("zl-prod-g") != dev || h.status().PublicKey != s.PublicKey {
+	if h.wg.Device("zl-prod-g") != dev || h.status().PublicKey != s.PublicKey {
 		t.Fatal("repeated setup re-created the device or changed the key")
 	}
 }
@@ -191,11 +185,11 @@ func TestGlobalKeyAndSliceSurviveRestartAndTeardown(t *testing.T) {
 	if after.PublicKey != before.PublicKey || after.NodeIP != before.NodeIP || after.SliceCIDR != before.SliceCIDR {
 		t.Fatalf("restart changed identity:\n%+v\n%+v", before, after)
 	}
-	if h.wg.device("zl-prod-g") == nil {
+	if h.wg.Device("zl-prod-g") == nil {
 		t.Fatal("device not restored at start")
 	}
 	h.ok(protocol.TeardownGlobalOverlay{})
-	if h.wg.device("zl-prod-g") != nil || h.net.links["zl-prod-g"] != nil {
+	if h.wg.Device("zl-prod-g") != nil || h.net.Has("zl-prod-g") {
 		t.Fatal("teardown left the device")
 	}
 	if s := h.status(); s.Interface != "" || s.NodeIP.IsValid() {
@@ -238,8 +232,8 @@ func TestExplicitSliceReaddressesTheNode(t *testing.T) {
 	if s := h.status(); s.NodeIP != netip.MustParseAddr("10.200.9.1") || s.SliceCIDR != "10.200.9.0/24" {
 		t.Fatalf("not re-addressed: %+v", s)
 	}
-	if l := h.net.links["zl-prod-g"]; l.addrs[0].String() != "10.200.9.1/16" {
-		t.Fatalf("device address %v", l.addrs)
+	if l, _ := h.net.Link("zl-prod-g"); l.Addrs[0].String() != "10.200.9.1/16" {
+		t.Fatalf("device address %v", l.Addrs)
 	}
 	// With addresses of the slice in use, moving is refused.
 	h.ok(protocol.AllocateIP{Service: "none"})
@@ -268,7 +262,7 @@ func TestGlobalBadInput(t *testing.T) {
 		want = strings.TrimSuffix(strings.TrimSuffix(strings.Split(want, " (")[0], ": wire"), "")
 		h.fails(req, want)
 	}
-	if s := h.status(); s.Interface != "" || len(h.wg.devs) != 0 {
+	if s := h.status(); s.Interface != "" || len(h.wg.Devices()) != 0 {
 		t.Fatal("a refused setup left state behind")
 	}
 }
@@ -307,7 +301,7 @@ func TestServicePlacement(t *testing.T) {
 		if a.Gateway != sub.Addr().Next() {
 			t.Fatalf("gateway %s of %s", a.Gateway, sub)
 		}
-		if l := h.net.links[a.Name]; l == nil || l.kind != "bridge" || l.addrs[0] != netip.PrefixFrom(a.Gateway, 27) || l.mtu != 1420 {
+		if l, ok := h.net.Link(a.Name); !ok || l.Kind != "bridge" || l.Addrs[0] != netip.PrefixFrom(a.Gateway, 27) || l.MTU != 1420 {
 			t.Fatalf("bridge %s: %+v", a.Name, l)
 		}
 	}
@@ -337,7 +331,7 @@ func TestServicePlacement(t *testing.T) {
 	// Teardown releases the subnet: a new service can take it again.
 	h.ok(protocol.TeardownServiceOverlay{Service: "db"})
 	h.ok(protocol.TeardownServiceOverlay{Service: "db"})
-	if h.net.links[db.Name] != nil {
+	if h.net.Has(db.Name) {
 		t.Fatal("bridge left after teardown")
 	}
 	h.ok(protocol.SetupServiceOverlay{Service: "db2", Mode: "shared", Subnet: "10.201.7.0/24"})
@@ -418,7 +412,7 @@ func TestAttachDetachContainer(t *testing.T) {
 	h := newHarness(t)
 	h.ok(globalReq("10.200.3.0/24"))
 	svc := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay)
-	h.procs.add(4242)
+	h.procs.Add(4242)
 	att := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(4242), Service: "web", JoinGlobal: true}).(protocol.Attached)
 	if !netip.MustParsePrefix(svc.Subnet).Contains(att.IP) || att.IP == svc.Gateway {
 		t.Fatalf("container IP %s not in %s", att.IP, svc.Subnet)
@@ -426,27 +420,28 @@ func TestAttachDetachContainer(t *testing.T) {
 	if !netip.MustParsePrefix("10.200.3.0/24").Contains(att.GlobalIP) {
 		t.Fatalf("global IP %s", att.GlobalIP)
 	}
-	eth0, eth1 := h.net.links["zl-v4242-e0"], h.net.links["zl-v4242-e1"]
-	if eth0 == nil || eth0.master != svc.Name || eth0.spec.Gateway != svc.Gateway || eth0.spec.IfName != "eth0" || eth0.mtu != 1420 {
+	eth0, ok0 := h.net.Link("zl-v4242-e0")
+	eth1, ok1 := h.net.Link("zl-v4242-e1")
+	if !ok0 || eth0.Master != svc.Name || eth0.Spec.Gateway != svc.Gateway || eth0.Spec.IfName != "eth0" || eth0.MTU != 1420 {
 		t.Fatalf("eth0 %+v", eth0)
 	}
-	if eth1 == nil || !eth1.spec.HostRoute || eth1.spec.Routes[0].Via != netip.MustParseAddr("10.200.3.1") || eth1.spec.Addr.Bits() != 32 {
+	if !ok1 || !eth1.Spec.HostRoute || eth1.Spec.Routes[0].Via != netip.MustParseAddr("10.200.3.1") || eth1.Spec.Addr.Bits() != 32 {
 		t.Fatalf("eth1 %+v", eth1)
 	}
-	if !strings.HasPrefix(eth0.alias, linkAliasPrefix) {
-		t.Fatalf("veth not labelled as ours: %q", eth0.alias)
+	if !strings.HasPrefix(eth0.Alias, linkAliasPrefix) {
+		t.Fatalf("veth not labelled as ours: %q", eth0.Alias)
 	}
 	// Same PID again: same IP, no second veth.
-	n := h.net.attaches
+	n := h.net.Attaches()
 	again := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(4242), Service: "web", JoinGlobal: true}).(protocol.Attached)
-	if again.IP != att.IP || len(h.net.veths()) != 2 {
-		t.Fatalf("repeat attach: %+v, veths %v", again, h.net.veths())
+	if again.IP != att.IP || len(h.net.Veths()) != 2 {
+		t.Fatalf("repeat attach: %+v, veths %v", again, h.net.Veths())
 	}
 	_ = n
 	h.ok(protocol.DetachContainer{Handle: protocol.LinuxPID(4242)})
 	h.e.bg.Wait()
-	if len(h.net.veths()) != 0 {
-		t.Fatalf("detach left %v", h.net.veths())
+	if len(h.net.Veths()) != 0 {
+		t.Fatalf("detach left %v", h.net.Veths())
 	}
 	if s := h.status(); len(s.Attachments) != 0 || s.Services[0].Used != 1 || s.SlicePool.Used != 1 {
 		t.Fatalf("detach left state: %+v %+v", s.Attachments, s.Services)
@@ -460,12 +455,12 @@ func TestAttachErrors(t *testing.T) {
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
 	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(999), Service: "web"}, "process 999 does not exist")
-	h.procs.add(7)
+	h.procs.Add(7)
 	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(7), Service: "nope"}, "setup_service_overlay")
 	h.fails(protocol.AttachContainer{Handle: protocol.WindowsContainer("c", netip.Addr{}), Service: "web"}, "Windows")
 	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(0), Service: "web"}, "not a Linux process id")
 	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(maxPID + 1), Service: "web"}, "not a Linux process id")
-	if len(h.net.veths()) != 0 {
+	if len(h.net.Veths()) != 0 {
 		t.Fatal("failed attaches left links")
 	}
 }
@@ -475,17 +470,17 @@ func TestAttachRollsBackEveryStep(t *testing.T) {
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
 	before := h.status()
-	h.procs.add(50)
+	h.procs.Add(50)
 	// eth1 fails: eth0 must go too, and both addresses come back.
-	h.net.failAttach = func(s linuxnet.AttachSpec) error {
+	h.net.FailAttach(func(s linuxnet.AttachSpec) error {
 		if s.IfName == "eth1" {
 			return fmt.Errorf("injected failure on eth1")
 		}
 		return nil
-	}
+	})
 	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(50), Service: "web", JoinGlobal: true}, "injected failure")
-	h.net.failAttach = nil
-	if v := h.net.veths(); len(v) != 0 {
+	h.net.FailAttach(nil)
+	if v := h.net.Veths(); len(v) != 0 {
 		t.Fatalf("eth1 failure left %v", v)
 	}
 	if s := h.status(); fmt.Sprint(before.Services, before.SlicePool) != fmt.Sprint(s.Services, s.SlicePool) {
@@ -493,18 +488,18 @@ func TestAttachRollsBackEveryStep(t *testing.T) {
 	}
 	// The process exits between the links and the commit.
 	calls := 0
-	h.procs.onStart = func(pid int) {
+	h.procs.OnStart(func(pid int) {
 		calls++
 		if calls == 2 {
-			go h.procs.kill(pid)
+			go h.procs.Kill(pid)
 			time.Sleep(10 * time.Millisecond)
 		}
-	}
+	})
 	h.fails(protocol.AttachContainer{Handle: protocol.LinuxPID(50), Service: "web", JoinGlobal: true}, "exited during the attach")
-	h.procs.onStart = nil
+	h.procs.OnStart(nil)
 	after := h.status()
-	if len(h.net.veths()) != 0 || fmt.Sprint(before.Services, before.SlicePool) != fmt.Sprint(after.Services, after.SlicePool) || len(after.Attachments) != 0 {
-		t.Fatalf("rollback incomplete: veths %v\nbefore %v %v\nafter %v %v", h.net.veths(), before.Services, before.SlicePool, after.Services, after.SlicePool)
+	if len(h.net.Veths()) != 0 || fmt.Sprint(before.Services, before.SlicePool) != fmt.Sprint(after.Services, after.SlicePool) || len(after.Attachments) != 0 {
+		t.Fatalf("rollback incomplete: veths %v\nbefore %v %v\nafter %v %v", h.net.Veths(), before.Services, before.SlicePool, after.Services, after.SlicePool)
 	}
 	h.crash()
 	if s := h.status(); len(s.Attachments) != 0 || fmt.Sprint(s.Services) != fmt.Sprint(before.Services) {
@@ -517,17 +512,17 @@ func TestReconcileReleasesDeadContainersAndRepairsLinks(t *testing.T) {
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
 	for _, pid := range []int{10, 11, 12} {
-		h.procs.add(pid)
+		h.procs.Add(pid)
 		h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(uint32(pid)), Service: "web", JoinGlobal: pid == 12})
 	}
 	// 10 dies (its namespace and veth with it); 11's link was deleted by
 	// someone; 12 is fine.
-	h.procs.kill(10)
-	h.net.killContainer(10)
+	h.procs.Kill(10)
+	h.net.KillContainer(10)
 	h.net.DeleteLink("zl-v11-e0")
 	// A link labelled ours that nothing wants, and a foreign one.
-	h.net.links["zl-v999-e0"] = &fakeLink{kind: "veth", alias: h.e.linkAlias("veth", "linux_pid:999"), spec: &linuxnet.AttachSpec{PID: 999}}
-	h.net.links["zl-foreign"] = &fakeLink{kind: "bridge"}
+	h.net.AddLink("zl-v999-e0", enginetest.Link{Kind: "veth", Alias: h.e.linkAlias("veth", "linux_pid:999"), Spec: &linuxnet.AttachSpec{PID: 999}})
+	h.net.AddLink("zl-foreign", enginetest.Link{Kind: "bridge"})
 	if _, err := h.e.Reconcile(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -536,16 +531,16 @@ func TestReconcileReleasesDeadContainersAndRepairsLinks(t *testing.T) {
 	if len(s.Attachments) != 2 {
 		t.Fatalf("attachments after reconcile: %+v", s.Attachments)
 	}
-	got := h.net.veths()
+	got := h.net.Veths()
 	want := []string{"zl-v11-e0", "zl-v12-e0", "zl-v12-e1"}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("veths %v, want %v", got, want)
 	}
-	if h.net.links["zl-foreign"] == nil {
+	if !h.net.Has("zl-foreign") {
 		t.Fatal("reconcile deleted a link that is not ours")
 	}
 	// A new container takes the dead one's address only now that it is free.
-	h.procs.add(13)
+	h.procs.Add(13)
 	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(13), Service: "web"})
 }
 
@@ -553,12 +548,12 @@ func TestPIDReuseIsNotTheSameContainer(t *testing.T) {
 	h := newHarness(t)
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
-	h.procs.add(77)
+	h.procs.Add(77)
 	first := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(77), Service: "web"}).(protocol.Attached)
-	h.procs.kill(77)
-	h.net.killContainer(77)
+	h.procs.Kill(77)
+	h.net.KillContainer(77)
 	time.Sleep(time.Millisecond)
-	h.procs.add(77) // a new process got the PID
+	h.procs.Add(77) // a new process got the PID
 	second := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(77), Service: "web"}).(protocol.Attached)
 	h.e.bg.Wait()
 	if s := h.status(); len(s.Attachments) != 1 || s.Services[0].Used != 2 {
@@ -572,12 +567,12 @@ func TestContainersSurviveARestart(t *testing.T) {
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
 	ips := map[int]netip.Addr{}
 	for _, pid := range []int{20, 21} {
-		h.procs.add(pid)
+		h.procs.Add(pid)
 		ips[pid] = h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(uint32(pid)), Service: "web", JoinGlobal: true}).(protocol.Attached).IP
 	}
-	n := h.net.attaches
+	n := h.net.Attaches()
 	h.crash()
-	if h.net.attaches != n {
+	if h.net.Attaches() != n {
 		t.Fatal("restart re-created intact container links")
 	}
 	s := h.status()
@@ -601,19 +596,19 @@ func TestManyAttachesAndDetachesLeaveNothing(t *testing.T) {
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.210.0.0/22"})
 	base := h.status()
 	for pid := 1000; pid < 1200; pid++ {
-		h.procs.add(pid)
+		h.procs.Add(pid)
 		h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(uint32(pid)), Service: "web"})
 	}
-	if len(h.net.veths()) != 200 {
-		t.Fatalf("%d veths", len(h.net.veths()))
+	if len(h.net.Veths()) != 200 {
+		t.Fatalf("%d veths", len(h.net.Veths()))
 	}
 	for pid := 1000; pid < 1200; pid++ {
 		h.ok(protocol.DetachContainer{Handle: protocol.LinuxPID(uint32(pid))})
 	}
 	h.e.bg.Wait()
 	s := h.status()
-	if len(h.net.veths()) != 0 || len(s.Attachments) != 0 || s.Services[0].Used != base.Services[0].Used {
-		t.Fatalf("left behind: veths %d attachments %d used %d", len(h.net.veths()), len(s.Attachments), s.Services[0].Used)
+	if len(h.net.Veths()) != 0 || len(s.Attachments) != 0 || s.Services[0].Used != base.Services[0].Used {
+		t.Fatalf("left behind: veths %d attachments %d used %d", len(h.net.Veths()), len(s.Attachments), s.Services[0].Used)
 	}
 	loaded, _ := h.st.Load()
 	if len(loaded.Allocations) != 2 { // node IP and gateway
@@ -628,30 +623,30 @@ func TestPeers(t *testing.T) {
 	h.fails(add, "global overlay not set up")
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(add)
-	dev := h.wg.device("zl-prod-g")
+	dev := h.wg.Device("zl-prod-g")
 	k, _ := wg.ParseKey(pub)
-	p := dev.peers[k]
+	p := dev.Peer(k)
 	if p == nil || p.Endpoint.String() != "192.0.2.10:51820" || len(p.AllowedIPs) != 2 || p.PersistentKeepaliveInterval != 25*time.Second {
 		t.Fatalf("peer %+v", p)
 	}
 	// Upsert in place: same peer object, new endpoint and keepalive.
 	add.Endpoint, add.PersistentKeepaliveSecs = "192.0.2.11:51821", 10
 	h.ok(add)
-	if q := dev.peers[k]; q != p || q.Endpoint.String() != "192.0.2.11:51821" || q.PersistentKeepaliveInterval != 10*time.Second {
+	if q := dev.Peer(k); q != p || q.Endpoint.String() != "192.0.2.11:51821" || q.PersistentKeepaliveInterval != 10*time.Second {
 		t.Fatalf("not updated in place: %+v", q)
 	}
 	// Allowed IP set semantics, idempotent both ways.
 	for range 2 {
 		h.ok(protocol.AddAllowedIP{Pubkey: pub, CIDR: "10.200.46.224/28"})
 	}
-	if len(dev.peers[k].AllowedIPs) != 3 {
-		t.Fatalf("allowed IPs %v", dev.peers[k].AllowedIPs)
+	if len(dev.Peer(k).AllowedIPs) != 3 {
+		t.Fatalf("allowed IPs %v", dev.Peer(k).AllowedIPs)
 	}
 	for range 2 {
 		h.ok(protocol.RemoveAllowedIP{Pubkey: pub, CIDR: "10.200.46.224/28"})
 	}
-	if len(dev.peers[k].AllowedIPs) != 2 {
-		t.Fatalf("allowed IPs %v", dev.peers[k].AllowedIPs)
+	if len(dev.Peer(k).AllowedIPs) != 2 {
+		t.Fatalf("allowed IPs %v", dev.Peer(k).AllowedIPs)
 	}
 	other := newKey(t).String()
 	h.fails(protocol.AddAllowedIP{Pubkey: other, CIDR: "10.0.0.0/8"}, "unknown peer")
@@ -669,12 +664,12 @@ func TestPeers(t *testing.T) {
 	}
 	// Persisted: a restart restores the peer with its allowed IPs.
 	h.crash()
-	dev = h.wg.device("zl-prod-g")
-	if q := dev.peers[k]; q == nil || len(q.AllowedIPs) != 2 || q.Endpoint.String() != "192.0.2.11:51821" {
+	dev = h.wg.Device("zl-prod-g")
+	if q := dev.Peer(k); q == nil || len(q.AllowedIPs) != 2 || q.Endpoint.String() != "192.0.2.11:51821" {
 		t.Fatalf("peer after restart %+v", q)
 	}
 	h.ok(protocol.RemovePeer{Pubkey: pub})
-	if len(dev.peers) != 0 {
+	if dev.PeerCount() != 0 {
 		t.Fatal("remove_peer left the peer")
 	}
 }
@@ -701,8 +696,8 @@ func TestDedicatedService(t *testing.T) {
 	if d.Mode != "dedicated" || d.WGPort != 51821 || d.WGPublicKey == "" || !d.OverlayIP.IsValid() || d.Subnet == "" {
 		t.Fatalf("answer %+v", d)
 	}
-	dev := h.wg.device(d.Name)
-	if dev == nil || dev.port != 51821 || dev.key.PublicKey().String() != d.WGPublicKey {
+	dev := h.wg.Device(d.Name)
+	if dev == nil || dev.ListenPort() != 51821 || dev.PublicKey().String() != d.WGPublicKey {
 		t.Fatalf("dedicated device %+v", dev)
 	}
 	d2 := h.ok(protocol.SetupServiceOverlay{Service: "db2", Mode: "dedicated"}).(protocol.ServiceOverlay)
@@ -720,11 +715,11 @@ func TestDedicatedService(t *testing.T) {
 		t.Fatalf("status %+v", s.DedicatedServices)
 	}
 	h.crash()
-	if dev := h.wg.device(d.Name); dev == nil || dev.port != 51821 || dev.key.PublicKey().String() != d.WGPublicKey || len(dev.peers) != 1 {
+	if dev := h.wg.Device(d.Name); dev == nil || dev.ListenPort() != 51821 || dev.PublicKey().String() != d.WGPublicKey || dev.PeerCount() != 1 {
 		t.Fatalf("dedicated device after restart %+v", dev)
 	}
 	h.ok(protocol.TeardownServiceOverlay{Service: "db"})
-	if h.wg.device(d.Name) != nil || h.net.links[d.Name] != nil {
+	if h.wg.Device(d.Name) != nil || h.net.Has(d.Name) {
 		t.Fatal("dedicated device left after teardown")
 	}
 	if msg := h.fails(protocol.RemovePeer{Pubkey: pub, Scope: protocol.ServiceScope("db")}); msg != "no dedicated overlay for service db" {
@@ -748,13 +743,13 @@ func TestGuestAttach(t *testing.T) {
 	if priv.PublicKey().String() != gc.PublicKey {
 		t.Fatal("guest keypair does not match")
 	}
-	dev := h.wg.device("zl-prod-g")
+	dev := h.wg.Device("zl-prod-g")
 	gk, _ := wg.ParseKey(gc.PublicKey)
-	if p := dev.peers[gk]; p == nil || p.AllowedIPs[0].String() != gc.OverlayIP.String()+"/32" {
+	if p := dev.Peer(gk); p == nil || p.AllowedIPs[0].String() != gc.OverlayIP.String()+"/32" {
 		t.Fatalf("guest not registered as a peer: %+v", p)
 	}
 	h.ok(protocol.DetachContainer{Handle: protocol.GuestManaged("vm-1")})
-	if len(dev.peers) != 0 || h.status().SlicePool.Used != 1 {
+	if dev.PeerCount() != 0 || h.status().SlicePool.Used != 1 {
 		t.Fatal("guest detach left its peer or address")
 	}
 	h.ok(protocol.DetachContainer{Handle: protocol.GuestManaged("vm-1")})
@@ -766,15 +761,15 @@ func TestHealthAndEndpointEvents(t *testing.T) {
 	pk := newKey(t)
 	pub := pk.String()
 	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}})
-	dev := h.wg.device("zl-prod-g")
+	dev := h.wg.Device("zl-prod-g")
 	now := time.Now()
 	h.e.checkPeers(now)
-	dev.handshake(pk, now, "")
+	dev.Handshake(pk, now, "")
 	h.e.checkPeers(now)
 	// 2 × 25 s + 10 s without a handshake: down.
 	h.e.checkPeers(now.Add(61 * time.Second))
 	// The peer roams: WireGuard learns a new endpoint with a fresh handshake.
-	dev.handshake(pk, now.Add(70*time.Second), "198.51.100.7:40123")
+	dev.Handshake(pk, now.Add(70*time.Second), "198.51.100.7:40123")
 	h.e.checkPeers(now.Add(71 * time.Second))
 	h.mu.Lock()
 	got := fmt.Sprint(h.events)
@@ -791,16 +786,16 @@ func TestHealthAndEndpointEvents(t *testing.T) {
 	// The learned endpoint is kept: an add_peer repeating the old endpoint
 	// and a restart do not put the old one back.
 	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}})
-	if ep := dev.peers[pk].Endpoint.String(); ep != "198.51.100.7:40123" {
+	if ep := dev.Peer(pk).Endpoint.String(); ep != "198.51.100.7:40123" {
 		t.Fatalf("add_peer with the old endpoint fought the learned one: %s", ep)
 	}
 	h.crash()
-	if ep := h.wg.device("zl-prod-g").peers[pk].Endpoint.String(); ep != "198.51.100.7:40123" {
+	if ep := h.wg.Device("zl-prod-g").Peer(pk).Endpoint.String(); ep != "198.51.100.7:40123" {
 		t.Fatalf("restart fought the learned endpoint: %s", ep)
 	}
 	// A really new endpoint in a request wins.
 	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pub, Endpoint: "192.0.2.99:51820", AllowedIPs: "10.200.7.1/32"}})
-	if ep := h.wg.device("zl-prod-g").peers[pk].Endpoint.String(); ep != "192.0.2.99:51820" {
+	if ep := h.wg.Device("zl-prod-g").Peer(pk).Endpoint.String(); ep != "192.0.2.99:51820" {
 		t.Fatalf("a changed endpoint in add_peer was ignored: %s", ep)
 	}
 }
@@ -824,13 +819,11 @@ func TestHealthFollowsTrafficNotHandshakeAge(t *testing.T) {
 	h.ok(globalReq("10.200.3.0/24"))
 	pk := newKey(t)
 	h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: pk.String(), Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}})
-	dev := h.wg.device("zl-prod-g")
+	dev := h.wg.Device("zl-prod-g")
 	t0 := time.Now()
-	dev.handshake(pk, t0, "")
+	dev.Handshake(pk, t0, "")
 	for sec := 0; sec <= 150; sec += 5 {
-		dev.mu.Lock()
-		dev.peers[pk].ReceiveBytes += 32 // a keepalive arrived
-		dev.mu.Unlock()
+		dev.Receive(pk, 32) // a keepalive arrived
 		h.e.checkPeers(t0.Add(time.Duration(sec) * time.Second))
 	}
 	h.mu.Lock()

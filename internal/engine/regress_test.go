@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/dns"
+	"github.com/zlayer/zlayer-overlayd/internal/engine/enginetest"
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/protocol"
@@ -28,17 +29,17 @@ func TestRestartRestoresTheHostRouteOfJoinGlobalContainers(t *testing.T) {
 	h := newHarness(t)
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
-	h.procs.add(30)
+	h.procs.Add(30)
 	a := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(30), Service: "web", JoinGlobal: true}).(protocol.Attached)
 	route := netip.PrefixFrom(a.GlobalIP, 32)
 	h.net.DeleteRoute(linuxnet.Route{Dst: route, Dev: "zl-v30-e1"}) // what the kernel does when the device dies
-	attaches := h.net.attaches
+	attaches := h.net.Attaches()
 	h.crash()
 	routes, _ := h.net.Routes("zl-v30-e1")
 	if len(routes) != 1 || routes[0].Dst != route || routes[0].Src != netip.MustParseAddr("10.200.3.1") {
 		t.Fatalf("host routes of eth1 after the restart: %+v, want %s src 10.200.3.1", routes, route)
 	}
-	if h.net.attaches != attaches {
+	if h.net.Attaches() != attaches {
 		t.Fatal("the repair re-created the container's links instead of adding the route")
 	}
 }
@@ -51,24 +52,24 @@ func TestRestartRemovesTheUnlabelledVethOfAnInterruptedAttach(t *testing.T) {
 	h := newHarness(t)
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
-	h.procs.add(40)
+	h.procs.Add(40)
 	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(40), Service: "web"})
-	h.net.links["zl-v41-e1"] = &fakeLink{kind: "veth", spec: &linuxnet.AttachSpec{PID: 41}}
-	h.net.links["veth-foreign"] = &fakeLink{kind: "veth", spec: &linuxnet.AttachSpec{PID: 42}}
-	h.net.links["zl-v43-e0"] = &fakeLink{kind: "bridge"}
+	h.net.AddLink("zl-v41-e1", enginetest.Link{Kind: "veth", Spec: &linuxnet.AttachSpec{PID: 41}})
+	h.net.AddLink("veth-foreign", enginetest.Link{Kind: "veth", Spec: &linuxnet.AttachSpec{PID: 42}})
+	h.net.AddLink("zl-v43-e0", enginetest.Link{Kind: "bridge"})
 	// At run time a request of ours may be between creating and labelling:
 	// only the start-up reconcile may judge unlabelled links.
 	if _, err := h.e.Reconcile(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if h.net.links["zl-v41-e1"] == nil {
+	if !h.net.Has("zl-v41-e1") {
 		t.Fatal("a periodic reconcile deleted an unlabelled veth")
 	}
 	h.crash()
-	if got, want := h.net.veths(), []string{"veth-foreign", "zl-v40-e0"}; !slices.Equal(got, want) {
+	if got, want := h.net.Veths(), []string{"veth-foreign", "zl-v40-e0"}; !slices.Equal(got, want) {
 		t.Fatalf("veths after the restart %v, want %v", got, want)
 	}
-	if h.net.links["zl-v43-e0"] == nil {
+	if !h.net.Has("zl-v43-e0") {
 		t.Fatal("the restart deleted an unlabelled link that is not a veth")
 	}
 }
@@ -80,10 +81,10 @@ func TestReconcileLeavesTheLinksOfAnAttachInFlight(t *testing.T) {
 	h := newHarness(t)
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
-	h.procs.add(50)
+	h.procs.Add(50)
 	calls := 0
 	reconciled := make(chan error, 1)
-	h.procs.onStart = func(pid int) {
+	h.procs.OnStart(func(pid int) {
 		if pid != 50 {
 			return
 		}
@@ -101,13 +102,13 @@ func TestReconcileLeavesTheLinksOfAnAttachInFlight(t *testing.T) {
 			reconciled <- err
 		case <-time.After(200 * time.Millisecond): // blocked on the container's lock, as it should be
 		}
-	}
+	})
 	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(50), Service: "web", JoinGlobal: true})
 	if err := <-reconciled; err != nil {
 		t.Fatal(err)
 	}
-	h.procs.onStart = nil
-	if got, want := h.net.veths(), []string{"zl-v50-e0", "zl-v50-e1"}; !slices.Equal(got, want) {
+	h.procs.OnStart(nil)
+	if got, want := h.net.Veths(), []string{"zl-v50-e0", "zl-v50-e1"}; !slices.Equal(got, want) {
 		t.Fatalf("veths after an attach that raced a reconcile: %v, want %v", got, want)
 	}
 }
@@ -248,7 +249,7 @@ func TestGlobalSetupAfterTeardownRestoresHostRoutes(t *testing.T) {
 	h := newHarness(t)
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
-	h.procs.add(60)
+	h.procs.Add(60)
 	a := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(60), Service: "web", JoinGlobal: true}).(protocol.Attached)
 	h.ok(protocol.TeardownGlobalOverlay{})
 	h.net.DeleteRoute(linuxnet.Route{Dst: netip.PrefixFrom(a.GlobalIP, 32), Dev: "zl-v60-e1"}) // what the kernel does
