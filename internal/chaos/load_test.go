@@ -361,7 +361,12 @@ func TestLoadInProcess(t *testing.T) {
 	t.Logf("events: %d pushed to each of %d connections, %d received in all, %d dropped by the server", pushed.Load(), loadClients+1, received, srv.EventsDropped())
 
 	// The state is exactly what the requests leave: the global overlay and
-	// the services, nothing else.
+	// the services, nothing else. Peer routes go synchronously with the
+	// peers, so they are checked before Close, which would take the
+	// device and every route on it away.
+	if routes, _ := net.Routes(globalIface); len(routes) != 0 {
+		t.Errorf("routes left on the global device after every peer was removed: %v", routes)
+	}
 	eng.Close() // waits for background detaches
 	s, err := setup.Status(ctx)
 	if err != nil {
@@ -378,9 +383,6 @@ func TestLoadInProcess(t *testing.T) {
 	}
 	if links, _ := net.Links("zl-v"); len(links) != 0 {
 		t.Errorf("veths left after every container was detached: %v", links)
-	}
-	if routes, _ := net.Routes(globalIface); len(routes) != 0 {
-		t.Errorf("routes left on the global device after every peer was removed: %v", routes)
 	}
 
 	setup.Close()
