@@ -18,8 +18,8 @@ import (
 // node needs for its workloads. With half the Ps most hand-offs stay on the
 // running thread. System calls still run in parallel: a thread blocked in
 // one gives its P away. On our 2-CPU benchmark machine this cut the
-// daemon's CPU time per byte under iperf3 by 20 to 27 % when the machine
-// had CPU to spare and by 5 to 9 % when other work saturated it
+// daemon's CPU time per byte under iperf3 by 18 to 28 % when the machine
+// had CPU to spare and by 6 to 10 % when other work saturated it
 // (docs/benchmarks.md).
 
 // maxProcsFor is the GOMAXPROCS the daemon runs with. flag is --max-procs
