@@ -53,6 +53,7 @@ type options struct {
 	ready func()
 
 	wireguard     string
+	maxProcs      int
 	mtu           int
 	slicePrefix   int
 	servicePrefix int
@@ -89,6 +90,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.service, "service", false, "run under the Windows Service Control Manager (ignored elsewhere)")
 	fs.StringVar(&o.pipeAccount, "pipe-account", "", "Windows: the account or group that may open the pipe besides SYSTEM and Administrators (default: group zlayer when it exists); ignored elsewhere")
 	fs.StringVar(&o.wireguard, "wireguard", "auto", "WireGuard backend: auto (kernel when available), kernel or userspace (embedded wireguard-go)")
+	fs.IntVar(&o.maxProcs, "max-procs", 0, "how many CPUs may run the daemon's Go code at once (GOMAXPROCS); 0: half the available CPUs (at least 1) with userspace WireGuard, all of them with kernel WireGuard. The GOMAXPROCS environment variable wins")
 	fs.IntVar(&o.mtu, "mtu", 1420, "MTU of the overlay devices, bridges and container links")
 	fs.IntVar(&o.slicePrefix, "slice-prefix", 0, "prefix length of a self-assigned node slice (default /28, /120 for IPv6)")
 	fs.IntVar(&o.servicePrefix, "service-prefix", 0, "prefix length of a service subnet the main daemon does not assign (default /28, /120 for IPv6)")
@@ -119,6 +121,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.dnsPort > 65535 {
 		return o, fmt.Errorf("--dns-port %d is not a port", o.dnsPort)
+	}
+	if o.maxProcs < 0 {
+		return o, fmt.Errorf("--max-procs %d: want 0 (choose) or a number of CPUs", o.maxProcs)
 	}
 	if o.mtu < 1280 || o.mtu > 65535 {
 		return o, fmt.Errorf("--mtu %d: use 1280 to 65535", o.mtu)
@@ -199,6 +204,7 @@ func serve(o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	applyMaxProcs(o.maxProcs, cfg.WG, log)
 	if o.dns {
 		dcfg, closeDNS, err := newDNS(o, log)
 		if err != nil {

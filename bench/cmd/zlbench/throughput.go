@@ -55,9 +55,12 @@ func benchThroughput() error {
 		pub       string
 	}
 	nodes := []*node{{ns: a, slice: "10.243.1.0/24"}, {ns: b, slice: "10.243.2.0/24"}}
+	daemonArgs := []string{"--wireguard", "userspace", "--dns=false", "--reconcile-interval", "1h", "--health-interval", "1h"}
+	if *profile != "" {
+		daemonArgs = append(daemonArgs, "--pprof-listen", "127.0.0.1:16060")
+	}
 	for i, n := range nodes {
-		n.d = newDaemon(n.ns, filepath.Join(dir, "ours"+strconv.Itoa(i)), "--wireguard", "userspace", "--dns=false",
-			"--reconcile-interval", "1h", "--health-interval", "1h")
+		n.d = newDaemon(n.ns, filepath.Join(dir, "ours"+strconv.Itoa(i)), daemonArgs...)
 		if err := n.d.start(); err != nil {
 			return fmt.Errorf("%v\n%s", err, n.d.log())
 		}
@@ -126,10 +129,24 @@ func benchThroughput() error {
 		secs = "2"
 	}
 	run := func(name string) func(int) (map[string]float64, error) {
-		return func(int) (map[string]float64, error) {
+		return func(round int) (map[string]float64, error) {
 			out := map[string]float64{}
 			for _, p := range []string{"1", "4"} {
+				// Both nodes' profiles: the sender encrypts, the
+				// receiver decrypts, and a PGO profile needs both.
+				var stops []func() error
+				if *profile != "" && round == 0 && name == "zlayer-overlayd" {
+					dur, _ := time.ParseDuration(secs + "s")
+					for i, ns := range []string{a, b} {
+						stops = append(stops, startProfile(ns, dur, profilePath(fmt.Sprintf("throughput-P%s-%s", p, "ab"[i:i+1]))))
+					}
+				}
 				bps, err := iperf3(a, targets[name], secs, p)
+				for _, stop := range stops {
+					if perr := stop(); perr != nil {
+						fmt.Fprintln(os.Stderr, "throughput: profile:", perr)
+					}
+				}
 				if err != nil {
 					return nil, err
 				}

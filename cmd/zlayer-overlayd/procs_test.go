@@ -1,0 +1,74 @@
+package main
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/zlayer/zlayer-overlayd/internal/wg"
+)
+
+func TestMaxProcsFor(t *testing.T) {
+	for _, c := range []struct {
+		name           string
+		flag           int
+		env, userspace bool
+		current, want  int
+		wantSet        bool
+	}{
+		{"userspace halves", 0, false, true, 8, 4, true},
+		{"userspace rounds down", 0, false, true, 3, 1, true},
+		{"userspace keeps one", 0, false, true, 1, 1, false},
+		{"kernel keeps all", 0, false, false, 8, 8, false},
+		{"flag wins over the choice", 6, false, true, 8, 6, true},
+		{"flag equal to current", 8, false, false, 8, 8, false},
+		{"environment wins over the flag", 6, true, true, 8, 8, false},
+		{"environment wins over the choice", 0, true, true, 8, 8, false},
+	} {
+		n, set := maxProcsFor(c.flag, c.env, c.userspace, c.current)
+		if n != c.want || set != c.wantSet {
+			t.Errorf("%s: maxProcsFor(%d, %v, %v, %d) = %d, %v; want %d, %v", c.name, c.flag, c.env, c.userspace, c.current, n, set, c.want, c.wantSet)
+		}
+	}
+}
+
+// The daemon's own runtime ends up with the chosen value.
+func TestApplyMaxProcs(t *testing.T) {
+	if _, ok := os.LookupEnv("GOMAXPROCS"); ok {
+		t.Skip("GOMAXPROCS is set in the environment, which the daemon leaves alone by design")
+	}
+	before := runtime.GOMAXPROCS(0)
+	t.Cleanup(func() { runtime.GOMAXPROCS(before) })
+	backend, err := wg.NewBackend("userspace", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Skipf("no userspace WireGuard backend on %s: %v", runtime.GOOS, err)
+	}
+	log := slog.New(slog.DiscardHandler)
+
+	applyMaxProcs(0, backend, log)
+	if got, want := runtime.GOMAXPROCS(0), max(1, before/2); got != want {
+		t.Errorf("userspace backend, %d Ps before: GOMAXPROCS = %d, want %d", before, got, want)
+	}
+	applyMaxProcs(3, backend, log)
+	if got := runtime.GOMAXPROCS(0); got != 3 {
+		t.Errorf("--max-procs 3: GOMAXPROCS = %d", got)
+	}
+	t.Setenv("GOMAXPROCS", "3")
+	applyMaxProcs(1, backend, log)
+	if got := runtime.GOMAXPROCS(0); got != 3 {
+		t.Errorf("with GOMAXPROCS in the environment, --max-procs 1 changed GOMAXPROCS to %d", got)
+	}
+}
+
+func TestMaxProcsFlag(t *testing.T) {
+	if _, err := parseFlags([]string{"--max-procs", "-1"}, io.Discard); err == nil || !strings.Contains(err.Error(), "--max-procs") {
+		t.Errorf("--max-procs -1: err = %v, want one naming the flag", err)
+	}
+	o, err := parseFlags([]string{"--max-procs", "2"}, io.Discard)
+	if err != nil || o.maxProcs != 2 {
+		t.Errorf("--max-procs 2: %d, %v", o.maxProcs, err)
+	}
+}
