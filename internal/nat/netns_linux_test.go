@@ -7,10 +7,7 @@ package nat
 // and stdout with JSON lines.
 
 import (
-	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/lab/nstest"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -179,154 +177,50 @@ func runNode(in io.Reader, out io.Writer) {
 
 // host is the test's handle on a helper process.
 type host struct {
-	t   testing.TB
-	ns  string
-	in  io.WriteCloser
-	out *bufio.Reader
+	*nstest.Helper
+	t testing.TB
 }
 
 func startHost(t testing.TB, ns, mode string, env ...string) *host {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
-	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode), env...)
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = &logWriter{t: t, prefix: ns + ": "}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		in.Close()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	return &host{t: t, ns: ns, in: in, out: bufio.NewReader(out)}
+	return &host{nstest.StartHelper(t, ns, append([]string{helperEnv + "=" + mode}, env...)...), t}
 }
 
 // startSTUNServers runs our STUN server on addrs inside ns.
 func startSTUNServers(t testing.TB, ns string, addrs ...string) {
 	t.Helper()
 	h := startHost(t, ns, "stun", stunAddrEnv+"="+strings.Join(addrs, ","))
-	line, err := h.out.ReadString('\n')
+	line, err := h.ReadLine()
 	if strings.TrimSpace(line) != "ready" {
 		t.Fatalf("STUN servers in %s: %q, %v", ns, line, err)
 	}
 }
 
 func (h *host) call(req nodeRequest) nodeResponse {
-	h.t.Helper()
-	if err := json.NewEncoder(h.in).Encode(req); err != nil {
-		h.t.Fatalf("%s: send %s: %v", h.ns, req.Op, err)
-	}
-	type answer struct {
-		r   nodeResponse
-		err error
-	}
-	ch := make(chan answer, 1)
-	go func() {
-		var a answer
-		line, err := h.out.ReadBytes('\n')
-		if err == nil {
-			err = json.Unmarshal(line, &a.r)
-		}
-		a.err = err
-		ch <- a
-	}()
-	select {
-	case a := <-ch:
-		if a.err != nil {
-			h.t.Fatalf("%s: %s: host process died: %v", h.ns, req.Op, a.err)
-		}
-		return a.r
-	case <-time.After(2 * time.Minute):
-		h.t.Fatalf("%s: %s: host process did not answer", h.ns, req.Op)
-	}
-	return nodeResponse{}
+	var r nodeResponse
+	h.Call(req.Op, req, &r, 2*time.Minute)
+	return r
 }
 
 func (h *host) must(req nodeRequest) nodeResponse {
 	h.t.Helper()
 	r := h.call(req)
 	if r.Err != "" {
-		h.t.Fatalf("%s: %s: %s", h.ns, req.Op, r.Err)
+		h.t.Fatalf("%s: %s: %s", h.NS(), req.Op, r.Err)
 	}
 	return r
 }
 
-// logWriter forwards a host's log lines to the test log.
-type logWriter struct {
-	t      testing.TB
-	prefix string
-	buf    []byte
-}
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	w.buf = append(w.buf, p...)
-	for {
-		i := strings.IndexByte(string(w.buf), '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := string(w.buf[:i])
-		w.buf = w.buf[i+1:]
-		func() {
-			defer func() { recover() }() // the test may already have finished
-			w.t.Log(w.prefix + line)
-		}()
-	}
-}
-
 func requireRoot(t testing.TB, tools ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veth pairs, TUN devices and NAT rules")
-	}
-	for _, tool := range append([]string{"ip", "iptables", "sysctl"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs the %s tool, which is not installed", tool)
-		}
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("needs /dev/net/tun: %v", err)
-	}
+	nstest.RequireRoot(t, "network namespaces, veth pairs, TUN devices and NAT rules", append([]string{"ip", "iptables", "sysctl"}, tools...)...)
 }
 
-func run(t testing.TB, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-func randHex(t testing.TB, n int) string {
-	t.Helper()
-	b := make([]byte, (n+1)/2)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)[:n]
-}
-
-func newNetns(t testing.TB, name string) {
-	t.Helper()
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-}
+var (
+	run      = nstest.Run
+	randHex  = nstest.RandHex
+	newNetns = nstest.NewNetns
+)
 
 // natLab is three namespaces:
 //

@@ -2,8 +2,6 @@ package wg
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -30,15 +28,6 @@ func kernelHasWireGuard(t *testing.T) (has, ok bool) {
 		return true, true
 	}
 	return false, strings.Contains(string(out), "Unknown device type") || strings.Contains(string(out), "not supported")
-}
-
-func randHex(t testing.TB, n int) string {
-	t.Helper()
-	b := make([]byte, (n+1)/2)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)[:n]
 }
 
 func TestNewBackendAuto(t *testing.T) {

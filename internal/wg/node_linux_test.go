@@ -16,11 +16,11 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"github.com/zlayer/zlayer-overlayd/internal/lab/nstest"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -124,68 +124,21 @@ func runNode(in io.Reader, out io.Writer) {
 
 // node is the test's handle on one node process.
 type node struct {
-	t    *testing.T
-	ns   string
-	dev  string
-	in   io.WriteCloser
-	out  *json.Decoder
-	resp chan nodeResponse
+	*nstest.Helper
+	t   *testing.T
+	ns  string
+	dev string
 }
 
 func startNode(t *testing.T, ns string) *node {
 	t.Helper()
-	cmd := exec.Command("ip", "netns", "exec", ns, os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), helperEnv+"=1")
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = &logWriter{t: t, prefix: ns + ": "}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		in.Close()
-		select {
-		case <-done:
-		case <-time.After(15 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	return &node{t: t, ns: ns, in: in, out: json.NewDecoder(out)}
+	return &node{Helper: nstest.StartHelper(t, ns, helperEnv+"=1"), t: t, ns: ns}
 }
 
 func (n *node) call(req nodeRequest) nodeResponse {
-	n.t.Helper()
-	if err := json.NewEncoder(n.in).Encode(req); err != nil {
-		n.t.Fatalf("%s: send %s: %v", n.ns, req.Op, err)
-	}
-	ch := make(chan nodeResponse, 1)
-	errc := make(chan error, 1)
-	go func() {
-		var r nodeResponse
-		if err := n.out.Decode(&r); err != nil {
-			errc <- err
-			return
-		}
-		ch <- r
-	}()
-	select {
-	case r := <-ch:
-		return r
-	case err := <-errc:
-		n.t.Fatalf("%s: %s: node process died: %v", n.ns, req.Op, err)
-	case <-time.After(60 * time.Second):
-		n.t.Fatalf("%s: %s: node process did not answer", n.ns, req.Op)
-	}
-	return nodeResponse{}
+	var r nodeResponse
+	n.Call(req.Op, req, &r, 60*time.Second)
+	return r
 }
 
 func (n *node) must(req nodeRequest) nodeResponse {
@@ -224,62 +177,16 @@ func (n *node) peer(pub wgtypes.Key) wgtypes.Peer {
 	return wgtypes.Peer{}
 }
 
-// logWriter forwards a node's log lines to the test log while the test runs.
-type logWriter struct {
-	t      *testing.T
-	prefix string
-	buf    []byte
-}
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	w.buf = append(w.buf, p...)
-	for {
-		i := strings.IndexByte(string(w.buf), '\n')
-		if i < 0 {
-			return len(p), nil
-		}
-		line := string(w.buf[:i])
-		w.buf = w.buf[i+1:]
-		func() {
-			defer func() { recover() }() // the test may already have finished
-			w.t.Log(w.prefix + line)
-		}()
-	}
-}
-
 func requireRoot(t *testing.T, tools ...string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces, veth pairs and TUN devices")
-	}
-	for _, tool := range append([]string{"ip"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs the %s tool, which is not installed", tool)
-		}
-	}
-	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("needs /dev/net/tun: %v", err)
-	}
+	nstest.RequireRoot(t, "network namespaces, veth pairs and TUN devices", append([]string{"ip"}, tools...)...)
 }
 
-func run(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// newNetns creates a network namespace with loopback up, deleted when the
-// test ends (after the node processes in it, which are cleaned up later-
-// registered-first).
-func newNetns(t *testing.T, name string) {
-	t.Helper()
-	run(t, "ip", "netns", "add", name)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
-	run(t, "ip", "-n", name, "link", "set", "lo", "up")
-}
+var (
+	run      = nstest.Run
+	randHex  = nstest.RandHex
+	newNetns = nstest.NewNetns
+)
 
 // twoNodes is two namespaces joined by a veth pair (10.201.0.1/24 and
 // .2/24), each with a node process that has opened a userspace device and
