@@ -232,7 +232,7 @@ func addrsOf(ifi *net.Interface) ([]netip.Prefix, error) {
 // subnet route from a netmask.
 func (n *Net) EnsureAddrs(name string, want []netip.Prefix) error {
 	for _, p := range want {
-		if err := checkPrefix(p); err != nil {
+		if err := linuxnet.CheckInterfacePrefix(p); err != nil {
 			return fmt.Errorf("ensure addresses of %s: %w", name, err)
 		}
 	}
@@ -244,7 +244,7 @@ func (n *Net) EnsureAddrs(name string, want []netip.Prefix) error {
 	if err != nil {
 		return err
 	}
-	add, del := planAddrs(have, want)
+	add, del := linuxnet.PlanAddrs(have, want)
 	for _, p := range del {
 		if err := n.subnetRoute(unix.RTM_DELETE, ifi, p); err != nil {
 			return fmt.Errorf("remove the route of stale address %s from %s: %w", p, name, err)

@@ -1,9 +1,7 @@
 package darwinnet
 
 import (
-	"fmt"
 	"net/netip"
-	"slices"
 
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 )
@@ -19,47 +17,6 @@ const (
 	rtfBroadcast = 0x400000
 	rtfMulticast = 0x800000
 )
-
-// planAddrs decides which global addresses of an interface to remove and
-// which to add so that, for each address family present in want, the
-// interface has exactly want. Families absent from want and link-local
-// addresses are left alone, as linuxnet does, so the engine sees the same
-// behaviour on every platform.
-func planAddrs(have, want []netip.Prefix) (add, del []netip.Prefix) {
-	families := map[bool]bool{} // Is4 → present in want
-	for _, p := range want {
-		families[p.Addr().Is4()] = true
-	}
-	for _, h := range have {
-		if h.Addr().IsLinkLocalUnicast() || !families[h.Addr().Is4()] {
-			continue
-		}
-		if !slices.Contains(want, h) {
-			del = append(del, h)
-		}
-	}
-	for _, w := range want {
-		if !slices.Contains(have, w) {
-			add = append(add, w)
-		}
-	}
-	return add, del
-}
-
-// checkPrefix rejects what the kernel would misread as an address.
-func checkPrefix(p netip.Prefix) error {
-	if !p.IsValid() {
-		return fmt.Errorf("invalid prefix %v", p)
-	}
-	a := p.Addr()
-	if a.Zone() != "" || a.Is4In6() {
-		return fmt.Errorf("prefix %s: use plain IPv4 or IPv6 without a zone", p)
-	}
-	if a.IsUnspecified() || a.IsMulticast() {
-		return fmt.Errorf("prefix %s: %s cannot be an interface address", p, a)
-	}
-	return nil
-}
 
 // ribRoute is one route of the kernel's table, reduced to what we compare.
 type ribRoute struct {
@@ -135,22 +92,5 @@ func routeFlags(r linuxnet.Route) int {
 }
 
 // checkRoute rejects the parts of linuxnet.Route macOS has no equivalent
-// for, rather than silently dropping them.
-func checkRoute(r linuxnet.Route) error {
-	if !r.Dst.IsValid() {
-		return fmt.Errorf("route destination %v is invalid", r.Dst)
-	}
-	if r.Dev == "" {
-		return fmt.Errorf("route %s has no device", r.Dst)
-	}
-	if r.Via.IsValid() && r.Via.Is4() != r.Dst.Addr().Is4() {
-		return fmt.Errorf("route %s: gateway %s is of the other address family", r.Dst, r.Via)
-	}
-	if r.Src.IsValid() {
-		return fmt.Errorf("route %s: a preferred source address is not supported on macOS routes", r)
-	}
-	if r.Scope == linuxnet.ScopeHost {
-		return fmt.Errorf("route %s: host-scope routes are a Linux notion; macOS has no equivalent", r)
-	}
-	return nil
-}
+// for.
+func checkRoute(r linuxnet.Route) error { return linuxnet.CheckPortableRoute(r, "macOS") }

@@ -17,28 +17,6 @@ func pfx(ss ...string) []netip.Prefix {
 	return out
 }
 
-func TestPlanAddrs(t *testing.T) {
-	for _, c := range []struct {
-		name                string
-		have, want          []netip.Prefix
-		wantAdd, wantDelete []netip.Prefix
-	}{
-		{"fresh device", nil, pfx("10.200.0.1/16"), pfx("10.200.0.1/16"), nil},
-		{"already right", pfx("10.200.0.1/16", "fe80::1/64"), pfx("10.200.0.1/16"), nil, nil},
-		{"new node IP replaces the old", pfx("10.200.0.1/16"), pfx("10.200.0.17/16"), pfx("10.200.0.17/16"), pfx("10.200.0.1/16")},
-		{"prefix length change is a new address", pfx("10.200.0.1/24"), pfx("10.200.0.1/16"), pfx("10.200.0.1/16"), pfx("10.200.0.1/24")},
-		{"other family untouched", pfx("10.200.0.1/16", "fd00::1/64"), pfx("10.200.0.1/16"), nil, nil},
-		{"link-local kept", pfx("fe80::1/64", "fd00::9/64"), pfx("fd00::1/64"), pfx("fd00::1/64"), pfx("fd00::9/64")},
-		{"empty want changes nothing", pfx("10.200.0.1/16"), nil, nil, nil},
-		{"both families", pfx("10.0.0.1/8", "fd00::1/64"), pfx("10.0.0.2/8", "fd00::1/64"), pfx("10.0.0.2/8"), pfx("10.0.0.1/8")},
-	} {
-		add, del := planAddrs(c.have, c.want)
-		if !slices.Equal(add, c.wantAdd) || !slices.Equal(del, c.wantDelete) {
-			t.Errorf("%s: add %v delete %v; want add %v delete %v", c.name, add, del, c.wantAdd, c.wantDelete)
-		}
-	}
-}
-
 func TestOwnRoutes(t *testing.T) {
 	const idx = 14
 	static := rtfUp | rtfStatic
@@ -117,8 +95,8 @@ func TestRouteFlagsAndChecks(t *testing.T) {
 	}
 	for _, bad := range []string{"0.0.0.0/0", "224.0.0.1/32", "fe80::1%utun1/64", "::ffff:10.0.0.1/120"} {
 		p, err := netip.ParsePrefix(bad)
-		if err == nil && checkPrefix(p) == nil {
-			t.Errorf("checkPrefix(%s) accepted", bad)
+		if err == nil && linuxnet.CheckInterfacePrefix(p) == nil {
+			t.Errorf("linuxnet.CheckInterfacePrefix(%s) accepted", bad)
 		}
 	}
 }

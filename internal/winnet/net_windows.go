@@ -296,7 +296,7 @@ func prefixOfRow(r *windows.MibUnicastIpAddressRow) (netip.Prefix, bool) {
 // families are left alone.
 func (n *Net) EnsureAddrs(name string, want []netip.Prefix) error {
 	for _, p := range want {
-		if err := checkPrefix(p); err != nil {
+		if err := linuxnet.CheckInterfacePrefix(p); err != nil {
 			return fmt.Errorf("ensure addresses of %s: %w", name, err)
 		}
 	}
@@ -314,7 +314,7 @@ func (n *Net) EnsureAddrs(name string, want []netip.Prefix) error {
 			have = append(have, p)
 		}
 	}
-	add, del := planAddrs(have, want)
+	add, del := linuxnet.PlanAddrs(have, want)
 	for _, p := range del {
 		row := addressRow(r.InterfaceLuid, p)
 		if err := deleteUnicastIpAddressEntry(&row); err != nil && !errors.Is(err, windows.ERROR_NOT_FOUND) {

@@ -43,33 +43,6 @@ func TestSockaddrInetLayout(t *testing.T) {
 	}
 }
 
-func pfx(ss ...string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range ss {
-		out = append(out, netip.MustParsePrefix(s))
-	}
-	return out
-}
-
-func TestPlanAddrs(t *testing.T) {
-	for _, c := range []struct {
-		name                string
-		have, want          []netip.Prefix
-		wantAdd, wantDelete []netip.Prefix
-	}{
-		{"fresh adapter (only its link-local)", pfx("fe80::5:1/64"), pfx("10.200.0.1/16"), pfx("10.200.0.1/16"), nil},
-		{"already right", pfx("10.200.0.1/16"), pfx("10.200.0.1/16"), nil, nil},
-		{"replaced", pfx("10.200.0.1/16"), pfx("10.200.0.17/16"), pfx("10.200.0.17/16"), pfx("10.200.0.1/16")},
-		{"other family untouched", pfx("fd00::1/64", "10.200.0.1/16"), pfx("10.200.0.1/16"), nil, nil},
-		{"empty want changes nothing", pfx("10.200.0.1/16"), nil, nil, nil},
-	} {
-		add, del := planAddrs(c.have, c.want)
-		if !slices.Equal(add, c.wantAdd) || !slices.Equal(del, c.wantDelete) {
-			t.Errorf("%s: add %v delete %v; want add %v delete %v", c.name, add, del, c.wantAdd, c.wantDelete)
-		}
-	}
-}
-
 func TestOwnRoutes(t *testing.T) {
 	const luid = 0x1234
 	rows := []routeRow{
@@ -109,11 +82,11 @@ func TestChecks(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"0.0.0.0/8", "224.0.0.1/32", "::ffff:10.0.0.1/120"} {
-		if checkPrefix(netip.MustParsePrefix(bad)) == nil {
-			t.Errorf("checkPrefix(%s) accepted", bad)
+		if linuxnet.CheckInterfacePrefix(netip.MustParsePrefix(bad)) == nil {
+			t.Errorf("linuxnet.CheckInterfacePrefix(%s) accepted", bad)
 		}
 	}
-	if checkPrefix(netip.Prefix{}) == nil {
+	if linuxnet.CheckInterfacePrefix(netip.Prefix{}) == nil {
 		t.Error("checkPrefix accepted the zero prefix")
 	}
 }
