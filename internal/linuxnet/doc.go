@@ -12,5 +12,6 @@
 // addresses and routes are replaced rather than added, and missing objects on delete are not
 // errors. Attach rolls back every step it already took when a later one fails.
 //
-// On platforms other than Linux every function returns an error naming the platform.
+// On platforms other than Linux every operation returns an error naming the platform; the
+// types and the rules the macOS and Windows implementations share (portable.go) work everywhere.
 package linuxnet
