@@ -192,53 +192,55 @@ func printStatus(w io.Writer, s protocol.StatusSnapshot, now time.Time) {
 	tw.Flush()
 
 	if len(s.Peers) > 0 {
-		fmt.Fprintln(w)
-		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "PEER\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tHEALTHY\tRX\tTX")
-		for _, p := range s.Peers {
-			hs := "never"
-			if p.LastHandshakeUnixSecs > 0 {
-				hs = now.Sub(time.Unix(p.LastHandshakeUnixSecs, 0)).Truncate(time.Second).String() + " ago"
+		table(w, "PEER\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tHEALTHY\tRX\tTX", func(tw io.Writer) {
+			for _, p := range s.Peers {
+				hs := "never"
+				if p.LastHandshakeUnixSecs > 0 {
+					hs = now.Sub(time.Unix(p.LastHandshakeUnixSecs, 0)).Truncate(time.Second).String() + " ago"
+				}
+				healthy := "-"
+				if p.Healthy != nil {
+					healthy = fmt.Sprint(*p.Healthy)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", p.PublicKey, p.Endpoint, p.AllowedIPs, hs, healthy, p.RxBytes, p.TxBytes)
 			}
-			healthy := "-"
-			if p.Healthy != nil {
-				healthy = fmt.Sprint(*p.Healthy)
-			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", p.PublicKey, p.Endpoint, p.AllowedIPs, hs, healthy, p.RxBytes, p.TxBytes)
-		}
-		tw.Flush()
+		})
 	}
 	if len(s.Services) > 0 {
-		fmt.Fprintln(w)
-		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SERVICE\tMODE\tDEVICE\tSUBNET\tGATEWAY\tUSED\tFREE")
-		for _, sv := range s.Services {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", sv.Service, sv.Mode, sv.Bridge, sv.Subnet, sv.Gateway, sv.Used, sv.Free)
-		}
-		tw.Flush()
+		table(w, "SERVICE\tMODE\tDEVICE\tSUBNET\tGATEWAY\tUSED\tFREE", func(tw io.Writer) {
+			for _, sv := range s.Services {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", sv.Service, sv.Mode, sv.Bridge, sv.Subnet, sv.Gateway, sv.Used, sv.Free)
+			}
+		})
 	}
 	if len(s.Attachments) > 0 {
-		fmt.Fprintln(w)
-		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "CONTAINER\tSERVICE\tIP\tGLOBAL IP\tHOST LINK")
-		for _, a := range s.Attachments {
-			gip := "-"
-			if a.GlobalIP.IsValid() {
-				gip = a.GlobalIP.String()
+		table(w, "CONTAINER\tSERVICE\tIP\tGLOBAL IP\tHOST LINK", func(tw io.Writer) {
+			for _, a := range s.Attachments {
+				gip := "-"
+				if a.GlobalIP.IsValid() {
+					gip = a.GlobalIP.String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Handle, a.Service, a.IP, gip, a.HostLink)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Handle, a.Service, a.IP, gip, a.HostLink)
-		}
-		tw.Flush()
+		})
 	}
 	if len(s.DedicatedServices) > 0 {
-		fmt.Fprintln(w)
-		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "DEDICATED\tINTERFACE\tPORT\tOVERLAY IP\tSUBNET\tPEERS\tPUBLIC KEY")
-		for _, d := range s.DedicatedServices {
-			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\n", d.Service, d.Interface, d.ListenPort, d.OverlayIP, d.Subnet, d.PeerCount, d.PublicKey)
-		}
-		tw.Flush()
+		table(w, "DEDICATED\tINTERFACE\tPORT\tOVERLAY IP\tSUBNET\tPEERS\tPUBLIC KEY", func(tw io.Writer) {
+			for _, d := range s.DedicatedServices {
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\n", d.Service, d.Interface, d.ListenPort, d.OverlayIP, d.Subnet, d.PeerCount, d.PublicKey)
+			}
+		})
 	}
+}
+
+// table prints one section of the status: a blank line, then header and
+// the rows rows writes, aligned in columns.
+func table(w io.Writer, header string, rows func(tw io.Writer)) {
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	rows(tw)
+	tw.Flush()
 }
 
 func cmdWatch(path string, timeout time.Duration, args []string, stdout io.Writer) error {
