@@ -44,16 +44,11 @@ func (e *Engine) addPeer(ctx context.Context, r protocol.AddPeer) (protocol.Resp
 	if r.PersistentKeepaliveSecs > 65535 {
 		return nil, fmt.Errorf("persistent_keepalive_secs %d is above WireGuard's maximum of 65535", r.PersistentKeepaliveSecs)
 	}
-	e.global.RLock()
-	defer e.global.RUnlock()
-	if !r.Scope.IsGlobal() {
-		unlock := e.serviceLock(r.Scope.Service)
-		defer unlock()
-	}
-	dev, scope, err := e.deviceFor(r.Scope)
+	dev, scope, release, err := e.lockDevice(r.Scope)
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	unlock := e.lockClaim(scope, pub, allowed)
 	defer unlock()
 
@@ -270,16 +265,11 @@ func (e *Engine) removePeer(ctx context.Context, r protocol.RemovePeer) (protoco
 		return nil, fmt.Errorf("pubkey: %w", err)
 	}
 	pub := key.String()
-	e.global.RLock()
-	defer e.global.RUnlock()
-	if !r.Scope.IsGlobal() {
-		unlock := e.serviceLock(r.Scope.Service)
-		defer unlock()
-	}
-	dev, scope, err := e.deviceFor(r.Scope)
+	dev, scope, release, err := e.lockDevice(r.Scope)
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	unlock := e.peerLock(scope, pub)
 	defer unlock()
 	e.mu.Lock()
@@ -326,16 +316,11 @@ func (e *Engine) changeAllowedIP(ctx context.Context, pubkey, cidr string, ps pr
 	if err != nil {
 		return nil, fmt.Errorf("cidr: %w", err)
 	}
-	e.global.RLock()
-	defer e.global.RUnlock()
-	if !ps.IsGlobal() {
-		unlock := e.serviceLock(ps.Service)
-		defer unlock()
-	}
-	dev, scope, err := e.deviceFor(ps)
+	dev, scope, release, err := e.lockDevice(ps)
 	if err != nil {
 		return nil, err
 	}
+	defer release()
 	var unlock func()
 	if add {
 		unlock = e.lockClaim(scope, pub, []string{c})

@@ -416,6 +416,28 @@ func errNoDedicated(service string) error {
 
 var errGlobalNotSetUp = errUnprefixed{"global overlay not set up; call setup_global_overlay first"}
 
+// lockDevice takes the locks every peer operation of a scope needs (the
+// global overlay's read lock, and the service's lock for a service scope)
+// and returns the scope's device with them held; release lets them go. On
+// an error nothing stays locked.
+func (e *Engine) lockDevice(ps protocol.PeerScope) (dev wg.Device, scope string, release func(), err error) {
+	e.global.RLock()
+	unlockService := func() {}
+	if !ps.IsGlobal() {
+		unlockService = e.serviceLock(ps.Service)
+	}
+	release = func() {
+		unlockService()
+		e.global.RUnlock()
+	}
+	dev, scope, err = e.deviceFor(ps)
+	if err != nil {
+		release()
+		return nil, "", nil, err
+	}
+	return dev, scope, release, nil
+}
+
 // deviceFor finds the WireGuard device of a peer scope.
 func (e *Engine) deviceFor(scope protocol.PeerScope) (wg.Device, string, error) {
 	e.mu.Lock()
