@@ -159,7 +159,14 @@ type Shutdown struct{}
 type Hello struct {
 	// ClientVersion is informational, e.g. "zlayer 0.12.2".
 	ClientVersion string `json:"client_version,omitempty"`
+	// Features are what the client relies on overlayd for. "dns": the
+	// client runs no DNS server of its own, so overlayd also serves the
+	// addresses ZLayer's own DNS server would bind (see FeatureDNS).
+	Features []string `json:"features,omitempty"`
 }
+
+// FeatureDNS in Hello.Features hands the node's DNS addresses to overlayd.
+const FeatureDNS = "dns"
 
 func (SetLocalNodeID) Op() string         { return "set_local_node_id" }
 func (SetLocalWGPubkey) Op() string       { return "set_local_wg_pubkey" }

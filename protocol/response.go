@@ -104,6 +104,7 @@ type StatusSnapshot struct {
 	MTU              int              `json:"mtu,omitempty"`
 	ExpectedPubkey   string           `json:"expected_public_key,omitempty"`
 	PubkeyMismatch   bool             `json:"public_key_mismatch,omitempty"`
+	KeySource        string           `json:"key_source,omitempty"`
 	Services         []ServiceStatus  `json:"services,omitempty"`
 	SlicePool        *PoolStatus      `json:"slice_pool,omitempty"`
 	Attachments      []AttachStatus   `json:"attachments,omitempty"`
@@ -194,6 +195,10 @@ type DNSStatus struct {
 	Listeners []string `json:"listeners,omitempty"`
 	Records   int      `json:"records"`
 	Upstreams []string `json:"upstreams,omitempty"`
+	// Delegated is true once the main daemon relies on our DNS server
+	// (register_dns, or hello with the "dns" feature): we then also serve
+	// the addresses its own DNS server would bind.
+	Delegated bool `json:"delegated,omitempty"`
 }
 
 // NATStatus (extension) describes NAT traversal.

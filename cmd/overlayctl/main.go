@@ -164,6 +164,7 @@ func printStatus(w io.Writer, s protocol.StatusSnapshot, now time.Time) {
 	row("backend", s.WGBackend)
 	row("node ip", s.NodeIP)
 	row("public key", s.PublicKey)
+	row("key source", s.KeySource)
 	if s.PubkeyMismatch {
 		row("WARNING", "the key set with set_local_wg_pubkey ("+s.ExpectedPubkey+") is not the device's key")
 	}
@@ -179,6 +180,9 @@ func printStatus(w io.Writer, s protocol.StatusSnapshot, now time.Time) {
 	if s.DNS != nil {
 		row("dns zone", s.DNS.Zone)
 		row("dns listeners", strings.Join(s.DNS.Listeners, " "))
+		if s.DNS.Delegated {
+			row("dns role", "serving the main daemon's addresses too (delegated)")
+		}
 		fmt.Fprintf(tw, "dns records\t%d\n", s.DNS.Records)
 	}
 	if s.NAT != nil {

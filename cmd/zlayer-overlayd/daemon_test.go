@@ -262,6 +262,17 @@ func TestFlagErrors(t *testing.T) {
 	if code := run([]string{"--log-format", "xml"}, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "--log-format") {
 		t.Fatalf("code %d stderr %q", code, stderr.String())
 	}
+	for _, args := range [][]string{
+		{"--dns-port", "15353"},                           // the main daemon's port
+		{"--dns-port", "7000", "--dns-main-port", "7000"}, // the same, moved
+		{"--dns-main-port", "0"},
+		{"--dns-node-listeners", "sometimes"},
+	} {
+		stderr.Reset()
+		if code := run(args, &stdout, &stderr); code != 2 || !strings.Contains(stderr.String(), "--dns-") {
+			t.Fatalf("%q: code %d stderr %q", args, code, stderr.String())
+		}
+	}
 	stderr.Reset()
 	if code := run([]string{"--version"}, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "zlayer-overlayd ") {
 		t.Fatalf("--version: %d %q", code, stdout.String())

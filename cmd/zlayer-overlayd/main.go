@@ -60,11 +60,13 @@ type options struct {
 	reconcile     time.Duration
 	health        time.Duration
 
-	dns          bool
-	dnsPort      uint
-	dnsZone      string
-	dnsUpstreams stringList
-	dnsTTL       uint
+	dns              bool
+	dnsPort          uint
+	dnsMainPort      uint
+	dnsNodeListeners string
+	dnsZone          string
+	dnsUpstreams     stringList
+	dnsTTL           uint
 
 	firewall   bool
 	masquerade bool
@@ -97,7 +99,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&o.reconcile, "reconcile-interval", 30*time.Second, "how often the kernel is checked against the desired state")
 	fs.DurationVar(&o.health, "health-interval", 5*time.Second, "how often peers' handshakes are checked for health events")
 	fs.BoolVar(&o.dns, "dns", true, "serve the cluster zone (embedded DNS)")
-	fs.UintVar(&o.dnsPort, "dns-port", 15353, "port of the DNS listener on 127.0.0.1 (0: none); the node IP and bridge gateways listen on 53")
+	fs.UintVar(&o.dnsPort, "dns-port", dns.DefaultPort, "port of our DNS listener on 127.0.0.1 (0: none); the bridge gateways listen on 53")
+	fs.UintVar(&o.dnsMainPort, "dns-main-port", dns.MainDaemonPort, "the ZLayer main daemon's DNS port: its DNS server binds 127.0.0.1 and the node IP on it, and the node IP on 53")
+	fs.StringVar(&o.dnsNodeListeners, "dns-node-listeners", engine.NodeListenersAuto, "serve the main daemon's DNS addresses (127.0.0.1 and the node IP on --dns-main-port, the node IP on 53): auto (once the main daemon relies on our DNS: register_dns, or hello with the dns feature), on, or off")
 	fs.StringVar(&o.dnsZone, "dns-zone", "", "cluster zone (default <deployment>.local, or the dns_domain the main daemon sends)")
 	fs.Var(&o.dnsUpstreams, "dns-upstream", "upstream resolver ip[:port] for names outside the zone (repeatable; default: the host's resolv.conf)")
 	fs.UintVar(&o.dnsTTL, "dns-ttl", 5, "TTL of the zone's records, in seconds")
@@ -121,6 +125,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.dnsPort > 65535 {
 		return o, fmt.Errorf("--dns-port %d is not a port", o.dnsPort)
+	}
+	if o.dnsMainPort == 0 || o.dnsMainPort > 65535 {
+		return o, fmt.Errorf("--dns-main-port %d is not a port", o.dnsMainPort)
+	}
+	if o.dnsPort != 0 && o.dnsPort == o.dnsMainPort {
+		return o, fmt.Errorf("--dns-port %d is the main daemon's DNS port (--dns-main-port); choose another, or 0 for none", o.dnsPort)
+	}
+	switch o.dnsNodeListeners {
+	case engine.NodeListenersAuto, engine.NodeListenersOn, engine.NodeListenersOff:
+	default:
+		return o, fmt.Errorf("--dns-node-listeners %q: want auto, on or off", o.dnsNodeListeners)
 	}
 	if o.maxProcs < 0 {
 		return o, fmt.Errorf("--max-procs %d: want 0 (choose) or a number of CPUs", o.maxProcs)
@@ -194,6 +209,7 @@ func serve(o options, log *slog.Logger) error {
 		ReconcileInterval: o.reconcile,
 		HealthInterval:    o.health,
 		NAT:               &engine.NATConfig{Servers: o.stun},
+		NodeConfigPath:    filepath.Join(o.dataDir, engine.NodeConfigFile),
 	}
 	closers, err := platformNetwork(&cfg, o, log)
 	defer func() {
@@ -332,7 +348,8 @@ func newDNS(o options, log *slog.Logger) (dnsSetup, func(), error) {
 		return dnsSetup{}, nil, fmt.Errorf("dns: %w", err)
 	}
 	return dnsSetup{
-		cfg:    &engine.DNSConfig{Server: srv, Zone: o.dnsZone, LoopbackPort: uint16(o.dnsPort), OverlayPort: 53},
+		cfg: &engine.DNSConfig{Server: srv, Zone: o.dnsZone, LoopbackPort: uint16(o.dnsPort), OverlayPort: 53,
+			MainPort: uint16(o.dnsMainPort), NodeListeners: o.dnsNodeListeners},
 		policy: policy,
 	}, func() { srv.Close() }, nil
 }

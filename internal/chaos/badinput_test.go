@@ -193,7 +193,7 @@ func badCases() []badCase {
 		errCase("subnet without a prefix", 65, `{"op":"setup_service_overlay","service":"web","mode":"shared","subnet":"10.77.5.1"}`, "subnet"),
 		errCase("key not base64", 66, `{"op":"add_peer","public_key":"not a key!","endpoint":"192.0.2.1:51820","allowed_ips":"10.78.0.0/24","persistent_keepalive_secs":0}`, "base64"),
 		errCase("key of 31 bytes", 67, `{"op":"remove_peer","pubkey":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==","scope":{"scope":"global"}}`, "31 bytes"),
-		errCase("key in hex", 68, `{"op":"set_local_wg_pubkey","pubkey":"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"}`, "hex"),
+		errCase("key in hex", 68, `{"op":"remove_peer","pubkey":"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f","scope":{"scope":"global"}}`, "hex"),
 		errCase("private key not a key", 69, `{"op":"setup_global_overlay","deployment":"zltr","instance_id":"1","cluster_cidr":"10.77.0.0/16","wg_port":51820,"nat_enabled":false,"private_key":"AAAA"}`, "private_key"),
 		errCase("allowed IPs not CIDRs", 70, `{"op":"add_peer","public_key":"`+validKey+`","endpoint":"192.0.2.1:51820","allowed_ips":"10.78.0.0/24,banana","persistent_keepalive_secs":0}`, "allowed IP"),
 		errCase("endpoint without port", 71, `{"op":"add_peer","public_key":"`+validKey+`","endpoint":"192.0.2.1","allowed_ips":"10.78.0.0/24","persistent_keepalive_secs":0}`, "endpoint"),

@@ -32,7 +32,7 @@ const (
 	deployment  = "zltr"
 	clusterCIDR = "10.77.0.0/16"
 	wgPort      = 51820
-	dnsPort     = 15353 // the daemons' loopback DNS listener (inside their node namespace)
+	dnsPort     = 15354 // the daemons' loopback DNS listener (inside their node namespace)
 	zone        = deployment + ".local"
 	globalIface = "zl-" + deployment + "-g"
 	aliasPrefix = "zlayer-overlayd:"

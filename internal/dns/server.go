@@ -21,8 +21,13 @@ const (
 	DefaultForwardTimeout = 2 * time.Second
 	// DefaultCacheSize is the number of upstream answers kept.
 	DefaultCacheSize = 10000
-	// DefaultPort is the loopback port of the node's resolver (--dns-port).
-	DefaultPort = 15353
+	// DefaultPort is the loopback port of our resolver (--dns-port): one
+	// above MainDaemonPort, which the ZLayer main daemon's own DNS server
+	// binds on the same node.
+	DefaultPort = 15354
+	// MainDaemonPort is the ZLayer main daemon's DNS port (its dns_port
+	// default): on 127.0.0.1 and the node IP, it is the main daemon's.
+	MainDaemonPort = 15353
 )
 
 // Config configures a Server. The zero value of every field but Zone has a

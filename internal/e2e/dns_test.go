@@ -131,7 +131,9 @@ func TestDNS(t *testing.T) {
 		t.Fatalf("via the node IP: %q", got)
 	}
 	s := a.Status()
-	if s.DNS == nil || s.DNS.Zone != zone+"." || s.DNS.Records != 2 || len(s.DNS.Listeners) != 3 {
+	// register_dns delegated the node's DNS to us: our own loopback port,
+	// the gateway, and the main daemon's three addresses.
+	if s.DNS == nil || s.DNS.Zone != zone+"." || s.DNS.Records != 2 || len(s.DNS.Listeners) != 5 || !s.DNS.Delegated {
 		t.Fatalf("status dns %+v", s.DNS)
 	}
 	// Records survive a crash.

@@ -219,7 +219,7 @@ func (e *Engine) attachedAnswer(a *store.Attachment, r protocol.AttachContainer)
 	if a.GlobalIP != "" {
 		ans.GlobalIP = netip.MustParseAddr(a.GlobalIP)
 	}
-	ans.DNSServer, ans.DNSDomain = e.containerDNS(a.Service, r.DNSServer, r.DNSDomain)
+	ans.DNSServer, ans.DNSDomain = e.containerDNS(a.Service, false, r.DNSServer, r.DNSDomain)
 	return ans
 }
 
@@ -527,7 +527,7 @@ func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (p
 	p := peer
 	e.st.peers[peerKey(scopeGlobal, peer.PublicKey)] = &p
 	e.mu.Unlock()
-	dnsServer, dnsDomain := e.containerDNS(r.Service, r.DNSServer, r.DNSDomain)
+	dnsServer, dnsDomain := e.containerDNS(r.Service, true, r.DNSServer, r.DNSDomain)
 	return protocol.GuestConfig{
 		OverlayIP:  ip,
 		PrefixLen:  uint8(cluster.Bits()),
@@ -581,14 +581,20 @@ func (e *Engine) detachGuest(ctx context.Context, a *store.Attachment) error {
 }
 
 // containerDNS is the resolver a container or guest of service should use:
-// the embedded DNS server when it runs, else what the main daemon sent.
-func (e *Engine) containerDNS(service string, reqServer netip.Addr, reqDomain string) (netip.Addr, string) {
+// what the main daemon sent (it may run its own DNS server, and its VM
+// guests relay to a port only it serves), and for what it left out, our DNS
+// server when one serves that container.
+func (e *Engine) containerDNS(service string, guest bool, reqServer netip.Addr, reqDomain string) (netip.Addr, string) {
 	server, domain := reqServer, strings.TrimSuffix(reqDomain, ".")
-	if s, d := e.dnsZone(service); s.IsValid() {
+	if server.IsValid() && domain != "" {
+		return server, domain
+	}
+	s, d := e.dnsZone(service, guest)
+	if !server.IsValid() {
 		server = s
-		if domain == "" {
-			domain = d
-		}
+	}
+	if domain == "" {
+		domain = d
 	}
 	return server, domain
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"sort"
 	"strings"
 	"sync/atomic"
 
@@ -20,13 +19,31 @@ type DNSConfig struct {
 	// Zone, when set (--dns-zone), is the cluster zone; otherwise it is
 	// "<deployment>.local", or the dns_domain the main daemon sends.
 	Zone string
-	// LoopbackPort is the port of the always-on 127.0.0.1 listener
-	// (--dns-port, default 15353); 0 disables it.
+	// LoopbackPort is the port of our always-on 127.0.0.1 listener
+	// (--dns-port, default 15354: one above the main daemon's); 0 disables
+	// it.
 	LoopbackPort uint16
-	// OverlayPort is the port on the node IP and the bridge gateways
-	// (53: what containers' resolv.conf points at).
+	// OverlayPort is the port on the bridge gateways (53: what containers'
+	// resolv.conf points at), and on the node IP when we serve it.
 	OverlayPort uint16
+	// MainPort is the ZLayer main daemon's DNS port (its dns_port, default
+	// 15353). Its DNS server binds 127.0.0.1:MainPort, <node_ip>:MainPort
+	// and <node_ip>:OverlayPort after setup_global_overlay, so we leave
+	// those three to it unless NodeListeners says otherwise.
+	MainPort uint16
+	// NodeListeners decides whether we bind the main daemon's three
+	// addresses: NodeListenersAuto (once the main daemon relies on our DNS:
+	// register_dns, or hello with the "dns" feature), NodeListenersOn
+	// (always) or NodeListenersOff (never).
+	NodeListeners string
 }
+
+// Values of DNSConfig.NodeListeners (--dns-node-listeners).
+const (
+	NodeListenersAuto = "auto"
+	NodeListenersOn   = "on"
+	NodeListenersOff  = "off"
+)
 
 // dnsState is the engine's side of DNS.
 type dnsState struct {
@@ -70,6 +87,16 @@ type DNSPolicy struct{ dnsState }
 func (e *Engine) enableDNS(cfg DNSConfig, policy *DNSPolicy) error {
 	if policy == nil {
 		policy = NewDNSPolicy()
+	}
+	if cfg.MainPort == 0 {
+		cfg.MainPort = dns.MainDaemonPort
+	}
+	switch cfg.NodeListeners {
+	case "":
+		cfg.NodeListeners = NodeListenersAuto
+	case NodeListenersAuto, NodeListenersOn, NodeListenersOff:
+	default:
+		return fmt.Errorf("DNS node listeners %q: want %s, %s or %s", cfg.NodeListeners, NodeListenersAuto, NodeListenersOn, NodeListenersOff)
 	}
 	policy.cfg = cfg
 	e.dns = &policy.dnsState
@@ -121,43 +148,63 @@ func (e *Engine) updateDNSZone() {
 	}
 }
 
-// updateDNS follows the topology: listeners on loopback, the node IP and
-// every bridge gateway; recursion for the cluster and the local subnets;
-// reverse zones for them.
-func (e *Engine) updateDNS() {
-	e.updateDNSZone()
+// dnsPlan is what the DNS server should do for the current topology.
+type dnsPlan struct {
+	listen  []netip.AddrPort // sorted, no duplicates
+	allowed []netip.Prefix   // sources recursion is allowed for
+	reverse []netip.Prefix   // reverse zones we answer
+}
+
+// planDNS derives the DNS server's configuration from the desired state:
+// our loopback port and every bridge gateway always; the main daemon's
+// addresses only when we serve them (servesNodeDNSLocked); recursion for
+// the cluster and the local subnets; reverse zones for them.
+func (e *Engine) planDNS() dnsPlan {
 	cfg := e.dns.cfg
-	var listen []netip.AddrPort
+	lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	var p dnsPlan
 	if cfg.LoopbackPort != 0 {
-		listen = append(listen, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), cfg.LoopbackPort))
+		p.listen = append(p.listen, netip.AddrPortFrom(lo, cfg.LoopbackPort))
 	}
-	var allowed, reverse []netip.Prefix
 	e.mu.Lock()
-	if g := e.st.global; g != nil {
-		listen = append(listen, netip.AddrPortFrom(g.nodeIP, cfg.OverlayPort))
+	if g := e.st.global; g != nil && e.servesNodeDNSLocked() {
+		p.listen = append(p.listen,
+			netip.AddrPortFrom(lo, cfg.MainPort),
+			netip.AddrPortFrom(g.nodeIP, cfg.MainPort),
+			netip.AddrPortFrom(g.nodeIP, cfg.OverlayPort))
 	}
 	if e.st.cluster.IsValid() {
-		allowed = append(allowed, e.st.cluster)
-		reverse = append(reverse, e.st.cluster)
+		p.allowed = append(p.allowed, e.st.cluster)
+		p.reverse = append(p.reverse, e.st.cluster)
 	}
 	if e.st.slice.IsValid() {
-		allowed = append(allowed, e.st.slice)
+		p.allowed = append(p.allowed, e.st.slice)
 	}
 	for _, svc := range e.st.services {
-		listen = append(listen, netip.AddrPortFrom(svc.gateway, cfg.OverlayPort))
-		allowed = append(allowed, svc.subnet)
+		p.listen = append(p.listen, netip.AddrPortFrom(svc.gateway, cfg.OverlayPort))
+		p.allowed = append(p.allowed, svc.subnet)
 		if !e.st.cluster.IsValid() || !e.st.cluster.Contains(svc.subnet.Addr()) {
-			reverse = append(reverse, svc.subnet)
+			p.reverse = append(p.reverse, svc.subnet)
 		}
 	}
 	e.mu.Unlock()
-	sort.Slice(listen, func(i, j int) bool { return listen[i].Compare(listen[j]) < 0 })
-	listen = slices.Compact(listen)
-	e.dns.allowed.Store(&allowed)
-	if err := cfg.Server.SetReversePrefixes(reverse); err != nil {
+	slices.SortFunc(p.listen, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	p.listen = slices.Compact(p.listen)
+	return p
+}
+
+// updateDNS brings the DNS server to the current topology. A listener that
+// cannot bind (its port is taken) is reported in status and the log and
+// retried by reconcile; the others serve regardless.
+func (e *Engine) updateDNS() {
+	e.updateDNSZone()
+	p := e.planDNS()
+	srv := e.dns.cfg.Server
+	e.dns.allowed.Store(&p.allowed)
+	if err := srv.SetReversePrefixes(p.reverse); err != nil {
 		e.log.Warn("DNS reverse zones", "err", err)
 	}
-	if err := cfg.Server.SetListeners(listen); err != nil {
+	if err := srv.SetListeners(p.listen); err != nil {
 		msg := err.Error()
 		e.dns.lastErr.Store(&msg)
 		e.log.Warn("DNS listeners", "err", err)
@@ -166,16 +213,69 @@ func (e *Engine) updateDNS() {
 	}
 }
 
-// dnsFor is the resolver of a service's containers: the bridge gateway,
-// where we listen, and the cluster zone.
-func (e *Engine) dnsFor(service string) (netip.Addr, string) {
+// servesNodeDNSLocked reports whether we bind the main daemon's DNS
+// addresses (see DNSConfig.NodeListeners). Called with e.mu held.
+func (e *Engine) servesNodeDNSLocked() bool {
+	switch e.dns.cfg.NodeListeners {
+	case NodeListenersOn:
+		return true
+	case NodeListenersOff:
+		return false
+	}
+	return e.st.node.DNSDelegated
+}
+
+// delegateDNS records that the main daemon relies on our DNS server and
+// starts serving the addresses its own would have bound. Only in auto mode,
+// once; the flag is kept in the store so a restart keeps serving them.
+func (e *Engine) delegateDNS(why string) {
+	if e.dns == nil || e.dns.cfg.NodeListeners != NodeListenersAuto {
+		return
+	}
+	e.mu.Lock()
+	done := e.st.node.DNSDelegated
+	e.mu.Unlock()
+	if done {
+		return
+	}
+	unlock := e.locks.lock("node")
+	e.mu.Lock()
+	node := e.st.node
+	e.mu.Unlock()
+	node.DNSDelegated = true
+	err := e.store.Update(func(tx *store.Tx) error { return tx.PutNode(node) })
+	if err == nil {
+		e.mu.Lock()
+		e.st.node.DNSDelegated = true
+		e.mu.Unlock()
+	}
+	unlock()
+	if err != nil {
+		e.log.Warn("recording that the main daemon relies on our DNS", "err", err)
+		return
+	}
+	e.log.Info("the main daemon relies on our DNS server; serving the node IP and the main daemon's DNS port too", "because", why)
+	e.updateDNS()
+}
+
+// dnsFor is our resolver for a service's containers, when we have one they
+// can reach: the bridge gateway for containers on a bridge; for VM guests,
+// which relay to port MainPort of the address they are given, the node IP,
+// and only while we serve it.
+func (e *Engine) dnsFor(service string, guest bool) (netip.Addr, string) {
 	zone := strings.TrimSuffix(e.dns.cfg.Server.Zone(), ".")
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	if guest {
+		if g := e.st.global; g != nil && e.servesNodeDNSLocked() {
+			return g.nodeIP, zone
+		}
+		return netip.Addr{}, zone
+	}
 	if svc := e.st.services[service]; svc != nil {
 		return svc.gateway, zone
 	}
-	if g := e.st.global; g != nil {
+	if g := e.st.global; g != nil && e.servesNodeDNSLocked() {
 		return g.nodeIP, zone
 	}
 	return netip.Addr{}, zone
@@ -184,7 +284,10 @@ func (e *Engine) dnsFor(service string) (netip.Addr, string) {
 func (e *Engine) dnsStatus(s *protocol.StatusSnapshot) {
 	srv := e.dns.cfg.Server
 	st := srv.Stats()
-	ds := &protocol.DNSStatus{Zone: srv.Zone(), Records: st.Names}
+	e.mu.Lock()
+	delegated := e.servesNodeDNSLocked()
+	e.mu.Unlock()
+	ds := &protocol.DNSStatus{Zone: srv.Zone(), Records: st.Names, Delegated: delegated}
 	for _, l := range srv.Listeners() {
 		ds.Listeners = append(ds.Listeners, l.String())
 	}
@@ -228,8 +331,18 @@ func (e *Engine) relativeDNSName(name string) (string, error) {
 	return strings.TrimSuffix(fqdn, "."+e.dns.cfg.Server.Zone()), nil
 }
 
-// registerDNS adds an address to a name.
+// registerDNS adds an address to a name. A main daemon that registers
+// names relies on our DNS (ZLayer's own never sends register_dns: it runs
+// its own server), so the first one delegates the node's DNS to us.
 func (e *Engine) registerDNS(r protocol.RegisterDNS) (protocol.Response, error) {
+	resp, err := e.registerDNSRecord(r)
+	if err == nil {
+		e.delegateDNS("register_dns")
+	}
+	return resp, err
+}
+
+func (e *Engine) registerDNSRecord(r protocol.RegisterDNS) (protocol.Response, error) {
 	rel, err := e.relativeDNSName(r.Name)
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,7 @@ import (
 )
 
 // Features are the capabilities a hello answer advertises.
-var Features = []string{"hello", "events", "persistent-state", "peer-upsert", "subnet", "private-key", "reconcile"}
+var Features = []string{"hello", "events", "persistent-state", "peer-upsert", "subnet", "private-key", "reconcile", "node-config-key", "dns-delegation"}
 
 // Config wires an Engine. Store is required; a nil Net or WG makes the
 // operations that need them fail with a clear error (pure-logic tests).
@@ -63,6 +64,10 @@ type Config struct {
 	DNSPolicy *DNSPolicy
 	// Firewall, when set, keeps our nftables table.
 	Firewall *FirewallConfig
+	// NodeConfigPath is ZLayer's node_config.json (in the data directory):
+	// when it holds a WireGuard key pair, the global device uses it, since
+	// that is the key the cluster knows this node by. Empty disables it.
+	NodeConfigPath string
 	// EnableForwarding turns IP forwarding on; it is called once the node
 	// has an overlay to forward for, never before (a daemon that is only
 	// started does not change the host).
@@ -98,6 +103,9 @@ type Engine struct {
 	nat      *natState
 
 	forwarding bool // guarded by mu; IP forwarding is on (or not ours to turn on)
+	// nodeConfigProblem is why node_config.json's key is not used ("" when
+	// it is, or there is none); guarded by mu, shown by status.
+	nodeConfigProblem string
 
 	reconcileRuns    atomic.Uint64
 	reconcileChanges atomic.Uint64
@@ -247,13 +255,16 @@ func (e *Engine) Handle(ctx context.Context, req protocol.Request) protocol.Resp
 func (e *Engine) dispatch(ctx context.Context, req protocol.Request) (protocol.Response, error) {
 	switch r := req.(type) {
 	case protocol.Hello:
+		if slices.Contains(r.Features, protocol.FeatureDNS) {
+			e.delegateDNS("hello with the dns feature")
+		}
 		return protocol.HelloResult{ProtocolVersion: protocol.Version, ServerVersion: version.Version, Features: Features}, nil
 	case protocol.Status:
 		return e.status(), nil
 	case protocol.SetLocalNodeID:
 		return e.setNodeID(r)
 	case protocol.SetLocalWGPubkey:
-		return e.setExpectedPubkey(r)
+		return e.setExpectedPubkey(ctx, r)
 	case protocol.SetupGlobalOverlay:
 		return e.setupGlobal(ctx, r)
 	case protocol.TeardownGlobalOverlay:
@@ -321,21 +332,25 @@ func (e *Engine) setNodeID(r protocol.SetLocalNodeID) (protocol.Response, error)
 	return protocol.OK{}, nil
 }
 
-func (e *Engine) setExpectedPubkey(r protocol.SetLocalWGPubkey) (protocol.Response, error) {
-	if r.Pubkey != "" {
-		k, err := wg.ParseKey(r.Pubkey)
-		if err != nil {
-			return nil, err
-		}
-		// Base64 spells a key more than one way; keep the one
-		// PublicKey().String() gives, so comparisons are of keys.
+func (e *Engine) setExpectedPubkey(ctx context.Context, r protocol.SetLocalWGPubkey) (protocol.Response, error) {
+	// Any string is recorded, as the reference does (its own tests send
+	// "k"): the main daemon's idea of our key is information, and a value
+	// that is not a key is reported in status rather than refused.
+	// Base64 spells a key more than one way; keep the one
+	// PublicKey().String() gives, so comparisons are of keys.
+	if k, err := wg.ParseKey(r.Pubkey); err == nil {
 		r.Pubkey = k.String()
 	}
+	if len(r.Pubkey) > 1024 {
+		return nil, fmt.Errorf("pubkey is %d bytes; a WireGuard public key is 44 base64 characters", len(r.Pubkey))
+	}
+	// Exclusive: the global device may switch to the key just named.
+	e.global.Lock()
+	defer e.global.Unlock()
 	unlock := e.locks.lock("node")
 	defer unlock()
 	e.mu.Lock()
 	node := e.st.node
-	ours := e.st.key
 	e.mu.Unlock()
 	node.ExpectedPubkey = r.Pubkey
 	if err := e.store.Update(func(tx *store.Tx) error { return tx.PutNode(node) }); err != nil {
@@ -344,9 +359,15 @@ func (e *Engine) setExpectedPubkey(r protocol.SetLocalWGPubkey) (protocol.Respon
 	e.mu.Lock()
 	e.st.node.ExpectedPubkey = r.Pubkey
 	e.mu.Unlock()
-	if r.Pubkey != "" && ours != ([32]byte{}) && ours.PublicKey().String() != r.Pubkey {
-		e.log.Warn("the main daemon's key for this node differs from the overlay device's key: peers will not accept our handshakes; send setup_global_overlay with private_key to adopt the cluster's key",
-			"expected", r.Pubkey, "device", ours.PublicKey().String())
+	if err := e.adoptNodeConfigKey(ctx, r.Pubkey); err != nil {
+		e.log.Warn("keeping the global device's key", "err", err)
+	}
+	e.mu.Lock()
+	ours, up := e.st.key, e.st.global != nil
+	e.mu.Unlock()
+	if up && ours.PublicKey().String() != r.Pubkey {
+		e.log.Warn("the main daemon's key for this node differs from the overlay device's key: peers will not accept our handshakes; put the matching private key into "+NodeConfigFile+" or send setup_global_overlay with private_key",
+			"expected", truncate(r.Pubkey), "device", ours.PublicKey().String())
 	}
 	return protocol.OK{}, nil
 }

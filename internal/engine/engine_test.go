@@ -30,12 +30,17 @@ type harness struct {
 	st    *store.Store
 	e     *Engine
 
+	// tweak, when set, changes the engine's Config before each start.
+	tweak func(*Config)
+
 	mu     sync.Mutex
 	events []protocol.Event
 }
 
-func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, dir: t.TempDir(), net: enginetest.NewNet(), procs: enginetest.NewProcs()}
+func newHarness(t *testing.T) *harness { return newHarnessWith(t, nil) }
+
+func newHarnessWith(t *testing.T, tweak func(*Config)) *harness {
+	h := &harness{t: t, dir: t.TempDir(), net: enginetest.NewNet(), procs: enginetest.NewProcs(), tweak: tweak}
 	// Kernel devices outlive the engine's Close; crash takes them down
 	// the way a SIGKILL takes userspace ones.
 	h.wg = enginetest.NewWG(h.net, wg.KindKernel)
@@ -51,8 +56,9 @@ func (h *harness) start() {
 		h.t.Fatal(err)
 	}
 	h.st = st
-	e, err := New(Config{
+	cfg := Config{
 		Store:             st,
+		NodeConfigPath:    filepath.Join(h.dir, NodeConfigFile),
 		Net:               h.net,
 		WG:                h.wg,
 		Procs:             h.procs,
@@ -64,7 +70,11 @@ func (h *harness) start() {
 			h.events = append(h.events, ev)
 			h.mu.Unlock()
 		},
-	})
+	}
+	if h.tweak != nil {
+		h.tweak(&cfg)
+	}
+	e, err := New(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -106,12 +106,9 @@ func (e *Engine) setupGlobal(ctx context.Context, r protocol.SetupGlobalOverlay)
 	if !ok {
 		return nil, fmt.Errorf("node slice %s has no usable address", newSlice)
 	}
-	if adopt != nil {
-		key = *adopt
-	} else if key == (wgtypes.Key{}) {
-		if key, err = wg.GenerateKey(); err != nil {
-			return nil, err
-		}
+	key, keySource, err := e.chooseNodeKey(adopt, key, node)
+	if err != nil {
+		return nil, err
 	}
 	rec := store.Global{
 		Deployment:  r.Deployment,
@@ -148,7 +145,7 @@ func (e *Engine) setupGlobal(ctx context.Context, r protocol.SetupGlobalOverlay)
 		}
 	}
 
-	node.PrivateKey = key.String()
+	node.PrivateKey, node.KeySource = key.String(), keySource
 	node.ClusterCIDR, node.SliceCIDR, node.SliceExplicit = cluster.String(), newSlice.String(), explicit
 	err = e.store.Update(func(tx *store.Tx) error {
 		if err := tx.PutNode(node); err != nil {

@@ -15,7 +15,8 @@ type hooks struct {
 	// addresses, and after each reconcile that changed something.
 	topology []func()
 	// dnsFor is the resolver (address, domain) for containers of a service.
-	dnsFor func(service string) (netip.Addr, string)
+	// guest is true for VM guests, which reach it differently.
+	dnsFor func(service string, guest bool) (netip.Addr, string)
 	// peerChanged is called after a peer was added, updated or removed.
 	peerChanged func(scope string, next, prev *store.Peer)
 	// statusExtra adds subsystem fields to a status answer.
@@ -35,11 +36,11 @@ func (e *Engine) onPeerChange(scope string, next, prev *store.Peer) {
 	}
 }
 
-func (e *Engine) dnsZone(service string) (netip.Addr, string) {
+func (e *Engine) dnsZone(service string, guest bool) (netip.Addr, string) {
 	if e.hooks.dnsFor == nil {
 		return netip.Addr{}, ""
 	}
-	return e.hooks.dnsFor(service)
+	return e.hooks.dnsFor(service, guest)
 }
 
 func (e *Engine) statusHook(s *protocol.StatusSnapshot) {

@@ -71,6 +71,9 @@ func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
 	if e.fw != nil && !startup && e.syncFirewall(true) {
 		changes++
 	}
+	if e.dns != nil && !startup && e.dns.lastErr.Load() != nil {
+		e.updateDNS() // a port that was taken may be free now
+	}
 	e.reconcileRuns.Add(1)
 	e.reconcileChanges.Add(uint64(changes))
 	e.lastReconcile.Store(time.Now().Unix())

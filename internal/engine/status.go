@@ -44,10 +44,14 @@ func (e *Engine) status() protocol.Response {
 		s.Deployment = g.rec.Deployment
 		s.WGPort = g.rec.WGPort
 		globalDev = g.dev
+		s.KeySource = st.node.KeySource
 		if s.ExpectedPubkey != "" && s.ExpectedPubkey != s.PublicKey {
 			s.PubkeyMismatch = true
 			s.Warnings = append(s.Warnings, "set_local_wg_pubkey gave "+s.ExpectedPubkey+" but the device's key is "+s.PublicKey+"; peers will reject our handshakes")
 		}
+	}
+	if e.nodeConfigProblem != "" {
+		s.Warnings = append(s.Warnings, NodeConfigFile+": "+e.nodeConfigProblem)
 	}
 	for k, p := range st.peers {
 		configured[k] = p

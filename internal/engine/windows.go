@@ -54,7 +54,7 @@ func (e *Engine) attachWindows(ctx context.Context, r protocol.AttachContainer) 
 		release()
 		return nil, err
 	}
-	dnsServer, dnsDomain := e.containerDNS(r.Service, r.DNSServer, r.DNSDomain)
+	dnsServer, dnsDomain := e.containerDNS(r.Service, false, r.DNSServer, r.DNSDomain)
 	guid, err := e.cfg.HCN.Attach(ctx, HCNAttach{
 		Network: network, ContainerID: r.Handle.ContainerID, IP: ip, PrefixLen: slice.Bits(),
 		Gateway: g.nodeIP, Cluster: cluster, DNSServer: dnsServer, DNSDomain: dnsDomain,

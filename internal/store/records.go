@@ -26,6 +26,14 @@ type Node struct {
 	ClusterCIDR   string `json:"cluster_cidr,omitempty"`
 	SliceCIDR     string `json:"slice_cidr,omitempty"`
 	SliceExplicit bool   `json:"slice_explicit,omitempty"`
+	// KeySource says where PrivateKey came from: "request", "node_config"
+	// (ZLayer's node_config.json), "generated"; empty in files written
+	// before it was recorded.
+	KeySource string `json:"key_source,omitempty"`
+	// DNSDelegated is set once the main daemon showed that it relies on our
+	// DNS server (register_dns, or hello with the "dns" feature): from then
+	// on we also serve the addresses its own DNS server would bind.
+	DNSDelegated bool `json:"dns_delegated,omitempty"`
 }
 
 // Global is the cluster overlay. Its absence means no global overlay is set up.
