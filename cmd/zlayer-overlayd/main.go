@@ -70,6 +70,7 @@ type options struct {
 
 	firewall   bool
 	masquerade bool
+	isolate    bool
 	stun       stringList
 }
 
@@ -105,7 +106,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.dnsZone, "dns-zone", "", "cluster zone (default <deployment>.local, or the dns_domain the main daemon sends)")
 	fs.Var(&o.dnsUpstreams, "dns-upstream", "upstream resolver ip[:port] for names outside the zone (repeatable; default: the host's resolv.conf)")
 	fs.UintVar(&o.dnsTTL, "dns-ttl", 5, "TTL of the zone's records, in seconds")
-	fs.BoolVar(&o.firewall, "firewall", true, "keep our nftables table (forwarding between bridges and the overlay, MSS clamping)")
+	fs.BoolVar(&o.firewall, "firewall", true, "keep our nftables table (container isolation, egress masquerade, MSS clamping)")
+	fs.BoolVar(&o.isolate, "isolate", true, "with --firewall: containers are reachable only through the overlay, from their bridge, from join_global containers and from the node, never from the underlay")
 	fs.BoolVar(&o.masquerade, "masquerade", true, "masquerade container traffic leaving the node for outside the cluster")
 	fs.Var(&o.stun, "stun-server", "STUN server host[:port] for NAT traversal from the WireGuard port (repeatable; none by default)")
 	if err := fs.Parse(args); err != nil {

@@ -27,7 +27,7 @@ func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(),
 	cfg.WG = backend
 	if o.firewall {
 		fw := &firewall.Firewall{}
-		cfg.Firewall = &engine.FirewallConfig{Firewall: fw, Masquerade: o.masquerade}
+		cfg.Firewall = &engine.FirewallConfig{Firewall: fw, Masquerade: o.masquerade, Isolate: o.isolate}
 		if foreign, err := fw.DetectForeign(); err == nil && foreign.Any() {
 			for _, h := range foreign.Hints() {
 				log.Warn("other firewall rules may affect overlay traffic", "hint", h)

@@ -461,7 +461,7 @@ func (nd *node) check() error {
 	case sets == nil:
 		fail("our nftables table is missing")
 	default:
-		for name, want := range map[string][]string{"overlay_ifaces": overlay, "bridges": bridges, "mss_clamp_ifaces": clamp} {
+		for name, want := range map[string][]string{"overlay_ifaces": overlay, "global_ifaces": {globalIface}, "bridges": bridges, "mss_clamp_ifaces": clamp} {
 			if got := sets[name]; !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
 				fail("nft set %s is %v, want %v", name, got, want)
 			}

@@ -113,8 +113,9 @@ func nftIfnameSets(exec execFunc, family, table string) (map[string][]string, er
 	var doc struct {
 		Nftables []struct {
 			Set *struct {
-				Name string            `json:"name"`
-				Type string            `json:"type"`
+				Name string `json:"name"`
+				// A string, or an array for a concatenation.
+				Type json.RawMessage   `json:"type"`
 				Elem []json.RawMessage `json:"elem"`
 			} `json:"set"`
 		} `json:"nftables"`
@@ -124,7 +125,7 @@ func nftIfnameSets(exec execFunc, family, table string) (map[string][]string, er
 	}
 	sets := map[string][]string{}
 	for _, o := range doc.Nftables {
-		if o.Set == nil || o.Set.Type != "ifname" {
+		if o.Set == nil || string(o.Set.Type) != `"ifname"` {
 			continue
 		}
 		names := []string{}

@@ -25,6 +25,10 @@ type FirewallConfig struct {
 	Table string
 	// Masquerade turns egress NAT for containers on (--masquerade).
 	Masquerade bool
+	// Isolate closes containers to everything but the overlay, their
+	// bridge, other containers' join_global links and the node
+	// (--isolate, on by default in the daemon).
+	Isolate bool
 }
 
 type fwState struct {
@@ -47,6 +51,13 @@ func (e *Engine) enableFirewall(cfg FirewallConfig) {
 // firewallSpec derives our table from the desired state; ok is false when
 // no table should exist (no global overlay).
 func (e *Engine) firewallSpec() (firewall.Spec, bool) {
+	// The DNS listeners as bound (the topology hook of DNS runs first), so
+	// the input rule covers exactly the sockets that exist. Read before
+	// e.mu: Listeners waits for a SetListeners in progress.
+	var dnsListeners []netip.AddrPort
+	if e.dns != nil {
+		dnsListeners = e.dns.cfg.Server.Listeners()
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	g := e.st.global
@@ -59,6 +70,10 @@ func (e *Engine) firewallSpec() (firewall.Spec, bool) {
 		Cluster:       []netip.Prefix{e.st.cluster},
 		Masquerade:    e.fw.cfg.Masquerade,
 		ClampMSS:      true,
+		Isolate:       e.fw.cfg.Isolate,
+		// Host ends of join_global links: vethName(pid, 1) is "zl-v<pid>-e1".
+		ContainerLinks: "zl-v",
+		DNS:            dnsListeners,
 	}
 	if e.st.slice.IsValid() {
 		spec.Sources = append(spec.Sources, e.st.slice)
@@ -68,10 +83,12 @@ func (e *Engine) firewallSpec() (firewall.Spec, bool) {
 		spec.Sources = append(spec.Sources, svc.subnet)
 		if svc.dedicated() {
 			spec.OverlayIfaces = append(spec.OverlayIfaces, svc.rec.Interface)
+			spec.Dedicated = append(spec.Dedicated, firewall.Dedicated{Device: svc.rec.Interface, Bridge: svc.rec.Bridge})
 		}
 	}
 	sort.Strings(spec.Bridges)
 	sort.Strings(spec.OverlayIfaces)
+	sort.Slice(spec.Dedicated, func(i, j int) bool { return spec.Dedicated[i].Device < spec.Dedicated[j].Device })
 	return spec, true
 }
 

@@ -1,15 +1,28 @@
 // Package firewall owns zlayer-overlayd's nftables table: masquerade for
-// container egress, forward accounting between our bridges and the overlay,
-// and TCP MSS clamping on the devices we own.
+// container egress, isolation of containers from everything but the
+// overlay, an input rule that keeps our DNS listeners to our own
+// interfaces, and TCP MSS clamping on the devices we own.
 //
 // Ownership model. Everything we install lives in one table of the inet
 // family (default "inet zlayer_overlay"). We own that table completely and
 // nothing outside it: Apply, Delete, Inspect and Drifted only ever address
 // that table by name, and DetectForeign only reads. Coexistence with Docker,
 // firewalld or an administrator's ruleset therefore needs no ordering
-// tricks: our base chains have policy accept, so they never decide a
-// packet's fate on their own, and other tables' chains see every packet as
-// they did before.
+// tricks: our base chains have policy accept and drop only traffic headed
+// into our own bridges and container links (and DNS queries to our own
+// listeners) that does not come from the overlay, the same bridge or a
+// container's link; every other packet passes our chains as if they were
+// not there. A drop in any base chain is final in nftables, so no other
+// table can re-open what Isolate closes; an accept here does not override
+// another table's drop.
+//
+// Isolation. Spec.Isolate closes containers to the underlay: a bridge is
+// entered from the global overlay device, its service's dedicated device,
+// itself, or a container's join_global link; a container link from the
+// global overlay device or another container link; replies to connections
+// a container opened always pass. Another service's bridge is not a way
+// in: a container reaches beyond its service through its join_global link,
+// as in the reference's model.
 //
 // Atomicity. Apply builds the whole table in ONE netlink batch: "add table"
 // (a no-op when it exists), "delete table", "add table", then every set,

@@ -23,11 +23,18 @@ func testSpec(id string) Spec {
 			netip.MustParsePrefix("10.200.46.224/28"),
 			netip.MustParsePrefix("fd00:200::/64"),
 		},
-		Cluster:    []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("fd00:200::/48")},
-		Masquerade: true,
-		ClampMSS:   true,
+		Cluster:        []netip.Prefix{netip.MustParsePrefix("10.200.0.0/16"), netip.MustParsePrefix("fd00:200::/48")},
+		Masquerade:     true,
+		ClampMSS:       true,
+		Dedicated:      []Dedicated{{Device: "zl-dd" + id, Bridge: "zl-b2" + id}},
+		ContainerLinks: "zl-v",
+		Isolate:        true,
+		DNS:            []netip.AddrPort{netip.MustParseAddrPort("10.200.0.1:53"), netip.MustParseAddrPort("127.0.0.1:15353"), netip.MustParseAddrPort("[fd00:200::1]:53")},
 	}
 }
+
+// testSpecRules is how many rules testSpec gives each chain.
+var testSpecRules = map[string]int{"postrouting": 2, "forward": 8, "input": 2, "mss_clamp": 2}
 
 // foreignTable is what another program (Docker, an administrator) might
 // have: it must survive every operation of ours byte for byte.
@@ -77,7 +84,7 @@ func TestApplyOwnsOnlyItsTable(t *testing.T) {
 	if got := objs.tables(); !sameElements(got, wantTables) {
 		t.Fatalf("tables after Apply = %v, want %v", got, wantTables)
 	}
-	wantRules := map[string]int{"postrouting": 2, "forward": 4, "mss_clamp": 2}
+	wantRules := testSpecRules
 	if got := rulesByChain(objs, DefaultTable); !maps.Equal(got, wantRules) {
 		t.Fatalf("rules per chain after Apply = %v, want %v", got, wantRules)
 	}
@@ -161,8 +168,21 @@ func TestApplyTextIsWhatOperatorsExpect(t *testing.T) {
 		"type filter hook forward priority filter; policy accept;",
 		"ct state established,related counter packets 0 bytes 0 accept",
 		"iifname @bridges oifname @overlay_ifaces counter packets 0 bytes 0 accept",
-		"iifname @overlay_ifaces oifname @bridges counter packets 0 bytes 0 accept",
-		"iifname @bridges oifname @bridges counter packets 0 bytes 0 accept",
+		"iifname . oifname @bridge_paths counter packets 0 bytes 0 accept",
+		`iifname "zl-v*" iifname != @bridges iifname != @overlay_ifaces oifname @bridges counter packets 0 bytes 0 accept`,
+		"oifname @bridges counter packets 0 bytes 0 drop",
+		`iifname @global_ifaces oifname "zl-v*" oifname != @bridges oifname != @overlay_ifaces counter packets 0 bytes 0 accept`,
+		`iifname "zl-v*" iifname != @bridges iifname != @overlay_ifaces oifname "zl-v*" oifname != @bridges oifname != @overlay_ifaces counter packets 0 bytes 0 accept`,
+		`oifname "zl-v*" oifname != @bridges oifname != @overlay_ifaces counter packets 0 bytes 0 drop`,
+		"type filter hook input priority filter; policy accept;",
+		`ip daddr . meta l4proto . th dport @dns_v4 iifname != "lo" iifname != @bridges iifname != @overlay_ifaces iifname != "zl-v*" counter packets 0 bytes 0 drop`,
+		`ip6 daddr . meta l4proto . th dport @dns_v6 iifname != "lo" iifname != @bridges iifname != @overlay_ifaces iifname != "zl-v*" counter packets 0 bytes 0 drop`,
+		`"zl-dd` + id + `" . "zl-b2` + id + `"`,
+		`"zl-ov` + id + `" . "zl-b1` + id + `"`,
+		`"zl-b1` + id + `" . "zl-b1` + id + `"`,
+		"10.200.0.1 . udp . 53",
+		"127.0.0.1 . tcp . 15353",
+		"fd00:200::1 . udp . 53",
 		"type filter hook forward priority mangle; policy accept;",
 		"oifname @mss_clamp_ifaces tcp flags syn / syn,rst counter packets 0 bytes 0 tcp option maxseg size set rt mtu",
 		"iifname @mss_clamp_ifaces oifname != @mss_clamp_ifaces tcp flags syn / syn,rst counter packets 0 bytes 0 tcp option maxseg size set rt mtu",
@@ -229,16 +249,19 @@ func TestInspect(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Inspect: %v", err)
 	}
-	if !st.Present || st.Table != DefaultTable || st.Rules != 8 {
-		t.Fatalf("Inspect = present %v table %q rules %d; want true %q 8", st.Present, st.Table, st.Rules, DefaultTable)
+	if !st.Present || st.Table != DefaultTable || st.Rules != 14 {
+		t.Fatalf("Inspect = present %v table %q rules %d; want true %q 14", st.Present, st.Table, st.Rules, DefaultTable)
 	}
 	gotSets := map[string]int{}
 	for _, s := range st.Sets {
 		gotSets[s.Name] = s.Elements
 	}
 	wantSets := map[string]int{
-		"overlay_ifaces": 2, "bridges": 2, "mss_clamp_ifaces": 4,
+		"overlay_ifaces": 2, "global_ifaces": 1, "bridges": 2, "mss_clamp_ifaces": 4,
 		"sources_v4": 2, "sources_v6": 2, "cluster_v4": 1, "cluster_v6": 1,
+		// zl-ov to both bridges, zl-dd to its own, each bridge to itself;
+		// each DNS listener for UDP and for TCP.
+		"bridge_paths": 5, "dns_v4": 4, "dns_v6": 2,
 	}
 	if !maps.Equal(gotSets, wantSets) {
 		t.Errorf("set element counts = %v, want %v", gotSets, wantSets)
@@ -247,11 +270,11 @@ func TestInspect(t *testing.T) {
 	for _, c := range st.Chains {
 		chains = append(chains, fmt.Sprintf("%s %s %s %d %s %d", c.Name, c.Type, c.Hook, c.Priority, c.Policy, len(c.Rules)))
 	}
-	wantChains := []string{"forward filter forward 0 accept 4", "mss_clamp filter forward -150 accept 2", "postrouting nat postrouting 100 accept 2"}
+	wantChains := []string{"forward filter forward 0 accept 8", "input filter input 0 accept 2", "mss_clamp filter forward -150 accept 2", "postrouting nat postrouting 100 accept 2"}
 	if !slices.Equal(chains, wantChains) {
 		t.Errorf("chains = %q, want %q", chains, wantChains)
 	}
-	if c := st.Chains[2].Rules[0]; c.Comment != "masquerade IPv4 container egress" {
+	if c := st.Chains[3].Rules[0]; c.Comment != "masquerade IPv4 container egress" {
 		t.Errorf("first postrouting rule comment = %q", c.Comment)
 	}
 	// nft agrees on the merged ranges.
@@ -300,7 +323,7 @@ func TestDrifted(t *testing.T) {
 	ns.exec(t, "nft", "reset", "counters", "table", "inet", DefaultTable)
 	assertDrift("after counter reset", spec, false)
 
-	handle := ruleHandle(t, ns, "forward", "bridge to bridge")
+	handle := ruleHandle(t, ns, "forward", "overlay or same bridge to bridge")
 	ns.exec(t, "nft", "delete", "rule", "inet", DefaultTable, "forward", "handle", handle)
 	assertDrift("rule deleted by hand", spec, true)
 	reapply()
@@ -346,6 +369,25 @@ func TestDrifted(t *testing.T) {
 	changed = spec
 	changed.Cluster = spec.Cluster[:1]
 	assertDrift("cluster prefix removed from spec", changed, true)
+	changed = spec
+	changed.Isolate = false
+	assertDrift("isolation turned off in spec", changed, true)
+	changed = spec
+	changed.Dedicated = nil
+	assertDrift("dedicated device made global in spec", changed, true)
+	changed = spec
+	changed.DNS = spec.DNS[:1]
+	assertDrift("DNS listener removed from spec", changed, true)
+	changed = spec
+	changed.ContainerLinks = "zl-w"
+	assertDrift("container link prefix changed in spec", changed, true)
+
+	ns.exec(t, "nft", "delete", "element", "inet", DefaultTable, "bridge_paths", fmt.Sprintf(`{ "%s" . "%s" }`, spec.Dedicated[0].Device, spec.Dedicated[0].Bridge))
+	assertDrift("device pair deleted by hand", spec, true)
+	reapply()
+	ns.exec(t, "nft", "delete", "element", "inet", DefaultTable, "dns_v4", "{ 10.200.0.1 . udp . 53 }")
+	assertDrift("DNS listener deleted by hand", spec, true)
+	reapply()
 }
 
 // ruleHandle finds the handle of our rule with the given comment.
@@ -381,7 +423,7 @@ func TestConcurrentApplyLeavesOneTable(t *testing.T) {
 		}
 	}
 	objs := ns.ruleset(t)
-	if got := rulesByChain(objs, DefaultTable); !maps.Equal(got, map[string]int{"postrouting": 2, "forward": 4, "mss_clamp": 2}) {
+	if got := rulesByChain(objs, DefaultTable); !maps.Equal(got, testSpecRules) {
 		t.Fatalf("rules per chain after concurrent Applies = %v", got)
 	}
 	st, err := ns.fw().Inspect("")
@@ -439,7 +481,7 @@ func TestReadersNeverSeeAHalfBuiltTable(t *testing.T) {
 			t.Errorf("snapshot has %d copies of our table", got)
 			continue
 		}
-		if got := rulesByChain(objs, DefaultTable); !maps.Equal(got, map[string]int{"postrouting": 2, "forward": 4, "mss_clamp": 2}) {
+		if got := rulesByChain(objs, DefaultTable); !maps.Equal(got, testSpecRules) {
 			t.Errorf("snapshot has rules %v", got)
 		}
 		for _, set := range objs.of("set", "inet", DefaultTable) {
@@ -484,10 +526,10 @@ func TestPackageFunctionsUseThreadNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if drifted || !st.Present || st.Rules != 8 {
+	if drifted || !st.Present || st.Rules != 14 {
 		t.Fatalf("in-namespace Apply: drifted %v, present %v, rules %d", drifted, st.Present, st.Rules)
 	}
-	if got := rulesByChain(ns.ruleset(t), DefaultTable); !maps.Equal(got, map[string]int{"postrouting": 2, "forward": 4, "mss_clamp": 2}) {
+	if got := rulesByChain(ns.ruleset(t), DefaultTable); !maps.Equal(got, testSpecRules) {
 		t.Fatalf("nft in the namespace sees rules %v", got)
 	}
 	// DetectForeign reads the same namespace, including the per-namespace

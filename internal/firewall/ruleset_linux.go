@@ -1,6 +1,10 @@
 package firewall
 
 import (
+	"encoding/binary"
+	"net/netip"
+	"slices"
+
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
@@ -18,10 +22,23 @@ const (
 	setSources6 = "sources_v6"
 	setCluster4 = "cluster_v4"
 	setCluster6 = "cluster_v6"
+	setGlobal   = "global_ifaces"
+	setPaths    = "bridge_paths"
+	setDNS4     = "dns_v4"
+	setDNS6     = "dns_v6"
 
 	chainNAT     = "postrouting"
 	chainForward = "forward"
 	chainClamp   = "mss_clamp"
+	chainInput   = "input"
+)
+
+// Key types of the concatenated sets: an (in, out) device pair, and a DNS
+// listener with the transport protocol (address . protocol . port).
+var (
+	typePath = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIFName)
+	typeDNS4 = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService)
+	typeDNS6 = nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 )
 
 // ruleset is a table's content. build produces the desired one and
@@ -74,13 +91,19 @@ func build(d desired) (ruleset, error) {
 		sets[name] = s
 	}
 	addSet(setOverlay, nftables.TypeIFName, false, ifnameElements(d.overlay))
+	addSet(setGlobal, nftables.TypeIFName, false, ifnameElements(d.global))
 	addSet(setBridges, nftables.TypeIFName, false, ifnameElements(d.bridges))
+	addSet(setPaths, typePath, false, pathElements(d.paths))
 	addSet(setSources4, nftables.TypeIPAddr, true, intervalElements(d.sources4, 4))
 	addSet(setSources6, nftables.TypeIP6Addr, true, intervalElements(d.sources6, 16))
 	addSet(setCluster4, nftables.TypeIPAddr, true, intervalElements(d.cluster4, 4))
 	addSet(setCluster6, nftables.TypeIP6Addr, true, intervalElements(d.cluster6, 16))
 	if d.clampMSS {
 		addSet(setClamp, nftables.TypeIFName, false, ifnameElements(d.clamp))
+	}
+	if len(d.dns4)+len(d.dns6) > 0 {
+		addSet(setDNS4, typeDNS4, false, listenerElements(d.dns4))
+		addSet(setDNS6, typeDNS6, false, listenerElements(d.dns6))
 	}
 
 	accept := nftables.ChainPolicyAccept
@@ -128,14 +151,55 @@ func build(d desired) (ruleset, error) {
 			counter, masq)
 	}
 
-	// The forward chain never changes a verdict (policy accept, accept
-	// rules only): its job is to count our traffic classes so operators
-	// can see where packets go, without overriding anyone's policy.
+	// The forward chain counts our traffic classes and, with isolation on,
+	// decides what may enter a container: a bridge or a container link
+	// (join_global) is entered only by what comes from the overlay, from
+	// the same bridge, from a container's own join_global link, or belongs
+	// to a connection already established. Everything else, above all
+	// what arrives from the underlay of a host that routes the cluster
+	// CIDR via this node, is dropped here, in our own table. The node's
+	// own traffic never passes this hook (output, not forward).
 	fwd := addChain(chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
+	dropVerdict := []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}
 	addRule(fwd, "established and related", ctEstablishedOrRelated(), counter, acceptVerdict)
 	addRule(fwd, "bridge to overlay", in(expr.MetaKeyIIFNAME, setBridges), in(expr.MetaKeyOIFNAME, setOverlay), counter, acceptVerdict)
-	addRule(fwd, "overlay to bridge", in(expr.MetaKeyIIFNAME, setOverlay), in(expr.MetaKeyOIFNAME, setBridges), counter, acceptVerdict)
-	addRule(fwd, "bridge to bridge", in(expr.MetaKeyIIFNAME, setBridges), in(expr.MetaKeyOIFNAME, setBridges), counter, acceptVerdict)
+	addRule(fwd, "overlay or same bridge to bridge", pathLookup(sets[setPaths]), counter, acceptVerdict)
+	// A name prefix, not a set: container links come and go with every
+	// attach, and the table is rebuilt only when services change. The
+	// exclusions keep a bridge or overlay device whose name shares the
+	// prefix what it is.
+	link := func(key expr.MetaKey) []expr.Any {
+		return slices.Concat(namePrefix(key, d.links, false), notIn(key, setBridges), notIn(key, setOverlay))
+	}
+	if d.links != "" {
+		addRule(fwd, "container link to bridge", link(expr.MetaKeyIIFNAME), in(expr.MetaKeyOIFNAME, setBridges), counter, acceptVerdict)
+	}
+	if d.isolate {
+		addRule(fwd, "anything else into a bridge", in(expr.MetaKeyOIFNAME, setBridges), counter, dropVerdict)
+	}
+	if d.links != "" {
+		addRule(fwd, "global overlay to container link", in(expr.MetaKeyIIFNAME, setGlobal), link(expr.MetaKeyOIFNAME), counter, acceptVerdict)
+		addRule(fwd, "container link to container link", link(expr.MetaKeyIIFNAME), link(expr.MetaKeyOIFNAME), counter, acceptVerdict)
+		if d.isolate {
+			addRule(fwd, "anything else into a container link", link(expr.MetaKeyOIFNAME), counter, dropVerdict)
+		}
+	}
+
+	// DNS listeners take queries only from the interfaces containers,
+	// peers and the node itself use. The server checks the arrival
+	// interface itself; this rule keeps the packets away from it.
+	if len(d.dns4)+len(d.dns6) > 0 {
+		input := addChain(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter)
+		var ours []expr.Any
+		ours = append(ours, namePrefix(expr.MetaKeyIIFNAME, "lo\x00", true)...)
+		ours = append(ours, notIn(expr.MetaKeyIIFNAME, setBridges)...)
+		ours = append(ours, notIn(expr.MetaKeyIIFNAME, setOverlay)...)
+		if d.links != "" {
+			ours = append(ours, namePrefix(expr.MetaKeyIIFNAME, d.links, true)...)
+		}
+		addRule(input, "DNS to our listeners from elsewhere (IPv4)", nfproto(unix.NFPROTO_IPV4), listenerLookup(4, sets[setDNS4]), ours, counter, dropVerdict)
+		addRule(input, "DNS to our listeners from elsewhere (IPv6)", nfproto(unix.NFPROTO_IPV6), listenerLookup(16, sets[setDNS6]), ours, counter, dropVerdict)
+	}
 
 	// Clamp the MSS of forwarded SYN and SYN-ACK segments to the route MTU
 	// whenever they enter or leave one of our devices, so that a 1500-byte
@@ -166,6 +230,36 @@ func ifnameElements(names []string) []nftables.SetElement {
 		key := make([]byte, nftables.TypeIFName.Bytes)
 		copy(key, n)
 		out = append(out, nftables.SetElement{Key: key})
+	}
+	return out
+}
+
+// pathElements encodes (in, out) device pairs as the concatenation of two
+// padded names.
+func pathElements(paths [][2]string) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, len(paths))
+	for _, p := range paths {
+		key := make([]byte, typePath.Bytes)
+		copy(key, p[0])
+		copy(key[nftables.TypeIFName.Bytes:], p[1])
+		out = append(out, nftables.SetElement{Key: key})
+	}
+	return out
+}
+
+// listenerElements encodes each listener twice, for UDP and TCP, as
+// address . protocol . port, every part padded to 4 bytes as the kernel's
+// registers hold it.
+func listenerElements(listeners []netip.AddrPort) []nftables.SetElement {
+	out := make([]nftables.SetElement, 0, 2*len(listeners))
+	for _, l := range listeners {
+		for _, proto := range []byte{unix.IPPROTO_TCP, unix.IPPROTO_UDP} {
+			key := l.Addr().AsSlice()
+			key = append(key, proto, 0, 0, 0)
+			key = binary.BigEndian.AppendUint16(key, l.Port())
+			key = append(key, 0, 0)
+			out = append(out, nftables.SetElement{Key: key})
+		}
 	}
 	return out
 }
@@ -201,6 +295,63 @@ func ifaceLookup(key expr.MetaKey, set *nftables.Set, invert bool) []expr.Any {
 		&expr.Meta{Key: key, Register: 1},
 		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID, Invert: invert},
 	}
+}
+
+// pathLookup is `iifname . oifname @set`.
+func pathLookup(set *nftables.Set) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+	}
+}
+
+// listenerLookup is `ip daddr . meta l4proto . th dport @set` (ip6 for
+// size 16); the protocol is part of the key so that a packet of another
+// protocol never has bytes of its header read as a port.
+func listenerLookup(size int, set *nftables.Set) []expr.Any {
+	offset := uint32(16) // IPv4 daddr
+	if size == 16 {
+		offset = 24 // IPv6 daddr
+	}
+	proto := reg32(size / 4)
+	return []expr.Any{
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: uint32(size)},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: proto},
+		&expr.Payload{OperationType: expr.PayloadLoad, DestRegister: reg32(size/4 + 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Lookup{SourceRegister: 1, SetName: set.Name, SetID: set.ID},
+	}
+}
+
+// reg32 names the i-th 32-bit register, where concatenations put their
+// parts, the way the kernel reports it back: a 32-bit register that starts
+// a 128-bit one under the latter's number (NFT_REG_1..4), others as
+// NFT_REG32_00 + i. Using the same form keeps Drifted exact.
+func reg32(i int) uint32 {
+	if i%4 == 0 {
+		return uint32(i/4 + 1)
+	}
+	return uint32(unix.NFT_REG32_00 + i)
+}
+
+// namePrefix is `iifname "prefix*"` (or `!=`): a compare of the name's
+// first bytes only, which is how nft matches wildcard interface names.
+func namePrefix(key expr.MetaKey, prefix string, invert bool) []expr.Any {
+	op := expr.CmpOpEq
+	if invert {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: op, Register: 1, Data: []byte(prefix)},
+	}
+}
+
+// nameIs is `iifname "name"` (or `!=`): the whole padded name.
+func nameIs(key expr.MetaKey, name string, invert bool) []expr.Any {
+	b := make([]byte, nftables.TypeIFName.Bytes)
+	copy(b, name)
+	return namePrefix(key, string(b), invert)
 }
 
 // addrLookup matches the source (or destination) address of an IPv4

@@ -13,7 +13,7 @@ const DefaultTable = "zlayer_overlay"
 
 // Spec is the desired content of our table. The zero value (apart from the
 // table name default) is valid and yields a table with empty sets and no
-// NAT or clamping.
+// NAT, clamping or isolation.
 type Spec struct {
 	Table         string         // default DefaultTable
 	OverlayIfaces []string       // global + dedicated WireGuard devices
@@ -22,6 +22,34 @@ type Spec struct {
 	Cluster       []netip.Prefix // cluster CIDR(s): never masqueraded as destination
 	Masquerade    bool           // egress NAT on/off (--masquerade=false)
 	ClampMSS      bool           // TCP MSS clamp to path MTU on overlay devices and bridges
+
+	// Dedicated pairs each dedicated service device with its service's
+	// bridge (both also listed above). A dedicated device reaches only its
+	// own bridge; the other overlay devices (the global one) reach every
+	// bridge and every container link.
+	Dedicated []Dedicated
+	// ContainerLinks is the name prefix of the host ends of containers'
+	// join_global links ("zl-v"), which carry node-slice addresses outside
+	// any bridge; empty when there are none. Bridges and overlay devices
+	// whose names happen to share the prefix are still treated as what
+	// they are.
+	ContainerLinks string
+	// Isolate drops forwarded traffic into a bridge or a container link
+	// unless it comes from an overlay device allowed there, the same
+	// bridge, a container link, or belongs to a connection already
+	// established (replies to what a container opened). Without it the
+	// forward chain only counts (--isolate=false).
+	Isolate bool
+	// DNS are the embedded DNS server's listeners. An input-chain rule
+	// drops queries to them (UDP and TCP) that arrive on any interface but
+	// loopback, a bridge, an overlay device or a container link: defence
+	// in depth, the server checks the arrival interface itself.
+	DNS []netip.AddrPort
+}
+
+// Dedicated is a dedicated service device and the bridge of its service.
+type Dedicated struct {
+	Device, Bridge string
 }
 
 // State is what Inspect found in the kernel.
@@ -117,18 +145,23 @@ type addrRange struct{ first, last netip.Addr }
 type desired struct {
 	table      string
 	overlay    []string
+	global     []string // overlay devices that are not dedicated to a service
 	bridges    []string
-	clamp      []string // overlay ∪ bridges: devices whose forwarded SYNs we clamp
+	paths      [][2]string // (in, out) device pairs allowed into a bridge, sorted
+	clamp      []string    // overlay ∪ bridges: devices whose forwarded SYNs we clamp
+	links      string      // container link name prefix
 	sources4   []addrRange
 	sources6   []addrRange
 	cluster4   []addrRange
 	cluster6   []addrRange
+	dns4, dns6 []netip.AddrPort
 	masquerade bool
 	clampMSS   bool
+	isolate    bool
 }
 
 func (s Spec) normalize() (desired, error) {
-	d := desired{table: s.Table, masquerade: s.Masquerade, clampMSS: s.ClampMSS}
+	d := desired{table: s.Table, masquerade: s.Masquerade, clampMSS: s.ClampMSS, isolate: s.Isolate}
 	if d.table == "" {
 		d.table = DefaultTable
 	}
@@ -149,6 +182,18 @@ func (s Spec) normalize() (desired, error) {
 	}
 	d.clamp = slices.Concat(d.overlay, d.bridges)
 	slices.Sort(d.clamp)
+	if d.global, d.paths, err = normalizePaths(s.Dedicated, d.overlay, d.bridges); err != nil {
+		return desired{}, err
+	}
+	if s.ContainerLinks != "" {
+		if err := validIfname(s.ContainerLinks); err != nil {
+			return desired{}, fmt.Errorf("firewall: Spec.ContainerLinks prefix %q %v", s.ContainerLinks, err)
+		}
+		d.links = s.ContainerLinks
+	}
+	if d.dns4, d.dns6, err = normalizeListeners(s.DNS); err != nil {
+		return desired{}, err
+	}
 	if d.sources4, d.sources6, err = normalizePrefixes("Sources", s.Sources); err != nil {
 		return desired{}, err
 	}
@@ -202,6 +247,72 @@ func normalizeIfaces(field string, names []string) ([]string, error) {
 	}
 	slices.Sort(out)
 	return slices.Compact(out), nil
+}
+
+// normalizePaths works out which devices may forward into which bridge:
+// every overlay device that is not dedicated reaches every bridge, a
+// dedicated one only its service's, and each bridge itself (routed
+// hairpin traffic, and bridged traffic when br_netfilter hands it to us).
+func normalizePaths(dedicated []Dedicated, overlay, bridges []string) (global []string, paths [][2]string, err error) {
+	owner := map[string]string{}
+	for _, d := range dedicated {
+		if _, ok := slices.BinarySearch(overlay, d.Device); !ok {
+			return nil, nil, fmt.Errorf("firewall: Spec.Dedicated device %q is not in Spec.OverlayIfaces", d.Device)
+		}
+		if _, ok := slices.BinarySearch(bridges, d.Bridge); !ok {
+			return nil, nil, fmt.Errorf("firewall: Spec.Dedicated bridge %q (of device %q) is not in Spec.Bridges", d.Bridge, d.Device)
+		}
+		if b, dup := owner[d.Device]; dup && b != d.Bridge {
+			return nil, nil, fmt.Errorf("firewall: Spec.Dedicated gives device %q two bridges, %q and %q; a dedicated device serves one service", d.Device, b, d.Bridge)
+		}
+		owner[d.Device] = d.Bridge
+		paths = append(paths, [2]string{d.Device, d.Bridge})
+	}
+	for _, o := range overlay {
+		if _, ok := owner[o]; ok {
+			continue
+		}
+		global = append(global, o)
+		for _, b := range bridges {
+			paths = append(paths, [2]string{o, b})
+		}
+	}
+	for _, b := range bridges {
+		paths = append(paths, [2]string{b, b})
+	}
+	slices.SortFunc(paths, func(a, b [2]string) int {
+		if c := strings.Compare(a[0], b[0]); c != 0 {
+			return c
+		}
+		return strings.Compare(a[1], b[1])
+	})
+	return global, slices.Compact(paths), nil
+}
+
+// normalizeListeners splits DNS listeners by family, sorted and
+// deduplicated.
+func normalizeListeners(listeners []netip.AddrPort) (v4, v6 []netip.AddrPort, err error) {
+	for _, l := range listeners {
+		a := l.Addr()
+		switch {
+		case !a.IsValid() || a.IsUnspecified():
+			return nil, nil, fmt.Errorf("firewall: Spec.DNS listener %q has no address; list the addresses the server listens on", l)
+		case a.Is4In6():
+			return nil, nil, fmt.Errorf("firewall: Spec.DNS listener %s is an IPv4-mapped IPv6 address; give it in IPv4 form", l)
+		case a.Zone() != "":
+			return nil, nil, fmt.Errorf("firewall: Spec.DNS listener %s has a zone, which our sets cannot hold", l)
+		case l.Port() == 0:
+			return nil, nil, fmt.Errorf("firewall: Spec.DNS listener %s has port 0; give the port it is bound to", l)
+		case a.Is4():
+			v4 = append(v4, l)
+		default:
+			v6 = append(v6, l)
+		}
+	}
+	cmp := func(a, b netip.AddrPort) int { return a.Compare(b) }
+	slices.SortFunc(v4, cmp)
+	slices.SortFunc(v6, cmp)
+	return slices.Compact(v4), slices.Compact(v6), nil
 }
 
 func normalizePrefixes(field string, prefixes []netip.Prefix) (v4, v6 []addrRange, err error) {

@@ -52,6 +52,31 @@ func TestNormalizeIsCanonical(t *testing.T) {
 	}
 }
 
+// A dedicated device reaches its own bridge only; the global device every
+// bridge; every bridge itself. Duplicates and order do not matter.
+func TestNormalizePaths(t *testing.T) {
+	spec := Spec{
+		OverlayIfaces: []string{"zl-g", "zl-web-d", "zl-g"},
+		Bridges:       []string{"zl-web-b", "zl-api-b"},
+		Dedicated:     []Dedicated{{"zl-web-d", "zl-web-b"}, {"zl-web-d", "zl-web-b"}},
+		DNS:           []netip.AddrPort{netip.MustParseAddrPort("[fd00::1]:53"), netip.MustParseAddrPort("10.0.0.1:53"), netip.MustParseAddrPort("10.0.0.1:53")},
+	}
+	d, err := spec.normalize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][2]string{{"zl-api-b", "zl-api-b"}, {"zl-g", "zl-api-b"}, {"zl-g", "zl-web-b"}, {"zl-web-b", "zl-web-b"}, {"zl-web-d", "zl-web-b"}}
+	if !reflect.DeepEqual(d.paths, want) {
+		t.Errorf("paths = %q, want %q", d.paths, want)
+	}
+	if !reflect.DeepEqual(d.global, []string{"zl-g"}) {
+		t.Errorf("global = %q, want [zl-g]", d.global)
+	}
+	if len(d.dns4) != 1 || len(d.dns6) != 1 {
+		t.Errorf("DNS listeners split into %v and %v", d.dns4, d.dns6)
+	}
+}
+
 func TestNormalizeRejectsBadInput(t *testing.T) {
 	long := strings.Repeat("x", 16)
 	for _, tc := range []struct {
@@ -69,6 +94,16 @@ func TestNormalizeRejectsBadInput(t *testing.T) {
 		{"device in both lists", Spec{Bridges: []string{"zl-x"}, OverlayIfaces: []string{"zl-x"}}, "both as an overlay device and as a bridge"},
 		{"zero prefix", Spec{Sources: []netip.Prefix{{}}}, "invalid prefix"},
 		{"mapped prefix", Spec{Cluster: []netip.Prefix{netip.MustParsePrefix("::ffff:10.0.0.0/104")}}, "IPv4 form"},
+		{"dedicated device not an overlay device", Spec{Bridges: []string{"zl-b"}, Dedicated: []Dedicated{{"zl-d", "zl-b"}}}, `device "zl-d" is not in Spec.OverlayIfaces`},
+		{"dedicated bridge unknown", Spec{OverlayIfaces: []string{"zl-d"}, Dedicated: []Dedicated{{"zl-d", "zl-b"}}}, `bridge "zl-b" (of device "zl-d") is not in Spec.Bridges`},
+		{"dedicated device with two bridges", Spec{OverlayIfaces: []string{"zl-d"}, Bridges: []string{"zl-a", "zl-b"},
+			Dedicated: []Dedicated{{"zl-d", "zl-a"}, {"zl-d", "zl-b"}}}, "two bridges"},
+		{"container link prefix too long", Spec{ContainerLinks: long}, "Spec.ContainerLinks"},
+		{"container link prefix with space", Spec{ContainerLinks: "zl v"}, "Spec.ContainerLinks"},
+		{"DNS listener without address", Spec{DNS: []netip.AddrPort{netip.AddrPortFrom(netip.IPv4Unspecified(), 53)}}, "has no address"},
+		{"DNS listener without port", Spec{DNS: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:0")}}, "port 0"},
+		{"DNS listener mapped", Spec{DNS: []netip.AddrPort{netip.MustParseAddrPort("[::ffff:10.0.0.1]:53")}}, "IPv4 form"},
+		{"DNS listener with zone", Spec{DNS: []netip.AddrPort{netip.MustParseAddrPort("[fe80::1%eth0]:53")}}, "zone"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := tc.spec.normalize()

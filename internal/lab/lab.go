@@ -290,3 +290,19 @@ func (h *Host) Start(args ...string) *exec.Cmd {
 	})
 	return cmd
 }
+
+// Ping sends count pings to addr from the host and reports success.
+func (h *Host) Ping(addr netip.Addr, count int) error { return ping(h.Exec, addr, count) }
+
+// AddOutsider attaches a host to the underlay at host number n that is
+// not part of the cluster but routes prefixes (the cluster CIDR, say) via
+// node via: what any machine on a node's L2 segment can do. Isolation
+// tests check what such a neighbour reaches.
+func (l *Lab) AddOutsider(name string, n int, via *Node, prefixes ...netip.Prefix) *Host {
+	l.t.Helper()
+	h := l.AddHost(name, n)
+	for _, p := range prefixes {
+		l.must("ip", "-n", h.NS, "route", "add", p.Masked().String(), "via", via.Underlay.String())
+	}
+	return h
+}

@@ -1,0 +1,118 @@
+//go:build linux
+
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/zlayer/zlayer-overlayd/internal/lab"
+	"github.com/zlayer/zlayer-overlayd/protocol"
+)
+
+// An outsider on the underlay that routes the cluster CIDR via node a (any
+// L2 neighbour can) reaches neither node a's containers nor its DNS; node
+// b, through the overlay, still reaches both. The echo requests are
+// counted inside the container, so "unreachable" means the node dropped
+// them, not that a reply went astray.
+func TestUnderlayNeighbourIsIsolated(t *testing.T) {
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Skip("needs dig (apt-get install dnsutils)")
+	}
+	l := newLab(t)
+	nodes, st, web, cs := containerMesh(t, l)
+	a, b := nodes[0], nodes[1]
+	plain, joined := cs[0], cs[1] // node a: eth0 only; eth0 + join_global eth1
+	out := l.AddOutsider("out", 100, a, netip.MustParsePrefix(cluster))
+	a.Call(protocol.RegisterDNS{Name: "web", IP: plain.ip})
+
+	// The lab works: the outsider reaches node a, node b and its
+	// container reach node a's containers through the overlay, and the
+	// echo counter sees those pings.
+	if err := out.Ping(a.Underlay, 1); err != nil {
+		t.Fatalf("the outsider does not reach node a on the underlay: %v", err)
+	}
+	for _, dst := range []placed{plain, joined} {
+		before := inEchos(t, dst.c)
+		mustPing(t, "node b", b.Ping, dst.ip)
+		mustPing(t, cs[2].c.Name, cs[2].c.Ping, dst.ip)
+		if after := inEchos(t, dst.c); after <= before {
+			t.Fatalf("%s counted no echo requests from node b (%d, then %d)", dst.c.Name, before, after)
+		}
+	}
+	mustPing(t, "node b", b.Ping, joined.gip)
+	zone := "web.prod.local"
+	if got := digShort(b.Exec, st[0].NodeIP.String(), 53, zone, "A"); got != plain.ip.String() {
+		t.Fatalf("node b through the overlay: DNS answer %q, want %s", got, plain.ip)
+	}
+	if got := digShort(plain.c.Exec, web[0].Gateway.String(), 53, zone, "A"); got != plain.ip.String() {
+		t.Fatalf("the container via its gateway: DNS answer %q, want %s", got, plain.ip)
+	}
+
+	// The outsider: no container address answers, and no echo request
+	// arrives in either container.
+	for _, dst := range []struct {
+		c    *lab.Container
+		addr netip.Addr
+	}{{plain.c, plain.ip}, {joined.c, joined.ip}, {joined.c, joined.gip}} {
+		before := inEchos(t, dst.c)
+		if err := out.Ping(dst.addr, 3); err == nil {
+			t.Errorf("the outsider pings %s (%s) through node a", dst.addr, dst.c.Name)
+		}
+		if after := inEchos(t, dst.c); after != before {
+			t.Errorf("%d echo requests from the outsider arrived in %s at %s", after-before, dst.c.Name, dst.addr)
+		}
+	}
+	// ... and no DNS server answers it, over UDP or TCP.
+	noDNSAnswer(t, out, []netip.Addr{st[0].NodeIP, a.Underlay, web[0].Gateway}, zone)
+}
+
+// noDNSAnswer fails t if any server answers the host's query, over UDP or TCP.
+func noDNSAnswer(t *testing.T, h *lab.Host, servers []netip.Addr, name string) {
+	t.Helper()
+	for _, server := range servers {
+		for _, proto := range []string{"+notcp", "+tcp"} {
+			got := dig(h.Exec, server.String(), 53, "+time=2", proto, name, "A")
+			if strings.Contains(got, "status:") {
+				t.Errorf("the outsider got a DNS answer from %s (%s):\n%s", server, proto, got)
+			}
+		}
+	}
+}
+
+// inEchos is the number of ICMP echo requests the container's namespace
+// has received (Icmp InEchos of /proc/net/snmp).
+func inEchos(t *testing.T, c *lab.Container) uint64 {
+	t.Helper()
+	out, err := c.Exec("cat", "/proc/net/snmp")
+	if err != nil {
+		t.Fatalf("%s: reading /proc/net/snmp: %v\n%s", c.Name, err, out)
+	}
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		rest, ok := strings.CutPrefix(line, "Icmp: ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "InEchos" && i < len(f) {
+				v, err := strconv.ParseUint(f[i], 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatal(fmt.Errorf("%s: no Icmp InEchos in /proc/net/snmp:\n%s", c.Name, out))
+	return 0
+}
