@@ -148,12 +148,15 @@ func (s *Server) listen(a netip.AddrPort) (*listener, error) {
 			}
 			return nil, fmt.Errorf("dns: cannot listen on %v/tcp: %w", bound, err)
 		}
-		l := &listener{
-			want: a,
-			addr: bound,
-			tcp:  &dns.Server{Listener: ln, Handler: s},
+		l := &listener{want: a, addr: bound}
+		if l.udp, err = newUDPServer(s, pc, &l.done); err != nil {
+			pc.Close()
+			ln.Close()
+			return nil, fmt.Errorf("dns: cannot serve on %v: %w", bound, err)
 		}
-		l.udp = newUDPServer(s, pc, &l.done)
+		// TCP clients are checked as they connect, with the UDP socket's
+		// verdicts: the same interfaces are served over both.
+		l.tcp = &dns.Server{Listener: arrivalListener{ln, l.udp.arrival}, Handler: s}
 		if err := l.start(); err != nil {
 			return nil, fmt.Errorf("dns: cannot serve on %v: %w", bound, err)
 		}

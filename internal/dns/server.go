@@ -45,9 +45,16 @@ type Config struct {
 	// CacheSize bounds the cache of upstream answers: 0 means
 	// DefaultCacheSize, a negative value disables the cache.
 	CacheSize int
-	// AllowRecursion decides which clients may have names outside our zones
-	// resolved for them; others get REFUSED (we are not an open resolver).
-	// Names in our zones are answered for everyone. nil allows loopback only.
+	// Interfaces are the interfaces whose queries are answered at all,
+	// besides loopback (see Interfaces; SetInterfaces changes them). The
+	// zero value answers loopback only. Linux checks the interface each
+	// query arrived on; other platforms cannot tell and answer every
+	// listener's queries.
+	Interfaces Interfaces
+	// AllowRecursion decides which of the clients answered may have names
+	// outside our zones resolved for them; others get REFUSED (we are not
+	// an open resolver). Names in our zones are answered for every client
+	// Interfaces admits. nil allows loopback only.
 	AllowRecursion func(src netip.Addr) bool
 	// ReversePrefixes are the address ranges whose reverse zones are ours:
 	// unknown names there get NXDOMAIN instead of being forwarded. PTRs of
@@ -79,6 +86,9 @@ type Server struct {
 	inflight  chan struct{}
 	ctx       context.Context
 	cancel    context.CancelFunc
+
+	// ifaces is the policy of Interfaces, swapped whole.
+	ifaces atomic.Pointer[ifacePolicy]
 
 	// Listeners, guarded by lmu (held across binds: SetListeners calls
 	// are serialised, queries are not affected).
@@ -112,6 +122,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	ifaces, err := newIfacePolicy(cfg.Interfaces)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{
 		log:            cfg.Logger,
 		allowRecursion: cfg.AllowRecursion,
@@ -126,6 +140,7 @@ func New(cfg Config) (*Server, error) {
 	case cfg.CacheSize > 0:
 		s.cache = newCache(cfg.CacheSize)
 	}
+	s.ifaces.Store(ifaces)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.SetUpstreams(cfg.Upstreams)
 	// A time-based first serial keeps serials increasing across restarts.
@@ -380,6 +395,7 @@ type Stats struct {
 	Queries        uint64            // queries handled
 	Responses      map[string]uint64 // answers sent, by rcode name ("NOERROR", "NXDOMAIN", …)
 	Dropped        uint64            // queries not answered (responses, unpackable replies)
+	WrongInterface uint64            // queries and TCP connections refused for their arrival interface
 	ZoneAnswers    uint64            // answers from our zones
 	Forwarded      uint64            // upstream resolutions started (after cache and coalescing)
 	UpstreamErrors uint64            // upstream attempts that failed (timeout, SERVFAIL, …)
@@ -394,6 +410,7 @@ type Stats struct {
 
 type counters struct {
 	queries, dropped, zoneAnswers, forwarded, upstreamErrors atomic.Uint64
+	wrongInterface                                           atomic.Uint64
 	coalesced, cacheHits, cacheMisses                        atomic.Uint64
 	rcodes                                                   [24]atomic.Uint64
 }
@@ -411,6 +428,7 @@ func (s *Server) Stats() Stats {
 		Queries:        s.stats.queries.Load(),
 		Responses:      map[string]uint64{},
 		Dropped:        s.stats.dropped.Load(),
+		WrongInterface: s.stats.wrongInterface.Load(),
 		ZoneAnswers:    s.stats.zoneAnswers.Load(),
 		Forwarded:      s.stats.forwarded.Load(),
 		UpstreamErrors: s.stats.upstreamErrors.Load(),

@@ -48,10 +48,12 @@ type datagramIO interface {
 
 // inDatagram is one datagram read.
 type inDatagram struct {
-	buf  []byte // capacity udpReadSize
-	n    int
-	from netip.AddrPort
-	peer net.Addr // the kernel's address of the sender, reused to answer (Linux)
+	buf     []byte // capacity udpReadSize
+	n       int
+	from    netip.AddrPort
+	peer    net.Addr // the kernel's address of the sender, reused to answer (Linux)
+	oob     []byte   // capacity oobSize: the control messages read with it
+	ifindex int32    // the interface it arrived on (0: unknown; see arrivalKnown)
 }
 
 // outDatagram is one answer to send.
@@ -76,15 +78,17 @@ func newUDPBatch(size int) *udpBatch {
 	}
 	for i := range b.in {
 		b.in[i].buf = make([]byte, udpReadSize)
+		b.in[i].oob = make([]byte, oobSize)
 	}
 	return b
 }
 
 // udpServer serves DNS on one UDP socket.
 type udpServer struct {
-	s     *Server
-	conn  *net.UDPConn
-	local netip.AddrPort
+	s       *Server
+	conn    *net.UDPConn
+	local   netip.AddrPort
+	arrival *arrival // which interfaces' queries are answered
 	// newIO makes each reader's datagramIO; tests replace it.
 	newIO  func(*net.UDPConn) datagramIO
 	sendFn func([]byte, netip.AddrPort) error // u.send, made once
@@ -95,16 +99,24 @@ type udpServer struct {
 	done     *sync.WaitGroup
 }
 
-func newUDPServer(s *Server, conn *net.UDPConn, done *sync.WaitGroup) *udpServer {
+func newUDPServer(s *Server, conn *net.UDPConn, done *sync.WaitGroup) (*udpServer, error) {
+	if err := enableArrival(conn); err != nil {
+		return nil, err
+	}
+	a, err := newArrival(s, conn)
+	if err != nil {
+		return nil, err
+	}
 	u := &udpServer{
-		s:     s,
-		conn:  conn,
-		local: conn.LocalAddr().(*net.UDPAddr).AddrPort(),
-		newIO: newDatagramIO,
-		done:  done,
+		s:       s,
+		conn:    conn,
+		local:   conn.LocalAddr().(*net.UDPAddr).AddrPort(),
+		arrival: a,
+		newIO:   newDatagramIO,
+		done:    done,
 	}
 	u.sendFn = u.send
-	return u
+	return u, nil
 }
 
 // start runs the readers; they serve until stop.
@@ -140,6 +152,7 @@ func (u *udpServer) stop(drain time.Duration) {
 	}
 	t.Stop()
 	u.conn.Close()
+	u.arrival.stop()
 }
 
 // serve is one reader: read a batch, answer it, send the answers.
@@ -181,7 +194,13 @@ func (u *udpServer) flush(b *udpBatch, dio datagramIO) {
 }
 
 // answer answers one datagram, adding the answer to the batch's output.
+// A datagram that arrived on an interface we do not serve gets nothing:
+// not even an error, which would reflect traffic at a spoofed source.
 func (u *udpServer) answer(b *udpBatch, dio datagramIO, d *inDatagram) {
+	if arrivalKnown && !u.arrival.allowed(d.ifindex) {
+		u.s.stats.wrongInterface.Add(1)
+		return
+	}
 	if cap(b.space)-len(b.space) < fastOutMin {
 		u.flush(b, dio)
 	}
@@ -325,12 +344,9 @@ func (w *udpWriter) Hijack()             {}
 type singleIO struct{ conn *net.UDPConn }
 
 func (s singleIO) read(b *udpBatch) (int, error) {
-	d := &b.in[0]
-	n, from, err := s.conn.ReadFromUDPAddrPort(d.buf[:cap(d.buf)])
-	if err != nil {
+	if err := readOne(s.conn, &b.in[0]); err != nil {
 		return 0, err
 	}
-	d.n, d.from, d.peer = n, from, nil
 	return 1, nil
 }
 

@@ -22,7 +22,8 @@ type batchConn interface {
 // batchIO reads and sends up to udpBatchSize datagrams per system call
 // (recvmmsg, sendmmsg). Our sockets are bound to one address each (never
 // a wildcard), so answers leave from the address the query came to
-// without an IP_PKTINFO control message.
+// without an IP_PKTINFO control message; queries are read with one, for
+// the interface they arrived on.
 type batchIO struct {
 	conn batchConn
 	udp  *net.UDPConn
@@ -54,6 +55,7 @@ func (b *batchIO) read(ub *udpBatch) (int, error) {
 	ms := b.rms[:min(len(b.rms), len(ub.in))]
 	for i := range ms {
 		ms[i].Buffers[0] = ub.in[i].buf[:cap(ub.in[i].buf)]
+		ms[i].OOB = ub.in[i].oob[:cap(ub.in[i].oob)]
 	}
 	n, err := b.conn.ReadBatch(ms, 0)
 	if err != nil {
@@ -63,6 +65,7 @@ func (b *batchIO) read(ub *udpBatch) (int, error) {
 		d := &ub.in[i]
 		d.n = ms[i].N
 		d.peer = ms[i].Addr
+		d.ifindex = arrivalIfindex(ms[i].OOB[:ms[i].NN])
 		d.from = netip.AddrPort{}
 		if a, ok := ms[i].Addr.(*net.UDPAddr); ok {
 			d.from = a.AddrPort()

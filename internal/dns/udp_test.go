@@ -22,7 +22,10 @@ func startUDP(t testing.TB, s *Server, addr string, readers int, newIO func(*net
 		t.Skipf("cannot bind %s: %v", addr, err)
 	}
 	var done sync.WaitGroup
-	u := newUDPServer(s, conn, &done)
+	u, err := newUDPServer(s, conn, &done)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if newIO != nil {
 		u.newIO = newIO
 	}

@@ -71,6 +71,35 @@ func TestUnderlayNeighbourIsIsolated(t *testing.T) {
 	noDNSAnswer(t, out, []netip.Addr{st[0].NodeIP, a.Underlay, web[0].Gateway}, zone)
 }
 
+// The DNS server's own check holds without our nftables table: the
+// outsider still gets no answer, while a container does.
+func TestUnderlayNeighbourGetsNoDNSWithoutFirewall(t *testing.T) {
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Skip("needs dig (apt-get install dnsutils)")
+	}
+	l := newLab(t, "--firewall=false")
+	a := l.AddNode("a")
+	st := setupGlobal(t, []*lab.Node{a})
+	web := a.Call(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay)
+	c := l.AddContainer("c")
+	att := a.Call(protocol.AttachContainer{Handle: c.Handle(), Service: "web", JoinGlobal: true}).(protocol.Attached)
+	a.Call(protocol.RegisterDNS{Name: "web", IP: att.IP})
+	out := l.AddOutsider("out", 100, a, netip.MustParsePrefix(cluster))
+	if got := a.MustExec("nft", "list", "ruleset"); strings.Contains(got, "zlayer_overlay") {
+		t.Fatalf("--firewall=false installed our table:\n%s", got)
+	}
+	zone := "web.prod.local"
+	for _, server := range []netip.Addr{web.Gateway, st[0].NodeIP} {
+		if got := digShort(c.Exec, server.String(), 53, zone, "A"); got != att.IP.String() {
+			t.Fatalf("the container via %s: DNS answer %q, want %s", server, got, att.IP)
+		}
+	}
+	if err := out.Ping(st[0].NodeIP, 1); err != nil {
+		t.Fatalf("without a firewall the outsider should reach the node IP (the DNS check is what is tested): %v", err)
+	}
+	noDNSAnswer(t, out, []netip.Addr{st[0].NodeIP, a.Underlay, web.Gateway}, zone)
+}
+
 // noDNSAnswer fails t if any server answers the host's query, over UDP or TCP.
 func noDNSAnswer(t *testing.T, h *lab.Host, servers []netip.Addr, name string) {
 	t.Helper()

@@ -59,7 +59,11 @@ type dnsState struct {
 }
 
 // AllowRecursion is the policy for dns.Config: loopback, this node's
-// addresses, the cluster and every local subnet — never the world.
+// addresses, the cluster and every local subnet — never the world. It is
+// consulted only for queries the server answers at all, which arrived on
+// loopback, a bridge, an overlay device or a container link (see
+// updateDNS): a source address alone, which anyone can forge, never earns
+// recursion.
 func (d *dnsState) AllowRecursion(src netip.Addr) bool {
 	src = src.Unmap()
 	if src.IsLoopback() {
@@ -201,6 +205,28 @@ func (e *Engine) updateDNS() {
 	p := e.planDNS()
 	srv := e.dns.cfg.Server
 	e.dns.allowed.Store(&p.allowed)
+	// Queries are answered only when they arrive on loopback (always), an
+	// overlay device, a bridge or a container's join_global link
+	// (vethName(pid, 1), "zl-v<pid>-e1"): never from the underlay, whatever
+	// source address a packet claims. Set before the listeners, so a new
+	// listener serves under the new policy.
+	ifaces := dns.Interfaces{Prefixes: []string{"zl-v"}}
+	e.mu.Lock()
+	if g := e.st.global; g != nil {
+		ifaces.Names = append(ifaces.Names, g.rec.Interface)
+	}
+	for _, svc := range e.st.services {
+		if svc.rec.Bridge != "" {
+			ifaces.Names = append(ifaces.Names, svc.rec.Bridge)
+		}
+		if svc.dedicated() && svc.rec.Interface != "" {
+			ifaces.Names = append(ifaces.Names, svc.rec.Interface)
+		}
+	}
+	e.mu.Unlock()
+	if err := srv.SetInterfaces(ifaces); err != nil {
+		e.log.Warn("DNS interfaces", "err", err)
+	}
 	if err := srv.SetReversePrefixes(p.reverse); err != nil {
 		e.log.Warn("DNS reverse zones", "err", err)
 	}

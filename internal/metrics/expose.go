@@ -214,6 +214,8 @@ func (r *Registry) writeDNS(w writer) {
 	}
 	w.family("zlayer_overlayd_dns_dropped_total", "counter", "DNS queries not answered (not a query, or unparsable).")
 	w.sample("zlayer_overlayd_dns_dropped_total", nil, float64(st.Dropped))
+	w.family("zlayer_overlayd_dns_wrong_interface_total", "counter", "DNS queries and TCP connections refused because they arrived on an interface that is not loopback, a bridge, an overlay device or a container link.")
+	w.sample("zlayer_overlayd_dns_wrong_interface_total", nil, float64(st.WrongInterface))
 	w.family("zlayer_overlayd_dns_zone_answers_total", "counter", "DNS answers from the cluster zone.")
 	w.sample("zlayer_overlayd_dns_zone_answers_total", nil, float64(st.ZoneAnswers))
 	w.family("zlayer_overlayd_dns_forwarded_total", "counter", "Upstream resolutions started (after cache and coalescing).")
