@@ -12,6 +12,13 @@ const (
 	// advertisedUDPSize is the EDNS buffer size we announce in our own
 	// answers (DNS flag day 2020: avoids IP fragmentation).
 	advertisedUDPSize = 1232
+	// maxUDPAnswer caps every UDP answer, whatever buffer size a client
+	// claims: a query's source address is not proof of who sent it, so a
+	// large answer is an amplifier pointed at whoever owns that address.
+	// Larger answers are truncated (TC) and clients retry over TCP, where
+	// the handshake proves the address (DNS flag day 2020's 1,232 bytes,
+	// which also never fragments).
+	maxUDPAnswer = 1232
 	// replyBufSize covers any answer that fits a UDP datagram we send;
 	// larger TCP answers allocate.
 	replyBufSize = 4096
@@ -171,7 +178,7 @@ func (s *Server) startReply(rp *reply, q *query) *dns.Msg {
 	if opt := findOPT(r); opt != nil {
 		q.edns = true
 		q.do = opt.Do()
-		q.limit = max(int(opt.UDPSize()), dns.MinMsgSize)
+		q.limit = min(max(int(opt.UDPSize()), dns.MinMsgSize), maxUDPAnswer)
 		for _, o := range opt.Option {
 			if o.Option() == dns.EDNS0SUBNET {
 				q.ecs = true

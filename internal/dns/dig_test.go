@@ -227,6 +227,49 @@ func digUpstream(t *testing.T, arrived chan<- struct{}, release <-chan struct{})
 	})
 }
 
+// dig for a name with 100 A records, claiming a large buffer, gets at
+// most 1,232 bytes over UDP, with TC (+ignore keeps dig from retrying over
+// TCP); over TCP it gets all 100. dig 9.18 sends 1232 in place of any
+// +bufsize of 32768 or more, so 16384 is the claim that actually reaches
+// the server as a large one (the miekg/dns tests send 65000 itself).
+func TestDigUDPAnswerSizeIsCapped(t *testing.T) {
+	digBinary(t)
+	s := newTestServer(t, Config{})
+	addr := listen(t, s)
+	var addrs []netip.Addr
+	for i := range 100 {
+		addrs = append(addrs, netip.AddrFrom4([4]byte{10, 1, 3, byte(i + 1)}))
+	}
+	if err := s.Set("hundred", addrs...); err != nil {
+		t.Fatal(err)
+	}
+	for _, bufsize := range []string{"16384", "65000"} {
+		r := runDig(t, addr, "+bufsize="+bufsize, "+ignore", "hundred.prod.local", "A")
+		size := msgSize(t, r.out)
+		if size > 1232 || !r.has("tc") || len(r.answer) >= 100 {
+			t.Fatalf("+bufsize=%s: UDP answer of %d bytes, flags %v, %d records; want at most 1232 bytes with TC\n%s", bufsize, size, r.flags, len(r.answer), r.out)
+		}
+	}
+	r := runDig(t, addr, "+bufsize=65000", "+tcp", "hundred.prod.local", "A")
+	if r.has("tc") || len(r.answer) != 100 {
+		t.Fatalf("TCP answer: flags %v, %d records; want all 100\n%s", r.flags, len(r.answer), r.out)
+	}
+}
+
+// msgSize is the size dig reports for the answer it received.
+func msgSize(t *testing.T, out string) int {
+	t.Helper()
+	_, rest, ok := strings.Cut(out, ";; MSG SIZE  rcvd: ")
+	if !ok {
+		t.Fatalf("dig printed no message size:\n%s", out)
+	}
+	n, err := strconv.Atoi(strings.Fields(rest)[0])
+	if err != nil {
+		t.Fatalf("dig message size: %v\n%s", err, out)
+	}
+	return n
+}
+
 func TestDigForwarding(t *testing.T) {
 	digBinary(t)
 	arrived := make(chan struct{}, 1)

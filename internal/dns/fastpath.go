@@ -189,7 +189,7 @@ func parseFast(pkt []byte, fq *fastQuery) bool {
 		}
 		fq.edns = true
 		fq.do = flags&0x8000 != 0
-		fq.limit = max(size, dns.MinMsgSize)
+		fq.limit = min(max(size, dns.MinMsgSize), maxUDPAnswer)
 	}
 	return true
 }

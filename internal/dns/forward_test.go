@@ -79,6 +79,37 @@ func TestForwardTruncatesForTheClient(t *testing.T) {
 	}
 }
 
+// An upstream's large answer reaches a UDP client within 1,232 bytes with
+// TC, however large a buffer the client claims (the upstream itself sent
+// it whole over TCP).
+func TestForwardCapsUDPAnswers(t *testing.T) {
+	up := newStub(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		for i := range 100 {
+			m.Answer = append(m.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
+				A:   net.IPv4(198, 51, 100, byte(i+1)),
+			})
+		}
+		if opt := r.IsEdns0(); opt != nil {
+			m.SetEdns0(opt.UDPSize(), false)
+		}
+		w.WriteMsg(m)
+	})
+	s := newTestServer(t, Config{Upstreams: []netip.AddrPort{up.addr}})
+	for range 2 { // from the upstream, then from the cache
+		q := newQuery("many.example.org.", dns.TypeA)
+		q.SetEdns0(65000, false)
+		w := &fakeWriter{remote: client4}
+		s.ServeDNS(w, q)
+		m := w.replies(t)[0]
+		if !m.Truncated || len(w.wire[0]) > 1232 || len(m.Answer) >= 100 {
+			t.Fatalf("UDP client claiming 65000 bytes got tc=%v, %d records in %d bytes; want TC within 1232 bytes", m.Truncated, len(m.Answer), len(w.wire[0]))
+		}
+	}
+}
+
 func TestForwardPassesEDNSThrough(t *testing.T) {
 	up := newStub(t, func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)

@@ -44,9 +44,9 @@ func fuzzUpstream(w dns.ResponseWriter, r *dns.Msg) {
 
 // newFuzzServer is the server every fuzz target of the query path uses:
 // forward and reverse names, a name with several addresses (rotation),
-// one too big for a 512-byte answer, declared reverse zones, an upstream
-// that answers in every shape, a fixed clock and a listener (for the NS
-// glue).
+// one too big for a 512-byte answer and one too big for any UDP answer,
+// declared reverse zones, an upstream that answers in every shape, a fixed
+// clock and a listener (for the NS glue).
 func newFuzzServer(f *testing.F) *Server {
 	up := newStub(f, fuzzUpstream)
 	s := newTestServer(f, Config{
@@ -65,6 +65,13 @@ func newFuzzServer(f *testing.F) *Server {
 		big = append(big, netip.AddrFrom4([4]byte{10, 1, 2, byte(i + 1)}))
 	}
 	if err := s.Set("big", big...); err != nil {
+		f.Fatal(err)
+	}
+	var huge []netip.Addr
+	for i := range 100 {
+		huge = append(huge, netip.AddrFrom4([4]byte{10, 1, 3, byte(i + 1)}))
+	}
+	if err := s.Set("huge", huge...); err != nil {
 		f.Fatal(err)
 	}
 	if err := s.SetListeners([]netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:0")}); err != nil {
@@ -103,6 +110,8 @@ func addQuerySeeds(f *testing.F) {
 	q("rr.prod.local.", dns.TypeA, edns(1232, true))
 	q("rr.prod.local.", dns.TypeAAAA, edns(100, false))
 	q("big.prod.local.", dns.TypeA, edns(4096, false))
+	q("huge.prod.local.", dns.TypeA, edns(65000, false))
+	q("huge.prod.local.", dns.TypeA, edns(1300, true))
 	q("big.prod.local.", dns.TypeA, edns(700, false))
 	q("web.prod.local.", dns.TypeA, edns(1232, false, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}))
 	q("missing.prod.local.", dns.TypeA, edns(1232, true, &dns.EDNS0_PADDING{Padding: make([]byte, 20)}))
@@ -160,10 +169,7 @@ func FuzzServeDNS(f *testing.F) {
 			t.Fatalf("reply id=%d qr=%v for query id=%d", m.Id, m.Response, r.Id)
 		}
 		if _, udp := from.(*net.UDPAddr); udp {
-			limit := dns.MinMsgSize
-			if opt := findOPT(r); opt != nil {
-				limit = max(limit, int(opt.UDPSize()))
-			}
+			limit := udpLimit(r)
 			if len(w.wire[0]) > limit {
 				t.Fatalf("UDP reply of %d bytes exceeds the client's %d", len(w.wire[0]), limit)
 			}
@@ -222,13 +228,21 @@ func checkDatagram(t *testing.T, s *Server, data []byte) {
 	}
 	limit := dns.MinMsgSize
 	if r := new(dns.Msg); r.Unpack(data) == nil {
-		if opt := findOPT(r); opt != nil {
-			limit = max(limit, int(opt.UDPSize()))
-		}
+		limit = udpLimit(r)
 	}
 	if len(sent[0]) > limit {
 		t.Fatalf("UDP answer of %d bytes exceeds the client's %d", len(sent[0]), limit)
 	}
+}
+
+// udpLimit is the largest UDP answer a query may get: what its client
+// accepts (512 bytes without EDNS), and never more than 1,232 bytes.
+func udpLimit(r *dns.Msg) int {
+	limit := dns.MinMsgSize
+	if opt := findOPT(r); opt != nil {
+		limit = max(limit, int(opt.UDPSize()))
+	}
+	return min(limit, 1232)
 }
 
 // wireHeader reads the header of a datagram of at least 12 bytes.

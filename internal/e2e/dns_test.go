@@ -177,3 +177,33 @@ func TestDNSDeadUpstream(t *testing.T) {
 }
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// A name with 100 A records, asked for over UDP by a client claiming a
+// huge buffer, gets at most 1,232 bytes with TC; over TCP all 100. dig
+// 9.18 sends 1232 for +bufsize of 32768 or more, so 16384 is asked too.
+func TestDNSUDPAnswerSizeIsCapped(t *testing.T) {
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Skip("needs dig (apt-get install dnsutils)")
+	}
+	l := newLab(t)
+	a := l.AddNode("a")
+	st := setupGlobal(t, []*lab.Node{a})
+	for i := range 100 {
+		a.Call(protocol.RegisterDNS{Name: "hundred", IP: netip.AddrFrom4([4]byte{10, 200, 9, byte(i + 1)})})
+	}
+	for _, bufsize := range []string{"65000", "16384"} {
+		out := dig(a.Exec, st[0].NodeIP.String(), 53, "+bufsize="+bufsize, "+ignore", "hundred.prod.local", "A")
+		_, rest, ok := strings.Cut(out, "MSG SIZE  rcvd: ")
+		if !ok {
+			t.Fatalf("+bufsize=%s: no answer:\n%s", bufsize, out)
+		}
+		var size int
+		fmt.Sscan(rest, &size)
+		if size > 1232 || !strings.Contains(out, "flags: qr aa tc") {
+			t.Fatalf("+bufsize=%s: UDP answer of %d bytes; want at most 1232 with TC:\n%s", bufsize, size, out)
+		}
+	}
+	if out := dig(a.Exec, st[0].NodeIP.String(), 53, "+tcp", "hundred.prod.local", "A"); !strings.Contains(out, "ANSWER: 100,") {
+		t.Fatalf("over TCP: want all 100 records:\n%s", out)
+	}
+}
