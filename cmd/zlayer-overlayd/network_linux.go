@@ -2,6 +2,7 @@ package main
 
 import (
 	"log/slog"
+	"path/filepath"
 
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
 	"github.com/zlayer/zlayer-overlayd/internal/firewall"
@@ -19,7 +20,7 @@ func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(),
 	}
 	closers = append(closers, n.Close)
 	cfg.Net = n
-	cfg.EnableForwarding = linuxnet.EnableForwarding
+	cfg.EnableForwarding = linuxnet.NewForwarding(filepath.Join(o.dataDir, "forwarding-restore.json")).Sync
 	backend, err := wg.NewBackend(o.wireguard, log)
 	if err != nil {
 		return closers, err

@@ -68,10 +68,15 @@ type Config struct {
 	// when it holds a WireGuard key pair, the global device uses it, since
 	// that is the key the cluster knows this node by. Empty disables it.
 	NodeConfigPath string
-	// EnableForwarding turns IP forwarding on; it is called once the node
-	// has an overlay to forward for, never before (a daemon that is only
-	// started does not change the host).
-	EnableForwarding func() ([]string, error)
+	// EnableForwarding keeps IP forwarding as the node's overlays need it.
+	// It is called after every topology change with need, which reports
+	// the address families (IPv4, IPv6) the overlays use right now; the
+	// implementation calls need under its own serialisation, turns
+	// forwarding on for those families, and puts back what it changed for
+	// the others: everything once no overlay is left. It returns the
+	// sysctls it changed and restored. A daemon that is only started does
+	// not change the host: need reports nothing then.
+	EnableForwarding func(need func() (v4, v6 bool)) (enabled, restored []string, err error)
 	// NAT, when set, enables STUN-based NAT traversal on the global device.
 	NAT *NATConfig
 	// Caps describe the platform; HCN attaches Windows containers.

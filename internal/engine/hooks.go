@@ -59,27 +59,46 @@ func (e *Engine) healthLocked() map[string]bool {
 	return out
 }
 
-// ensureForwarding turns IP forwarding on the first time the node has an
-// overlay: containers reach other nodes and the outside through us.
+// ensureForwarding keeps IP forwarding as the overlays need it: on for
+// each address family the cluster, the node slice or a service subnet
+// uses (containers reach other nodes and the outside through us), and put
+// back once no overlay of that family is left. An IPv4-only cluster never
+// turns IPv6 forwarding on, which on hosts that take router
+// advertisements would cost the host its IPv6 default route.
 func (e *Engine) ensureForwarding() {
-	e.mu.Lock()
-	need := !e.forwarding && (e.st.global != nil || len(e.st.services) > 0)
-	if need {
-		e.forwarding = true
-	}
-	e.mu.Unlock()
-	if !need {
+	if e.cfg.EnableForwarding == nil {
 		return
 	}
-	changed, err := e.cfg.EnableForwarding()
-	if err != nil {
-		e.log.Warn("cannot enable IP forwarding; containers will not reach other nodes", "err", err)
+	need := func() (v4, v6 bool) {
+		note := func(p netip.Prefix) {
+			switch {
+			case !p.IsValid():
+			case p.Addr().Is4():
+				v4 = true
+			default:
+				v6 = true
+			}
+		}
 		e.mu.Lock()
-		e.forwarding = false
-		e.mu.Unlock()
-		return
+		defer e.mu.Unlock()
+		if e.st.global != nil {
+			note(e.st.cluster)
+			note(e.st.slice)
+		}
+		for _, svc := range e.st.services {
+			note(svc.subnet)
+		}
+		e.forwarding = v4 || v6
+		return v4, v6
 	}
-	if len(changed) > 0 {
-		e.log.Info("enabled IP forwarding", "sysctls", changed)
+	enabled, restored, err := e.cfg.EnableForwarding(need)
+	if len(enabled) > 0 {
+		e.log.Info("enabled IP forwarding", "sysctls", enabled)
+	}
+	if len(restored) > 0 {
+		e.log.Info("no overlay needs them any more: restored forwarding sysctls", "sysctls", restored)
+	}
+	if err != nil {
+		e.log.Warn("cannot set IP forwarding as the overlays need it; containers may not reach other nodes", "err", err)
 	}
 }

@@ -31,5 +31,12 @@ func (n *Net) Detach(string) error                             { return errPlatf
 func ContainerHasLink(int, string, netip.Prefix) (bool, error) { return false, errPlatform }
 func ProcessStartTime(int) (uint64, error)                     { return 0, errPlatform }
 func NetnsInode(int) (uint64, error)                           { return 0, errPlatform }
-func EnableForwarding() ([]string, error)                      { return nil, errPlatform }
 func SetSysctl(string, string) error                           { return errPlatform }
+
+// Forwarding is unusable on this platform.
+type Forwarding struct{}
+
+func NewForwarding(string) *Forwarding { return &Forwarding{} }
+func (*Forwarding) Sync(func() (bool, bool)) ([]string, []string, error) {
+	return nil, nil, errPlatform
+}

@@ -2,7 +2,6 @@ package linuxnet
 
 import (
 	"os"
-	"slices"
 	"strings"
 	"testing"
 )
@@ -34,35 +33,10 @@ func readSysctl(t *testing.T, knob string) string {
 	return strings.TrimSpace(string(b))
 }
 
-func TestEnableForwarding(t *testing.T) {
+func TestSetSysctl(t *testing.T) {
 	if !inHostNetns(t) {
 		return
 	}
-	// A fresh namespace starts with forwarding off.
-	if readSysctl(t, "net/ipv4/ip_forward") != "0" {
-		t.Skip("skipped: forwarding is already on in a fresh namespace on this kernel")
-	}
-	changed, err := EnableForwarding()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []string{"net.ipv4.ip_forward"}
-	if _, err := os.Stat("/proc/sys/net/ipv6"); err == nil {
-		want = append(want, "net.ipv6.conf.all.forwarding")
-		if readSysctl(t, "net/ipv6/conf/all/forwarding") != "1" {
-			t.Error("IPv6 forwarding is still off")
-		}
-	}
-	if !slices.Equal(changed, want) {
-		t.Errorf("EnableForwarding changed %v, want %v", changed, want)
-	}
-	if readSysctl(t, "net/ipv4/ip_forward") != "1" {
-		t.Error("IPv4 forwarding is still off")
-	}
-	if changed, err := EnableForwarding(); err != nil || len(changed) != 0 {
-		t.Errorf("second EnableForwarding = %v, %v; want nothing changed", changed, err)
-	}
-
 	if err := SetSysctl("net.ipv4.conf.lo.rp_filter", "2"); err != nil {
 		t.Fatal(err)
 	}
