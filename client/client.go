@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,10 +26,21 @@ import (
 
 // DefaultSocket is the socket the daemon listens on by default, following
 // the same rules as the ZLayer main daemon ($ZLAYER_DATA_DIR included).
-func DefaultSocket() string { return paths.DefaultSocket(paths.DefaultDataDir()) }
+func DefaultSocket() string { return SocketFor(paths.DefaultDataDir()) }
 
 // SocketFor is the default socket of a daemon started with --data-dir dir.
-func SocketFor(dataDir string) string { return paths.DefaultSocket(dataDir) }
+// For a data directory too long for a socket path the daemon's choice
+// depends on its uid (docs/protocol.md); the first such path that exists
+// is returned.
+func SocketFor(dataDir string) string {
+	candidates := paths.SocketCandidates(dataDir)
+	for _, p := range candidates {
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&os.ModeSocket != 0 {
+			return p
+		}
+	}
+	return candidates[0]
+}
 
 // Backoff bounds of reconnection attempts: 100 ms, doubling, capped at 1 s,
 // the schedule the reference client uses.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 )
 
 // PipeName is the Windows named pipe the main daemon connects to.
@@ -52,12 +53,33 @@ func DefaultDataDir() string {
 	return PlatformDataDir()
 }
 
-// DefaultSocket is the socket (or pipe) the main daemon expects for dataDir.
+// DefaultSocket is the socket (or pipe) a daemon started with dataDir
+// listens on: the main daemon's path rules, except when the path they give
+// would be too long for a socket address (see below).
 func DefaultSocket(dataDir string) string {
-	return defaultSocket(runtime.GOOS, dataDir, PlatformDataDir())
+	return defaultSocket(runtime.GOOS, dataDir, PlatformDataDir(), os.Geteuid(), os.Getenv("XDG_RUNTIME_DIR"))
 }
 
-func defaultSocket(goos, dataDir, platformDefault string) string {
+// SocketCandidates are the paths a client tries for a daemon started with
+// dataDir, most likely first. They differ from DefaultSocket's single
+// answer only when the data directory is too long for a socket path: then
+// the daemon's choice depends on whether it runs as root, which the client
+// cannot know.
+func SocketCandidates(dataDir string) []string {
+	first := DefaultSocket(dataDir)
+	out := []string{first}
+	if runtime.GOOS == "windows" {
+		return out
+	}
+	for _, euid := range []int{0, os.Geteuid()} {
+		if p := defaultSocket(runtime.GOOS, dataDir, PlatformDataDir(), euid, os.Getenv("XDG_RUNTIME_DIR")); p != first && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func defaultSocket(goos, dataDir, platformDefault string, euid int, runtimeDir string) string {
 	if goos == "windows" {
 		return PipeName
 	}
@@ -71,7 +93,22 @@ func defaultSocket(goos, dataDir, platformDefault string) string {
 	if len(p) <= sunPathMax {
 		return p
 	}
-	return fmt.Sprintf("/tmp/zlayer-overlayd-%016x.sock", fnv1a(dataDir, "overlayd"))
+	// The reference falls back to /tmp/zlayer-overlayd-<fnv>.sock, a name
+	// anyone can compute, in a directory anyone can write: a local user
+	// could create it first and be the daemon clients talk to. We use a
+	// directory only the daemon's user can write, with the same name.
+	name := fmt.Sprintf("zlayer-overlayd-%016x.sock", fnv1a(dataDir, "overlayd"))
+	if euid == 0 {
+		return "/var/run/" + name
+	}
+	if filepath.IsAbs(runtimeDir) {
+		if q := filepath.Join(runtimeDir, name); len(q) <= sunPathMax {
+			return q
+		}
+	}
+	// Too long, and nowhere private to go: listening fails with an error
+	// that says so, and --socket names a shorter path.
+	return p
 }
 
 // fnv1a is FNV-1a 64 over the concatenated parts, the hash the reference

@@ -1,6 +1,9 @@
 package paths
 
 import (
+	"fmt"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -17,7 +20,6 @@ func TestFNVVectors(t *testing.T) {
 }
 
 func TestDefaultSocket(t *testing.T) {
-	long := "/" + strings.Repeat("d", 120)
 	cases := []struct{ goos, dir, def, want string }{
 		{"linux", "/var/lib/zlayer", "/var/lib/zlayer", "/var/run/zlayer-overlayd.sock"},
 		{"linux", "/var/lib/zlayer/", "/var/lib/zlayer", "/var/run/zlayer-overlayd.sock"},
@@ -27,13 +29,55 @@ func TestDefaultSocket(t *testing.T) {
 		{"linux", "/tmp/x", "/var/lib/zlayer", "/tmp/x/run/zlayer-overlayd.sock"},
 	}
 	for _, c := range cases {
-		if got := defaultSocket(c.goos, c.dir, c.def); got != c.want {
-			t.Errorf("%s %q: got %q want %q", c.goos, c.dir, got, c.want)
+		for _, euid := range []int{0, 1000} {
+			if got := defaultSocket(c.goos, c.dir, c.def, euid, "/run/user/1000"); got != c.want {
+				t.Errorf("%s %q as uid %d: got %q want %q", c.goos, c.dir, euid, got, c.want)
+			}
 		}
 	}
-	got := defaultSocket("linux", long, "/var/lib/zlayer")
-	if want := "/tmp/zlayer-overlayd-"; !strings.HasPrefix(got, want) || len(got) != len(want)+16+5 {
-		t.Errorf("long dir: got %q", got)
+}
+
+// A data directory too long for a socket path never sends the socket to
+// /tmp, where any local user could create it first: root's goes to
+// /var/run, another user's to $XDG_RUNTIME_DIR (private to that user), and
+// without one it stays in the data directory (listening then fails and
+// says so).
+func TestLongDataDirSocketIsNeverWorldWritable(t *testing.T) {
+	long := "/" + strings.Repeat("d", 120)
+	name := fmt.Sprintf("zlayer-overlayd-%016x.sock", fnv1a(long, "overlayd"))
+	for _, c := range []struct {
+		euid       int
+		runtimeDir string
+		want       string
+	}{
+		{0, "", "/var/run/" + name},
+		{0, "/run/user/0", "/var/run/" + name},
+		{1000, "/run/user/1000", "/run/user/1000/" + name},
+		{1000, "", long + "/run/zlayer-overlayd.sock"},
+		{1000, "relative", long + "/run/zlayer-overlayd.sock"},
+		{1000, "/" + strings.Repeat("r", 90), long + "/run/zlayer-overlayd.sock"},
+	} {
+		got := defaultSocket("linux", long, "/var/lib/zlayer", c.euid, c.runtimeDir)
+		if got != c.want {
+			t.Errorf("uid %d, XDG_RUNTIME_DIR %q: got %q want %q", c.euid, c.runtimeDir, got, c.want)
+		}
+		if strings.HasPrefix(got, "/tmp/") {
+			t.Errorf("uid %d: socket in /tmp: %q", c.euid, got)
+		}
+	}
+}
+
+func TestSocketCandidatesCoverRootAndSelf(t *testing.T) {
+	long := "/" + strings.Repeat("d", 120)
+	got := SocketCandidates(long)
+	if got[0] != DefaultSocket(long) {
+		t.Fatalf("first candidate %q is not the default %q", got[0], DefaultSocket(long))
+	}
+	if !slices.Contains(got, defaultSocket(runtime.GOOS, long, PlatformDataDir(), 0, "")) {
+		t.Errorf("candidates %q lack root's path", got)
+	}
+	if short := SocketCandidates("/srv/z"); len(short) != 1 {
+		t.Errorf("a short data dir has one path, got %q", short)
 	}
 }
 
