@@ -30,7 +30,7 @@ func Listen(path string, log *slog.Logger) (net.Listener, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if err := clearStaleSocket(path); err != nil {
+	if err := clearStaleSocket(path, log); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
@@ -60,9 +60,11 @@ func Listen(path string, log *slog.Logger) (net.Listener, error) {
 	return ln, nil
 }
 
-// clearStaleSocket removes path if it is a socket nobody serves, and refuses
-// if a live daemon answers there or the path is not a socket at all.
-func clearStaleSocket(path string) error {
+// clearStaleSocket removes path if it is a socket nobody serves, or one
+// served by a user who is neither root nor us (someone squatting the
+// path; clients would refuse it anyway), and refuses if a live daemon
+// answers there or the path is not a socket at all.
+func clearStaleSocket(path string, log *slog.Logger) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -75,8 +77,12 @@ func clearStaleSocket(path string) error {
 	}
 	c, err := net.DialTimeout("unix", path, 500*time.Millisecond)
 	if err == nil {
+		serr := checkServer(c, path, uint32(os.Geteuid()))
 		c.Close()
-		return fmt.Errorf("another zlayer-overlayd is serving %s", path)
+		if serr == nil {
+			return fmt.Errorf("another zlayer-overlayd is serving %s", path)
+		}
+		log.Warn("taking back a socket path that another user is serving", "path", path, "err", serr)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove stale socket %s: %w", path, err)
@@ -84,7 +90,31 @@ func clearStaleSocket(path string) error {
 	return nil
 }
 
-// Dial connects to the daemon's socket.
+// Dial connects to the daemon's socket and checks who serves it before
+// anything is sent: root, or the caller's own user. A socket path can be
+// predicted, and where others can create files (a --socket in /tmp, say)
+// someone else may be listening there, ready to read requests and forge
+// answers.
 func Dial(path string, timeout time.Duration) (net.Conn, error) {
-	return net.DialTimeout("unix", path, timeout)
+	c, err := net.DialTimeout("unix", path, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkServer(c, path, uint32(os.Geteuid())); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// checkServer accepts a daemon that runs as root or as self.
+func checkServer(c net.Conn, path string, self uint32) error {
+	server, err := PeerCaller(c) // the credentials it had when it called listen()
+	if err != nil {
+		return fmt.Errorf("cannot tell who serves %s, so nothing was sent: %w", path, err)
+	}
+	if server.UID == 0 || server.UID == self {
+		return nil
+	}
+	return fmt.Errorf("%s is served by uid %d, which is neither root nor you (uid %d); nothing was sent: another user may have taken that path (is it in a directory others can write to?)", path, server.UID, self)
 }
