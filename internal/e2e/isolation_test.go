@@ -145,3 +145,41 @@ func inEchos(t *testing.T, c *lab.Container) uint64 {
 	t.Fatal(fmt.Errorf("%s: no Icmp InEchos in /proc/net/snmp:\n%s", c.Name, out))
 	return 0
 }
+
+// On one node, join_global is how a container reaches beyond its service
+// (the reference's model): through its join_global link it reaches
+// another service's containers; a container without one reaches its own
+// bridge, not another service's bridge, nor any container's join_global
+// address.
+func TestServicesReachEachOtherOnlyThroughJoinGlobal(t *testing.T) {
+	l := newLab(t)
+	a := l.AddNode("a")
+	setupGlobal(t, []*lab.Node{a})
+	attach := func(service string, joined bool) placed {
+		c := l.AddContainer(fmt.Sprintf("%s-%t", service, joined))
+		att := a.Call(protocol.AttachContainer{Handle: c.Handle(), Service: service, JoinGlobal: joined}).(protocol.Attached)
+		return placed{c: c, ip: att.IP, gip: att.GlobalIP}
+	}
+	for _, svc := range []string{"web", "api"} {
+		a.Call(protocol.SetupServiceOverlay{Service: svc, Mode: "shared"})
+	}
+	webPlain, webJoined := attach("web", false), attach("web", true)
+	apiPlain, apiJoined := attach("api", false), attach("api", true)
+
+	for _, dst := range []netip.Addr{apiPlain.ip, apiJoined.ip, apiJoined.gip, webPlain.ip} {
+		mustPing(t, "web's join_global container", webJoined.c.Ping, dst)
+	}
+	mustPing(t, "web's plain container", webPlain.c.Ping, webJoined.ip)
+	for _, dst := range []struct {
+		c    *lab.Container
+		addr netip.Addr
+	}{{apiPlain.c, apiPlain.ip}, {apiJoined.c, apiJoined.ip}, {apiJoined.c, apiJoined.gip}, {webJoined.c, webJoined.gip}} {
+		before := inEchos(t, dst.c)
+		if err := webPlain.c.Ping(dst.addr, 2); err == nil {
+			t.Errorf("web's container without join_global pings %s (%s)", dst.addr, dst.c.Name)
+		}
+		if after := inEchos(t, dst.c); after != before {
+			t.Errorf("%d echo requests from web's container without join_global arrived in %s at %s", after-before, dst.c.Name, dst.addr)
+		}
+	}
+}
