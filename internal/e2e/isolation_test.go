@@ -183,3 +183,33 @@ func TestServicesReachEachOtherOnlyThroughJoinGlobal(t *testing.T) {
 		}
 	}
 }
+
+// Until the main daemon relies on our DNS its own server holds the node
+// IP's DNS addresses. Our table closes those to the underlay as well: the
+// outsider gets no answer from them, node b through the overlay does.
+func TestUnderlayNeighbourGetsNoAnswerFromTheMainDaemonsDNS(t *testing.T) {
+	if _, err := exec.LookPath("dig"); err != nil {
+		t.Skip("needs dig (apt-get install dnsutils)")
+	}
+	l := newLab(t)
+	a, b := l.AddNode("a"), l.AddNode("b")
+	nodes := []*lab.Node{a, b}
+	st := setupGlobal(t, nodes)
+	meshPeers(t, nodes, st, nil)
+	startMainDaemonDNS(t, a,
+		netip.MustParseAddrPort("127.0.0.1:15353"),
+		netip.AddrPortFrom(st[0].NodeIP, 15353),
+		netip.AddrPortFrom(st[0].NodeIP, 53))
+	out := l.AddOutsider("out", 100, a, netip.MustParsePrefix(cluster))
+	mustPing(t, "node b", b.Ping, st[0].NodeIP)
+	for _, port := range []int{53, 15353} {
+		if got := digShort(b.Exec, st[0].NodeIP.String(), port, "web.prod.local", "A"); got != mainDaemonAnswer.String() {
+			t.Fatalf("node b through the overlay, port %d: %q, want the main daemon's answer", port, got)
+		}
+		for _, proto := range []string{"+notcp", "+tcp"} {
+			if got := dig(out.Exec, st[0].NodeIP.String(), port, "+time=2", proto, "web.prod.local", "A"); strings.Contains(got, "status:") {
+				t.Errorf("the outsider got an answer from the main daemon's DNS on port %d (%s):\n%s", port, proto, got)
+			}
+		}
+	}
+}

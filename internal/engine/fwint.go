@@ -5,6 +5,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/zlayer/zlayer-overlayd/internal/dns"
 	"github.com/zlayer/zlayer-overlayd/internal/firewall"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
@@ -51,12 +52,17 @@ func (e *Engine) enableFirewall(cfg FirewallConfig) {
 // firewallSpec derives our table from the desired state; ok is false when
 // no table should exist (no global overlay).
 func (e *Engine) firewallSpec() (firewall.Spec, bool) {
-	// The DNS listeners as bound (the topology hook of DNS runs first), so
-	// the input rule covers exactly the sockets that exist. Read before
-	// e.mu: Listeners waits for a SetListeners in progress.
+	// Our DNS listeners as bound (the topology hook of DNS runs first), so
+	// the input rule covers the sockets that exist. Read before e.mu:
+	// Listeners waits for a SetListeners in progress.
 	var dnsListeners []netip.AddrPort
+	mainPort, containerPort := uint16(dns.MainDaemonPort), uint16(53)
 	if e.dns != nil {
 		dnsListeners = e.dns.cfg.Server.Listeners()
+		mainPort = e.dns.cfg.MainPort
+		if e.dns.cfg.OverlayPort != 0 {
+			containerPort = e.dns.cfg.OverlayPort
+		}
 	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -74,6 +80,15 @@ func (e *Engine) firewallSpec() (firewall.Spec, bool) {
 		// Host ends of join_global links: vethName(pid, 1) is "zl-v<pid>-e1".
 		ContainerLinks: "zl-v",
 		DNS:            dnsListeners,
+	}
+	// The main daemon's DNS addresses too, whoever serves them: its own
+	// server binds them until it relies on ours, and the underlay has no
+	// more business with it than with ours.
+	lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	for _, a := range []netip.AddrPort{netip.AddrPortFrom(lo, mainPort), netip.AddrPortFrom(g.nodeIP, mainPort), netip.AddrPortFrom(g.nodeIP, containerPort)} {
+		if a.Port() != 0 && a.Addr().IsValid() {
+			spec.DNS = append(spec.DNS, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
+		}
 	}
 	if e.st.slice.IsValid() {
 		spec.Sources = append(spec.Sources, e.st.slice)
