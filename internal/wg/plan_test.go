@@ -97,3 +97,60 @@ func cloneConfig(c wgtypes.Config) wgtypes.Config {
 	c.Peers = append([]wgtypes.PeerConfig(nil), c.Peers...)
 	return c
 }
+
+func TestPeerChanges(t *testing.T) {
+	ka, ka2 := 25*time.Second, 10*time.Second
+	ep := &net.UDPAddr{IP: net.ParseIP("192.0.2.1"), Port: 51820}
+	learned := &net.UDPAddr{IP: net.ParseIP("198.51.100.7"), Port: 4000}
+	cur := []wgtypes.Peer{
+		{PublicKey: keyN(1), AllowedIPs: []net.IPNet{mustCIDR(t, "10.0.1.0/24")}, PersistentKeepaliveInterval: ka, Endpoint: learned},
+		{PublicKey: keyN(2), AllowedIPs: []net.IPNet{mustCIDR(t, "10.0.2.0/24")}, PersistentKeepaliveInterval: ka},
+		{PublicKey: keyN(3), AllowedIPs: []net.IPNet{mustCIDR(t, "10.0.3.0/24"), mustCIDR(t, "10.9.0.0/16")}},
+		{PublicKey: keyN(5)},
+		{PublicKey: keyN(6), PersistentKeepaliveInterval: ka},
+	}
+	want := []wgtypes.PeerConfig{
+		// Same as the device (host bits set in the request): nothing.
+		{PublicKey: keyN(1), AllowedIPs: []net.IPNet{mustCIDR(t, "10.0.1.7/24")}, PersistentKeepaliveInterval: &ka, Endpoint: ep, ReplaceAllowedIPs: true},
+		// One more prefix: appended, no replace.
+		{PublicKey: keyN(2), AllowedIPs: []net.IPNet{mustCIDR(t, "10.0.2.0/24"), mustCIDR(t, "10.0.22.0/24")}, PersistentKeepaliveInterval: &ka},
+		// One prefix fewer: replaced.
+		{PublicKey: keyN(3), AllowedIPs: []net.IPNet{mustCIDR(t, "10.0.3.0/24")}},
+		// New: added whole, with its endpoint.
+		{PublicKey: keyN(4), AllowedIPs: []net.IPNet{mustCIDR(t, "10.0.4.0/24")}, Endpoint: ep, PersistentKeepaliveInterval: &ka},
+		// Keepalive only.
+		{PublicKey: keyN(6), PersistentKeepaliveInterval: &ka2},
+	}
+	got := PeerChanges(want, cur)
+	byKey := map[wgtypes.Key]wgtypes.PeerConfig{}
+	for i, pc := range got {
+		byKey[pc.PublicKey] = pc
+		if pc.Remove && i > 0 && !got[i-1].Remove {
+			t.Errorf("removal of %s after an upsert", pc.PublicKey)
+		}
+	}
+	if _, ok := byKey[keyN(1)]; ok {
+		t.Errorf("a peer that matches was written: %+v", byKey[keyN(1)])
+	}
+	if p := byKey[keyN(2)]; !p.UpdateOnly || p.ReplaceAllowedIPs || len(p.AllowedIPs) != 1 || p.AllowedIPs[0].String() != "10.0.22.0/24" || p.Endpoint != nil {
+		t.Errorf("peer 2 should get 10.0.22.0/24 appended only: %+v", p)
+	}
+	if p := byKey[keyN(3)]; !p.ReplaceAllowedIPs || len(p.AllowedIPs) != 1 || p.Endpoint != nil {
+		t.Errorf("peer 3 should have its set replaced: %+v", p)
+	}
+	if p := byKey[keyN(4)]; p.UpdateOnly || p.Endpoint != ep || !p.ReplaceAllowedIPs {
+		t.Errorf("peer 4 should be added with its endpoint: %+v", p)
+	}
+	if p := byKey[keyN(5)]; !p.Remove {
+		t.Errorf("peer 5 should be removed: %+v", p)
+	}
+	if p := byKey[keyN(6)]; p.PersistentKeepaliveInterval == nil || *p.PersistentKeepaliveInterval != ka2 || p.AllowedIPs != nil || p.ReplaceAllowedIPs {
+		t.Errorf("peer 6 should get only its keepalive: %+v", p)
+	}
+	if len(got) != 5 {
+		t.Errorf("%d changes, want 5: %+v", len(got), got)
+	}
+	if again := PeerChanges(want[:1], cur[:1]); len(again) != 0 {
+		t.Errorf("a device that matches got %+v", again)
+	}
+}
