@@ -88,6 +88,11 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 	if err := checkPrefix(spec.Gateway); err != nil {
 		return fmt.Errorf("ensure bridge %s: gateway: %w", spec.Name, err)
 	}
+	for _, p := range spec.Extra {
+		if err := checkPrefix(p); err != nil {
+			return fmt.Errorf("ensure bridge %s: gateway: %w", spec.Name, err)
+		}
+	}
 	if spec.MTU < 0 {
 		return fmt.Errorf("ensure bridge %s: MTU %d is negative", spec.Name, spec.MTU)
 	}
@@ -135,7 +140,7 @@ func (n *Net) EnsureBridge(spec BridgeSpec) error {
 			return fmt.Errorf("ensure bridge %s: set MTU %d: %w", spec.Name, spec.MTU, err)
 		}
 	}
-	if err := ensureAddrs(n.h, link, []netip.Prefix{spec.Gateway}); err != nil {
+	if err := ensureAddrs(n.h, link, append([]netip.Prefix{spec.Gateway}, spec.Extra...)); err != nil {
 		return fmt.Errorf("ensure bridge %s: %w", spec.Name, err)
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {

@@ -15,6 +15,10 @@ type BridgeSpec struct {
 	// Gateway is the bridge's own address with the service subnet's prefix length,
 	// e.g. 10.200.3.17/28.
 	Gateway netip.Prefix
+	// Extra are further gateway addresses, one per range a service grew by
+	// when its first subnet filled up, each with its range's prefix length.
+	// The bridge carries exactly Gateway and Extra.
+	Extra []netip.Prefix
 	// MTU of the bridge; 0 leaves the current (or kernel default) MTU alone.
 	MTU int
 	// Alias, if set, is written to the link's IFLA_IFALIAS: a label that marks
