@@ -157,6 +157,10 @@ type ServiceStatus struct {
 	Gateway netip.Addr `json:"gateway,omitzero"`
 	Used    uint64     `json:"used"`
 	Free    uint64     `json:"free"`
+	// Ranges are the ranges the service grew by when Subnet filled up,
+	// carved from the node slice (each with its first usable address as a
+	// further gateway on the bridge); used and free count them all.
+	Ranges []string `json:"ranges,omitempty"`
 }
 
 // PoolStatus (extension) is the use of an address pool.

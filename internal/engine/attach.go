@@ -10,12 +10,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/zlayer/zlayer-overlayd/internal/ipam"
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
-	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 func handleKey(h protocol.AttachHandle) string {
@@ -74,7 +71,9 @@ func (e *Engine) identify(pid uint32) (procIdentity, error) {
 
 // attachLinux wires a container process into a service: eth0 on the
 // service bridge, and with join_global eth1 on the node slice routed over
-// the global overlay. Every step is undone if a later one fails.
+// the global overlay. Steps: validate, lock, identify the process, settle
+// an earlier attachment of its PID, take addresses, build the links,
+// commit, publish. Every step is undone if a later one fails.
 func (e *Engine) attachLinux(ctx context.Context, r protocol.AttachContainer) (protocol.Response, error) {
 	pid := r.Handle.PID
 	if pid == 0 || pid > maxPID {
@@ -87,129 +86,161 @@ func (e *Engine) attachLinux(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, errNoBackend
 	}
 	key := handleKey(r.Handle)
-	e.global.RLock()
-	defer e.global.RUnlock()
-	unlock := e.locks.lock("service:"+r.Service, "handle:"+key)
-	defer unlock()
+	release, err := e.hold(ctx, serviceLock(r.Service), handleLock(key))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 
 	id, err := e.identify(pid)
 	if err != nil {
 		return nil, err
 	}
-	e.mu.Lock()
-	svc := e.st.services[r.Service]
-	existing := e.st.attach[key]
-	e.mu.Unlock()
+	var svc *serviceState
+	var existing *store.Attachment
+	e.locked(func() { svc, existing = e.st.services[r.Service], e.st.attach[key] })
 	if svc == nil {
 		return nil, fmt.Errorf("service %s has no overlay on this node; call setup_service_overlay first", r.Service)
 	}
 	if existing != nil {
-		switch {
-		case existing.StartTime != id.start || existing.NetnsInode != id.netns:
-			// The PID was recycled: the old container is gone.
-			e.log.Info("replacing the attachment of a process that no longer exists", "handle", key)
-			if err := e.forgetAttachment(ctx, existing); err != nil {
-				return nil, err
-			}
-		case existing.Service != r.Service:
-			return nil, fmt.Errorf("%s is attached to service %s; detach it first", key, existing.Service)
-		case (existing.GlobalIP != "") != (r.JoinGlobal && e.globalUp()):
-			return nil, fmt.Errorf("%s is already attached to %s with join_global=%t; detach it to change that", key, r.Service, existing.GlobalIP != "")
-		default:
-			// Idempotent: same process, same service. Repair the links if
-			// something removed them, keep the addresses.
-			if err := e.wireContainer(ctx, existing, svc); err != nil {
-				return nil, err
-			}
-			return e.attachedAnswer(existing, r), nil
+		if done, resp, err := e.settleExisting(ctx, existing, id, r, svc); done {
+			return resp, err
 		}
 	}
-
-	e.mu.Lock()
-	ip, err := svc.pool.Allocate()
+	rec, err := e.allocateAttach(key, id, r, svc)
 	if err != nil {
-		e.mu.Unlock()
-		return nil, exhausted(err, svc.subnet, servicePool(r.Service))
-	}
-	var gip netip.Addr
-	if r.JoinGlobal && e.st.global != nil && e.st.slicePool != nil {
-		if gip, err = e.st.slicePool.Allocate(); err != nil {
-			svc.pool.Release(ip)
-			e.mu.Unlock()
-			return nil, exhausted(err, e.st.slice, poolSlice)
-		}
-	}
-	e.mu.Unlock()
-	releaseIPs := func() {
-		e.mu.Lock()
-		svc.pool.Release(ip)
-		if gip.IsValid() {
-			e.st.slicePool.Release(gip)
-		}
-		e.mu.Unlock()
-	}
-
-	rec := &store.Attachment{
-		Key:         key,
-		Platform:    r.Handle.Platform,
-		PID:         pid,
-		Service:     r.Service,
-		IP:          ip.String(),
-		HostLink:    vethName(pid, 0),
-		NetnsInode:  id.netns,
-		StartTime:   id.start,
-		CreatedUnix: time.Now().Unix(),
-	}
-	if r.DNSServer.IsValid() {
-		rec.DNSServer = r.DNSServer.String()
-	}
-	rec.DNSDomain = r.DNSDomain
-	if gip.IsValid() {
-		rec.GlobalIP = gip.String()
-		rec.HostLinkGlobal = vethName(pid, 1)
+		return nil, err
 	}
 	if err := e.wireContainer(ctx, rec, svc); err != nil {
-		releaseIPs()
+		e.releaseAttach(rec, svc)
 		return nil, err
 	}
 	// The process may have exited while we worked: then its namespace is
 	// gone and what we built is already half torn down by the kernel.
 	if now, err := e.identify(pid); err != nil || now != id {
 		e.unwireContainer(rec)
-		releaseIPs()
+		e.releaseAttach(rec, svc)
 		return nil, fmt.Errorf("process %d exited during the attach; nothing was kept", pid)
 	}
-	err = e.store.Update(func(tx *store.Tx) error {
-		if err := tx.PutAllocation(store.Allocation{Pool: servicePool(r.Service), Addr: rec.IP, Owner: attachOwner + key}); err != nil {
+	if err := e.commitAttach(rec); err != nil {
+		e.unwireContainer(rec)
+		e.releaseAttach(rec, svc)
+		return nil, err
+	}
+	e.log.Debug("attached", "handle", key, "service", r.Service, "ip", rec.IP, "global_ip", rec.GlobalIP)
+	return e.attachedAnswer(rec, r), nil
+}
+
+// settleExisting deals with an attachment the PID already has. done is
+// true when the request is answered by that: the same process again
+// (idempotent: links repaired, addresses kept) or a conflict. A recycled
+// PID's old attachment is forgotten and the attach goes on.
+func (e *Engine) settleExisting(ctx context.Context, existing *store.Attachment, id procIdentity, r protocol.AttachContainer, svc *serviceState) (done bool, resp protocol.Response, err error) {
+	switch {
+	case existing.StartTime != id.start || existing.NetnsInode != id.netns:
+		// The PID was recycled: the old container is gone.
+		e.log.Info("replacing the attachment of a process that no longer exists", "handle", existing.Key)
+		if _, err := e.forgetAttachment(existing); err != nil {
+			return true, nil, err
+		}
+		return false, nil, nil
+	case existing.Service != r.Service:
+		return true, nil, fmt.Errorf("%s is attached to service %s; detach it first", existing.Key, existing.Service)
+	case (existing.GlobalIP != "") != (r.JoinGlobal && e.globalUp()):
+		return true, nil, fmt.Errorf("%s is already attached to %s with join_global=%t; detach it to change that", existing.Key, r.Service, existing.GlobalIP != "")
+	}
+	if err := e.wireContainer(ctx, existing, svc); err != nil {
+		return true, nil, err
+	}
+	return true, e.attachedAnswer(existing, r), nil
+}
+
+// allocateAttach takes the container's addresses (the service's, growing it
+// when full; the node slice's with join_global) and returns its record.
+func (e *Engine) allocateAttach(key string, id procIdentity, r protocol.AttachContainer, svc *serviceState) (*store.Attachment, error) {
+	ip, err := e.allocateIn(svc)
+	if err != nil {
+		return nil, exhausted(err, svc.subnet, servicePool(r.Service))
+	}
+	var gip netip.Addr
+	var slice netip.Prefix
+	e.locked(func() {
+		e.at("attach.allocate")
+		if r.JoinGlobal && e.st.global != nil && e.st.slicePool != nil {
+			slice = e.st.slice
+			if gip, err = e.st.slicePool.Allocate(); err != nil {
+				svc.Release(ip)
+			}
+		}
+	})
+	if err != nil {
+		return nil, exhausted(err, slice, poolSlice)
+	}
+	rec := &store.Attachment{
+		Key:         key,
+		Platform:    r.Handle.Platform,
+		PID:         r.Handle.PID,
+		Service:     r.Service,
+		IP:          ip.String(),
+		HostLink:    vethName(r.Handle.PID, 0),
+		NetnsInode:  id.netns,
+		StartTime:   id.start,
+		DNSDomain:   r.DNSDomain,
+		CreatedUnix: time.Now().Unix(),
+	}
+	if r.DNSServer.IsValid() {
+		rec.DNSServer = r.DNSServer.String()
+	}
+	if gip.IsValid() {
+		rec.GlobalIP = gip.String()
+		rec.HostLinkGlobal = vethName(r.Handle.PID, 1)
+	}
+	return rec, nil
+}
+
+// releaseAttach gives an attach's addresses back after it failed.
+func (e *Engine) releaseAttach(rec *store.Attachment, svc *serviceState) {
+	ip, _ := netip.ParseAddr(rec.IP)
+	gip, _ := netip.ParseAddr(rec.GlobalIP)
+	e.locked(func() {
+		releaseIfFree(svc, ip)
+		if gip.IsValid() && e.st.slicePool != nil {
+			releaseIfFree(e.st.slicePool, gip)
+		}
+	})
+}
+
+// commitAttach writes an attachment and its allocations to the store and
+// the desired state.
+func (e *Engine) commitAttach(rec *store.Attachment) error {
+	owner := attachOwner + rec.Key
+	err := e.store.Update(func(tx *store.Tx) error {
+		if err := tx.PutAllocation(store.Allocation{Pool: servicePool(rec.Service), Addr: rec.IP, Owner: owner}); err != nil {
 			return err
 		}
-		if gip.IsValid() {
-			if err := tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: rec.GlobalIP, Owner: attachOwner + key}); err != nil {
+		if rec.GlobalIP != "" {
+			if err := tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: rec.GlobalIP, Owner: owner}); err != nil {
 				return err
 			}
 		}
 		return tx.PutAttachment(*rec)
 	})
 	if err != nil {
-		e.unwireContainer(rec)
-		releaseIPs()
-		return nil, err
+		return err
 	}
-	e.mu.Lock()
-	e.st.attach[key] = rec
-	e.st.owners[allocKey(servicePool(r.Service), ip)] = attachOwner + key
-	if gip.IsValid() {
-		e.st.owners[allocKey(poolSlice, gip)] = attachOwner + key
-	}
-	e.mu.Unlock()
-	e.log.Debug("attached", "handle", key, "service", r.Service, "ip", ip, "global_ip", gip)
-	return e.attachedAnswer(rec, r), nil
+	e.locked(func() {
+		e.st.attach[rec.Key] = rec
+		e.st.owners[servicePool(rec.Service)+"|"+rec.IP] = owner
+		if rec.GlobalIP != "" {
+			e.st.owners[poolSlice+"|"+rec.GlobalIP] = owner
+		}
+	})
+	return nil
 }
 
-func (e *Engine) globalUp() bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.st.global != nil
+func (e *Engine) globalUp() (up bool) {
+	e.locked(func() { up = e.st.global != nil })
+	return up
 }
 
 // attachedAnswer is the attached result, with the resolver the container
@@ -224,24 +255,31 @@ func (e *Engine) attachedAnswer(a *store.Attachment, r protocol.AttachContainer)
 }
 
 // wireContainer builds (or repairs) the links of an attachment: eth0 on the
-// service bridge with a default route via the gateway; eth1 with a node-slice
-// address, the cluster CIDR routed via the node IP. On error nothing of it
-// is left.
+// service bridge with a default route via the gateway of its range; eth1
+// with a node-slice address, the cluster CIDR routed via the node IP. On
+// error nothing of it is left.
 func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *serviceState) error {
 	e.waitDetached(ctx, a.HostLink)
 	ip, err := netip.ParseAddr(a.IP)
 	if err != nil {
 		return err
 	}
+	var rng svcRange
+	var ok bool
+	var bridge string
+	e.locked(func() { rng, ok = svc.rangeOf(ip); bridge = svc.rec.Bridge })
+	if !ok {
+		return fmt.Errorf("%s is outside every range of service %s", ip, svc.rec.Name)
+	}
 	alias := e.linkAlias("veth", a.Key)
 	err = e.cfg.Net.Attach(linuxnet.AttachSpec{
 		PID:       int(a.PID),
 		HostName:  a.HostLink,
 		IfName:    "eth0",
-		Addr:      netip.PrefixFrom(ip, svc.subnet.Bits()),
+		Addr:      netip.PrefixFrom(ip, rng.subnet.Bits()),
 		MTU:       e.cfg.MTU,
-		Bridge:    svc.rec.Bridge,
-		Gateway:   svc.gateway,
+		Bridge:    bridge,
+		Gateway:   rng.gateway,
 		HostAlias: alias,
 	})
 	if err != nil {
@@ -250,20 +288,30 @@ func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *se
 	if a.GlobalIP == "" {
 		return nil
 	}
+	if err := e.wireGlobal(ctx, a, alias); err != nil {
+		if derr := e.cfg.Net.Detach(a.HostLink); derr != nil {
+			e.log.Warn("rollback of eth0 failed; reconcile removes it", "link", a.HostLink, "err", derr)
+		}
+		return err
+	}
+	return nil
+}
+
+// wireGlobal builds a join_global container's eth1.
+func (e *Engine) wireGlobal(ctx context.Context, a *store.Attachment, alias string) error {
 	e.waitDetached(ctx, a.HostLinkGlobal)
 	gip, err := netip.ParseAddr(a.GlobalIP)
 	if err != nil {
 		return err
 	}
-	e.mu.Lock()
 	var nodeIP netip.Addr
 	var cluster netip.Prefix
-	if g := e.st.global; g != nil {
-		nodeIP, cluster = g.nodeIP, e.st.cluster
-	}
-	e.mu.Unlock()
+	e.locked(func() {
+		if g := e.st.global; g != nil {
+			nodeIP, cluster = g.nodeIP, e.st.cluster
+		}
+	})
 	if !nodeIP.IsValid() {
-		e.cfg.Net.Detach(a.HostLink)
 		return errors.New("join_global needs the global overlay, which is not set up")
 	}
 	err = e.cfg.Net.Attach(linuxnet.AttachSpec{
@@ -280,9 +328,6 @@ func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *se
 		HostAlias: alias,
 	})
 	if err != nil {
-		if derr := e.cfg.Net.Detach(a.HostLink); derr != nil {
-			e.log.Warn("rollback of eth0 failed; reconcile removes it", "link", a.HostLink, "err", derr)
-		}
 		return fmt.Errorf("eth1: %w", err)
 	}
 	return nil
@@ -300,6 +345,65 @@ func (e *Engine) unwireContainer(a *store.Attachment) {
 	}
 }
 
+// ensureHostRoute re-adds the host route of a container's eth1 when it is
+// missing. The route names the node IP as its source, and the kernel drops
+// such routes when that address goes away: whenever the global device
+// vanishes (a userspace device dies with a killed daemon; a teardown) while
+// the container's links survive.
+func (e *Engine) ensureHostRoute(a *store.Attachment, changes *int) error {
+	if a.HostLinkGlobal == "" {
+		return nil
+	}
+	gip, err := netip.ParseAddr(a.GlobalIP)
+	if err != nil {
+		return err
+	}
+	var nodeIP netip.Addr
+	e.locked(func() {
+		if g := e.st.global; g != nil {
+			nodeIP = g.nodeIP
+		}
+	})
+	if !nodeIP.IsValid() {
+		return nil
+	}
+	dst := netip.PrefixFrom(gip, gip.BitLen())
+	have, err := e.cfg.Net.Routes(a.HostLinkGlobal)
+	if err != nil {
+		return err
+	}
+	for _, r := range have {
+		if r.Dst == dst {
+			return nil
+		}
+	}
+	e.log.Info("container lost its host route; re-adding it", "handle", a.Key, "route", dst, "dev", a.HostLinkGlobal)
+	*changes++
+	return e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: dst, Dev: a.HostLinkGlobal, Src: nodeIP})
+}
+
+// restoreHostRoutes re-adds the host routes of every join_global container
+// (see ensureHostRoute), for when the node IP has just come back.
+func (e *Engine) restoreHostRoutes() {
+	if e.cfg.Net == nil || e.cfg.Caps.NoBridges {
+		return
+	}
+	var list []*store.Attachment
+	e.locked(func() {
+		for _, a := range e.st.attach {
+			if a.HostLinkGlobal != "" {
+				list = append(list, a)
+			}
+		}
+	})
+	var n int
+	for _, a := range list {
+		if err := e.ensureHostRoute(a, &n); err != nil {
+			e.log.Warn("re-adding a container's host route failed; reconcile retries", "handle", a.Key, "err", err)
+		}
+	}
+}
+
 func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protocol.Response, error) {
 	switch r.Handle.Platform {
 	case protocol.PlatformWindowsContainer:
@@ -312,42 +416,44 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 		return nil, fmt.Errorf("unknown handle platform %q", r.Handle.Platform)
 	}
 	key := handleKey(r.Handle)
-	e.global.RLock()
-	defer e.global.RUnlock()
-	e.mu.Lock()
-	a := e.st.attach[key]
-	e.mu.Unlock()
+	var a *store.Attachment
+	e.locked(func() { a = e.st.attach[key] })
 	if a == nil {
 		return protocol.OK{}, nil
 	}
+	lockKey := key
 	if a.Platform == protocol.PlatformWindowsContainer {
-		key = "windows:" + r.Handle.ContainerID
+		lockKey = "windows:" + r.Handle.ContainerID
 	}
-	unlock := e.locks.lock("service:"+a.Service, "handle:"+key)
-	defer unlock()
-	e.mu.Lock()
-	a = e.st.attach[handleKey(r.Handle)]
-	e.mu.Unlock()
+	release, err := e.hold(ctx, serviceLock(a.Service), handleLock(lockKey))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	e.locked(func() { a = e.st.attach[key] })
 	if a == nil {
 		return protocol.OK{}, nil
 	}
-	if err := e.detachAttachment(ctx, a); err != nil {
+	if _, err := e.detachAttachment(ctx, a); err != nil {
 		return nil, err
 	}
 	return protocol.OK{}, nil
 }
 
 // detachAttachment forgets an attachment and removes its kernel side. The
-// caller holds the service and handle locks.
-func (e *Engine) detachAttachment(ctx context.Context, a *store.Attachment) error {
+// caller holds the service and handle locks. The channel is closed once the
+// attachment's links are gone.
+func (e *Engine) detachAttachment(ctx context.Context, a *store.Attachment) (<-chan struct{}, error) {
 	switch a.Platform {
 	case protocol.PlatformGuestManaged:
-		return e.detachGuest(ctx, a)
+		return closed, e.detachGuest(a)
 	case protocol.PlatformWindowsContainer:
-		return e.detachWindows(ctx, a)
+		return closed, e.detachWindows(ctx, a)
 	}
-	return e.forgetAttachment(ctx, a)
+	return e.forgetAttachment(a)
 }
+
+var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // forgetAttachment commits the removal of a container attachment, then
 // deletes its links in the background: the kernel answers a link deletion
@@ -355,8 +461,9 @@ func (e *Engine) detachAttachment(ctx context.Context, a *store.Attachment) erro
 // for. The addresses return to their pools only once the links are gone,
 // so they are never handed out while still configured; if we crash in
 // between, the start-up reconcile deletes the links (ours by their alias,
-// wanted by nobody) before the first request.
-func (e *Engine) forgetAttachment(ctx context.Context, a *store.Attachment) error {
+// wanted by nobody) before the first request. The channel is closed when
+// the links are gone.
+func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) {
 	svcPool := servicePool(a.Service)
 	err := e.store.Update(func(tx *store.Tx) error {
 		if err := tx.DeleteAllocation(svcPool, a.IP); err != nil {
@@ -370,19 +477,20 @@ func (e *Engine) forgetAttachment(ctx context.Context, a *store.Attachment) erro
 		return tx.DeleteAttachment(a.Key)
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ip, _ := netip.ParseAddr(a.IP)
 	gip, _ := netip.ParseAddr(a.GlobalIP)
-	e.mu.Lock()
-	delete(e.st.attach, a.Key)
-	delete(e.st.owners, allocKey(svcPool, ip))
-	if gip.IsValid() {
-		delete(e.st.owners, allocKey(poolSlice, gip))
-	}
-	svcPoolRef := e.st.pool(svcPool)
-	slicePoolRef := e.st.slicePool
-	e.mu.Unlock()
+	var svcPoolRef, slicePoolRef addrPool
+	e.locked(func() {
+		delete(e.st.attach, a.Key)
+		delete(e.st.owners, allocKey(svcPool, ip))
+		if gip.IsValid() {
+			delete(e.st.owners, allocKey(poolSlice, gip))
+		}
+		svcPoolRef = e.st.pool(svcPool)
+		slicePoolRef = e.st.pool(poolSlice)
+	})
 
 	links := []string{a.HostLink}
 	if a.HostLinkGlobal != "" {
@@ -404,20 +512,12 @@ func (e *Engine) forgetAttachment(ctx context.Context, a *store.Attachment) erro
 			}
 			e.detaching.CompareAndDelete(l, done)
 		}
-		e.mu.Lock()
-		releaseIfFree(svcPoolRef, ip)
-		releaseIfFree(slicePoolRef, gip)
-		e.mu.Unlock()
+		e.locked(func() {
+			releaseIfFree(svcPoolRef, ip)
+			releaseIfFree(slicePoolRef, gip)
+		})
 	}()
-	return nil
-}
-
-// releaseIfFree returns an address to its pool unless the pool was
-// replaced meanwhile (a service torn down and set up again).
-func releaseIfFree(p *ipam.Pool, a netip.Addr) {
-	if p != nil && a.IsValid() && p.IsAllocated(a) {
-		p.Release(a)
-	}
+	return done, nil
 }
 
 // waitDetached waits until a background deletion of link name finished, so
@@ -433,151 +533,6 @@ func (e *Engine) waitDetached(ctx context.Context, name string) {
 		case <-time.After(10 * time.Second):
 		}
 	}
-}
-
-// attachGuest registers a VM guest that runs its own WireGuard: an address
-// from the node slice (routed into the global device, not onto a bridge), a
-// fresh keypair, and the guest as a global peer.
-func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (protocol.Response, error) {
-	if err := validName("guest id", r.Handle.ID); err != nil {
-		return nil, err
-	}
-	key := handleKey(r.Handle)
-	e.global.RLock()
-	defer e.global.RUnlock()
-	unlock := e.locks.lock("service:"+r.Service, "handle:"+key)
-	defer unlock()
-
-	e.mu.Lock()
-	g := e.st.global
-	existing := e.st.attach[key]
-	nodeKey := e.st.key
-	cluster := e.st.cluster
-	e.mu.Unlock()
-	if g == nil || g.dev == nil {
-		return nil, errUnprefixed{"guest-managed attach requires the global overlay to be set up first (call setup_global_overlay)"}
-	}
-	var keep netip.Addr
-	if existing != nil {
-		// A repeated attach rotates the guest's key but keeps its address.
-		keep, _ = netip.ParseAddr(existing.IP)
-		if err := e.detachGuest(ctx, existing); err != nil {
-			return nil, err
-		}
-	}
-	guestKey, err := wg.GenerateKey()
-	if err != nil {
-		return nil, err
-	}
-	e.mu.Lock()
-	var ip netip.Addr
-	if keep.IsValid() && e.st.slicePool.AllocateSpecific(keep) == nil {
-		ip = keep
-	} else {
-		// First attach, or another request took the address meanwhile.
-		ip, err = e.st.slicePool.Allocate()
-	}
-	slice := e.st.slice
-	e.mu.Unlock()
-	if err != nil {
-		return nil, exhausted(err, slice, poolSlice)
-	}
-	peer := store.Peer{
-		Scope:      scopeGlobal,
-		PublicKey:  guestKey.PublicKey().String(),
-		AllowedIPs: []string{netip.PrefixFrom(ip, ip.BitLen()).String()},
-		Guest:      true,
-	}
-	pc, err := e.peerConfig(ctx, peer, false)
-	if err == nil {
-		err = g.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}})
-	}
-	if err != nil {
-		e.mu.Lock()
-		e.st.slicePool.Release(ip)
-		e.mu.Unlock()
-		return nil, fmt.Errorf("register the guest on %s: %w", g.rec.Interface, err)
-	}
-	rec := &store.Attachment{
-		Key: key, Platform: r.Handle.Platform, GuestID: r.Handle.ID, Service: r.Service, IP: ip.String(),
-		GuestPubkey: peer.PublicKey, DNSDomain: r.DNSDomain, CreatedUnix: time.Now().Unix(),
-	}
-	if r.DNSServer.IsValid() {
-		rec.DNSServer = r.DNSServer.String()
-	}
-	err = e.store.Update(func(tx *store.Tx) error {
-		if err := tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: rec.IP, Owner: guestOwner + r.Handle.ID}); err != nil {
-			return err
-		}
-		if err := tx.PutPeer(peer); err != nil {
-			return err
-		}
-		return tx.PutAttachment(*rec)
-	})
-	if err != nil {
-		g.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: pc.PublicKey, Remove: true}}})
-		e.mu.Lock()
-		e.st.slicePool.Release(ip)
-		e.mu.Unlock()
-		return nil, err
-	}
-	e.mu.Lock()
-	e.st.attach[key] = rec
-	e.st.owners[allocKey(poolSlice, ip)] = guestOwner + r.Handle.ID
-	p := peer
-	e.st.peers[peerKey(scopeGlobal, peer.PublicKey)] = &p
-	e.mu.Unlock()
-	dnsServer, dnsDomain := e.containerDNS(r.Service, true, r.DNSServer, r.DNSDomain)
-	return protocol.GuestConfig{
-		OverlayIP:  ip,
-		PrefixLen:  uint8(cluster.Bits()),
-		PrivateKey: guestKey.String(),
-		PublicKey:  peer.PublicKey,
-		ListenPort: g.rec.WGPort,
-		Peers: []protocol.PeerSpec{{
-			PublicKey:               nodeKey.PublicKey().String(),
-			Endpoint:                netip.AddrPortFrom(g.nodeIP, g.rec.WGPort).String(),
-			AllowedIPs:              cluster.String(),
-			PersistentKeepaliveSecs: 25,
-		}},
-		DNSServer: dnsServer,
-		DNSDomain: dnsDomain,
-	}, nil
-}
-
-// detachGuest removes a guest's peer and releases its address.
-func (e *Engine) detachGuest(ctx context.Context, a *store.Attachment) error {
-	ip, _ := netip.ParseAddr(a.IP)
-	err := e.store.Update(func(tx *store.Tx) error {
-		if err := tx.DeleteAllocation(poolSlice, a.IP); err != nil {
-			return err
-		}
-		if err := tx.DeletePeer(scopeGlobal, a.GuestPubkey); err != nil {
-			return err
-		}
-		return tx.DeleteAttachment(a.Key)
-	})
-	if err != nil {
-		return err
-	}
-	e.mu.Lock()
-	delete(e.st.attach, a.Key)
-	delete(e.st.owners, allocKey(poolSlice, ip))
-	delete(e.st.peers, peerKey(scopeGlobal, a.GuestPubkey))
-	releaseIfFree(e.st.slicePool, ip)
-	var dev wg.Device
-	if e.st.global != nil {
-		dev = e.st.global.dev
-	}
-	e.mu.Unlock()
-	if dev != nil {
-		if k, err := wg.ParseKey(a.GuestPubkey); err == nil {
-			if err := dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: k, Remove: true}}}); err != nil {
-				e.log.Warn("removing guest peer failed; reconcile retries", "guest", a.GuestID, "err", err)
-			}
-		}
-	}
-	return nil
 }
 
 // containerDNS is the resolver a container or guest of service should use:
@@ -597,4 +552,15 @@ func (e *Engine) containerDNS(service string, guest bool, reqServer netip.Addr, 
 		domain = d
 	}
 	return server, domain
+}
+
+// exhausted words a pool's exhaustion for the main daemon.
+func exhausted(err error, p netip.Prefix, pool string) error {
+	if errors.Is(err, errExhausted) {
+		if pool == poolSlice {
+			return fmt.Errorf("the node slice %s has no free address left; detach containers or guests, or give this node a larger slice_cidr", p)
+		}
+		return fmt.Errorf("subnet %s of %s has no free address left, and the node slice has no room to grow it; detach containers, or set the service up with a larger subnet", p, strings.TrimPrefix(pool, "service:"))
+	}
+	return err
 }

@@ -52,14 +52,16 @@ func HostProcesses() Processes { return procfs{} }
 // a network namespace never remove each other's links.
 const linkAliasPrefix = "zlayer-overlayd:"
 
-func (e *Engine) aliasPrefix() string {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	id := e.st.node.Identity
-	if len(id) > 12 {
-		id = id[:12]
+// aliasPrefix is our label's prefix. The node identity never changes (the
+// store refuses to), so it is read once, and takes no lock: labels are made
+// while state is being read.
+func (e *Engine) aliasPrefix() string { return e.alias }
+
+func aliasFor(identity string) string {
+	if len(identity) > 12 {
+		identity = identity[:12]
 	}
-	return linkAliasPrefix + id + ":"
+	return linkAliasPrefix + identity + ":"
 }
 
 func (e *Engine) linkAlias(kind, key string) string { return e.aliasPrefix() + kind + ":" + key }

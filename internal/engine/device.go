@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
@@ -14,6 +15,18 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
+
+// The device applier: the one place that changes a WireGuard device, its
+// addresses and the routes into it. See the lock model in engine.go.
+
+// device is one WireGuard device and the lock that serialises every change
+// to it: a request's and a reconcile pass's alike.
+type device struct {
+	mu sync.Mutex
+	wg wg.Device
+}
+
+func (d *device) Name() string { return d.wg.Name() }
 
 // deviceSpec is everything one WireGuard device should be.
 type deviceSpec struct {
@@ -28,9 +41,10 @@ type deviceSpec struct {
 
 var errNoBackend = errors.New("no WireGuard backend is configured in this daemon")
 
-// openDevice creates (or adopts) a device and brings it to spec. On error
-// nothing of it is left.
-func (e *Engine) openDevice(ctx context.Context, spec deviceSpec) (wg.Device, error) {
+// openDevice creates (or adopts) a device and brings it to spec, every
+// peer with its endpoint. On error nothing of it is left. Until the caller
+// publishes the device in the state nobody else can reach it.
+func (e *Engine) openDevice(spec deviceSpec) (*device, error) {
 	if e.cfg.WG == nil || e.cfg.Net == nil {
 		return nil, errNoBackend
 	}
@@ -42,7 +56,8 @@ func (e *Engine) openDevice(ctx context.Context, spec deviceSpec) (wg.Device, er
 	if err != nil {
 		return nil, err
 	}
-	if err := e.syncDevice(ctx, dev, spec, true); err != nil {
+	d := &device{wg: dev}
+	if _, err := e.syncDevice(d, func() deviceSpec { return spec }); err != nil {
 		dev.Close()
 		return nil, err
 	}
@@ -50,82 +65,190 @@ func (e *Engine) openDevice(ctx context.Context, spec deviceSpec) (wg.Device, er
 		dev.Close()
 		return nil, err
 	}
-	return dev, nil
+	return d, nil
 }
 
-// syncDevice brings an open device to spec: key, port and exactly spec's
-// peers (keeping the sessions of peers that stay), addresses, MTU, link up,
-// and routes. fresh is true for a device just created: then every peer's
-// endpoint is set; otherwise endpoints are only set for peers the device
-// does not have, so an endpoint WireGuard learned (roaming, NAT) is never
-// overwritten by a reconcile.
-func (e *Engine) syncDevice(ctx context.Context, dev wg.Device, spec deviceSpec, fresh bool) error {
-	have := map[wgtypes.Key]bool{}
-	if !fresh {
-		snap, err := dev.Snapshot()
-		if err != nil {
-			return err
-		}
-		for _, p := range snap.Peers {
-			have[p.PublicKey] = true
-		}
+// syncDevice brings d to the spec that spec() derives from the desired
+// state, which it reads holding d's lock. It writes only what differs:
+// key and port when they changed; peers the device lacks (with their
+// endpoints), peers it should not have, and peers whose allowed IPs or
+// keepalive differ (never the endpoint of a peer it has: WireGuard may
+// have learned a better one); then addresses, MTU, link up, and routes.
+// A device that already matches is not written at all. It returns the
+// number of changes.
+func (e *Engine) syncDevice(d *device, spec func() deviceSpec) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	sp := spec()
+	e.at("device.sync")
+	snap, err := d.wg.Snapshot()
+	if err != nil {
+		return 0, err
 	}
-	port := int(spec.port)
-	cfg := wgtypes.Config{PrivateKey: &spec.key, ListenPort: &port, ReplacePeers: true}
-	for _, p := range spec.peers {
-		pc, err := e.peerConfig(ctx, p, !have[mustKey(p.PublicKey)])
+	changes := 0
+	var cfg wgtypes.Config
+	if snap.PrivateKey != sp.key {
+		cfg.PrivateKey = &sp.key
+		changes++
+	}
+	if port := int(sp.port); snap.ListenPort != port {
+		cfg.ListenPort = &port
+		changes++
+	}
+	want := make([]wgtypes.PeerConfig, 0, len(sp.peers))
+	for _, p := range sp.peers {
+		pc, err := e.peerConfig(p, true)
 		if err != nil {
-			e.log.Warn("peer left out of the device", "device", spec.name, "peer", p.PublicKey, "err", err)
+			e.log.Warn("peer left out of the device", "device", sp.name, "peer", p.PublicKey, "err", err)
 			continue
 		}
-		cfg.Peers = append(cfg.Peers, pc)
+		want = append(want, pc)
 	}
-	if err := dev.Configure(cfg); err != nil {
-		return fmt.Errorf("configure %s: %w", spec.name, err)
+	cfg.Peers = wg.PeerChanges(want, snap.Peers)
+	changes += len(cfg.Peers)
+	if cfg.PrivateKey != nil || cfg.ListenPort != nil || len(cfg.Peers) > 0 {
+		if err := d.wg.Configure(cfg); err != nil {
+			return 0, fmt.Errorf("configure %s: %w", sp.name, err)
+		}
 	}
-	if err := e.cfg.Net.SetMTU(spec.name, e.cfg.MTU); err != nil {
-		return err
+	if err := e.cfg.Net.SetMTU(sp.name, e.cfg.MTU); err != nil {
+		return changes, err
 	}
-	if err := e.cfg.Net.EnsureAddrs(spec.name, spec.addrs); err != nil {
-		return err
+	if err := e.cfg.Net.EnsureAddrs(sp.name, sp.addrs); err != nil {
+		return changes, err
 	}
-	if err := e.cfg.Net.SetUp(spec.name); err != nil {
-		return err
+	if err := e.cfg.Net.SetUp(sp.name); err != nil {
+		return changes, err
 	}
-	return e.syncRoutes(spec.name, spec.routes)
+	n, err := e.syncRoutes(sp.name, sp.routes)
+	return changes + n, err
+}
+
+// applyPeers writes the peer changes of a committed request to d and
+// adds and removes the routes they need, holding d's lock. next and prev
+// are the peer's record after and before the request (nil: absent).
+func (e *Engine) applyPeers(d *device, scope string, peers []wgtypes.PeerConfig, next, prev *store.Peer) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(peers) > 0 {
+		if err := d.wg.Configure(wgtypes.Config{Peers: peers}); err != nil {
+			return fmt.Errorf("configure %s: %w", d.Name(), err)
+		}
+	}
+	return e.syncPeerRoutes(scope, d.Name(), next, prev)
 }
 
 // syncRoutes makes the routes through dev exactly want (besides the routes
-// the kernel derives from the device's addresses).
-func (e *Engine) syncRoutes(dev string, want []netip.Prefix) error {
+// the kernel derives from the device's addresses). Called under the
+// device's lock.
+func (e *Engine) syncRoutes(dev string, want []netip.Prefix) (int, error) {
 	have, err := e.cfg.Net.Routes(dev)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	wanted := map[netip.Prefix]bool{}
 	for _, p := range want {
 		wanted[p.Masked()] = true
 	}
-	for _, r := range have {
-		if !wanted[r.Dst.Masked()] {
-			if err := e.cfg.Net.DeleteRoute(r); err != nil {
-				return err
-			}
-		}
-	}
+	changes := 0
 	present := map[netip.Prefix]bool{}
 	for _, r := range have {
 		present[r.Dst.Masked()] = true
+		if !wanted[r.Dst.Masked()] {
+			if err := e.cfg.Net.DeleteRoute(r); err != nil {
+				return changes, err
+			}
+			changes++
+		}
 	}
 	for p := range wanted {
 		if present[p] {
 			continue
 		}
 		if err := e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: p, Dev: dev, Scope: linuxnet.ScopeLink}); err != nil {
+			return changes, err
+		}
+		changes++
+	}
+	return changes, nil
+}
+
+// syncPeerRoutes adds the routes a peer's allowed IPs need and removes the
+// ones only its previous version needed. Called under the device's lock,
+// after the state holds the change.
+func (e *Engine) syncPeerRoutes(scope, dev string, next, prev *store.Peer) error {
+	covered := e.coveredFor(scope)
+	var want, old []netip.Prefix
+	if next != nil {
+		want = peerRoutes([]store.Peer{*next}, covered)
+	}
+	if prev != nil {
+		old = peerRoutes([]store.Peer{*prev}, covered)
+	}
+	for _, p := range want {
+		if err := e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: p, Dev: dev, Scope: linuxnet.ScopeLink}); err != nil {
+			return err
+		}
+	}
+	var gone []netip.Prefix
+	for _, p := range old {
+		if !slices.Contains(want, p) {
+			gone = append(gone, p)
+		}
+	}
+	if len(gone) == 0 {
+		// The common case (a new peer, or allowed IPs inside the cluster)
+		// needs no look at the other peers: add_peer stays O(1).
+		return nil
+	}
+	// A route another peer of the device still needs stays.
+	stillNeeded := map[netip.Prefix]bool{}
+	e.locked(func() {
+		for _, p := range e.st.peers {
+			if p.Scope != scope || p.PublicKey == pubOf(next, prev) {
+				continue
+			}
+			for _, r := range peerRoutes([]store.Peer{*p}, covered) {
+				stillNeeded[r] = true
+			}
+		}
+	})
+	for _, p := range gone {
+		if stillNeeded[p] {
+			continue
+		}
+		if err := e.cfg.Net.DeleteRoute(linuxnet.Route{Dst: p, Dev: dev}); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func pubOf(a, b *store.Peer) string {
+	if a != nil {
+		return a.PublicKey
+	}
+	if b != nil {
+		return b.PublicKey
+	}
+	return ""
+}
+
+// coveredFor is what a scope's device already routes by its addresses.
+func (e *Engine) coveredFor(scope string) (out []netip.Prefix) {
+	e.locked(func() {
+		if scope == scopeGlobal {
+			out = []netip.Prefix{e.st.cluster}
+			return
+		}
+		for _, svc := range e.st.services {
+			if scopeService(svc.rec.Name) == scope {
+				out = append([]netip.Prefix{netip.PrefixFrom(svc.gateway, svc.gateway.BitLen())}, svc.subnets()...)
+				return
+			}
+		}
+	})
+	return out
 }
 
 func mustKey(b64 string) wgtypes.Key {
@@ -135,8 +258,11 @@ func mustKey(b64 string) wgtypes.Key {
 
 // peerConfig turns a stored peer into a full wgctrl peer configuration.
 // withEndpoint includes the endpoint: the learned one when WireGuard
-// learned one, else the requested one (resolved).
-func (e *Engine) peerConfig(ctx context.Context, p store.Peer, withEndpoint bool) (wgtypes.PeerConfig, error) {
+// learned one, else the requested one as last resolved. It does no I/O: a
+// host name nobody has resolved yet (resolveEndpoints does that, outside
+// every lock) is left out, and the peer is reached once it contacts us or
+// a later pass has the address.
+func (e *Engine) peerConfig(p store.Peer, withEndpoint bool) (wgtypes.PeerConfig, error) {
 	key, err := wg.ParseKey(p.PublicKey)
 	if err != nil {
 		return wgtypes.PeerConfig{}, err
@@ -151,78 +277,73 @@ func (e *Engine) peerConfig(ctx context.Context, p store.Peer, withEndpoint bool
 	}
 	ka := time.Duration(p.Keepalive) * time.Second
 	pc.PersistentKeepaliveInterval = &ka
-	if withEndpoint {
-		ep := p.LearnedEndpoint
-		if ep == "" {
-			ep = p.Endpoint
+	if !withEndpoint {
+		return pc, nil
+	}
+	if p.LearnedEndpoint != "" {
+		if ap, err := netip.ParseAddrPort(p.LearnedEndpoint); err == nil {
+			pc.Endpoint = net.UDPAddrFromAddrPort(ap)
+			return pc, nil
 		}
-		if ep != "" {
-			ap, err := resolveEndpoint(ctx, ep)
-			if err != nil {
-				// A peer without an endpoint still works once it
-				// contacts us; better than dropping it.
-				e.log.Warn("peer endpoint unresolved; waiting for the peer to reach us", "peer", p.PublicKey, "err", err)
-			} else {
-				pc.Endpoint = net.UDPAddrFromAddrPort(ap)
-				if ep == p.Endpoint {
-					e.noteResolved(p.Scope, p.PublicKey, ap)
-				}
-			}
+	}
+	if p.Endpoint != "" {
+		if ap, ok := e.endpointOf(p.Scope, p.PublicKey, p.Endpoint); ok {
+			pc.Endpoint = net.UDPAddrFromAddrPort(ap)
 		}
 	}
 	return pc, nil
 }
 
-// peersOf returns the stored peers of a scope, sorted by key.
-func (s *state) peersOf(scope string) []store.Peer {
-	var out []store.Peer
-	for _, p := range s.peers {
-		if p.Scope == scope {
-			out = append(out, *p)
-		}
+// resolvedEndpoint is what a peer's requested endpoint resolved to.
+type resolvedEndpoint struct {
+	endpoint string
+	addr     netip.AddrPort
+}
+
+// endpointOf is the address of a peer's requested endpoint: the literal
+// itself, or what it last resolved to. It records the address, so the
+// health monitor can tell an endpoint WireGuard learned from this one.
+func (e *Engine) endpointOf(scope, pub, endpoint string) (ap netip.AddrPort, ok bool) {
+	if lit, err := netip.ParseAddrPort(endpoint); err == nil {
+		ap, ok = netip.AddrPortFrom(lit.Addr().Unmap(), lit.Port()), true
 	}
-	slices.SortFunc(out, func(a, b store.Peer) int {
-		if a.PublicKey < b.PublicKey {
-			return -1
+	key := peerKey(scope, pub)
+	e.locked(func() {
+		if !ok {
+			if r, found := e.resolved[key]; found && r.endpoint == endpoint {
+				ap, ok = r.addr, true
+			}
+			return
 		}
-		if a.PublicKey > b.PublicKey {
-			return 1
-		}
-		return 0
+		e.resolved[key] = resolvedEndpoint{endpoint, ap}
 	})
-	return out
+	return ap, ok
 }
 
-// peerRoutes are the destinations that must be routed into a device for its
-// peers: every allowed IP not already covered by the device's own
-// addresses (for the global device, the cluster CIDR covers most) and not
-// a default route (we never take over the host's default route).
-func peerRoutes(peers []store.Peer, covered []netip.Prefix) []netip.Prefix {
-	seen := map[netip.Prefix]bool{}
-	var out []netip.Prefix
+// noteResolved records what a peer's requested endpoint resolved to.
+func (e *Engine) noteResolved(scope, pub, endpoint string, ap netip.AddrPort) {
+	e.locked(func() { e.resolved[peerKey(scope, pub)] = resolvedEndpoint{endpoint, ap} })
+}
+
+// resolveEndpoints resolves the host-name endpoints of peers that have no
+// address for them yet. It is called before any lock is taken: a name can
+// take seconds to resolve, and nothing may wait for that.
+func (e *Engine) resolveEndpoints(ctx context.Context, peers []store.Peer) {
 	for _, p := range peers {
-		for _, c := range p.AllowedIPs {
-			pf, err := netip.ParsePrefix(c)
-			if err != nil || pf.Bits() == 0 {
-				continue
-			}
-			pf = pf.Masked()
-			if seen[pf] || coveredBy(pf, covered) {
-				continue
-			}
-			seen[pf] = true
-			out = append(out, pf)
+		if p.Endpoint == "" || p.LearnedEndpoint != "" {
+			continue
 		}
-	}
-	return out
-}
-
-func coveredBy(p netip.Prefix, by []netip.Prefix) bool {
-	for _, c := range by {
-		c = c.Masked()
-		if c.Bits() <= p.Bits() && c.Contains(p.Addr()) {
-			return true
+		if _, err := netip.ParseAddrPort(p.Endpoint); err == nil {
+			continue
 		}
+		if _, ok := e.endpointOf(p.Scope, p.PublicKey, p.Endpoint); ok {
+			continue
+		}
+		ap, err := resolveEndpoint(ctx, p.Endpoint)
+		if err != nil {
+			e.log.Warn("peer endpoint unresolved; waiting for the peer to reach us", "peer", p.PublicKey, "err", err)
+			continue
+		}
+		e.noteResolved(p.Scope, p.PublicKey, p.Endpoint, ap)
 	}
-	return false
 }

@@ -1,11 +1,13 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/zlayer/zlayer-overlayd/internal/dns"
@@ -56,6 +58,10 @@ type dnsState struct {
 	// domain is a dns_domain the main daemon sent, used as the zone when
 	// no --dns-zone was given.
 	domain atomic.Pointer[string]
+	// applyMu makes deriving the DNS configuration from the topology and
+	// applying it one step: two changes at once can then never apply the
+	// older picture last.
+	applyMu sync.Mutex
 }
 
 // AllowRecursion is the policy for dns.Config: loopback, this node's
@@ -104,16 +110,16 @@ func (e *Engine) enableDNS(cfg DNSConfig, policy *DNSPolicy) error {
 	}
 	policy.cfg = cfg
 	e.dns = &policy.dnsState
-	e.mu.Lock()
 	records := map[string][]netip.Addr{}
-	for name, r := range e.st.dns {
-		for _, a := range r.Addrs {
-			if ip, err := netip.ParseAddr(a); err == nil {
-				records[name] = append(records[name], ip)
+	e.locked(func() {
+		for name, r := range e.st.dns {
+			for _, a := range r.Addrs {
+				if ip, err := netip.ParseAddr(a); err == nil {
+					records[name] = append(records[name], ip)
+				}
 			}
 		}
-	}
-	e.mu.Unlock()
+	})
 	e.updateDNSZone()
 	if err := cfg.Server.Replace(records); err != nil {
 		return fmt.Errorf("restore DNS records: %w", err)
@@ -157,6 +163,7 @@ type dnsPlan struct {
 	listen  []netip.AddrPort // sorted, no duplicates
 	allowed []netip.Prefix   // sources recursion is allowed for
 	reverse []netip.Prefix   // reverse zones we answer
+	ifaces  dns.Interfaces   // where queries may arrive
 }
 
 // planDNS derives the DNS server's configuration from the desired state:
@@ -170,7 +177,31 @@ func (e *Engine) planDNS() dnsPlan {
 	if cfg.LoopbackPort != 0 {
 		p.listen = append(p.listen, netip.AddrPortFrom(lo, cfg.LoopbackPort))
 	}
-	e.mu.Lock()
+	e.locked(func() { e.planDNSLocked(&p) })
+	slices.SortFunc(p.listen, func(a, b netip.AddrPort) int { return a.Compare(b) })
+	p.listen = slices.Compact(p.listen)
+	return p
+}
+
+func (e *Engine) planDNSLocked(p *dnsPlan) {
+	cfg := e.dns.cfg
+	lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	// Queries are answered only when they arrive on loopback (always), an
+	// overlay device, a bridge or a container's join_global link
+	// (vethName(pid, 1), "zl-v<pid>-e1"): never from the underlay, whatever
+	// source address a packet claims.
+	p.ifaces = dns.Interfaces{Prefixes: []string{"zl-v"}}
+	if g := e.st.global; g != nil {
+		p.ifaces.Names = append(p.ifaces.Names, g.rec.Interface)
+	}
+	for _, svc := range e.st.services {
+		if svc.rec.Bridge != "" {
+			p.ifaces.Names = append(p.ifaces.Names, svc.rec.Bridge)
+		}
+		if svc.dedicated() && svc.rec.Interface != "" {
+			p.ifaces.Names = append(p.ifaces.Names, svc.rec.Interface)
+		}
+	}
 	if g := e.st.global; g != nil && e.servesNodeDNSLocked() {
 		p.listen = append(p.listen,
 			netip.AddrPortFrom(lo, cfg.MainPort),
@@ -185,46 +216,30 @@ func (e *Engine) planDNS() dnsPlan {
 		p.allowed = append(p.allowed, e.st.slice)
 	}
 	for _, svc := range e.st.services {
-		p.listen = append(p.listen, netip.AddrPortFrom(svc.gateway, cfg.OverlayPort))
-		p.allowed = append(p.allowed, svc.subnet)
-		if !e.st.cluster.IsValid() || !e.st.cluster.Contains(svc.subnet.Addr()) {
-			p.reverse = append(p.reverse, svc.subnet)
+		for _, r := range svc.ranges() {
+			p.listen = append(p.listen, netip.AddrPortFrom(r.gateway, cfg.OverlayPort))
+			p.allowed = append(p.allowed, r.subnet)
+			if !e.st.cluster.IsValid() || !e.st.cluster.Contains(r.subnet.Addr()) {
+				p.reverse = append(p.reverse, r.subnet)
+			}
 		}
 	}
-	e.mu.Unlock()
-	slices.SortFunc(p.listen, func(a, b netip.AddrPort) int { return a.Compare(b) })
-	p.listen = slices.Compact(p.listen)
-	return p
 }
 
 // updateDNS brings the DNS server to the current topology. A listener that
 // cannot bind (its port is taken) is reported in status and the log and
 // retried by reconcile; the others serve regardless.
 func (e *Engine) updateDNS() {
+	e.dns.applyMu.Lock()
+	defer e.dns.applyMu.Unlock()
 	e.updateDNSZone()
 	p := e.planDNS()
+	e.at("dns.plan")
 	srv := e.dns.cfg.Server
 	e.dns.allowed.Store(&p.allowed)
-	// Queries are answered only when they arrive on loopback (always), an
-	// overlay device, a bridge or a container's join_global link
-	// (vethName(pid, 1), "zl-v<pid>-e1"): never from the underlay, whatever
-	// source address a packet claims. Set before the listeners, so a new
-	// listener serves under the new policy.
-	ifaces := dns.Interfaces{Prefixes: []string{"zl-v"}}
-	e.mu.Lock()
-	if g := e.st.global; g != nil {
-		ifaces.Names = append(ifaces.Names, g.rec.Interface)
-	}
-	for _, svc := range e.st.services {
-		if svc.rec.Bridge != "" {
-			ifaces.Names = append(ifaces.Names, svc.rec.Bridge)
-		}
-		if svc.dedicated() && svc.rec.Interface != "" {
-			ifaces.Names = append(ifaces.Names, svc.rec.Interface)
-		}
-	}
-	e.mu.Unlock()
-	if err := srv.SetInterfaces(ifaces); err != nil {
+	// Interfaces before listeners, so a new listener serves under the new
+	// policy.
+	if err := srv.SetInterfaces(p.ifaces); err != nil {
 		e.log.Warn("DNS interfaces", "err", err)
 	}
 	if err := srv.SetReversePrefixes(p.reverse); err != nil {
@@ -254,26 +269,26 @@ func (e *Engine) servesNodeDNSLocked() bool {
 // delegateDNS records that the main daemon relies on our DNS server and
 // starts serving the addresses its own would have bound. Only in auto mode,
 // once; the flag is kept in the store so a restart keeps serving them.
-func (e *Engine) delegateDNS(why string) {
+func (e *Engine) delegateDNS(ctx context.Context, why string) {
 	if e.dns == nil || e.dns.cfg.NodeListeners != NodeListenersAuto {
 		return
 	}
-	e.mu.Lock()
-	done := e.st.node.DNSDelegated
-	e.mu.Unlock()
+	var done bool
+	e.locked(func() { done = e.st.node.DNSDelegated })
 	if done {
 		return
 	}
-	unlock := e.locks.lock("node")
-	e.mu.Lock()
-	node := e.st.node
-	e.mu.Unlock()
+	unlock, err := e.locks.lock(ctx, nodeLock())
+	if err != nil {
+		e.log.Warn("recording that the main daemon relies on our DNS", "err", err)
+		return
+	}
+	var node store.Node
+	e.locked(func() { node = e.st.node })
 	node.DNSDelegated = true
-	err := e.store.Update(func(tx *store.Tx) error { return tx.PutNode(node) })
+	err = e.store.Update(func(tx *store.Tx) error { return tx.PutNode(node) })
 	if err == nil {
-		e.mu.Lock()
-		e.st.node.DNSDelegated = true
-		e.mu.Unlock()
+		e.locked(func() { e.st.node.DNSDelegated = true })
 	}
 	unlock()
 	if err != nil {
@@ -288,31 +303,26 @@ func (e *Engine) delegateDNS(why string) {
 // can reach: the bridge gateway for containers on a bridge; for VM guests,
 // which relay to port MainPort of the address they are given, the node IP,
 // and only while we serve it.
-func (e *Engine) dnsFor(service string, guest bool) (netip.Addr, string) {
-	zone := strings.TrimSuffix(e.dns.cfg.Server.Zone(), ".")
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if guest {
-		if g := e.st.global; g != nil && e.servesNodeDNSLocked() {
-			return g.nodeIP, zone
+func (e *Engine) dnsFor(service string, guest bool) (server netip.Addr, zone string) {
+	zone = strings.TrimSuffix(e.dns.cfg.Server.Zone(), ".")
+	e.locked(func() {
+		g := e.st.global
+		nodeIP := g != nil && e.servesNodeDNSLocked()
+		switch svc := e.st.services[service]; {
+		case !guest && svc != nil:
+			server = svc.gateway
+		case nodeIP:
+			server = g.nodeIP
 		}
-		return netip.Addr{}, zone
-	}
-	if svc := e.st.services[service]; svc != nil {
-		return svc.gateway, zone
-	}
-	if g := e.st.global; g != nil && e.servesNodeDNSLocked() {
-		return g.nodeIP, zone
-	}
-	return netip.Addr{}, zone
+	})
+	return server, zone
 }
 
 func (e *Engine) dnsStatus(s *protocol.StatusSnapshot) {
 	srv := e.dns.cfg.Server
 	st := srv.Stats()
-	e.mu.Lock()
-	delegated := e.servesNodeDNSLocked()
-	e.mu.Unlock()
+	var delegated bool
+	e.locked(func() { delegated = e.servesNodeDNSLocked() })
 	ds := &protocol.DNSStatus{Zone: srv.Zone(), Records: st.Names, Delegated: delegated}
 	for _, l := range srv.Listeners() {
 		ds.Listeners = append(ds.Listeners, l.String())
@@ -360,15 +370,15 @@ func (e *Engine) relativeDNSName(name string) (string, error) {
 // registerDNS adds an address to a name. A main daemon that registers
 // names relies on our DNS (ZLayer's own never sends register_dns: it runs
 // its own server), so the first one delegates the node's DNS to us.
-func (e *Engine) registerDNS(r protocol.RegisterDNS) (protocol.Response, error) {
-	resp, err := e.registerDNSRecord(r)
+func (e *Engine) registerDNS(ctx context.Context, r protocol.RegisterDNS) (protocol.Response, error) {
+	resp, err := e.registerDNSRecord(ctx, r)
 	if err == nil {
-		e.delegateDNS("register_dns")
+		e.delegateDNS(ctx, "register_dns")
 	}
 	return resp, err
 }
 
-func (e *Engine) registerDNSRecord(r protocol.RegisterDNS) (protocol.Response, error) {
+func (e *Engine) registerDNSRecord(ctx context.Context, r protocol.RegisterDNS) (protocol.Response, error) {
 	rel, err := e.relativeDNSName(r.Name)
 	if err != nil {
 		return nil, err
@@ -380,11 +390,13 @@ func (e *Engine) registerDNSRecord(r protocol.RegisterDNS) (protocol.Response, e
 	if ip.Zone() != "" || ip.IsUnspecified() || ip.IsMulticast() {
 		return nil, fmt.Errorf("%s is not an address a name can point at", r.IP)
 	}
-	unlock := e.locks.lock("dns:" + rel)
+	unlock, err := e.locks.lock(ctx, dnsLock(rel))
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
-	e.mu.Lock()
-	rec := e.st.dns[rel]
-	e.mu.Unlock()
+	var rec store.DNSRecord
+	e.locked(func() { rec = e.st.dns[rel] })
 	if slices.Contains(rec.Addrs, ip.String()) {
 		return protocol.OK{}, nil
 	}
@@ -401,26 +413,25 @@ func (e *Engine) registerDNSRecord(r protocol.RegisterDNS) (protocol.Response, e
 		})
 		return nil, err
 	}
-	e.mu.Lock()
-	e.st.dns[rel] = next
-	e.mu.Unlock()
+	e.locked(func() { e.st.dns[rel] = next })
 	return protocol.OK{}, nil
 }
 
 // unregisterDNS removes a name entirely; an unknown name is fine.
-func (e *Engine) unregisterDNS(r protocol.UnregisterDNS) (protocol.Response, error) {
+func (e *Engine) unregisterDNS(ctx context.Context, r protocol.UnregisterDNS) (protocol.Response, error) {
 	rel, err := e.relativeDNSName(r.Name)
 	if err != nil {
 		return nil, err
 	}
-	unlock := e.locks.lock("dns:" + rel)
+	unlock, err := e.locks.lock(ctx, dnsLock(rel))
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
 	if err := e.store.Update(func(tx *store.Tx) error { return tx.DeleteDNS(rel) }); err != nil {
 		return nil, err
 	}
-	e.mu.Lock()
-	delete(e.st.dns, rel)
-	e.mu.Unlock()
+	e.locked(func() { delete(e.st.dns, rel) })
 	if err := e.dns.cfg.Server.Unregister(rel); err != nil {
 		return nil, err
 	}

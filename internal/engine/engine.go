@@ -3,11 +3,53 @@
 // kernel through small interfaces, and reconciles the kernel back to the
 // desired state at start and on a timer.
 //
-// Concurrency: the in-memory state is guarded by one mutex that is never
-// held across kernel or store I/O. Work on one resource is serialised by
-// keyed locks ("global" is a read-write lock: changing the global overlay
-// excludes everything, while attaches, peers and services only read it);
-// work on different resources runs in parallel.
+// # Layers
+//
+// Each file belongs to one layer and calls only into its own layer and the
+// ones below it (layers_test.go checks this):
+//
+//  0. Desired state (state.go, names.go, validate.go, nodekey.go): what the
+//     node should be, address pools and placement. Memory only, no I/O.
+//  1. Device applier (device.go): brings one WireGuard device, its
+//     addresses and its routes to what the desired state says, serialised
+//     per device.
+//  2. Domains (global.go, service.go, attach.go, guest.go, windows.go,
+//     peers.go, alloc.go, dnsint.go, fwint.go, natint.go, hooks.go): each
+//     request's steps — validate, lock, commit, apply, answer.
+//  3. Top (engine.go, reconcile.go, monitor.go, status.go): dispatch and
+//     the background passes.
+//
+// # Lock model
+//
+// Four kinds of lock, always taken in this order and never the reverse:
+//
+//  1. e.topology (sync.RWMutex): the global overlay as a whole — its device,
+//     node key, slice and cluster CIDR. setup_global_overlay,
+//     teardown_global_overlay and set_local_wg_pubkey hold it for writing;
+//     every other request and every background pass hold it for reading.
+//     Nothing slow that is not kernel work (no name resolution) happens
+//     under it.
+//  2. Resource locks (e.locks, locks.go): "node", "service:<name>",
+//     "handle:<attachment>", "peer:<scope>|<key>", "dns:<name>". A request
+//     takes all it needs in one call, holds them until it answers, and takes
+//     no more meanwhile. Requests on one resource run one after another;
+//     requests on different resources in parallel. Reconcile takes the same
+//     locks for what it repairs.
+//  3. Device locks (device.mu, device.go), one per WireGuard device. Every
+//     change to a device — by a request or by a reconcile pass — is made
+//     holding it, and reads the desired state inside it. A request commits
+//     its change to the store and to the desired state first and applies it
+//     under the device lock before answering; a pass reads the desired state
+//     and applies it under the same lock. So no pass can apply a picture
+//     older than an ok the main daemon received.
+//  4. e.mu: the in-memory desired state (e.st) and the small maps beside it.
+//     Held only around memory work, never across I/O, always released by
+//     defer (e.locked), so a panic cannot leave it held. Taken last.
+//
+// Subsystems have leaf locks of their own, taken after 1–3 and never
+// together with e.mu: dnsState.applyMu (DNS listeners and policy are
+// derived and applied as one step), fwState.mu (the nftables table),
+// natState.mu.
 package engine
 
 import (
@@ -24,6 +66,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/version"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // Features are the capabilities a hello answer advertises.
@@ -57,6 +100,10 @@ type Config struct {
 	// peer_health_changed and nat_endpoint_changed events (default 5 s;
 	// negative disables the monitor).
 	HealthInterval time.Duration
+	// RequestTimeout bounds one request, waiting for the resources it needs
+	// included (default 1 minute): a request stuck behind another gets an
+	// err saying which resource is busy instead of hanging its client.
+	RequestTimeout time.Duration
 
 	// DNS, when set, serves the cluster zone; DNSPolicy is the recursion
 	// policy the DNS server was created with.
@@ -90,19 +137,22 @@ type Engine struct {
 	log   *slog.Logger
 	store *store.Store
 
-	global sync.RWMutex // held exclusively while the global overlay changes
-	locks  keyedLocks
+	topology sync.RWMutex // see the lock model above
+	locks    keyedLocks
+	passMu   sync.Mutex // one reconcile pass at a time (the loop, Start, Reconcile)
 
-	mu sync.Mutex // guards st; never held across I/O
+	mu sync.Mutex // guards st and the maps below marked so; never held across I/O
 	st *state
+
+	alias string // the label prefix of our links (see aliasPrefix)
 
 	detaching sync.Map // host link name -> chan struct{} closed when deleted
 
 	hooks    hooks
-	health   map[string]bool   // guarded by mu; peerKey -> healthy
-	trials   map[string]*trial // guarded by mu; candidate endpoints being tried
-	rx       map[string]rxMark // guarded by mu; receive-counter progress per peer
-	resolved map[string]string // guarded by mu; peerKey -> configured endpoint as resolved
+	health   map[string]bool             // guarded by mu; peerKey -> healthy
+	trials   map[string]*trial           // guarded by mu; candidate endpoints being tried
+	rx       map[string]rxMark           // guarded by mu; receive-counter progress per peer
+	resolved map[string]resolvedEndpoint // guarded by mu; peerKey -> requested endpoint as resolved
 	dns      *dnsState
 	fw       *fwState
 	nat      *natState
@@ -115,6 +165,11 @@ type Engine struct {
 	reconcileRuns    atomic.Uint64
 	reconcileChanges atomic.Uint64
 	lastReconcile    atomic.Int64
+
+	// testHook, set only by tests, runs at named points between the steps
+	// of an operation, so a test can put a concurrent request exactly
+	// there.
+	testHook func(point string)
 
 	stopping     atomic.Bool
 	shutdownOnce sync.Once
@@ -145,6 +200,9 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.HealthInterval == 0 {
 		cfg.HealthInterval = 5 * time.Second
 	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = time.Minute
+	}
 	loaded, err := cfg.Store.Load()
 	if err != nil {
 		return nil, err
@@ -159,10 +217,11 @@ func New(cfg Config) (*Engine, error) {
 		log:        cfg.Log,
 		store:      cfg.Store,
 		st:         st,
+		alias:      aliasFor(st.node.Identity),
 		health:     map[string]bool{},
 		trials:     map[string]*trial{},
 		rx:         map[string]rxMark{},
-		resolved:   map[string]string{},
+		resolved:   map[string]resolvedEndpoint{},
 		shutdownCh: make(chan struct{}),
 		bgStop:     make(chan struct{}),
 	}
@@ -206,12 +265,11 @@ func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
 		close(e.bgStop)
 		e.bg.Wait()
-		e.mu.Lock()
-		devs := e.devicesLocked()
-		e.mu.Unlock()
+		var devs []*device
+		e.locked(func() { devs = e.devicesLocked() })
 		for _, d := range devs {
-			if d.Kind() == wg.KindUserspace {
-				if err := d.Close(); err != nil {
+			if d.wg.Kind() == wg.KindUserspace {
+				if err := d.wg.Close(); err != nil {
 					e.log.Warn("closing wireguard device", "device", d.Name(), "err", err)
 				}
 			}
@@ -219,8 +277,8 @@ func (e *Engine) Close() {
 	})
 }
 
-func (e *Engine) devicesLocked() []wg.Device {
-	var out []wg.Device
+func (e *Engine) devicesLocked() []*device {
+	var out []*device
 	if g := e.st.global; g != nil && g.dev != nil {
 		out = append(out, g.dev)
 	}
@@ -246,6 +304,10 @@ func (e *Engine) Handle(ctx context.Context, req protocol.Request) protocol.Resp
 	if e.stopping.Load() {
 		return errf("%s: zlayer-overlayd is shutting down; retry once it has restarted", req.Op())
 	}
+	// A request waiting for a resource another request holds gives up in
+	// time instead of queueing behind it forever.
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.RequestTimeout)
+	defer cancel()
 	resp, err := e.dispatch(ctx, req)
 	if err != nil {
 		var plain errUnprefixed
@@ -261,13 +323,13 @@ func (e *Engine) dispatch(ctx context.Context, req protocol.Request) (protocol.R
 	switch r := req.(type) {
 	case protocol.Hello:
 		if slices.Contains(r.Features, protocol.FeatureDNS) {
-			e.delegateDNS("hello with the dns feature")
+			e.delegateDNS(ctx, "hello with the dns feature")
 		}
 		return protocol.HelloResult{ProtocolVersion: protocol.Version, ServerVersion: version.Version, Features: Features}, nil
 	case protocol.Status:
 		return e.status(), nil
 	case protocol.SetLocalNodeID:
-		return e.setNodeID(r)
+		return e.setNodeID(ctx, r)
 	case protocol.SetLocalWGPubkey:
 		return e.setExpectedPubkey(ctx, r)
 	case protocol.SetupGlobalOverlay:
@@ -279,9 +341,9 @@ func (e *Engine) dispatch(ctx context.Context, req protocol.Request) (protocol.R
 	case protocol.TeardownServiceOverlay:
 		return e.teardownService(ctx, r)
 	case protocol.AllocateIP:
-		return e.allocateIP(r)
+		return e.allocateIP(ctx, r)
 	case protocol.ReleaseIP:
-		return e.releaseIP(r)
+		return e.releaseIP(ctx, r)
 	case protocol.AttachContainer:
 		return e.attach(ctx, r)
 	case protocol.DetachContainer:
@@ -295,9 +357,9 @@ func (e *Engine) dispatch(ctx context.Context, req protocol.Request) (protocol.R
 	case protocol.RemoveAllowedIP:
 		return e.removeAllowedIP(ctx, r)
 	case protocol.RegisterDNS:
-		return e.registerDNS(r)
+		return e.registerDNS(ctx, r)
 	case protocol.UnregisterDNS:
-		return e.unregisterDNS(r)
+		return e.unregisterDNS(ctx, r)
 	case protocol.NATTick:
 		return e.natTick(ctx)
 	case protocol.Shutdown:
@@ -319,21 +381,21 @@ func errf(format string, args ...any) protocol.Err {
 	return protocol.Err{Message: fmt.Sprintf(format, args...)}
 }
 
-func (e *Engine) setNodeID(r protocol.SetLocalNodeID) (protocol.Response, error) {
+func (e *Engine) setNodeID(ctx context.Context, r protocol.SetLocalNodeID) (protocol.Response, error) {
 	// Every writer of the node record rewrites it from a copy: serialise
 	// them, or one undoes another (in the store too).
-	unlock := e.locks.lock("node")
+	unlock, err := e.locks.lock(ctx, nodeLock())
+	if err != nil {
+		return nil, err
+	}
 	defer unlock()
-	e.mu.Lock()
-	node := e.st.node
-	e.mu.Unlock()
+	var node store.Node
+	e.locked(func() { node = e.st.node })
 	node.NodeID = r.NodeID
 	if err := e.store.Update(func(tx *store.Tx) error { return tx.PutNode(node) }); err != nil {
 		return nil, err
 	}
-	e.mu.Lock()
-	e.st.node.NodeID = r.NodeID
-	e.mu.Unlock()
+	e.locked(func() { e.st.node.NodeID = r.NodeID })
 	return protocol.OK{}, nil
 }
 
@@ -350,29 +412,34 @@ func (e *Engine) setExpectedPubkey(ctx context.Context, r protocol.SetLocalWGPub
 		return nil, fmt.Errorf("pubkey is %d bytes; a WireGuard public key is 44 base64 characters", len(r.Pubkey))
 	}
 	// Exclusive: the global device may switch to the key just named.
-	e.global.Lock()
-	defer e.global.Unlock()
-	unlock := e.locks.lock("node")
-	defer unlock()
-	e.mu.Lock()
-	node := e.st.node
-	e.mu.Unlock()
+	release, err := e.holdExclusive(ctx, nodeLock())
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	var node store.Node
+	e.locked(func() { node = e.st.node })
 	node.ExpectedPubkey = r.Pubkey
 	if err := e.store.Update(func(tx *store.Tx) error { return tx.PutNode(node) }); err != nil {
 		return nil, err
 	}
-	e.mu.Lock()
-	e.st.node.ExpectedPubkey = r.Pubkey
-	e.mu.Unlock()
-	if err := e.adoptNodeConfigKey(ctx, r.Pubkey); err != nil {
+	e.locked(func() { e.st.node.ExpectedPubkey = r.Pubkey })
+	if err := e.adoptNodeConfigKey(r.Pubkey); err != nil {
 		e.log.Warn("keeping the global device's key", "err", err)
 	}
-	e.mu.Lock()
-	ours, up := e.st.key, e.st.global != nil
-	e.mu.Unlock()
+	var ours wgtypes.Key
+	var up bool
+	e.locked(func() { ours, up = e.st.key, e.st.global != nil })
 	if up && ours.PublicKey().String() != r.Pubkey {
 		e.log.Warn("the main daemon's key for this node differs from the overlay device's key: peers will not accept our handshakes; put the matching private key into "+NodeConfigFile+" or send setup_global_overlay with private_key",
 			"expected", truncate(r.Pubkey), "device", ours.PublicKey().String())
 	}
 	return protocol.OK{}, nil
+}
+
+// at runs the test hook of a point (no-op outside tests).
+func (e *Engine) at(point string) {
+	if e.testHook != nil {
+		e.testHook(point)
+	}
 }

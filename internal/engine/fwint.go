@@ -95,7 +95,7 @@ func (e *Engine) firewallSpec() (firewall.Spec, bool) {
 	}
 	for _, svc := range e.st.services {
 		spec.Bridges = append(spec.Bridges, svc.rec.Bridge)
-		spec.Sources = append(spec.Sources, svc.subnet)
+		spec.Sources = append(spec.Sources, svc.subnets()...)
 		if svc.dedicated() {
 			spec.OverlayIfaces = append(spec.OverlayIfaces, svc.rec.Interface)
 			spec.Dedicated = append(spec.Dedicated, firewall.Dedicated{Device: svc.rec.Interface, Bridge: svc.rec.Bridge})

@@ -86,7 +86,9 @@ func (e *Engine) ensureForwarding() {
 			note(e.st.slice)
 		}
 		for _, svc := range e.st.services {
-			note(svc.subnet)
+			for _, sub := range svc.subnets() {
+				note(sub)
+			}
 		}
 		e.forwarding = v4 || v6
 		return v4, v6

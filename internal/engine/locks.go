@@ -1,73 +1,143 @@
 package engine
 
-import "sync"
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+)
 
-// keyedLocks serialises work on one resource (a service, a container, a
-// peer) while letting work on different resources run in parallel. Entries
-// are reference counted so the map does not grow with every PID ever seen.
+// Resource locks serialise work on one resource (the node record, a
+// service, a container, a peer, a DNS name) while work on different
+// resources runs in parallel. The lock model as a whole is in engine.go.
+//
+// A caller takes every lock it needs in one call, and never another while
+// it holds some: lock orders them by class (below) and then by key, so two
+// callers needing overlapping sets always queue in the same order and never
+// deadlock.
+
+// Lock classes, in the order they are taken.
+var lockClasses = []string{"node", "service:", "handle:", "peer:", "dns:"}
+
+func lockRank(key string) int {
+	for i, c := range lockClasses {
+		if strings.HasPrefix(key, c) {
+			return i
+		}
+	}
+	panic("engine: lock key " + key + " has no class") // a programming error, caught by every test
+}
+
 type keyedLocks struct {
 	mu sync.Mutex
 	m  map[string]*keyedLock
 }
 
+// keyedLock is a one-slot semaphore, so waiting for it can give up when the
+// request's context ends. Entries are reference counted: the map does not
+// grow with every PID ever seen.
 type keyedLock struct {
-	mu   sync.Mutex
+	ch   chan struct{}
 	refs int
 }
 
-// lock acquires the locks of keys in a fixed (sorted, deduplicated) order so
-// two requests needing overlapping sets never deadlock, and returns the
-// function that releases them.
-func (k *keyedLocks) lock(keys ...string) func() {
-	keys = sortedUnique(keys)
+func nodeLock() string                  { return "node" }
+func serviceLock(name string) string    { return "service:" + name }
+func handleLock(key string) string      { return "handle:" + key }
+func peerLock(scope, pub string) string { return "peer:" + peerKey(scope, pub) }
+func dnsLock(name string) string        { return "dns:" + name }
+
+// lock takes the locks of keys and returns the function that releases
+// them. When ctx ends first it releases what it took and says which
+// resource is busy.
+func (k *keyedLocks) lock(ctx context.Context, keys ...string) (func(), error) {
+	keys = sortedKeys(keys)
 	held := make([]*keyedLock, 0, len(keys))
-	for _, key := range keys {
-		k.mu.Lock()
-		if k.m == nil {
-			k.m = map[string]*keyedLock{}
-		}
-		l := k.m[key]
-		if l == nil {
-			l = &keyedLock{}
-			k.m[key] = l
-		}
-		l.refs++
-		k.mu.Unlock()
-		l.mu.Lock()
-		held = append(held, l)
-	}
-	return func() {
+	release := func() {
 		for i := len(held) - 1; i >= 0; i-- {
-			held[i].mu.Unlock()
-			k.mu.Lock()
-			held[i].refs--
-			if held[i].refs == 0 {
-				delete(k.m, keys[i])
-			}
-			k.mu.Unlock()
+			<-held[i].ch
+			k.put(keys[i], held[i])
 		}
+	}
+	for _, key := range keys {
+		l := k.get(key)
+		select {
+		case l.ch <- struct{}{}:
+			held = append(held, l)
+		case <-ctx.Done():
+			k.put(key, l)
+			release()
+			return nil, fmt.Errorf("%s is busy with another request that did not finish in time (%w); retry", strings.TrimSuffix(key, ":"), ctx.Err())
+		}
+	}
+	return release, nil
+}
+
+func (k *keyedLocks) get(key string) *keyedLock {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil {
+		k.m = map[string]*keyedLock{}
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyedLock{ch: make(chan struct{}, 1)}
+		k.m[key] = l
+	}
+	l.refs++
+	return l
+}
+
+func (k *keyedLocks) put(key string, l *keyedLock) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if l.refs--; l.refs == 0 {
+		delete(k.m, key)
 	}
 }
 
-func sortedUnique(keys []string) []string {
-	out := make([]string, 0, len(keys))
-	for _, k := range keys {
-		dup := false
-		for _, o := range out {
-			if o == k {
-				dup = true
-				break
-			}
+// sortedKeys orders keys by class, then by name, without duplicates.
+func sortedKeys(keys []string) []string {
+	out := slices.Clone(keys)
+	slices.SortFunc(out, func(a, b string) int {
+		if ra, rb := lockRank(a), lockRank(b); ra != rb {
+			return ra - rb
 		}
-		if !dup {
-			out = append(out, k)
-		}
+		return strings.Compare(a, b)
+	})
+	return slices.Compact(out)
+}
+
+// locked runs f holding e.mu. f must do no I/O. The lock is released by
+// defer, so a panic in f (a bug) cannot leave every later request stuck.
+func (e *Engine) locked(f func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	f()
+}
+
+// hold takes what a request that does not change the global overlay needs:
+// the topology for reading, then the resource locks of keys. release gives
+// both back. On an error nothing is held.
+func (e *Engine) hold(ctx context.Context, keys ...string) (release func(), err error) {
+	e.topology.RLock()
+	unlock, err := e.locks.lock(ctx, keys...)
+	if err != nil {
+		e.topology.RUnlock()
+		return nil, err
 	}
-	// Insertion sort: key lists have one to four entries.
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && out[j] < out[j-1]; j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
+	return func() { unlock(); e.topology.RUnlock() }, nil
+}
+
+// holdExclusive is hold for requests that change the global overlay: no
+// other request or pass runs meanwhile.
+func (e *Engine) holdExclusive(ctx context.Context, keys ...string) (release func(), err error) {
+	e.topology.Lock()
+	unlock, err := e.locks.lock(ctx, keys...)
+	if err != nil {
+		e.topology.Unlock()
+		return nil, err
 	}
-	return out
+	return func() { unlock(); e.topology.Unlock() }, nil
 }

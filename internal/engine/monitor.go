@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/store"
-	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -80,29 +79,56 @@ func (e *Engine) publish(ev protocol.Event) {
 
 type scopedDevice struct {
 	scope string
-	dev   wg.Device
+	dev   *device
 }
 
 // CheckPeers runs one monitor round now (tests).
 func (e *Engine) CheckPeers() { e.checkPeers(time.Now()) }
 
+// checkPeers reads every device's peers, pushes health events, and moves
+// unhealthy peers to their next candidate endpoint and learned endpoints
+// into the state. Name resolution for candidates happens with no lock held
+// (a name can take seconds); the switch itself under the device's lock.
 func (e *Engine) checkPeers(now time.Time) {
-	e.global.RLock()
-	defer e.global.RUnlock()
-	e.mu.Lock()
+	var switches []candidateSwitch
+	func() {
+		e.topology.RLock()
+		defer e.topology.RUnlock()
+		switches = e.observePeers(now)
+	}()
+	for i := range switches {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		switches[i].addr, switches[i].err = resolveEndpoint(ctx, switches[i].candidate)
+		cancel()
+	}
+	if len(switches) == 0 {
+		return
+	}
+	e.topology.RLock()
+	defer e.topology.RUnlock()
+	for _, sw := range switches {
+		e.switchCandidate(sw, now)
+	}
+}
+
+// observePeers is one look at every device: health transitions, learned
+// endpoints, and the candidate switches due. Called with the topology held.
+func (e *Engine) observePeers(now time.Time) []candidateSwitch {
 	var devs []scopedDevice
-	if g := e.st.global; g != nil && g.dev != nil {
-		devs = append(devs, scopedDevice{scopeGlobal, g.dev})
-	}
-	for name, svc := range e.st.services {
-		if svc.dev != nil {
-			devs = append(devs, scopedDevice{scopeService(name), svc.dev})
+	e.locked(func() {
+		if g := e.st.global; g != nil && g.dev != nil {
+			devs = append(devs, scopedDevice{scopeGlobal, g.dev})
 		}
-	}
-	e.mu.Unlock()
+		for name, svc := range e.st.services {
+			if svc.dev != nil {
+				devs = append(devs, scopedDevice{scopeService(name), svc.dev})
+			}
+		}
+	})
 	seen := map[string]bool{}
+	var switches []candidateSwitch
 	for _, d := range devs {
-		snap, err := d.dev.Snapshot()
+		snap, err := d.dev.wg.Snapshot()
 		if err != nil {
 			e.log.Warn("reading peers for the health check", "device", d.dev.Name(), "err", err)
 			continue
@@ -110,56 +136,75 @@ func (e *Engine) checkPeers(now time.Time) {
 		for _, p := range snap.Peers {
 			key := peerKey(d.scope, p.PublicKey.String())
 			seen[key] = true
-			e.checkPeer(d, key, p, now)
+			if sw, ok := e.checkPeer(d, key, p, now); ok {
+				switches = append(switches, sw)
+			}
 		}
 	}
-	e.mu.Lock()
-	for k := range e.health {
-		if !seen[k] {
-			delete(e.health, k)
+	e.locked(func() {
+		for k := range e.health {
+			if !seen[k] {
+				delete(e.health, k)
+			}
 		}
-	}
-	for k := range e.trials {
-		if !seen[k] {
-			delete(e.trials, k)
+		for k := range e.trials {
+			if !seen[k] {
+				delete(e.trials, k)
+			}
 		}
-	}
-	for k := range e.rx {
-		if !seen[k] {
-			delete(e.rx, k)
+		for k := range e.rx {
+			if !seen[k] {
+				delete(e.rx, k)
+			}
 		}
-	}
-	e.mu.Unlock()
+	})
+	return switches
 }
 
-func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.Time) {
+// candidateSwitch is a peer to move to its next candidate endpoint.
+type candidateSwitch struct {
+	d         scopedDevice
+	key       string
+	peer      store.Peer
+	index     int
+	candidate string
+	addr      netip.AddrPort
+	err       error
+}
+
+func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.Time) (candidateSwitch, bool) {
 	pub := p.PublicKey.String()
-	e.mu.Lock()
-	mark, seen := e.rx[key]
-	if !seen || p.ReceiveBytes != mark.bytes {
-		mark = rxMark{bytes: p.ReceiveBytes}
-		if seen || p.ReceiveBytes > 0 {
-			mark.at = now
-		}
-		e.rx[key] = mark
-	}
-	healthy := healthyAt(p.LastHandshakeTime, p.PersistentKeepaliveInterval, mark.at, now)
-	was := e.health[key]
-	e.health[key] = healthy
+	var healthy, was bool
 	var desired *store.Peer
-	if cp := e.st.peers[key]; cp != nil {
-		c := *cp
-		desired = &c
-	}
-	tr := e.trials[key]
-	configured := e.resolved[key]
-	e.mu.Unlock()
+	var tr *trial
+	var configured string
+	e.locked(func() {
+		mark, seen := e.rx[key]
+		if !seen || p.ReceiveBytes != mark.bytes {
+			mark = rxMark{bytes: p.ReceiveBytes}
+			if seen || p.ReceiveBytes > 0 {
+				mark.at = now
+			}
+			e.rx[key] = mark
+		}
+		healthy = healthyAt(p.LastHandshakeTime, p.PersistentKeepaliveInterval, mark.at, now)
+		was = e.health[key]
+		e.health[key] = healthy
+		if cp := e.st.peers[key]; cp != nil {
+			c := *cp
+			desired = &c
+		}
+		tr = e.trials[key]
+		if r, ok := e.resolved[key]; ok {
+			configured = r.addr.String()
+		}
+	})
 	if healthy != was {
 		e.log.Info("peer health changed", "peer", pub, "scope", d.scope, "healthy", healthy, "last_handshake", p.LastHandshakeTime)
 		e.publish(protocol.PeerHealthChanged{Pubkey: pub, Healthy: healthy})
 	}
 	if desired == nil || desired.Guest {
-		return
+		return candidateSwitch{}, false
 	}
 	cur := ""
 	if p.Endpoint != nil {
@@ -167,14 +212,21 @@ func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.
 	}
 	cands := candidates(desired)
 	if !healthy && len(cands) > 1 {
-		e.tryNextCandidate(d, key, desired, cands, tr, now)
-		return
+		if tr != nil && now.Sub(tr.since) < candidateTrialAfter {
+			return candidateSwitch{}, false
+		}
+		next := 0
+		if tr != nil {
+			next = (tr.index + 1) % len(cands)
+		}
+		return candidateSwitch{d: d, key: key, peer: *desired, index: next, candidate: cands[next]}, true
 	}
 	// A handshake on an endpoint we did not configure: WireGuard learned
 	// it (the peer roamed, or a NAT rebound its port), or a candidate won.
 	if healthy && cur != "" && cur != desired.LearnedEndpoint && cur != configured {
 		e.learnEndpoint(d, desired, cur)
 	}
+	return candidateSwitch{}, false
 }
 
 // candidates lists a peer's endpoints to try: the requested one first.
@@ -191,39 +243,23 @@ func candidates(p *store.Peer) []string {
 	return out
 }
 
-// tryNextCandidate moves an unhealthy peer to its next candidate endpoint
-// once the current one had its chance to handshake.
-func (e *Engine) tryNextCandidate(d scopedDevice, key string, p *store.Peer, cands []string, tr *trial, now time.Time) {
-	if tr != nil && now.Sub(tr.since) < candidateTrialAfter {
+// switchCandidate moves an unhealthy peer to its next candidate endpoint,
+// which gets its chance to handshake before the one after it.
+func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
+	e.locked(func() { e.trials[sw.key] = &trial{index: sw.index, since: now} })
+	if sw.err != nil {
+		e.log.Warn("candidate endpoint unusable", "peer", sw.peer.PublicKey, "candidate", sw.candidate, "err", sw.err)
 		return
 	}
-	next := 0
-	if tr != nil {
-		next = (tr.index + 1) % len(cands)
-	}
-	ap, err := resolveEndpoint(context.Background(), cands[next])
-	if err != nil {
-		e.log.Warn("candidate endpoint unusable", "peer", p.PublicKey, "candidate", cands[next], "err", err)
-		e.mu.Lock()
-		e.trials[key] = &trial{index: next, since: now}
-		e.mu.Unlock()
-		return
-	}
-	k := mustKey(p.PublicKey)
-	ka := time.Duration(max(p.Keepalive, 5)) * time.Second
-	err = d.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{
-		PublicKey: k, UpdateOnly: true, Endpoint: net.UDPAddrFromAddrPort(ap), PersistentKeepaliveInterval: &ka,
-	}}})
-	if err != nil {
-		e.log.Warn("switching a peer to its next candidate", "peer", p.PublicKey, "err", err)
-		return
-	}
+	ka := time.Duration(max(sw.peer.Keepalive, 5)) * time.Second
+	pc := wgtypes.PeerConfig{PublicKey: mustKey(sw.peer.PublicKey), UpdateOnly: true, Endpoint: net.UDPAddrFromAddrPort(sw.addr), PersistentKeepaliveInterval: &ka}
 	// e.resolved keeps the requested endpoint: a candidate that wins is
 	// then told apart from it and reported like a learned endpoint.
-	e.mu.Lock()
-	e.trials[key] = &trial{index: next, since: now}
-	e.mu.Unlock()
-	e.log.Debug("trying candidate endpoint", "peer", p.PublicKey, "candidate", ap)
+	if err := e.applyPeers(sw.d.dev, sw.d.scope, []wgtypes.PeerConfig{pc}, nil, nil); err != nil {
+		e.log.Warn("switching a peer to its next candidate", "peer", sw.peer.PublicKey, "err", err)
+		return
+	}
+	e.log.Debug("trying candidate endpoint", "peer", sw.peer.PublicKey, "candidate", sw.addr)
 }
 
 // learnEndpoint keeps an endpoint WireGuard is using that we did not
@@ -231,11 +267,14 @@ func (e *Engine) tryNextCandidate(d scopedDevice, key string, p *store.Peer, can
 // endpoint fights it, and tells the main daemon.
 func (e *Engine) learnEndpoint(d scopedDevice, p *store.Peer, endpoint string) {
 	scope := d.scope
-	unlock := e.peerLock(scope, p.PublicKey)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	unlock, err := e.locks.lock(ctx, peerLock(scope, p.PublicKey))
+	if err != nil {
+		return // a request is changing the peer; the next round looks again
+	}
 	defer unlock()
-	e.mu.Lock()
-	cur := e.st.peers[peerKey(scope, p.PublicKey)]
-	e.mu.Unlock()
+	cur := e.currentPeer(scope, p.PublicKey)
 	if cur == nil || cur.Endpoint != p.Endpoint {
 		return // changed by a request meanwhile
 	}
@@ -245,27 +284,21 @@ func (e *Engine) learnEndpoint(d scopedDevice, p *store.Peer, endpoint string) {
 		e.log.Warn("recording a learned endpoint", "peer", p.PublicKey, "err", err)
 		return
 	}
-	e.mu.Lock()
-	e.st.peers[peerKey(scope, p.PublicKey)] = &next
-	_, trying := e.trials[peerKey(scope, p.PublicKey)]
-	delete(e.trials, peerKey(scope, p.PublicKey))
-	e.mu.Unlock()
+	var trying bool
+	e.locked(func() {
+		e.setPeersLocked(scope, p.PublicKey, &next, nil)
+		_, trying = e.trials[peerKey(scope, p.PublicKey)]
+		delete(e.trials, peerKey(scope, p.PublicKey))
+	})
 	if trying && next.Keepalive < 5 {
 		// The trial raised the keepalive so handshakes were attempted;
 		// the peer asked for less.
 		ka := time.Duration(next.Keepalive) * time.Second
-		if err := d.dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: mustKey(p.PublicKey), UpdateOnly: true, PersistentKeepaliveInterval: &ka}}}); err != nil {
+		pc := wgtypes.PeerConfig{PublicKey: mustKey(p.PublicKey), UpdateOnly: true, PersistentKeepaliveInterval: &ka}
+		if err := e.applyPeers(d.dev, scope, []wgtypes.PeerConfig{pc}, nil, nil); err != nil {
 			e.log.Warn("restoring a peer's keepalive after its candidate trial", "peer", p.PublicKey, "err", err)
 		}
 	}
 	e.log.Info("peer endpoint changed", "peer", p.PublicKey, "scope", scope, "endpoint", endpoint, "requested", p.Endpoint)
 	e.publish(protocol.NATEndpointChanged{Pubkey: p.PublicKey, Endpoint: endpoint})
-}
-
-// noteResolved remembers the address a peer's requested endpoint resolved
-// to, so the monitor can tell a learned endpoint from the configured one.
-func (e *Engine) noteResolved(scope, pub string, ap netip.AddrPort) {
-	e.mu.Lock()
-	e.resolved[peerKey(scope, pub)] = ap.String()
-	e.mu.Unlock()
 }

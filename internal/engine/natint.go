@@ -56,9 +56,8 @@ func (e *Engine) globalBind() conn.Bind {
 // natTick refreshes the node's reflexive endpoint(s). It answers within a
 // few seconds whatever the STUN servers do: the main daemon waits for it.
 func (e *Engine) natTick(ctx context.Context) (protocol.Response, error) {
-	e.mu.Lock()
-	g := e.st.global
-	e.mu.Unlock()
+	var g *globalState
+	e.locked(func() { g = e.st.global })
 	if g == nil || !g.rec.NATEnabled || e.nat == nil || len(e.nat.cfg.Servers) == 0 {
 		return protocol.OK{}, nil
 	}
@@ -172,9 +171,8 @@ func (e *Engine) natBindPort() (uint16, bool) {
 }
 
 func (e *Engine) natStatus(s *protocol.StatusSnapshot) {
-	e.mu.Lock()
-	enabled := e.st.global != nil && e.st.global.rec.NATEnabled
-	e.mu.Unlock()
+	var enabled bool
+	e.locked(func() { enabled = e.st.global != nil && e.st.global.rec.NATEnabled })
 	n := e.nat
 	n.mu.Lock()
 	defer n.mu.Unlock()

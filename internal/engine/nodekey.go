@@ -1,12 +1,12 @@
 package engine
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"net/netip"
 	"os"
 
 	"github.com/zlayer/zlayer-overlayd/internal/store"
@@ -140,10 +140,11 @@ func (e *Engine) nodeConfigKey(expected string) *nodeConfigKey {
 // noteNodeConfigProblem records (msg != "") or clears why node_config.json
 // is not used, logging each new problem once.
 func (e *Engine) noteNodeConfigProblem(msg string) {
-	e.mu.Lock()
-	changed := e.nodeConfigProblem != msg
-	e.nodeConfigProblem = msg
-	e.mu.Unlock()
+	var changed bool
+	e.locked(func() {
+		changed = e.nodeConfigProblem != msg
+		e.nodeConfigProblem = msg
+	})
 	if changed && msg != "" {
 		e.log.Warn("not using the node key of " + NodeConfigFile + ": " + msg)
 	}
@@ -152,12 +153,13 @@ func (e *Engine) noteNodeConfigProblem(msg string) {
 // adoptNodeConfigKey moves a running global device to the key of
 // node_config.json when the main daemon has just named that key as this
 // node's (set_local_wg_pubkey after setup_global_overlay, which is the order
-// the ZLayer daemon sends them in). The caller holds the global overlay
+// the ZLayer daemon sends them in). The caller holds the topology
 // exclusively.
-func (e *Engine) adoptNodeConfigKey(ctx context.Context, expected string) error {
-	e.mu.Lock()
-	g, cur, node := e.st.global, e.st.key, e.st.node
-	e.mu.Unlock()
+func (e *Engine) adoptNodeConfigKey(expected string) error {
+	var g *globalState
+	var cur wgtypes.Key
+	var node store.Node
+	e.locked(func() { g, cur, node = e.st.global, e.st.key, e.st.node })
 	if g == nil || g.dev == nil {
 		return nil // the next setup_global_overlay picks the key
 	}
@@ -165,22 +167,22 @@ func (e *Engine) adoptNodeConfigKey(ctx context.Context, expected string) error 
 	if k == nil || k.private == cur || node.KeySource == keyFromRequest {
 		return nil
 	}
-	e.mu.Lock()
-	cluster := e.st.cluster
-	e.mu.Unlock()
-	if err := e.syncDevice(ctx, g.dev, e.globalSpec(g.rec, k.private, cluster, g.nodeIP), false); err != nil {
-		e.restoreGlobal(ctx, g)
+	var cluster netip.Prefix
+	e.locked(func() { cluster = e.st.cluster })
+	spec := e.globalSpec(g.rec, k.private, cluster, g.nodeIP)
+	if _, err := e.syncDevice(g.dev, func() deviceSpec { return spec }); err != nil {
+		e.restoreGlobal(g)
 		return fmt.Errorf("switch %s to the key of %s: %w", g.rec.Interface, NodeConfigFile, err)
 	}
 	node.PrivateKey, node.KeySource = k.private.String(), keyFromNodeConfig
 	if err := e.store.Update(func(tx *store.Tx) error { return tx.PutNode(node) }); err != nil {
-		e.restoreGlobal(ctx, g)
+		e.restoreGlobal(g)
 		return err
 	}
-	e.mu.Lock()
-	e.st.key = k.private
-	e.st.node.PrivateKey, e.st.node.KeySource = node.PrivateKey, node.KeySource
-	e.mu.Unlock()
+	e.locked(func() {
+		e.st.key = k.private
+		e.st.node.PrivateKey, e.st.node.KeySource = node.PrivateKey, node.KeySource
+	})
 	e.log.Info("global device switched to the node key of "+NodeConfigFile, "interface", g.rec.Interface,
 		"public_key", k.public, "previous", cur.PublicKey().String())
 	return nil

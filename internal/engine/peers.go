@@ -7,15 +7,236 @@ import (
 	"net/netip"
 	"slices"
 
-	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-func (e *Engine) peerLock(scope, pubkey string) func() {
-	return e.locks.lock("peer:" + peerKey(scope, pubkey))
+// Peer requests: each commits the peer's new record (and those of the
+// peers it takes prefixes from) to the store and the desired state, then
+// applies it to the device under the device's lock, and answers ok only
+// when the device holds it. A failure after the commit puts all three back.
+
+// peerScopeName is the store's name of a request's scope.
+func peerScopeName(ps protocol.PeerScope) string {
+	if ps.IsGlobal() {
+		return scopeGlobal
+	}
+	return scopeService(ps.Service)
+}
+
+// lockPeers takes what a peer request on pub needs: the topology and the
+// service (for a service scope) so the device cannot go away, the peer,
+// and every other peer of the scope that holds one of claims (WireGuard
+// gives a prefix to the last peer that claims it, so their records change
+// too). It returns the scope's device.
+func (e *Engine) lockPeers(ctx context.Context, ps protocol.PeerScope, pub string, claims []string) (*device, string, func(), error) {
+	scope := peerScopeName(ps)
+	for {
+		holders := e.claimHolders(scope, pub, claims)
+		keys := []string{peerLock(scope, pub)}
+		if !ps.IsGlobal() {
+			keys = append(keys, serviceLock(ps.Service))
+		}
+		for _, h := range holders {
+			keys = append(keys, peerLock(scope, h))
+		}
+		release, err := e.hold(ctx, keys...)
+		if err != nil {
+			return nil, "", nil, err
+		}
+		if again := e.claimHolders(scope, pub, claims); !slices.Equal(again, holders) {
+			release() // a holder changed before we had its lock: look again
+			continue
+		}
+		dev, err := e.deviceFor(ps)
+		if err != nil {
+			release()
+			return nil, "", nil, err
+		}
+		return dev, scope, release, nil
+	}
+}
+
+// deviceFor finds the WireGuard device of a peer scope.
+func (e *Engine) deviceFor(scope protocol.PeerScope) (dev *device, err error) {
+	e.locked(func() {
+		if scope.IsGlobal() {
+			if e.st.global == nil || e.st.global.dev == nil {
+				err = errGlobalNotSetUp
+				return
+			}
+			dev = e.st.global.dev
+			return
+		}
+		svc := e.st.services[scope.Service]
+		if svc == nil || !svc.dedicated() || svc.dev == nil {
+			err = errNoDedicated(scope.Service)
+			return
+		}
+		dev = svc.dev
+	})
+	return dev, err
+}
+
+// errNoDedicated is the reference's exact message (its tests pin it).
+func errNoDedicated(service string) error {
+	return errUnprefixed{"no dedicated overlay for service " + service}
+}
+
+var errGlobalNotSetUp = errUnprefixed{"global overlay not set up; call setup_global_overlay first"}
+
+func (e *Engine) claimHolders(scope, pub string, claims []string) []string {
+	var out []string
+	for _, p := range e.claimLosers(scope, pub, claims) {
+		out = append(out, p.PublicKey)
+	}
+	return out
+}
+
+// claimLosers returns, as they will be stored, the other peers of scope
+// that hold one of claims: without those prefixes.
+func (e *Engine) claimLosers(scope, pub string, claims []string) (out []store.Peer) {
+	if len(claims) == 0 {
+		return nil
+	}
+	e.locked(func() {
+		for _, p := range e.st.peersOf(scope) {
+			if p.PublicKey == pub || !slices.ContainsFunc(p.AllowedIPs, func(c string) bool { return slices.Contains(claims, c) }) {
+				continue
+			}
+			p.AllowedIPs = slices.DeleteFunc(slices.Clone(p.AllowedIPs), func(c string) bool { return slices.Contains(claims, c) })
+			out = append(out, p)
+		}
+	})
+	return out
+}
+
+// peerChange is one peer request's change: the peer before and after
+// (nil: absent), and the peers it takes prefixes from, before and after.
+type peerChange struct {
+	scope, pub   string
+	prev, next   *store.Peer
+	losersBefore []store.Peer
+	losersAfter  []store.Peer
+	endpoint     netip.AddrPort // set when the request changes the endpoint
+}
+
+// commitPeerChange writes c to the store and the desired state.
+func (e *Engine) commitPeerChange(c peerChange) error {
+	if err := e.store.Update(func(tx *store.Tx) error { return writePeers(tx, c.scope, c.pub, c.next, c.losersAfter) }); err != nil {
+		return err
+	}
+	e.locked(func() { e.setPeersLocked(c.scope, c.pub, c.next, c.losersAfter) })
+	return nil
+}
+
+// applyPeerChange writes a committed change to the device; if that fails
+// it takes the change back out of the store and the state, puts the device
+// back as it was, and returns the device's error.
+func (e *Engine) applyPeerChange(dev *device, c peerChange) error {
+	pcs, err := e.peerWrites(c)
+	if err != nil {
+		return err
+	}
+	err = e.applyPeers(dev, c.scope, pcs, c.next, c.prev)
+	if err == nil {
+		return nil
+	}
+	back := peerChange{scope: c.scope, pub: c.pub, prev: c.next, next: c.prev, losersBefore: c.losersAfter, losersAfter: c.losersBefore}
+	if cerr := e.store.Update(func(tx *store.Tx) error { return writePeers(tx, back.scope, back.pub, back.next, back.losersAfter) }); cerr != nil {
+		e.log.Error("could not take back a peer change the device refused; reconcile applies the stored one", "peer", c.pub, "err", cerr)
+		return err
+	}
+	e.locked(func() { e.setPeersLocked(back.scope, back.pub, back.next, back.losersAfter) })
+	var restore wgtypes.PeerConfig
+	if c.prev == nil {
+		restore = wgtypes.PeerConfig{PublicKey: mustKey(c.pub), Remove: true}
+	} else if restore, err = e.peerConfig(*c.prev, true); err != nil {
+		return err
+	}
+	if rerr := e.applyPeers(dev, c.scope, []wgtypes.PeerConfig{restore}, c.prev, c.next); rerr != nil {
+		e.log.Warn("restoring a peer after a failed change; reconcile retries", "peer", c.pub, "err", rerr)
+	}
+	return err
+}
+
+// peerWrites is what the device needs for a change: a new peer whole, a
+// removed one removed, and for a peer it has (as prev) only what differs —
+// appended allowed IPs keep every route the peer has — plus the endpoint
+// when the request changed it.
+func (e *Engine) peerWrites(c peerChange) ([]wgtypes.PeerConfig, error) {
+	if c.next == nil {
+		return []wgtypes.PeerConfig{{PublicKey: mustKey(c.pub), Remove: true}}, nil
+	}
+	next, err := e.peerConfig(*c.next, false)
+	if err != nil {
+		return nil, err
+	}
+	if c.prev == nil {
+		if c.endpoint.IsValid() {
+			next.Endpoint = net.UDPAddrFromAddrPort(c.endpoint)
+		}
+		return []wgtypes.PeerConfig{next}, nil
+	}
+	prev, err := e.peerConfig(*c.prev, false)
+	if err != nil {
+		return nil, err
+	}
+	had := wgtypes.Peer{PublicKey: prev.PublicKey, AllowedIPs: prev.AllowedIPs, PersistentKeepaliveInterval: *prev.PersistentKeepaliveInterval}
+	out := wg.PeerChanges([]wgtypes.PeerConfig{next}, []wgtypes.Peer{had})
+	if c.endpoint.IsValid() {
+		if len(out) == 0 {
+			out = []wgtypes.PeerConfig{{PublicKey: next.PublicKey, UpdateOnly: true}}
+		}
+		out[0].Endpoint = net.UDPAddrFromAddrPort(c.endpoint)
+	}
+	return out, nil
+}
+
+func writePeers(tx *store.Tx, scope, pub string, p *store.Peer, others []store.Peer) error {
+	if p == nil {
+		if err := tx.DeletePeer(scope, pub); err != nil {
+			return err
+		}
+	} else if err := tx.PutPeer(*p); err != nil {
+		return err
+	}
+	for _, o := range others {
+		if err := tx.PutPeer(o); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// setPeersLocked records a peer (nil: removes it) and others in the state.
+// Called with e.mu held.
+func (e *Engine) setPeersLocked(scope, pub string, p *store.Peer, others []store.Peer) {
+	if p == nil {
+		delete(e.st.peers, peerKey(scope, pub))
+		delete(e.resolved, peerKey(scope, pub))
+	} else {
+		cp := *p
+		e.st.peers[peerKey(scope, pub)] = &cp
+	}
+	for _, o := range others {
+		o := o
+		e.st.peers[peerKey(o.Scope, o.PublicKey)] = &o
+	}
+}
+
+// currentPeer is a copy of a peer's record, or nil.
+func (e *Engine) currentPeer(scope, pub string) (out *store.Peer) {
+	e.locked(func() {
+		if p := e.st.peers[peerKey(scope, pub)]; p != nil {
+			cp := *p
+			cp.AllowedIPs = slices.Clone(p.AllowedIPs)
+			out = &cp
+		}
+	})
+	return out
 }
 
 // addPeer adds a peer or updates it in place: a changed endpoint or
@@ -31,35 +252,26 @@ func (e *Engine) addPeer(ctx context.Context, r protocol.AddPeer) (protocol.Resp
 	if err != nil {
 		return nil, err
 	}
-	if r.Endpoint != "" {
-		if _, _, err := splitEndpoint(r.Endpoint); err != nil {
-			return nil, err
-		}
-	}
-	for _, c := range r.Candidates {
-		if _, _, err := splitEndpoint(c); err != nil {
-			return nil, fmt.Errorf("candidates: %w", err)
-		}
+	if err := validEndpoints(r.Endpoint, r.Candidates); err != nil {
+		return nil, err
 	}
 	if r.PersistentKeepaliveSecs > 65535 {
 		return nil, fmt.Errorf("persistent_keepalive_secs %d is above WireGuard's maximum of 65535", r.PersistentKeepaliveSecs)
 	}
-	dev, scope, release, err := e.lockDevice(r.Scope)
+	// A name is resolved before any lock is taken: it can take seconds.
+	var ep netip.AddrPort
+	if r.Endpoint != "" {
+		if ep, err = e.resolveRequested(ctx, peerScopeName(r.Scope), pub, r.Endpoint); err != nil {
+			return nil, err
+		}
+	}
+	dev, scope, release, err := e.lockPeers(ctx, r.Scope, pub, allowed)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	unlock := e.lockClaim(scope, pub, allowed)
-	defer unlock()
 
-	e.mu.Lock()
-	var prev *store.Peer
-	if p := e.st.peers[peerKey(scope, pub)]; p != nil {
-		cp := *p
-		prev = &cp
-	}
-	e.mu.Unlock()
-
+	c := peerChange{scope: scope, pub: pub, prev: e.currentPeer(scope, pub)}
 	next := store.Peer{
 		Scope:      scope,
 		PublicKey:  pub,
@@ -68,191 +280,57 @@ func (e *Engine) addPeer(ctx context.Context, r protocol.AddPeer) (protocol.Resp
 		Keepalive:  r.PersistentKeepaliveSecs,
 		Candidates: r.Candidates,
 	}
-	endpointChanged := prev == nil || prev.Endpoint != r.Endpoint
-	if prev != nil && !endpointChanged {
-		next.LearnedEndpoint = prev.LearnedEndpoint
-		next.Guest = prev.Guest
+	endpointChanged := c.prev == nil || c.prev.Endpoint != r.Endpoint
+	if c.prev != nil && !endpointChanged {
+		next.LearnedEndpoint = c.prev.LearnedEndpoint
+		next.Guest = c.prev.Guest
 	}
-	pc, err := e.peerConfig(ctx, next, false)
-	if err != nil {
+	c.next = &next
+	if endpointChanged && ep.IsValid() {
+		c.endpoint = ep
+		e.noteResolved(scope, pub, r.Endpoint, ep)
+	}
+	c.losersAfter = e.claimLosers(scope, pub, allowed)
+	c.losersBefore = e.peersNamed(scope, c.losersAfter)
+	if err := e.commitPeerChange(c); err != nil {
 		return nil, err
 	}
-	if endpointChanged && r.Endpoint != "" {
-		ap, err := resolveEndpoint(ctx, r.Endpoint)
-		if err != nil {
-			return nil, err
-		}
-		pc.Endpoint = udpAddr(ap)
-		e.noteResolved(scope, pub, ap)
-	}
-	if err := dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}}); err != nil {
-		return nil, fmt.Errorf("configure %s: %w", dev.Name(), err)
-	}
-	if err := e.syncPeerRoutes(scope, dev.Name(), &next, prev); err != nil {
-		e.restorePeer(ctx, dev, prev, pub)
+	if err := e.applyPeerChange(dev, c); err != nil {
 		return nil, err
 	}
-	losers := e.claimLosers(scope, pub, next.AllowedIPs)
-	if err := e.store.Update(func(tx *store.Tx) error { return putPeers(tx, next, losers) }); err != nil {
-		e.restorePeer(ctx, dev, prev, pub)
-		return nil, err
-	}
-	e.mu.Lock()
-	e.st.peers[peerKey(scope, pub)] = &next
-	e.setPeersLocked(losers)
-	e.mu.Unlock()
-	e.onPeerChange(scope, &next, prev)
+	e.onPeerChange(scope, c.next, c.prev)
 	return protocol.OK{}, nil
 }
 
-// lockClaim locks a peer and every other peer of the scope that holds one
-// of the prefixes it claims: WireGuard gives a prefix to the last peer
-// that claims it, so the stored records of those peers change too.
-func (e *Engine) lockClaim(scope, pub string, claims []string) func() {
-	for {
-		holders := e.claimHolders(scope, pub, claims)
-		keys := []string{"peer:" + peerKey(scope, pub)}
-		for _, h := range holders {
-			keys = append(keys, "peer:"+peerKey(scope, h))
+// peersNamed returns the current records of the peers listed.
+func (e *Engine) peersNamed(scope string, list []store.Peer) []store.Peer {
+	out := make([]store.Peer, 0, len(list))
+	for _, p := range list {
+		if cur := e.currentPeer(scope, p.PublicKey); cur != nil {
+			out = append(out, *cur)
 		}
-		unlock := e.locks.lock(keys...)
-		if again := e.claimHolders(scope, pub, claims); slices.Equal(again, holders) {
-			return unlock // the holders cannot change while we hold their locks
-		}
-		unlock()
-	}
-}
-
-func (e *Engine) claimHolders(scope, pub string, claims []string) []string {
-	var out []string
-	for _, p := range e.claimLosers(scope, pub, claims) {
-		out = append(out, p.PublicKey)
 	}
 	return out
 }
 
-// claimLosers returns, as they will be stored, the other peers of scope
-// that hold one of claims: without those prefixes.
-func (e *Engine) claimLosers(scope, pub string, claims []string) []store.Peer {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []store.Peer
-	for _, p := range e.st.peersOf(scope) {
-		if p.PublicKey == pub || !slices.ContainsFunc(p.AllowedIPs, func(c string) bool { return slices.Contains(claims, c) }) {
-			continue
-		}
-		p.AllowedIPs = slices.DeleteFunc(slices.Clone(p.AllowedIPs), func(c string) bool { return slices.Contains(claims, c) })
-		out = append(out, p)
+// resolveRequested is the address of a requested endpoint: a literal, what
+// the same endpoint of this peer resolved to before, or a fresh lookup.
+func (e *Engine) resolveRequested(ctx context.Context, scope, pub, endpoint string) (netip.AddrPort, error) {
+	if ap, ok := e.endpointOf(scope, pub, endpoint); ok {
+		return ap, nil
 	}
-	return out
+	return resolveEndpoint(ctx, endpoint)
 }
 
-func putPeers(tx *store.Tx, next store.Peer, losers []store.Peer) error {
-	for _, p := range append([]store.Peer{next}, losers...) {
-		if err := tx.PutPeer(p); err != nil {
+func validEndpoints(endpoint string, candidates []string) error {
+	if endpoint != "" {
+		if _, _, err := splitEndpoint(endpoint); err != nil {
 			return err
 		}
 	}
-	return nil
-}
-
-// setPeersLocked records peers in the state. Called with e.mu held.
-func (e *Engine) setPeersLocked(peers []store.Peer) {
-	for _, p := range peers {
-		p := p
-		e.st.peers[peerKey(p.Scope, p.PublicKey)] = &p
-	}
-}
-
-// restorePeer puts a device's view of one peer back to prev after a later
-// step failed (best effort; reconcile repairs what this cannot).
-func (e *Engine) restorePeer(ctx context.Context, dev wg.Device, prev *store.Peer, pub string) {
-	var pc wgtypes.PeerConfig
-	if prev == nil {
-		pc = wgtypes.PeerConfig{PublicKey: mustKey(pub), Remove: true}
-	} else {
-		var err error
-		if pc, err = e.peerConfig(ctx, *prev, true); err != nil {
-			return
-		}
-	}
-	if err := dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}}); err != nil {
-		e.log.Warn("restoring a peer after a failed change", "peer", pub, "err", err)
-	}
-}
-
-func udpAddr(ap netip.AddrPort) *net.UDPAddr { return net.UDPAddrFromAddrPort(ap) }
-
-// syncPeerRoutes adds the routes a peer's allowed IPs need and removes the
-// ones only its previous version needed.
-func (e *Engine) syncPeerRoutes(scope, dev string, next, prev *store.Peer) error {
-	covered := e.coveredFor(scope)
-	var want, old []netip.Prefix
-	if next != nil {
-		want = peerRoutes([]store.Peer{*next}, covered)
-	}
-	if prev != nil {
-		old = peerRoutes([]store.Peer{*prev}, covered)
-	}
-	for _, p := range want {
-		if err := e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: p, Dev: dev, Scope: linuxnet.ScopeLink}); err != nil {
-			return err
-		}
-	}
-	var gone []netip.Prefix
-	for _, p := range old {
-		if !slices.Contains(want, p) {
-			gone = append(gone, p)
-		}
-	}
-	if len(gone) == 0 {
-		// The common case (a new peer, or allowed IPs inside the cluster)
-		// needs no look at the other peers: add_peer stays O(1).
-		return nil
-	}
-	// A route another peer of the device still needs stays.
-	e.mu.Lock()
-	stillNeeded := map[netip.Prefix]bool{}
-	for _, p := range e.st.peers {
-		if p.Scope != scope || p.PublicKey == pubOf(next, prev) {
-			continue
-		}
-		for _, r := range peerRoutes([]store.Peer{*p}, covered) {
-			stillNeeded[r] = true
-		}
-	}
-	e.mu.Unlock()
-	for _, p := range gone {
-		if stillNeeded[p] {
-			continue
-		}
-		if err := e.cfg.Net.DeleteRoute(linuxnet.Route{Dst: p, Dev: dev}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func pubOf(a, b *store.Peer) string {
-	if a != nil {
-		return a.PublicKey
-	}
-	if b != nil {
-		return b.PublicKey
-	}
-	return ""
-}
-
-// coveredFor is what a scope's device already routes by its addresses.
-func (e *Engine) coveredFor(scope string) []netip.Prefix {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if scope == scopeGlobal {
-		return []netip.Prefix{e.st.cluster}
-	}
-	for _, svc := range e.st.services {
-		if scopeService(svc.rec.Name) == scope {
-			return []netip.Prefix{netip.PrefixFrom(svc.gateway, svc.gateway.BitLen()), svc.subnet}
+	for _, c := range candidates {
+		if _, _, err := splitEndpoint(c); err != nil {
+			return fmt.Errorf("candidates: %w", err)
 		}
 	}
 	return nil
@@ -265,33 +343,26 @@ func (e *Engine) removePeer(ctx context.Context, r protocol.RemovePeer) (protoco
 		return nil, fmt.Errorf("pubkey: %w", err)
 	}
 	pub := key.String()
-	dev, scope, release, err := e.lockDevice(r.Scope)
+	dev, scope, release, err := e.lockPeers(ctx, r.Scope, pub, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	unlock := e.peerLock(scope, pub)
-	defer unlock()
-	e.mu.Lock()
-	prev := e.st.peers[peerKey(scope, pub)]
-	e.mu.Unlock()
-	if err := dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: key, Remove: true}}}); err != nil {
-		return nil, fmt.Errorf("configure %s: %w", dev.Name(), err)
-	}
-	if prev == nil {
+	c := peerChange{scope: scope, pub: pub, prev: e.currentPeer(scope, pub)}
+	if c.prev == nil {
+		// Not ours; make sure the device agrees (a leftover goes).
+		if err := e.applyPeers(dev, scope, []wgtypes.PeerConfig{{PublicKey: key, Remove: true}}, nil, nil); err != nil {
+			return nil, err
+		}
 		return protocol.OK{}, nil
 	}
-	if err := e.store.Update(func(tx *store.Tx) error { return tx.DeletePeer(scope, pub) }); err != nil {
-		e.restorePeer(ctx, dev, prev, pub)
+	if err := e.commitPeerChange(c); err != nil {
 		return nil, err
 	}
-	e.mu.Lock()
-	delete(e.st.peers, peerKey(scope, pub))
-	e.mu.Unlock()
-	if err := e.syncPeerRoutes(scope, dev.Name(), nil, prev); err != nil {
-		e.log.Warn("removing a removed peer's routes; reconcile retries", "peer", pub, "err", err)
+	if err := e.applyPeerChange(dev, c); err != nil {
+		return nil, err
 	}
-	e.onPeerChange(scope, nil, prev)
+	e.onPeerChange(scope, nil, c.prev)
 	return protocol.OK{}, nil
 }
 
@@ -312,70 +383,44 @@ func (e *Engine) changeAllowedIP(ctx context.Context, pubkey, cidr string, ps pr
 		return nil, fmt.Errorf("pubkey: %w", err)
 	}
 	pub := key.String()
-	c, err := parseCIDR(cidr)
+	cidr, err = parseCIDR(cidr)
 	if err != nil {
 		return nil, fmt.Errorf("cidr: %w", err)
 	}
-	dev, scope, release, err := e.lockDevice(ps)
+	var claims []string
+	if add {
+		claims = []string{cidr}
+	}
+	dev, scope, release, err := e.lockPeers(ctx, ps, pub, claims)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	var unlock func()
-	if add {
-		unlock = e.lockClaim(scope, pub, []string{c})
-	} else {
-		unlock = e.peerLock(scope, pub)
-	}
-	defer unlock()
-	e.mu.Lock()
-	cur := e.st.peers[peerKey(scope, pub)]
-	var prev store.Peer
-	if cur != nil {
-		prev = *cur
-		prev.AllowedIPs = slices.Clone(cur.AllowedIPs)
-	}
-	e.mu.Unlock()
-	if cur == nil {
+	c := peerChange{scope: scope, pub: pub, prev: e.currentPeer(scope, pub)}
+	if c.prev == nil {
 		if add {
-			return nil, fmt.Errorf("cannot add allowed IP %s to unknown peer %s; add_peer it first", c, pub)
+			return nil, fmt.Errorf("cannot add allowed IP %s to unknown peer %s; add_peer it first", cidr, pub)
 		}
 		return protocol.OK{}, nil
 	}
-	has := slices.Contains(prev.AllowedIPs, c)
-	if has == add {
+	if slices.Contains(c.prev.AllowedIPs, cidr) == add {
 		return protocol.OK{}, nil
 	}
-	next := prev
+	next := *c.prev
 	if add {
-		next.AllowedIPs = append(slices.Clone(prev.AllowedIPs), c)
+		next.AllowedIPs = append(slices.Clone(c.prev.AllowedIPs), cidr)
 		slices.Sort(next.AllowedIPs)
 	} else {
-		next.AllowedIPs = slices.DeleteFunc(slices.Clone(prev.AllowedIPs), func(s string) bool { return s == c })
+		next.AllowedIPs = slices.DeleteFunc(slices.Clone(c.prev.AllowedIPs), func(s string) bool { return s == cidr })
 	}
-	pc, err := e.peerConfig(ctx, next, false)
-	if err != nil {
+	c.next = &next
+	c.losersAfter = e.claimLosers(scope, pub, claims)
+	c.losersBefore = e.peersNamed(scope, c.losersAfter)
+	if err := e.commitPeerChange(c); err != nil {
 		return nil, err
 	}
-	pc.UpdateOnly = true
-	if err := dev.Configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{pc}}); err != nil {
-		return nil, fmt.Errorf("configure %s: %w", dev.Name(), err)
-	}
-	if err := e.syncPeerRoutes(scope, dev.Name(), &next, &prev); err != nil {
-		e.restorePeer(ctx, dev, &prev, pub)
+	if err := e.applyPeerChange(dev, c); err != nil {
 		return nil, err
 	}
-	var losers []store.Peer
-	if add {
-		losers = e.claimLosers(scope, pub, []string{c})
-	}
-	if err := e.store.Update(func(tx *store.Tx) error { return putPeers(tx, next, losers) }); err != nil {
-		e.restorePeer(ctx, dev, &prev, pub)
-		return nil, err
-	}
-	e.mu.Lock()
-	e.st.peers[peerKey(scope, pub)] = &next
-	e.setPeersLocked(losers)
-	e.mu.Unlock()
 	return protocol.OK{}, nil
 }

@@ -9,7 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 )
 
@@ -39,13 +38,27 @@ func (e *Engine) Reconcile(ctx context.Context) (int, error) { return e.reconcil
 // reconcile puts the kernel back to the desired state and drops desired
 // state that can no longer exist (attachments of containers that died).
 // It deletes only links that carry our alias and that nothing wants, and
-// never touches anything else. It returns the number of changes.
+// never touches anything else. Every repair takes the locks a request on
+// the same thing would, and every device is brought to the desired state
+// read under its device lock, so a pass never undoes an ok. It returns the
+// number of changes.
 func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
 	if e.cfg.Net == nil {
 		return 0, nil
 	}
-	e.global.RLock()
-	defer e.global.RUnlock()
+	e.passMu.Lock()
+	defer e.passMu.Unlock()
+	// Names take seconds to resolve: before any lock.
+	var peers []store.Peer
+	e.locked(func() {
+		for _, p := range e.st.peers {
+			peers = append(peers, *p)
+		}
+	})
+	e.resolveEndpoints(ctx, peers)
+
+	e.topology.RLock()
+	defer e.topology.RUnlock()
 	changes := 0
 	var errs []error
 	note := func(err error) {
@@ -53,20 +66,21 @@ func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
 			errs = append(errs, err)
 		}
 	}
-
-	note(e.reconcileGlobal(ctx, &changes))
-	e.mu.Lock()
-	names := make([]string, 0, len(e.st.services))
-	for n := range e.st.services {
-		names = append(names, n)
-	}
-	e.mu.Unlock()
+	note(e.reconcileGlobal(&changes))
+	var names []string
+	e.locked(func() {
+		for n := range e.st.services {
+			names = append(names, n)
+		}
+	})
 	for _, n := range names {
 		note(e.reconcileService(ctx, n, &changes))
 	}
 	note(e.reconcileAttachments(ctx, &changes))
-	note(e.removeOrphanLinks(&changes, startup))
+	note(e.finishDetaches(ctx, &changes))
+	note(e.removeOrphanLinks(ctx, &changes, startup))
 	note(e.dropOrphanAllocations(&changes))
+	e.pruneResolved()
 
 	if e.fw != nil && !startup && e.syncFirewall(true) {
 		changes++
@@ -83,23 +97,19 @@ func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
 	return changes, errors.Join(errs...)
 }
 
-func (e *Engine) reconcileGlobal(ctx context.Context, changes *int) error {
-	e.mu.Lock()
-	g := e.st.global
-	key, cluster := e.st.key, e.st.cluster
-	e.mu.Unlock()
+func (e *Engine) reconcileGlobal(changes *int) error {
+	var g *globalState
+	e.locked(func() { g = e.st.global })
 	if g == nil {
 		return nil
 	}
-	spec := e.globalSpec(g.rec, key, cluster, g.nodeIP)
 	if g.dev == nil {
-		dev, err := e.openDevice(ctx, spec)
+		spec := e.currentGlobalSpec()
+		dev, err := e.openDevice(spec)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", g.rec.Interface, err)
 		}
-		e.mu.Lock()
-		g.dev = dev
-		e.mu.Unlock()
+		e.locked(func() { g.dev = dev })
 		*changes++
 		e.log.Info("global device restored", "interface", g.rec.Interface, "peers", len(spec.peers))
 		if g.rec.NATEnabled {
@@ -107,27 +117,33 @@ func (e *Engine) reconcileGlobal(ctx context.Context, changes *int) error {
 		}
 		return nil
 	}
-	return e.syncDevice(ctx, g.dev, spec, false)
+	n, err := e.syncDevice(g.dev, e.currentGlobalSpec)
+	if n > 0 {
+		e.log.Info("global device repaired", "interface", g.rec.Interface, "changes", n)
+	}
+	*changes += n
+	return err
 }
 
 func (e *Engine) reconcileService(ctx context.Context, name string, changes *int) error {
-	unlock := e.serviceLock(name)
+	unlock, err := e.locks.lock(ctx, serviceLock(name))
+	if err != nil {
+		return err
+	}
 	defer unlock()
-	e.mu.Lock()
-	svc := e.st.services[name]
-	e.mu.Unlock()
+	var svc *serviceState
+	e.locked(func() { svc = e.st.services[name] })
 	if svc == nil {
 		return nil
 	}
 	had := svc.dev != nil
 	exists := true
 	if !e.cfg.Caps.NoBridges {
-		var err error
 		if exists, err = e.cfg.Net.LinkExists(svc.rec.Bridge); err != nil {
 			return err
 		}
 	}
-	if err := e.ensureService(ctx, svc); err != nil {
+	if err := e.ensureService(svc); err != nil {
 		return fmt.Errorf("service %s: %w", name, err)
 	}
 	if !exists || (svc.dedicated() && !had) {
@@ -152,14 +168,14 @@ func (e *Engine) reconcileAttachments(ctx context.Context, changes *int) error {
 	for _, l := range links {
 		present[l.Name] = true
 	}
-	e.mu.Lock()
 	var list []*store.Attachment
-	for _, a := range e.st.attach {
-		if a.Platform == "linux_pid" {
-			list = append(list, a)
+	e.locked(func() {
+		for _, a := range e.st.attach {
+			if a.Platform == "linux_pid" {
+				list = append(list, a)
+			}
 		}
-	}
-	e.mu.Unlock()
+	})
 	var errs []error
 	for _, a := range list {
 		if err := e.reconcileAttachment(ctx, a, present, changes); err != nil {
@@ -170,12 +186,14 @@ func (e *Engine) reconcileAttachments(ctx context.Context, changes *int) error {
 }
 
 func (e *Engine) reconcileAttachment(ctx context.Context, a *store.Attachment, present map[string]bool, changes *int) error {
-	unlock := e.locks.lock("service:"+a.Service, "handle:"+a.Key)
+	unlock, err := e.locks.lock(ctx, serviceLock(a.Service), handleLock(a.Key))
+	if err != nil {
+		return err
+	}
 	defer unlock()
-	e.mu.Lock()
-	cur := e.st.attach[a.Key]
-	svc := e.st.services[a.Service]
-	e.mu.Unlock()
+	var cur *store.Attachment
+	var svc *serviceState
+	e.locked(func() { cur, svc = e.st.attach[a.Key], e.st.services[a.Service] })
 	if cur != a {
 		return nil // changed by a request meanwhile
 	}
@@ -191,7 +209,8 @@ func (e *Engine) reconcileAttachment(ctx context.Context, a *store.Attachment, p
 	if !alive || svc == nil {
 		e.log.Info("container gone; releasing its attachment", "handle", a.Key, "service", a.Service, "ip", a.IP)
 		*changes++
-		return e.forgetAttachment(ctx, a)
+		_, err := e.forgetAttachment(a)
+		return err
 	}
 	if present[a.HostLink] && (a.HostLinkGlobal == "" || present[a.HostLinkGlobal]) {
 		return e.ensureHostRoute(a, changes)
@@ -201,63 +220,51 @@ func (e *Engine) reconcileAttachment(ctx context.Context, a *store.Attachment, p
 	return e.wireContainer(ctx, a, svc)
 }
 
-// ensureHostRoute re-adds the host route of a container's eth1 when it is
-// missing. The route names the node IP as its source, and the kernel drops
-// such routes when that address goes away: whenever the global device
-// vanishes (a userspace device dies with a killed daemon; a teardown) while
-// the container's links survive.
-func (e *Engine) ensureHostRoute(a *store.Attachment, changes *int) error {
-	if a.HostLinkGlobal == "" {
+// finishDetaches completes the detaches a crash interrupted between their
+// two commits (see detachWindows).
+func (e *Engine) finishDetaches(ctx context.Context, changes *int) error {
+	if e.cfg.HCN == nil {
 		return nil
 	}
-	gip, err := netip.ParseAddr(a.GlobalIP)
-	if err != nil {
-		return err
-	}
-	e.mu.Lock()
-	var nodeIP netip.Addr
-	if g := e.st.global; g != nil {
-		nodeIP = g.nodeIP
-	}
-	e.mu.Unlock()
-	if !nodeIP.IsValid() {
-		return nil
-	}
-	dst := netip.PrefixFrom(gip, gip.BitLen())
-	have, err := e.cfg.Net.Routes(a.HostLinkGlobal)
-	if err != nil {
-		return err
-	}
-	for _, r := range have {
-		if r.Dst == dst {
-			return nil
+	var list []*store.Attachment
+	e.locked(func() {
+		for _, a := range e.st.attach {
+			if a.Detaching {
+				list = append(list, a)
+			}
 		}
+	})
+	var errs []error
+	for _, a := range list {
+		unlock, err := e.locks.lock(ctx, serviceLock(a.Service), handleLock("windows:"+a.HostLink))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var cur *store.Attachment
+		e.locked(func() { cur = e.st.attach[a.Key] })
+		if cur == a {
+			e.log.Info("finishing an interrupted detach", "handle", a.Key, "ip", a.IP)
+			if err := e.detachWindows(ctx, a); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", a.Key, err))
+			} else {
+				*changes++
+			}
+		}
+		unlock()
 	}
-	e.log.Info("container lost its host route; re-adding it", "handle", a.Key, "route", dst, "dev", a.HostLinkGlobal)
-	*changes++
-	return e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: dst, Dev: a.HostLinkGlobal, Src: nodeIP})
+	return errors.Join(errs...)
 }
 
-// restoreHostRoutes re-adds the host routes of every join_global container
-// (see ensureHostRoute), for when the node IP has just come back.
-func (e *Engine) restoreHostRoutes() {
-	if e.cfg.Net == nil || e.cfg.Caps.NoBridges {
-		return
-	}
-	e.mu.Lock()
-	var list []*store.Attachment
-	for _, a := range e.st.attach {
-		if a.HostLinkGlobal != "" {
-			list = append(list, a)
+// pruneResolved forgets the resolved endpoints of peers that are gone.
+func (e *Engine) pruneResolved() {
+	e.locked(func() {
+		for k := range e.resolved {
+			if e.st.peers[k] == nil {
+				delete(e.resolved, k)
+			}
 		}
-	}
-	e.mu.Unlock()
-	var n int
-	for _, a := range list {
-		if err := e.ensureHostRoute(a, &n); err != nil {
-			e.log.Warn("re-adding a container's host route failed; reconcile retries", "handle", a.Key, "err", err)
-		}
-	}
+	})
 }
 
 // removeOrphanLinks deletes links labelled as ours that the desired state
@@ -270,7 +277,7 @@ func (e *Engine) restoreHostRoutes() {
 // leaves exactly that, with the container's end still inside the
 // container; no request of ours is in flight at start-up, and no one else
 // names veths like this.
-func (e *Engine) removeOrphanLinks(changes *int, startup bool) error {
+func (e *Engine) removeOrphanLinks(ctx context.Context, changes *int, startup bool) error {
 	links, err := e.cfg.Net.Links("")
 	if err != nil {
 		return err
@@ -293,7 +300,11 @@ func (e *Engine) removeOrphanLinks(changes *int, startup bool) error {
 		// A request creating this link right now labels it before it
 		// records it in the state, holding the lock of what it works on:
 		// wait for it, then look again.
-		unlock, judge := e.creatorLock(strings.TrimPrefix(l.Alias, ours), startup)
+		unlock, judge, err := e.creatorLock(ctx, strings.TrimPrefix(l.Alias, ours), startup)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		if !judge {
 			continue
 		}
@@ -306,7 +317,6 @@ func (e *Engine) removeOrphanLinks(changes *int, startup bool) error {
 		} else {
 			e.log.Info("removing a link of ours that nothing wants", "link", l.Name, "kind", l.Kind, "label", l.Alias)
 		}
-		var err error
 		if l.Kind == "veth" {
 			err = e.cfg.Net.Detach(l.Name)
 		} else {
@@ -352,27 +362,59 @@ func (e *Engine) wantedLinks() map[string]bool {
 // service's for a bridge. A device's label names the device, not the
 // service whose setup may be creating it, so only the start-up reconcile,
 // when no request is in flight, judges devices (judge is false otherwise).
-func (e *Engine) creatorLock(label string, startup bool) (unlock func(), judge bool) {
+func (e *Engine) creatorLock(ctx context.Context, label string, startup bool) (unlock func(), judge bool, err error) {
 	kind, key, _ := strings.Cut(label, ":")
 	switch kind {
 	case "veth":
-		return e.locks.lock("handle:" + key), true
+		unlock, err = e.locks.lock(ctx, handleLock(key))
+		return unlock, err == nil, err
 	case "bridge":
-		return e.serviceLock(key), true
+		unlock, err = e.locks.lock(ctx, serviceLock(key))
+		return unlock, err == nil, err
 	}
-	return func() {}, startup
+	return func() {}, startup, nil
 }
 
 // dropOrphanAllocations deletes allocation records whose owner no longer
 // exists (a crash between forgetting an attachment and committing, or a
 // pool that went away) and returns their addresses.
 func (e *Engine) dropOrphanAllocations(changes *int) error {
-	type orphan struct {
-		pool string
-		addr netip.Addr
-	}
 	var orphans []orphan
-	e.mu.Lock()
+	e.locked(func() { orphans = e.orphanAllocationsLocked() })
+	if len(orphans) == 0 {
+		return nil
+	}
+	err := e.store.Update(func(tx *store.Tx) error {
+		for _, o := range orphans {
+			if err := tx.DeleteAllocation(o.pool, o.addr.String()); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	e.locked(func() {
+		for _, o := range orphans {
+			delete(e.st.owners, allocKey(o.pool, o.addr))
+			releaseIfFree(e.st.pool(o.pool), o.addr)
+		}
+	})
+	*changes += len(orphans)
+	e.log.Info("released addresses whose owners are gone", "count", len(orphans))
+	return nil
+}
+
+type orphan struct {
+	pool string
+	addr netip.Addr
+}
+
+// orphanAllocationsLocked lists allocations whose owner or pool is gone.
+// Called with e.mu held.
+func (e *Engine) orphanAllocationsLocked() []orphan {
+	var orphans []orphan
 	for k, owner := range e.st.owners {
 		pool, addr, _ := cut(k)
 		a, err := netip.ParseAddr(addr)
@@ -390,28 +432,5 @@ func (e *Engine) dropOrphanAllocations(changes *int) error {
 			orphans = append(orphans, orphan{pool, a})
 		}
 	}
-	e.mu.Unlock()
-	if len(orphans) == 0 {
-		return nil
-	}
-	err := e.store.Update(func(tx *store.Tx) error {
-		for _, o := range orphans {
-			if err := tx.DeleteAllocation(o.pool, o.addr.String()); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	e.mu.Lock()
-	for _, o := range orphans {
-		delete(e.st.owners, allocKey(o.pool, o.addr))
-		releaseIfFree(e.st.pool(o.pool), o.addr)
-	}
-	e.mu.Unlock()
-	*changes += len(orphans)
-	e.log.Info("released addresses whose owners are gone", "count", len(orphans))
-	return nil
+	return orphans
 }

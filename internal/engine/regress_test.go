@@ -95,7 +95,7 @@ func TestReconcileLeavesTheLinksOfAnAttachInFlight(t *testing.T) {
 		// built and before the attachment is committed.
 		go func() {
 			var n int
-			reconciled <- h.e.removeOrphanLinks(&n, false)
+			reconciled <- h.e.removeOrphanLinks(context.Background(), &n, false)
 		}()
 		select {
 		case err := <-reconciled:

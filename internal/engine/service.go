@@ -2,15 +2,19 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
+	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/ipam"
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 func (e *Engine) serviceBits(cluster netip.Prefix) int {
@@ -20,11 +24,12 @@ func (e *Engine) serviceBits(cluster netip.Prefix) int {
 	return ipam.DefaultServiceBits(cluster)
 }
 
-// carveBits is the size of a service subnet carved out of the node slice:
+// carveBits is the size of a service range carved out of the node slice:
 // an eighth of the slice, so a node fits eight services before falling
 // back to placement over the cluster, but never smaller than the reference's
 // /28 (13 containers) nor larger than a /24 (v6: /120 and /104). A /24
-// slice gives /27s: 29 containers per service per node.
+// slice gives /27s: 29 containers per range; a service that fills its
+// range grows by another.
 func (e *Engine) carveBits(slice netip.Prefix) int {
 	if e.cfg.ServiceBits > 0 && slice.Addr().Is4() == (e.cfg.ServiceBits <= 32) {
 		return e.cfg.ServiceBits
@@ -46,10 +51,10 @@ func resolveMode(mode string) (string, error) {
 	return "", fmt.Errorf("mode %q is not auto, shared or dedicated", truncate(mode))
 }
 
-func (e *Engine) serviceLock(name string) func() { return e.locks.lock("service:" + name) }
-
 // setupService creates or adopts a service overlay: its subnet, the bridge
 // its containers attach to, and for dedicated mode its own WireGuard device.
+// Steps: validate, place (reserving the subnet and port against setups
+// running beside it), build the kernel side, commit, publish.
 func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverlay) (protocol.Response, error) {
 	if err := validName("service", r.Service); err != nil {
 		return nil, err
@@ -70,108 +75,114 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 	if e.cfg.Net == nil {
 		return nil, errNoBackend
 	}
+	release, err := e.hold(ctx, serviceLock(r.Service))
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 
-	e.global.RLock()
-	defer e.global.RUnlock()
-	unlock := e.serviceLock(r.Service)
-	defer unlock()
-
-	e.mu.Lock()
-	st := e.st
-	existing := st.services[r.Service]
-	g := st.global
-	e.mu.Unlock()
-
+	var existing *serviceState
+	var g *globalState
+	e.locked(func() { existing, g = e.st.services[r.Service], e.st.global })
 	if existing != nil {
-		if existing.rec.Mode != mode {
-			return nil, fmt.Errorf("service %s is set up in %s mode; tear it down before setting it up in %s mode", r.Service, existing.rec.Mode, mode)
-		}
-		if explicit.IsValid() && explicit != existing.subnet {
-			return nil, fmt.Errorf("service %s already has subnet %s; tear it down before moving it to %s", r.Service, existing.subnet, explicit)
-		}
-		// Idempotent: make sure the kernel matches, keep the live bridge
-		// and its members.
-		if err := e.ensureService(ctx, existing); err != nil {
-			return nil, err
-		}
-		return serviceAnswer(existing), nil
+		return e.adoptService(existing, mode, explicit)
 	}
 	if g == nil && (mode == protocol.ModeDedicated || !explicit.IsValid()) {
 		return nil, fmt.Errorf("no global overlay yet: call setup_global_overlay first (a shared service with an explicit subnet can come earlier)")
 	}
-
-	// Place the subnet and build its pool (pure, under the lock so two
-	// services never get the same range).
-	e.mu.Lock()
-	svc, carved, err := e.placeService(r.Service, mode, explicit)
-	e.mu.Unlock()
+	svc, err := e.placeService(r.Service, mode, explicit, g)
 	if err != nil {
 		return nil, err
 	}
-	release := func() {
-		if carved {
-			e.mu.Lock()
-			st.slicePool.Include(svc.subnet)
-			e.mu.Unlock()
-		}
-	}
-	deployment := "zlayer"
-	if g != nil {
-		deployment = g.rec.Deployment
-	}
-	svc.rec.Bridge = ifName("b", deployment, r.Service)
-	if mode == protocol.ModeDedicated {
-		key, err := wg.GenerateKey()
-		if err != nil {
-			release()
-			return nil, err
-		}
-		e.mu.Lock()
-		port, err := e.dedicatedPortLocked(g.rec.WGPort)
-		e.mu.Unlock()
-		if err != nil {
-			release()
-			return nil, err
-		}
-		svc.key = key
-		svc.rec.PrivateKey = key.String()
-		svc.rec.WGPort = port
-		svc.rec.Interface = ifName("d", deployment, r.Service)
-		svc.rec.OverlayIP = svc.gateway.String()
-	}
-	if err := e.ensureService(ctx, svc); err != nil {
+	e.at("service.placed")
+	if err := e.ensureService(svc); err != nil {
 		e.removeServiceKernel(svc)
-		release()
+		e.unplaceService(svc)
 		return nil, err
 	}
-	err = e.store.Update(func(tx *store.Tx) error {
+	if err := e.store.Update(func(tx *store.Tx) error {
 		if err := tx.PutService(svc.rec); err != nil {
 			return err
 		}
 		return tx.PutAllocation(store.Allocation{Pool: servicePool(r.Service), Addr: svc.gateway.String(), Owner: ownerGW})
-	})
-	if err != nil {
+	}); err != nil {
 		e.removeServiceKernel(svc)
-		release()
+		e.unplaceService(svc)
 		return nil, err
 	}
-	e.mu.Lock()
-	st.services[r.Service] = svc
-	st.owners[allocKey(servicePool(r.Service), svc.gateway)] = ownerGW
-	e.mu.Unlock()
+	e.locked(func() {
+		e.st.services[r.Service] = svc
+		e.st.owners[allocKey(servicePool(r.Service), svc.gateway)] = ownerGW
+		e.unpendLocked(svc)
+	})
 	e.log.Info("service overlay up", "service", r.Service, "mode", mode, "subnet", svc.subnet, "source", svc.rec.SubnetSource,
 		"bridge", svc.rec.Bridge, "gateway", svc.gateway)
 	e.topologyChanged()
 	return serviceAnswer(svc), nil
 }
 
-// placeService picks the subnet of a new service: the main daemon's
+// adoptService answers a setup of a service that exists: the same mode and
+// subnet are idempotent (the kernel is made to match, the live bridge and
+// its members kept); anything else is refused.
+func (e *Engine) adoptService(svc *serviceState, mode string, explicit netip.Prefix) (protocol.Response, error) {
+	if svc.rec.Mode != mode {
+		return nil, fmt.Errorf("service %s is set up in %s mode; tear it down before setting it up in %s mode", svc.rec.Name, svc.rec.Mode, mode)
+	}
+	if explicit.IsValid() && explicit != svc.subnet {
+		return nil, fmt.Errorf("service %s already has subnet %s; tear it down before moving it to %s", svc.rec.Name, svc.subnet, explicit)
+	}
+	if err := e.ensureService(svc); err != nil {
+		return nil, err
+	}
+	return serviceAnswer(svc), nil
+}
+
+// placeService picks the subnet (and for dedicated mode the key, port and
+// device name) of a new service and reserves them until the setup is
+// committed or undone (unplaceService), so setups running beside it never
+// get an overlapping subnet or the same port.
+func (e *Engine) placeService(name, mode string, explicit netip.Prefix, g *globalState) (svc *serviceState, err error) {
+	var key wgtypes.Key
+	if mode == protocol.ModeDedicated {
+		k, err := wg.GenerateKey()
+		if err != nil {
+			return nil, err
+		}
+		key = k
+	}
+	e.locked(func() {
+		if svc, err = e.placeSubnetLocked(name, mode, explicit); err != nil {
+			return
+		}
+		deployment := "zlayer"
+		if g != nil {
+			deployment = g.rec.Deployment
+		}
+		svc.rec.Bridge = ifName("b", deployment, name)
+		if mode == protocol.ModeDedicated {
+			port, perr := e.dedicatedPortLocked(g.rec.WGPort)
+			if perr != nil {
+				e.unplaceLocked(svc)
+				svc, err = nil, perr
+				return
+			}
+			svc.key = key
+			svc.rec.PrivateKey = svc.key.String()
+			svc.rec.WGPort = port
+			svc.rec.Interface = ifName("d", deployment, name)
+			svc.rec.OverlayIP = svc.gateway.String()
+			e.st.pendingPorts[port] = name
+		}
+	})
+	return svc, err
+}
+
+// placeSubnetLocked picks the subnet of a new service: the main daemon's
 // explicit subnet, else a range carved from the node slice, else the
-// reference's FNV placement over the cluster CIDR; every choice avoids
-// what this node already uses. Called with e.mu held.
-func (e *Engine) placeService(name, mode string, explicit netip.Prefix) (*serviceState, bool, error) {
+// reference's FNV placement over the cluster CIDR; every choice avoids what
+// this node already uses or is setting up. Called with e.mu held.
+func (e *Engine) placeSubnetLocked(name, mode string, explicit netip.Prefix) (*serviceState, error) {
 	st := e.st
-	taken := st.takenPrefixes()
 	var subnet netip.Prefix
 	source := "explicit"
 	carved := false
@@ -179,68 +190,102 @@ func (e *Engine) placeService(name, mode string, explicit netip.Prefix) (*servic
 	case explicit.IsValid():
 		subnet = explicit
 		for other, svc := range st.services {
-			if svc.subnet.Overlaps(explicit) {
-				return nil, false, fmt.Errorf("subnet %s overlaps service %s's %s", explicit, other, svc.subnet)
+			for _, sub := range svc.subnets() {
+				if sub.Overlaps(explicit) {
+					return nil, fmt.Errorf("subnet %s overlaps service %s's %s", explicit, other, sub)
+				}
+			}
+		}
+		for other, sub := range st.pendingSubnets {
+			if sub.Overlaps(explicit) {
+				return nil, fmt.Errorf("subnet %s overlaps %s of service %s, which is being set up", explicit, sub, other)
 			}
 		}
 		if st.slice.IsValid() && st.slice.Overlaps(explicit) {
 			if !st.slice.Contains(explicit.Addr()) || explicit.Bits() < st.slice.Bits() {
-				return nil, false, fmt.Errorf("subnet %s partly overlaps the node slice %s; give a subnet inside or outside it", explicit, st.slice)
+				return nil, fmt.Errorf("subnet %s partly overlaps the node slice %s; give a subnet inside or outside it", explicit, st.slice)
 			}
 			if err := st.slicePool.Exclude(explicit); err != nil {
-				return nil, false, fmt.Errorf("subnet %s: %w", explicit, err)
+				return nil, fmt.Errorf("subnet %s: %w", explicit, err)
 			}
 			carved = true
 		}
 	default:
-		bits := e.serviceBits(st.cluster)
+		taken := st.takenPrefixes()
 		if cb := e.carveBits(st.slice); st.slicePool != nil && st.slice.Bits() < cb {
 			if p, err := st.slicePool.Carve(cb, withoutPrefix(taken, st.slice)); err == nil {
 				subnet, source, carved = p, "slice", true
 			}
 		}
 		if !subnet.IsValid() {
+			bits := e.serviceBits(st.cluster)
 			nodeKey := st.node.Identity
 			if st.node.NodeID != 0 {
 				nodeKey = strconv.FormatUint(st.node.NodeID, 10)
 			}
 			p, err := ipam.PlaceServiceSubnet(st.cluster, bits, name, nodeKey, taken)
 			if err != nil {
-				return nil, false, fmt.Errorf("place a /%d subnet for %s in %s: %w", bits, name, st.cluster, err)
+				return nil, fmt.Errorf("place a /%d subnet for %s in %s: %w", bits, name, st.cluster, err)
 			}
 			subnet, source = p, "hash"
 		}
 	}
-	gw, ok := ipam.FirstUsable(subnet)
-	if !ok {
-		return nil, false, fmt.Errorf("subnet %s has no usable address", subnet)
-	}
-	pool, err := ipam.NewPool(subnet)
+	r, err := newRange(subnet.String())
 	if err == nil {
-		err = pool.Reserve(gw)
+		err = r.pool.Reserve(r.gateway)
 	}
 	if err != nil {
 		if carved {
 			st.slicePool.Include(subnet)
 		}
-		return nil, false, err
+		return nil, err
 	}
+	st.pendingSubnets[name] = subnet
 	return &serviceState{
-		rec:     store.Service{Name: name, Mode: mode, Subnet: subnet.String(), SubnetSource: source, Gateway: gw.String()},
+		rec:     store.Service{Name: name, Mode: mode, Subnet: subnet.String(), SubnetSource: source, Gateway: r.gateway.String()},
 		subnet:  subnet,
-		gateway: gw,
-		pool:    pool,
-	}, carved, nil
+		gateway: r.gateway,
+		pool:    r.pool,
+	}, nil
+}
+
+// carvedFromSlice reports whether a service range was taken out of the
+// node slice's pool (so giving it up puts it back).
+func (e *Engine) carvedFromSliceLocked(p netip.Prefix) bool {
+	return e.st.slicePool != nil && e.st.slice.Contains(p.Addr()) && p.Bits() >= e.st.slice.Bits()
+}
+
+// unplaceService gives up what placeService reserved, after a setup failed.
+func (e *Engine) unplaceService(svc *serviceState) { e.locked(func() { e.unplaceLocked(svc) }) }
+
+func (e *Engine) unplaceLocked(svc *serviceState) {
+	e.unpendLocked(svc)
+	if e.carvedFromSliceLocked(svc.subnet) {
+		e.st.slicePool.Include(svc.subnet)
+	}
+}
+
+// unpendLocked ends the reservation of a service's placement: it is either
+// committed now (then the state has it) or given up.
+func (e *Engine) unpendLocked(svc *serviceState) {
+	delete(e.st.pendingSubnets, svc.rec.Name)
+	if svc.rec.WGPort != 0 && e.st.pendingPorts[svc.rec.WGPort] == svc.rec.Name {
+		delete(e.st.pendingPorts, svc.rec.WGPort)
+	}
 }
 
 // dedicatedPortLocked picks the lowest free port of the band above the
-// global port. Called with e.mu held.
+// global port, avoiding those of services being set up. Called with e.mu
+// held.
 func (e *Engine) dedicatedPortLocked(base uint16) (uint16, error) {
 	band := ipam.NewPortBand(base)
 	for _, svc := range e.st.services {
 		if svc.rec.WGPort != 0 {
 			band.Reserve(svc.rec.WGPort)
 		}
+	}
+	for port := range e.st.pendingPorts {
+		band.Reserve(port)
 	}
 	return band.Allocate()
 }
@@ -256,36 +301,45 @@ func serviceAnswer(svc *serviceState) protocol.ServiceOverlay {
 	return a
 }
 
+// bridgeSpec is a service's bridge: the gateway of every range on it.
+func (e *Engine) bridgeSpec(svc *serviceState) linuxnet.BridgeSpec {
+	spec := linuxnet.BridgeSpec{
+		Name:    svc.rec.Bridge,
+		Gateway: netip.PrefixFrom(svc.gateway, svc.subnet.Bits()),
+		MTU:     e.cfg.MTU,
+		Alias:   e.linkAlias("bridge", svc.rec.Name),
+	}
+	for _, r := range svc.extra {
+		spec.Extra = append(spec.Extra, netip.PrefixFrom(r.gateway, r.subnet.Bits()))
+	}
+	return spec
+}
+
 // ensureService brings the kernel side of a service to its desired state:
 // the bridge (created, or adopted with its members), and for a dedicated
-// service its WireGuard device with its peers.
-func (e *Engine) ensureService(ctx context.Context, svc *serviceState) error {
+// service its WireGuard device with its peers. The caller holds the
+// service's lock.
+func (e *Engine) ensureService(svc *serviceState) error {
 	if !e.cfg.Caps.NoBridges {
-		err := e.cfg.Net.EnsureBridge(linuxnet.BridgeSpec{
-			Name:    svc.rec.Bridge,
-			Gateway: netip.PrefixFrom(svc.gateway, svc.subnet.Bits()),
-			MTU:     e.cfg.MTU,
-			Alias:   e.linkAlias("bridge", svc.rec.Name),
-		})
-		if err != nil {
+		var spec linuxnet.BridgeSpec
+		e.locked(func() { spec = e.bridgeSpec(svc) })
+		if err := e.cfg.Net.EnsureBridge(spec); err != nil {
 			return err
 		}
 	}
 	if !svc.dedicated() {
 		return nil
 	}
-	spec := e.dedicatedSpec(svc)
 	if svc.dev == nil {
-		dev, err := e.openDevice(ctx, spec)
+		dev, err := e.openDevice(e.dedicatedSpec(svc))
 		if err != nil {
 			return fmt.Errorf("bring up dedicated device %s: %w", svc.rec.Interface, err)
 		}
-		e.mu.Lock()
-		svc.dev = dev
-		e.mu.Unlock()
+		e.locked(func() { svc.dev = dev })
 		return nil
 	}
-	return e.syncDevice(ctx, svc.dev, spec, false)
+	_, err := e.syncDevice(svc.dev, func() deviceSpec { return e.dedicatedSpec(svc) })
+	return err
 }
 
 // dedicatedSpec is a service's own WireGuard device. It carries the
@@ -293,9 +347,9 @@ func (e *Engine) ensureService(ctx context.Context, svc *serviceState) error {
 // and the remote nodes' subnets are routed into the device from the
 // service peers' allowed IPs.
 func (e *Engine) dedicatedSpec(svc *serviceState) deviceSpec {
-	e.mu.Lock()
-	peers := e.st.peersOf(scopeService(svc.rec.Name))
-	e.mu.Unlock()
+	var peers []store.Peer
+	var subnets []netip.Prefix
+	e.locked(func() { peers, subnets = e.st.peersOf(scopeService(svc.rec.Name)), svc.subnets() })
 	own := netip.PrefixFrom(svc.gateway, svc.gateway.BitLen())
 	return deviceSpec{
 		name:   svc.rec.Interface,
@@ -303,18 +357,108 @@ func (e *Engine) dedicatedSpec(svc *serviceState) deviceSpec {
 		port:   svc.rec.WGPort,
 		addrs:  []netip.Prefix{own},
 		peers:  peers,
-		routes: peerRoutes(peers, []netip.Prefix{own, svc.subnet}),
+		routes: peerRoutes(peers, append([]netip.Prefix{own}, subnets...)),
 	}
+}
+
+// growService gives a service whose ranges are full one more: a range
+// carved from the node slice like its first, with its own gateway on the
+// service's bridge. Only while the node slice has room, and never for a
+// subnet the main daemon chose (it decides that service's size). The
+// caller holds the service's lock; the answer of its request tells nothing
+// new, and status lists the ranges.
+func (e *Engine) growService(svc *serviceState) error {
+	if svc.rec.SubnetSource == "explicit" {
+		return ipam.ErrExhausted
+	}
+	var r svcRange
+	var err error
+	e.locked(func() {
+		st := e.st
+		bits := e.carveBits(st.slice)
+		if st.slicePool == nil || st.slice.Bits() >= bits {
+			err = ipam.ErrExhausted
+			return
+		}
+		var p netip.Prefix
+		if p, err = st.slicePool.Carve(bits, withoutPrefix(st.takenPrefixes(), st.slice)); err != nil {
+			return
+		}
+		if r, err = newRange(p.String()); err == nil {
+			err = r.pool.Reserve(r.gateway)
+		}
+		if err != nil {
+			st.slicePool.Include(p)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	rec := svc.rec
+	rec.Ranges = append(slices.Clone(rec.Ranges), r.subnet.String())
+	grown := *svc
+	grown.rec, grown.extra = rec, append(slices.Clone(svc.extra), r)
+	undo := func() {
+		e.locked(func() { e.st.slicePool.Include(r.subnet) })
+		if !e.cfg.Caps.NoBridges {
+			var spec linuxnet.BridgeSpec
+			e.locked(func() { spec = e.bridgeSpec(svc) })
+			e.cfg.Net.EnsureBridge(spec)
+		}
+	}
+	if !e.cfg.Caps.NoBridges {
+		var spec linuxnet.BridgeSpec
+		e.locked(func() { spec = e.bridgeSpec(&grown) })
+		if err := e.cfg.Net.EnsureBridge(spec); err != nil {
+			undo()
+			return fmt.Errorf("grow service %s by %s: %w", svc.rec.Name, r.subnet, err)
+		}
+	}
+	if err := e.store.Update(func(tx *store.Tx) error {
+		if err := tx.PutService(rec); err != nil {
+			return err
+		}
+		return tx.PutAllocation(store.Allocation{Pool: servicePool(rec.Name), Addr: r.gateway.String(), Owner: ownerGW})
+	}); err != nil {
+		undo()
+		return err
+	}
+	e.locked(func() {
+		svc.rec, svc.extra = rec, grown.extra
+		e.st.owners[allocKey(servicePool(rec.Name), r.gateway)] = ownerGW
+	})
+	e.log.Info("service grew by a range", "service", rec.Name, "range", r.subnet, "gateway", r.gateway, "ranges", len(grown.extra)+1)
+	e.topologyChanged()
+	return nil
+}
+
+// allocateIn hands out an address of a service, growing it by a range when
+// its ranges are full. The caller holds the service's lock.
+func (e *Engine) allocateIn(svc *serviceState) (netip.Addr, error) {
+	var a netip.Addr
+	var err error
+	e.locked(func() { a, err = svc.Allocate() })
+	if !errors.Is(err, ipam.ErrExhausted) {
+		return a, err
+	}
+	if gerr := e.growService(svc); gerr != nil {
+		if !errors.Is(gerr, ipam.ErrExhausted) {
+			e.log.Warn("could not grow a full service", "service", svc.rec.Name, "err", gerr)
+		}
+		return netip.Addr{}, err
+	}
+	e.locked(func() { a, err = svc.Allocate() })
+	return a, err
 }
 
 // removeServiceKernel deletes a service's bridge and device (best effort,
 // for rollback and teardown).
 func (e *Engine) removeServiceKernel(svc *serviceState) {
 	if svc.dev != nil {
-		if err := svc.dev.Close(); err != nil {
+		if err := svc.dev.wg.Close(); err != nil {
 			e.log.Warn("closing dedicated device", "device", svc.rec.Interface, "err", err)
 		}
-		svc.dev = nil
+		e.locked(func() { svc.dev = nil })
 	}
 	if svc.rec.Interface != "" {
 		if err := e.cfg.Net.DeleteLink(svc.rec.Interface); err != nil {
@@ -329,46 +473,67 @@ func (e *Engine) removeServiceKernel(svc *serviceState) {
 }
 
 // teardownService detaches every member, deletes the bridge and device and
-// releases the subnet. Unknown services are fine.
+// releases the subnet. Unknown services are fine. The ranges go back to the
+// node slice only once every member's links are gone: until then those
+// addresses are still configured in containers.
 func (e *Engine) teardownService(ctx context.Context, r protocol.TeardownServiceOverlay) (protocol.Response, error) {
 	if err := validName("service", r.Service); err != nil {
 		return nil, err
 	}
-	e.global.RLock()
-	defer e.global.RUnlock()
-	unlock := e.serviceLock(r.Service)
-	defer unlock()
-
-	e.mu.Lock()
-	svc := e.st.services[r.Service]
-	var members []*store.Attachment
-	for _, a := range e.st.attach {
-		if a.Service == r.Service {
-			members = append(members, a)
-		}
+	release, err := e.hold(ctx, serviceLock(r.Service))
+	if err != nil {
+		return nil, err
 	}
-	e.mu.Unlock()
+	defer release()
+
+	var svc *serviceState
+	var members []*store.Attachment
+	e.locked(func() {
+		svc = e.st.services[r.Service]
+		for _, a := range e.st.attach {
+			if a.Service == r.Service {
+				members = append(members, a)
+			}
+		}
+	})
 	if svc == nil {
 		return protocol.OK{}, nil
 	}
+	var gone []<-chan struct{}
 	for _, a := range members {
-		if err := e.detachAttachment(ctx, a); err != nil {
+		done, err := e.detachAttachment(ctx, a)
+		if err != nil {
 			return nil, fmt.Errorf("detach %s from %s: %w", a.Key, r.Service, err)
 		}
+		gone = append(gone, done)
 	}
-	scope := scopeService(r.Service)
-	e.mu.Lock()
+	if err := e.forgetService(svc); err != nil {
+		return nil, err
+	}
+	e.removeServiceKernel(svc)
+	e.returnRangesWhenGone(svc, gone)
+	e.log.Info("service overlay torn down", "service", r.Service, "subnet", svc.subnet, "members_detached", len(members))
+	e.topologyChanged()
+	return protocol.OK{}, nil
+}
+
+// forgetService commits the removal of a service, its allocations and its
+// peers, and drops it from the desired state.
+func (e *Engine) forgetService(svc *serviceState) error {
+	name, scope := svc.rec.Name, scopeService(svc.rec.Name)
 	var allocs []string
-	for k := range e.st.owners {
-		if pool, addr, _ := cut(k); pool == servicePool(r.Service) {
-			allocs = append(allocs, addr)
+	var peers []store.Peer
+	e.locked(func() {
+		for k := range e.st.owners {
+			if pool, addr, _ := cut(k); pool == servicePool(name) {
+				allocs = append(allocs, addr)
+			}
 		}
-	}
-	peers := e.st.peersOf(scope)
-	e.mu.Unlock()
+		peers = e.st.peersOf(scope)
+	})
 	err := e.store.Update(func(tx *store.Tx) error {
 		for _, a := range allocs {
-			if err := tx.DeleteAllocation(servicePool(r.Service), a); err != nil {
+			if err := tx.DeleteAllocation(servicePool(name), a); err != nil {
 				return err
 			}
 		}
@@ -377,27 +542,47 @@ func (e *Engine) teardownService(ctx context.Context, r protocol.TeardownService
 				return err
 			}
 		}
-		return tx.DeleteService(r.Service)
+		return tx.DeleteService(name)
 	})
 	if err != nil {
-		return nil, err
+		return err
 	}
-	e.mu.Lock()
-	delete(e.st.services, r.Service)
-	for _, a := range allocs {
-		delete(e.st.owners, servicePool(r.Service)+"|"+a)
-	}
-	for _, p := range peers {
-		delete(e.st.peers, peerKey(scope, p.PublicKey))
-	}
-	if e.st.slicePool != nil && e.st.slice.Contains(svc.subnet.Addr()) {
-		e.st.slicePool.Include(svc.subnet)
-	}
-	e.mu.Unlock()
-	e.removeServiceKernel(svc)
-	e.log.Info("service overlay torn down", "service", r.Service, "subnet", svc.subnet, "members_detached", len(members))
-	e.topologyChanged()
-	return protocol.OK{}, nil
+	e.locked(func() {
+		delete(e.st.services, name)
+		for _, a := range allocs {
+			delete(e.st.owners, servicePool(name)+"|"+a)
+		}
+		for _, p := range peers {
+			delete(e.st.peers, peerKey(scope, p.PublicKey))
+		}
+	})
+	return nil
+}
+
+// returnRangesWhenGone gives a torn-down service's carved ranges back to
+// the node slice once every member's links are deleted (in the background:
+// the kernel takes ~20 ms per veth, which the answer need not wait for).
+func (e *Engine) returnRangesWhenGone(svc *serviceState, gone []<-chan struct{}) {
+	e.bg.Add(1)
+	go func() {
+		defer e.bg.Done()
+		for _, done := range gone {
+			select {
+			case <-done:
+			case <-time.After(time.Minute):
+				// A link that will not go must not keep its range out of the
+				// pool forever; reconcile removes it.
+				e.log.Warn("a container link of a torn-down service is still there after a minute", "service", svc.rec.Name)
+			}
+		}
+		e.locked(func() {
+			for _, sub := range svc.subnets() {
+				if e.carvedFromSliceLocked(sub) && e.st.services[svc.rec.Name] == nil {
+					e.st.slicePool.Include(sub)
+				}
+			}
+		})
+	}()
 }
 
 func cut(k string) (pool, addr string, ok bool) {
@@ -407,50 +592,4 @@ func cut(k string) (pool, addr string, ok bool) {
 		}
 	}
 	return "", "", false
-}
-
-// errNoDedicated is the reference's exact message (its tests pin it).
-func errNoDedicated(service string) error {
-	return errUnprefixed{"no dedicated overlay for service " + service}
-}
-
-var errGlobalNotSetUp = errUnprefixed{"global overlay not set up; call setup_global_overlay first"}
-
-// lockDevice takes the locks every peer operation of a scope needs (the
-// global overlay's read lock, and the service's lock for a service scope)
-// and returns the scope's device with them held; release lets them go. On
-// an error nothing stays locked.
-func (e *Engine) lockDevice(ps protocol.PeerScope) (dev wg.Device, scope string, release func(), err error) {
-	e.global.RLock()
-	unlockService := func() {}
-	if !ps.IsGlobal() {
-		unlockService = e.serviceLock(ps.Service)
-	}
-	release = func() {
-		unlockService()
-		e.global.RUnlock()
-	}
-	dev, scope, err = e.deviceFor(ps)
-	if err != nil {
-		release()
-		return nil, "", nil, err
-	}
-	return dev, scope, release, nil
-}
-
-// deviceFor finds the WireGuard device of a peer scope.
-func (e *Engine) deviceFor(scope protocol.PeerScope) (wg.Device, string, error) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if scope.IsGlobal() {
-		if e.st.global == nil || e.st.global.dev == nil {
-			return nil, "", errGlobalNotSetUp
-		}
-		return e.st.global.dev, scopeGlobal, nil
-	}
-	svc := e.st.services[scope.Service]
-	if svc == nil || !svc.dedicated() || svc.dev == nil {
-		return nil, "", errNoDedicated(scope.Service)
-	}
-	return svc.dev, scopeService(scope.Service), nil
 }

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -12,6 +13,9 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
+
+// The desired state: the bottom layer. Memory only, no I/O, guarded by
+// Engine.mu.
 
 // Pools and owners as recorded in the store.
 const (
@@ -27,8 +31,7 @@ func servicePool(name string) string { return "service:" + name }
 
 // state is the engine's in-memory copy of the desired state: the store's
 // records plus what is derived from them (parsed prefixes, address pools,
-// open devices). It is guarded by Engine.mu, which is never held across
-// kernel or store I/O.
+// open devices).
 type state struct {
 	node store.Node
 	key  wgtypes.Key // node key; zero until generated
@@ -45,26 +48,130 @@ type state struct {
 	dns      map[string]store.DNSRecord
 	// owners holds every allocation's owner, by pool|addr.
 	owners map[string]string
+
+	// pending are the subnets and dedicated ports of services being set up
+	// right now, not yet committed: placements of other setups avoid them.
+	pendingSubnets map[string]netip.Prefix // service -> subnet
+	pendingPorts   map[uint16]string       // port -> service
 }
 
 // globalState is the live global overlay.
 type globalState struct {
 	rec    store.Global
 	nodeIP netip.Addr
-	dev    wg.Device // nil when the kernel side is not (yet) up
+	dev    *device // nil when the kernel side is not (yet) up
 }
 
-// serviceState is one service overlay.
+// serviceState is one service overlay. Its first range (subnet, gateway,
+// pool) is what the main daemon is told; extra ranges are added when it
+// fills up, carved from the node slice.
 type serviceState struct {
 	rec     store.Service
 	subnet  netip.Prefix
 	gateway netip.Addr
 	pool    *ipam.Pool
+	extra   []svcRange
 	key     wgtypes.Key // dedicated only
-	dev     wg.Device   // dedicated only; nil until up
+	dev     *device     // dedicated only; nil until up
+}
+
+// svcRange is one address range of a service, with its gateway on the
+// service's bridge.
+type svcRange struct {
+	subnet  netip.Prefix
+	gateway netip.Addr
+	pool    *ipam.Pool
 }
 
 func (s *serviceState) dedicated() bool { return s.rec.Mode == "dedicated" }
+
+// ranges are all the service's ranges, the first one first.
+func (s *serviceState) ranges() []svcRange {
+	return append([]svcRange{{s.subnet, s.gateway, s.pool}}, s.extra...)
+}
+
+func (s *serviceState) subnets() []netip.Prefix {
+	out := []netip.Prefix{s.subnet}
+	for _, r := range s.extra {
+		out = append(out, r.subnet)
+	}
+	return out
+}
+
+// rangeOf is the range holding a.
+func (s *serviceState) rangeOf(a netip.Addr) (svcRange, bool) {
+	for _, r := range s.ranges() {
+		if r.subnet.Contains(a) {
+			return r, true
+		}
+	}
+	return svcRange{}, false
+}
+
+// The address-pool operations of a service span its ranges.
+
+func (s *serviceState) Allocate() (netip.Addr, error) {
+	for _, r := range s.ranges() {
+		a, err := r.pool.Allocate()
+		if !errors.Is(err, ipam.ErrExhausted) {
+			return a, err
+		}
+	}
+	return netip.Addr{}, ipam.ErrExhausted
+}
+
+func (s *serviceState) AllocateSpecific(a netip.Addr) error {
+	r, ok := s.rangeOf(a)
+	if !ok {
+		return fmt.Errorf("%s is outside the ranges of service %s", a, s.rec.Name)
+	}
+	return r.pool.AllocateSpecific(a)
+}
+
+func (s *serviceState) Reserve(a netip.Addr) error {
+	r, ok := s.rangeOf(a)
+	if !ok {
+		return fmt.Errorf("%s is outside the ranges of service %s", a, s.rec.Name)
+	}
+	return r.pool.Reserve(a)
+}
+
+func (s *serviceState) Release(a netip.Addr) error {
+	r, ok := s.rangeOf(a)
+	if !ok {
+		return fmt.Errorf("%s is outside the ranges of service %s", a, s.rec.Name)
+	}
+	return r.pool.Release(a)
+}
+
+func (s *serviceState) IsAllocated(a netip.Addr) bool {
+	r, ok := s.rangeOf(a)
+	return ok && r.pool.IsAllocated(a)
+}
+
+func (s *serviceState) Used() (n uint64) {
+	for _, r := range s.ranges() {
+		n += r.pool.Used()
+	}
+	return n
+}
+
+func (s *serviceState) Free() (n uint64) {
+	for _, r := range s.ranges() {
+		n += r.pool.Free()
+	}
+	return n
+}
+
+// addrPool is a pool of addresses as the store names them: the node slice
+// (*ipam.Pool) or a service's ranges (*serviceState).
+type addrPool interface {
+	Allocate() (netip.Addr, error)
+	AllocateSpecific(netip.Addr) error
+	Reserve(netip.Addr) error
+	Release(netip.Addr) error
+	IsAllocated(netip.Addr) bool
+}
 
 func peerKey(scope, pubkey string) string { return scope + "|" + pubkey }
 
@@ -74,12 +181,14 @@ func allocKey(pool string, a netip.Addr) string { return pool + "|" + a.String()
 // refuses records that contradict each other rather than guessing.
 func loadState(st *store.State) (*state, error) {
 	s := &state{
-		node:     st.Node,
-		services: map[string]*serviceState{},
-		attach:   map[string]*store.Attachment{},
-		peers:    map[string]*store.Peer{},
-		dns:      map[string]store.DNSRecord{},
-		owners:   map[string]string{},
+		node:           st.Node,
+		services:       map[string]*serviceState{},
+		attach:         map[string]*store.Attachment{},
+		peers:          map[string]*store.Peer{},
+		dns:            map[string]store.DNSRecord{},
+		owners:         map[string]string{},
+		pendingSubnets: map[string]netip.Prefix{},
+		pendingPorts:   map[uint16]string{},
 	}
 	if st.Node.PrivateKey != "" {
 		k, err := wg.ParseKey(st.Node.PrivateKey)
@@ -107,54 +216,11 @@ func loadState(st *store.State) (*state, error) {
 		}
 		s.global = &globalState{rec: *st.Global, nodeIP: ip}
 	}
-	names := make([]string, 0, len(st.Services))
-	for name := range st.Services {
-		names = append(names, name)
+	if err := s.loadServices(st.Services); err != nil {
+		return nil, err
 	}
-	sort.Strings(names)
-	for _, name := range names {
-		rec := st.Services[name]
-		svc, err := newServiceState(rec)
-		if err != nil {
-			return nil, fmt.Errorf("stored service %s: %w", name, err)
-		}
-		if rec.SubnetSource == "slice" && s.slicePool != nil && s.slice.Contains(svc.subnet.Addr()) {
-			if err := s.slicePool.Exclude(svc.subnet); err != nil {
-				return nil, fmt.Errorf("stored service %s: carve %s out of the node slice: %w", name, svc.subnet, err)
-			}
-		}
-		s.services[name] = svc
-	}
-	// Restore allocations in address order: the pools are fastest that way.
-	allocs := slices.Clone(st.Allocations)
-	sort.Slice(allocs, func(i, j int) bool {
-		if allocs[i].Pool != allocs[j].Pool {
-			return allocs[i].Pool < allocs[j].Pool
-		}
-		ai, _ := netip.ParseAddr(allocs[i].Addr)
-		aj, _ := netip.ParseAddr(allocs[j].Addr)
-		return ai.Less(aj)
-	})
-	for _, a := range allocs {
-		addr, err := netip.ParseAddr(a.Addr)
-		if err != nil {
-			return nil, fmt.Errorf("stored allocation %s|%s: %w", a.Pool, a.Addr, err)
-		}
-		pool := s.pool(a.Pool)
-		if pool == nil {
-			// The pool is gone (a service torn down while the daemon
-			// died, or a slice that moved); reconcile drops the record.
-			s.owners[allocKey(a.Pool, addr)] = a.Owner
-			continue
-		}
-		if a.Owner == ownerGW {
-			if err := pool.Reserve(addr); err != nil {
-				return nil, fmt.Errorf("stored gateway %s of %s: %w", addr, a.Pool, err)
-			}
-		} else if err := pool.AllocateSpecific(addr); err != nil {
-			return nil, fmt.Errorf("stored allocation %s of %s (owner %s): %w", addr, a.Pool, a.Owner, err)
-		}
-		s.owners[allocKey(a.Pool, addr)] = a.Owner
+	if err := s.loadAllocations(st.Allocations); err != nil {
+		return nil, err
 	}
 	if st.Global == nil && s.slicePool != nil {
 		// A node whose global overlay is torn down keeps its slice and the
@@ -177,6 +243,71 @@ func loadState(st *store.State) (*state, error) {
 	return s, nil
 }
 
+func (s *state) loadServices(recs map[string]store.Service) error {
+	names := make([]string, 0, len(recs))
+	for name := range recs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		rec := recs[name]
+		svc, err := newServiceState(rec)
+		if err != nil {
+			return fmt.Errorf("stored service %s: %w", name, err)
+		}
+		carved := svc.extra
+		if rec.SubnetSource == "slice" {
+			carved = svc.ranges()
+		}
+		for _, r := range carved {
+			if s.slicePool == nil || !s.slice.Contains(r.subnet.Addr()) {
+				continue
+			}
+			if err := s.slicePool.Exclude(r.subnet); err != nil {
+				return fmt.Errorf("stored service %s: carve %s out of the node slice: %w", name, r.subnet, err)
+			}
+		}
+		s.services[name] = svc
+	}
+	return nil
+}
+
+// loadAllocations restores allocations in address order: the pools are
+// fastest that way.
+func (s *state) loadAllocations(stored []store.Allocation) error {
+	allocs := slices.Clone(stored)
+	sort.Slice(allocs, func(i, j int) bool {
+		if allocs[i].Pool != allocs[j].Pool {
+			return allocs[i].Pool < allocs[j].Pool
+		}
+		ai, _ := netip.ParseAddr(allocs[i].Addr)
+		aj, _ := netip.ParseAddr(allocs[j].Addr)
+		return ai.Less(aj)
+	})
+	for _, a := range allocs {
+		addr, err := netip.ParseAddr(a.Addr)
+		if err != nil {
+			return fmt.Errorf("stored allocation %s|%s: %w", a.Pool, a.Addr, err)
+		}
+		pool := s.pool(a.Pool)
+		if pool == nil {
+			// The pool is gone (a service torn down while the daemon
+			// died, or a slice that moved); reconcile drops the record.
+			s.owners[allocKey(a.Pool, addr)] = a.Owner
+			continue
+		}
+		if a.Owner == ownerGW {
+			if err := pool.Reserve(addr); err != nil {
+				return fmt.Errorf("stored gateway %s of %s: %w", addr, a.Pool, err)
+			}
+		} else if err := pool.AllocateSpecific(addr); err != nil {
+			return fmt.Errorf("stored allocation %s of %s (owner %s): %w", addr, a.Pool, a.Owner, err)
+		}
+		s.owners[allocKey(a.Pool, addr)] = a.Owner
+	}
+	return nil
+}
+
 func newServiceState(rec store.Service) (*serviceState, error) {
 	subnet, err := ipam.ParsePrefix(rec.Subnet)
 	if err != nil {
@@ -191,6 +322,13 @@ func newServiceState(rec store.Service) (*serviceState, error) {
 		return nil, err
 	}
 	svc := &serviceState{rec: rec, subnet: subnet, gateway: gw, pool: pool}
+	for _, c := range rec.Ranges {
+		r, err := newRange(c)
+		if err != nil {
+			return nil, fmt.Errorf("range %q: %w", c, err)
+		}
+		svc.extra = append(svc.extra, r)
+	}
 	if rec.PrivateKey != "" {
 		if svc.key, err = wg.ParseKey(rec.PrivateKey); err != nil {
 			return nil, fmt.Errorf("dedicated key: %w", err)
@@ -199,25 +337,47 @@ func newServiceState(rec store.Service) (*serviceState, error) {
 	return svc, nil
 }
 
+// newRange makes a range of a CIDR: its pool, and its first usable address
+// as the gateway (not reserved here: the gateway's allocation record, or
+// the caller, does that).
+func newRange(cidr string) (svcRange, error) {
+	p, err := ipam.ParsePrefix(cidr)
+	if err != nil {
+		return svcRange{}, err
+	}
+	gw, ok := ipam.FirstUsable(p)
+	if !ok {
+		return svcRange{}, fmt.Errorf("%s has no usable address", p)
+	}
+	pool, err := ipam.NewPool(p)
+	if err != nil {
+		return svcRange{}, err
+	}
+	return svcRange{subnet: p, gateway: gw, pool: pool}, nil
+}
+
 // pool returns the address pool named as in the store, or nil.
-func (s *state) pool(name string) *ipam.Pool {
+func (s *state) pool(name string) addrPool {
 	if name == poolSlice {
+		if s.slicePool == nil {
+			return nil
+		}
 		return s.slicePool
 	}
 	if svc, ok := strings.CutPrefix(name, "service:"); ok {
 		if sv := s.services[svc]; sv != nil {
-			return sv.pool
+			return sv
 		}
 	}
 	return nil
 }
 
-// poolFor finds the pool an address belongs to: a service subnet first
+// poolFor finds the pool an address belongs to: a service's ranges first
 // (they may be carved out of the slice), then the slice.
-func (s *state) poolFor(a netip.Addr) (string, *ipam.Pool) {
+func (s *state) poolFor(a netip.Addr) (string, addrPool) {
 	for name, svc := range s.services {
-		if svc.subnet.Contains(a) {
-			return servicePool(name), svc.pool
+		if _, ok := svc.rangeOf(a); ok {
+			return servicePool(name), svc
 		}
 	}
 	if s.slicePool != nil && s.slice.Contains(a) {
@@ -227,15 +387,19 @@ func (s *state) poolFor(a netip.Addr) (string, *ipam.Pool) {
 }
 
 // takenPrefixes lists every prefix this node already uses or knows to be
-// used by others, so new placements avoid them: our service subnets, our
-// slice, and every peer's allowed IPs (other nodes' slices and subnets).
+// used by others, so new placements avoid them: our service ranges
+// (committed and being set up), our slice, and every peer's allowed IPs
+// (other nodes' slices and subnets).
 func (s *state) takenPrefixes() []netip.Prefix {
 	var out []netip.Prefix
 	if s.slice.IsValid() {
 		out = append(out, s.slice)
 	}
 	for _, svc := range s.services {
-		out = append(out, svc.subnet)
+		out = append(out, svc.subnets()...)
+	}
+	for _, p := range s.pendingSubnets {
+		out = append(out, p)
 	}
 	for _, p := range s.peers {
 		for _, c := range p.AllowedIPs {
@@ -246,3 +410,61 @@ func (s *state) takenPrefixes() []netip.Prefix {
 	}
 	return out
 }
+
+// peersOf returns the stored peers of a scope, sorted by key.
+func (s *state) peersOf(scope string) []store.Peer {
+	var out []store.Peer
+	for _, p := range s.peers {
+		if p.Scope == scope {
+			out = append(out, *p)
+		}
+	}
+	slices.SortFunc(out, func(a, b store.Peer) int { return strings.Compare(a.PublicKey, b.PublicKey) })
+	return out
+}
+
+// peerRoutes are the destinations that must be routed into a device for its
+// peers: every allowed IP not already covered by the device's own
+// addresses (for the global device, the cluster CIDR covers most) and not
+// a default route (we never take over the host's default route).
+func peerRoutes(peers []store.Peer, covered []netip.Prefix) []netip.Prefix {
+	seen := map[netip.Prefix]bool{}
+	var out []netip.Prefix
+	for _, p := range peers {
+		for _, c := range p.AllowedIPs {
+			pf, err := netip.ParsePrefix(c)
+			if err != nil || pf.Bits() == 0 {
+				continue
+			}
+			pf = pf.Masked()
+			if seen[pf] || coveredBy(pf, covered) {
+				continue
+			}
+			seen[pf] = true
+			out = append(out, pf)
+		}
+	}
+	return out
+}
+
+func coveredBy(p netip.Prefix, by []netip.Prefix) bool {
+	for _, c := range by {
+		c = c.Masked()
+		if c.Bits() <= p.Bits() && c.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// releaseIfFree returns an address to its pool unless the pool was
+// replaced meanwhile (a service torn down and set up again).
+func releaseIfFree(p addrPool, a netip.Addr) {
+	if p != nil && a.IsValid() && p.IsAllocated(a) {
+		p.Release(a)
+	}
+}
+
+const scopeGlobal = "global"
+
+func scopeService(name string) string { return "service:" + name }

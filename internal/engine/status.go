@@ -7,18 +7,71 @@ import (
 
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/version"
-	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
+
+// statusDevice is a device status reads after the state lock is released.
+type statusDevice struct {
+	svc  protocol.DedicatedServiceStatus
+	dev  *device
+	name string
+}
+
+// statusView is what status copies out of the desired state in one look.
+type statusView struct {
+	s          protocol.StatusSnapshot
+	global     *device
+	dedicated  []statusDevice
+	configured map[string]*store.Peer
+	health     map[string]bool
+}
 
 // status reports what WireGuard and the desired state say right now. Keys
 // are base64 and handshakes are Unix times (the reference reported hex keys
 // and handshake ages).
 func (e *Engine) status() protocol.Response {
-	e.mu.Lock()
+	var v statusView
+	e.locked(func() { v = e.statusViewLocked() })
+	s := v.s
+	sort.Slice(s.Attachments, func(i, j int) bool { return s.Attachments[i].IP.Less(s.Attachments[j].IP) })
+	sort.Slice(s.Guests, func(i, j int) bool { return s.Guests[i].ID < s.Guests[j].ID })
+
+	if v.global != nil {
+		if snap, err := v.global.wg.Snapshot(); err == nil {
+			s.Peers = peerStatuses(snap, scopeGlobal, v.configured, v.health)
+			s.WGPort = uint16(snap.ListenPort)
+		} else {
+			s.Warnings = append(s.Warnings, "reading "+v.global.Name()+": "+err.Error())
+		}
+	}
+	s.PeerCount = uint32(len(s.Peers))
+	for _, d := range v.dedicated {
+		if d.dev != nil {
+			if snap, err := d.dev.wg.Snapshot(); err == nil {
+				peers := peerStatuses(snap, scopeService(d.name), v.configured, v.health)
+				d.svc.PeerCount = uint32(len(peers))
+				s.ServicePeers = append(s.ServicePeers, protocol.ServicePeerSet{Service: d.name, Peers: peers})
+			}
+		}
+		s.DedicatedServices = append(s.DedicatedServices, d.svc)
+	}
+	if e.cfg.EventsDropped != nil {
+		s.EventsDropped = e.cfg.EventsDropped()
+	}
+	s.LastReconcile = e.lastReconcile.Load()
+	s.ReconcileChanges = e.reconcileChanges.Load()
+	e.statusHook(&s)
+	return protocol.StatusResult{StatusSnapshot: s}
+}
+
+// statusViewLocked copies the desired state's part of status. Called with
+// e.mu held.
+func (e *Engine) statusViewLocked() statusView {
 	st := e.st
-	s := protocol.StatusSnapshot{
+	v := statusView{configured: map[string]*store.Peer{}, health: e.healthLocked()}
+	s := &v.s
+	*s = protocol.StatusSnapshot{
 		Version:        version.Version,
 		NodeID:         st.node.NodeID,
 		ExpectedPubkey: st.node.ExpectedPubkey,
@@ -35,54 +88,26 @@ func (e *Engine) status() protocol.Response {
 	if st.slicePool != nil {
 		s.SlicePool = &protocol.PoolStatus{CIDR: st.slice.String(), Used: st.slicePool.Used(), Free: st.slicePool.Free()}
 	}
-	var globalDev wg.Device
-	configured := map[string]*store.Peer{}
 	if g := st.global; g != nil {
 		s.Interface = g.rec.Interface
 		s.NodeIP = g.nodeIP
 		s.PublicKey = st.key.PublicKey().String()
 		s.Deployment = g.rec.Deployment
 		s.WGPort = g.rec.WGPort
-		globalDev = g.dev
 		s.KeySource = st.node.KeySource
+		v.global = g.dev
 		if s.ExpectedPubkey != "" && s.ExpectedPubkey != s.PublicKey {
 			s.PubkeyMismatch = true
-			s.Warnings = append(s.Warnings, "set_local_wg_pubkey gave "+s.ExpectedPubkey+" but the device's key is "+s.PublicKey+"; peers will reject our handshakes")
+			s.Warnings = append(s.Warnings, "set_local_wg_pubkey gave "+truncate(s.ExpectedPubkey)+" but the device's key is "+s.PublicKey+"; peers will reject our handshakes")
 		}
 	}
 	if e.nodeConfigProblem != "" {
 		s.Warnings = append(s.Warnings, NodeConfigFile+": "+e.nodeConfigProblem)
 	}
 	for k, p := range st.peers {
-		configured[k] = p
+		v.configured[k] = p
 	}
-	type dedicated struct {
-		svc  protocol.DedicatedServiceStatus
-		dev  wg.Device
-		name string
-	}
-	var ded []dedicated
-	names := make([]string, 0, len(st.services))
-	for n := range st.services {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	for _, n := range names {
-		svc := st.services[n]
-		s.Services = append(s.Services, protocol.ServiceStatus{
-			Service: n, Mode: svc.rec.Mode, Bridge: svc.rec.Bridge, Subnet: svc.subnet.String(),
-			Gateway: svc.gateway, Used: svc.pool.Used(), Free: svc.pool.Free(),
-		})
-		if svc.dedicated() {
-			ded = append(ded, dedicated{
-				svc: protocol.DedicatedServiceStatus{
-					Service: n, Interface: svc.rec.Interface, PublicKey: svc.key.PublicKey().String(),
-					ListenPort: svc.rec.WGPort, OverlayIP: svc.gateway, Subnet: svc.subnet.String(),
-				},
-				dev: svc.dev, name: n,
-			})
-		}
-	}
+	e.servicesStatusLocked(&v)
 	for _, a := range st.attach {
 		as := protocol.AttachStatus{Service: a.Service, IP: parseAddr(a.IP), GlobalIP: parseAddr(a.GlobalIP), HostLink: a.HostLink}
 		switch a.Platform {
@@ -93,38 +118,35 @@ func (e *Engine) status() protocol.Response {
 			s.Guests = append(s.Guests, protocol.GuestStatus{ID: a.GuestID, Service: a.Service, IP: parseAddr(a.IP), PublicKey: a.GuestPubkey})
 		}
 	}
-	health := e.healthLocked()
-	e.mu.Unlock()
+	return v
+}
 
-	sort.Slice(s.Attachments, func(i, j int) bool { return s.Attachments[i].IP.Less(s.Attachments[j].IP) })
-	sort.Slice(s.Guests, func(i, j int) bool { return s.Guests[i].ID < s.Guests[j].ID })
-
-	if globalDev != nil {
-		if snap, err := globalDev.Snapshot(); err == nil {
-			s.Peers = peerStatuses(snap, scopeGlobal, configured, health)
-			s.WGPort = uint16(snap.ListenPort)
-		} else {
-			s.Warnings = append(s.Warnings, "reading "+globalDev.Name()+": "+err.Error())
+func (e *Engine) servicesStatusLocked(v *statusView) {
+	names := make([]string, 0, len(e.st.services))
+	for n := range e.st.services {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		svc := e.st.services[n]
+		ss := protocol.ServiceStatus{
+			Service: n, Mode: svc.rec.Mode, Bridge: svc.rec.Bridge, Subnet: svc.subnet.String(),
+			Gateway: svc.gateway, Used: svc.Used(), Free: svc.Free(),
+		}
+		for _, r := range svc.extra {
+			ss.Ranges = append(ss.Ranges, r.subnet.String())
+		}
+		v.s.Services = append(v.s.Services, ss)
+		if svc.dedicated() {
+			v.dedicated = append(v.dedicated, statusDevice{
+				svc: protocol.DedicatedServiceStatus{
+					Service: n, Interface: svc.rec.Interface, PublicKey: svc.key.PublicKey().String(),
+					ListenPort: svc.rec.WGPort, OverlayIP: svc.gateway, Subnet: svc.subnet.String(),
+				},
+				dev: svc.dev, name: n,
+			})
 		}
 	}
-	s.PeerCount = uint32(len(s.Peers))
-	for _, d := range ded {
-		if d.dev != nil {
-			if snap, err := d.dev.Snapshot(); err == nil {
-				peers := peerStatuses(snap, scopeService(d.name), configured, health)
-				d.svc.PeerCount = uint32(len(peers))
-				s.ServicePeers = append(s.ServicePeers, protocol.ServicePeerSet{Service: d.name, Peers: peers})
-			}
-		}
-		s.DedicatedServices = append(s.DedicatedServices, d.svc)
-	}
-	if e.cfg.EventsDropped != nil {
-		s.EventsDropped = e.cfg.EventsDropped()
-	}
-	s.LastReconcile = e.lastReconcile.Load()
-	s.ReconcileChanges = e.reconcileChanges.Load()
-	e.statusHook(&s)
-	return protocol.StatusResult{StatusSnapshot: s}
 }
 
 func parseAddr(s string) netip.Addr {

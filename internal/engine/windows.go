@@ -23,35 +23,33 @@ func (e *Engine) attachWindows(ctx context.Context, r protocol.AttachContainer) 
 	if r.Handle.ContainerID == "" || len(r.Handle.ContainerID) > 128 {
 		return nil, fmt.Errorf("container_id must be 1-128 bytes")
 	}
-	e.global.RLock()
-	defer e.global.RUnlock()
-	unlock := e.locks.lock("service:"+r.Service, "handle:windows:"+r.Handle.ContainerID)
-	defer unlock()
-	e.mu.Lock()
-	g := e.st.global
-	slice, cluster := e.st.slice, e.st.cluster
-	var ip netip.Addr
-	var err error
-	if g == nil || e.st.slicePool == nil {
-		err = errUnprefixed{"no node slice assigned yet (setup_global_overlay first)"}
-	} else if r.Handle.IP.IsValid() {
-		ip = r.Handle.IP.Unmap()
-		err = e.st.slicePool.AllocateSpecific(ip)
-	} else {
-		ip, err = e.st.slicePool.Allocate()
-	}
-	e.mu.Unlock()
+	release, err := e.hold(ctx, serviceLock(r.Service), handleLock("windows:"+r.Handle.ContainerID))
 	if err != nil {
 		return nil, err
 	}
-	release := func() {
-		e.mu.Lock()
-		releaseIfFree(e.st.slicePool, ip)
-		e.mu.Unlock()
+	defer release()
+	var g *globalState
+	var slice, cluster netip.Prefix
+	var ip netip.Addr
+	e.locked(func() {
+		g, slice, cluster = e.st.global, e.st.slice, e.st.cluster
+		switch {
+		case g == nil || e.st.slicePool == nil:
+			err = errUnprefixed{"no node slice assigned yet (setup_global_overlay first)"}
+		case r.Handle.IP.IsValid():
+			ip = r.Handle.IP.Unmap()
+			err = e.st.slicePool.AllocateSpecific(ip)
+		default:
+			ip, err = e.st.slicePool.Allocate()
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
+	releaseIP := func() { e.locked(func() { releaseIfFree(e.st.slicePool, ip) }) }
 	network := hcnNetworkName(g.rec.Deployment)
 	if err := e.cfg.HCN.EnsureNetwork(ctx, HCNNetwork{Name: network, Subnet: slice, Gateway: g.nodeIP}); err != nil {
-		release()
+		releaseIP()
 		return nil, err
 	}
 	dnsServer, dnsDomain := e.containerDNS(r.Service, false, r.DNSServer, r.DNSDomain)
@@ -60,7 +58,7 @@ func (e *Engine) attachWindows(ctx context.Context, r protocol.AttachContainer) 
 		Gateway: g.nodeIP, Cluster: cluster, DNSServer: dnsServer, DNSDomain: dnsDomain,
 	})
 	if err != nil {
-		release()
+		releaseIP()
 		return nil, err
 	}
 	key := protocol.PlatformWindowsContainer + ":" + guid
@@ -76,20 +74,32 @@ func (e *Engine) attachWindows(ctx context.Context, r protocol.AttachContainer) 
 	})
 	if err != nil {
 		e.cfg.HCN.Detach(ctx, guid)
-		release()
+		releaseIP()
 		return nil, err
 	}
-	e.mu.Lock()
-	e.st.attach[key] = rec
-	e.st.owners[allocKey(poolSlice, ip)] = attachOwner + key
-	e.mu.Unlock()
+	e.locked(func() {
+		e.st.attach[key] = rec
+		e.st.owners[allocKey(poolSlice, ip)] = attachOwner + key
+	})
 	return protocol.Attached{IP: ip, NamespaceGUID: guid, DNSServer: dnsServer, DNSDomain: dnsDomain}, nil
 }
 
-// detachWindows removes a Windows container's endpoint and namespace.
+// detachWindows removes a Windows container's endpoint and namespace. The
+// attachment is first marked as detaching in the store, then HNS is asked,
+// then the record goes: a crash in between leaves a mark that reconcile
+// finishes (finishDetaches), never an address held by nothing.
 func (e *Engine) detachWindows(ctx context.Context, a *store.Attachment) error {
 	if e.cfg.HCN == nil {
 		return errors.New("no HCN on this platform")
+	}
+	if !a.Detaching {
+		marked := *a
+		marked.Detaching = true
+		if err := e.store.Update(func(tx *store.Tx) error { return tx.PutAttachment(marked) }); err != nil {
+			return err
+		}
+		e.locked(func() { e.st.attach[a.Key] = &marked })
+		a = &marked
 	}
 	if err := e.cfg.HCN.Detach(ctx, a.HostLink); err != nil {
 		return err
@@ -104,10 +114,10 @@ func (e *Engine) detachWindows(ctx context.Context, a *store.Attachment) error {
 	if err != nil {
 		return err
 	}
-	e.mu.Lock()
-	delete(e.st.attach, a.Key)
-	delete(e.st.owners, allocKey(poolSlice, ip))
-	releaseIfFree(e.st.slicePool, ip)
-	e.mu.Unlock()
+	e.locked(func() {
+		delete(e.st.attach, a.Key)
+		delete(e.st.owners, allocKey(poolSlice, ip))
+		releaseIfFree(e.st.slicePool, ip)
+	})
 	return nil
 }

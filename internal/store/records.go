@@ -64,6 +64,10 @@ type Service struct {
 	WGPort     uint16 `json:"wg_port"`
 	PrivateKey string `json:"private_key"`
 	OverlayIP  string `json:"overlay_ip"`
+	// Ranges are the ranges the service grew by when Subnet filled up,
+	// carved from the node slice, in the order they were added; each has
+	// its first usable address as a gateway on the bridge.
+	Ranges []string `json:"ranges,omitempty"`
 }
 
 // Allocation is one address handed out from a pool. Key: Pool + "|" + Addr.
@@ -99,6 +103,10 @@ type Attachment struct {
 	DNSServer   string `json:"dns_server"`
 	DNSDomain   string `json:"dns_domain"`
 	CreatedUnix int64  `json:"created_unix"`
+	// Detaching marks an attachment whose removal began but did not finish
+	// (a Windows container's HCN endpoint is deleted between two commits):
+	// reconcile finishes it, so a crash in between leaks nothing.
+	Detaching bool `json:"detaching,omitempty"`
 }
 
 // Peer is one WireGuard peer. Key: Scope + "|" + PublicKey.

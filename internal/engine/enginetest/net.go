@@ -43,6 +43,9 @@ type Net struct {
 	// an error for.
 	failAttach func(linuxnet.AttachSpec) error
 	attaches   int
+	// onDetach, when set, runs before a veth is deleted, without the
+	// network locked.
+	onDetach func(name string)
 }
 
 // NewNet returns a network without links.
@@ -68,7 +71,7 @@ func (n *Net) EnsureBridge(s linuxnet.BridgeSpec) error {
 	} else if l.Kind != "bridge" {
 		return fmt.Errorf("%s is a %s", s.Name, l.Kind)
 	}
-	l.Addrs, l.MTU, l.Up = []netip.Prefix{s.Gateway}, s.MTU, true
+	l.Addrs, l.MTU, l.Up = append([]netip.Prefix{s.Gateway}, s.Extra...), s.MTU, true
 	if s.Alias != "" {
 		l.Alias = s.Alias
 	}
@@ -195,6 +198,12 @@ func (n *Net) Attach(s linuxnet.AttachSpec) error {
 
 func (n *Net) Detach(name string) error {
 	n.mu.Lock()
+	hook := n.onDetach
+	n.mu.Unlock()
+	if hook != nil {
+		hook(name)
+	}
+	n.mu.Lock()
 	defer n.mu.Unlock()
 	if l := n.links[name]; l != nil && l.Kind != "veth" {
 		return fmt.Errorf("%s is not a veth", name)
@@ -270,4 +279,31 @@ func (n *Net) FailAttach(fail func(linuxnet.AttachSpec) error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.failAttach = fail
+}
+
+// OnDetach makes every Detach run hook first (nil ends it), so a test can
+// hold a veth alive, the way the kernel takes its time deleting one.
+func (n *Net) OnDetach(hook func(name string)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.onDetach = hook
+}
+
+// Holding reports which links carry address a: the bridges and devices
+// with it among their addresses, and the veths whose container end has it.
+func (n *Net) Holding(a netip.Addr) []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	for name, l := range n.links {
+		held := slices.ContainsFunc(l.Addrs, func(p netip.Prefix) bool { return p.Addr() == a })
+		if l.Spec != nil && l.Spec.Addr.Addr() == a {
+			held = true
+		}
+		if held {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }

@@ -78,6 +78,11 @@ type Device struct {
 	port    int
 	peers   map[wgtypes.Key]*wgtypes.Peer
 	closed  bool
+	// writes counts the peer entries Configure was given: what a real
+	// device would act on (an existing peer listed again has its allowed
+	// IPs removed and re-inserted when ReplaceAllowedIPs is set, or when
+	// the peer is listed through ReplacePeers).
+	writes int
 }
 
 func (d *Device) Name() string { return d.name }
@@ -98,6 +103,7 @@ func (d *Device) Configure(c wgtypes.Config) error {
 	if c.ListenPort != nil {
 		d.port = *c.ListenPort
 	}
+	d.writes += len(c.Peers)
 	keep := map[wgtypes.Key]bool{}
 	for _, pc := range c.Peers {
 		keep[pc.PublicKey] = true
@@ -211,4 +217,11 @@ func (d *Device) Receive(pub wgtypes.Key, n int64) {
 	if p := d.peers[pub]; p != nil {
 		p.ReceiveBytes += n
 	}
+}
+
+// PeerWrites is how many peer entries Configure has been given so far.
+func (d *Device) PeerWrites() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.writes
 }
