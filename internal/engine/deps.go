@@ -111,3 +111,10 @@ type Capabilities struct {
 	// Platform names the OS in error messages.
 	Platform string
 }
+
+// at runs the test hook of a point (no-op outside tests).
+func (e *Engine) at(point string) {
+	if e.testHook != nil {
+		e.testHook(point)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -36,7 +37,9 @@ type deviceSpec struct {
 	addrs  []netip.Prefix
 	peers  []store.Peer
 	routes []netip.Prefix // destinations routed into the device besides the addresses' own
-	global bool           // the global device (gets the NAT-traversal bind)
+	// bind carries a new device's UDP traffic (userspace only); nil is
+	// wireguard-go's own. The global device gets NAT traversal's.
+	bind conn.Bind
 }
 
 var errNoBackend = errors.New("no WireGuard backend is configured in this daemon")
@@ -48,10 +51,7 @@ func (e *Engine) openDevice(spec deviceSpec) (*device, error) {
 	if e.cfg.WG == nil || e.cfg.Net == nil {
 		return nil, errNoBackend
 	}
-	opts := wg.Options{MTU: e.cfg.MTU, Logger: e.log.With("device", spec.name)}
-	if spec.global {
-		opts.Bind = e.globalBind()
-	}
+	opts := wg.Options{MTU: e.cfg.MTU, Logger: e.log.With("device", spec.name), Bind: spec.bind}
 	dev, err := e.cfg.WG.Open(spec.name, opts)
 	if err != nil {
 		return nil, err

@@ -371,16 +371,6 @@ func (e *Engine) dispatch(ctx context.Context, req protocol.Request) (protocol.R
 	}
 }
 
-// errUnprefixed is an error whose message must reach the client exactly,
-// without the op prefix: the reference's tests pin some messages.
-type errUnprefixed struct{ msg string }
-
-func (e errUnprefixed) Error() string { return e.msg }
-
-func errf(format string, args ...any) protocol.Err {
-	return protocol.Err{Message: fmt.Sprintf(format, args...)}
-}
-
 func (e *Engine) setNodeID(ctx context.Context, r protocol.SetLocalNodeID) (protocol.Response, error) {
 	// Every writer of the node record rewrites it from a copy: serialise
 	// them, or one undoes another (in the store too).
@@ -435,11 +425,4 @@ func (e *Engine) setExpectedPubkey(ctx context.Context, r protocol.SetLocalWGPub
 			"expected", truncate(r.Pubkey), "device", ours.PublicKey().String())
 	}
 	return protocol.OK{}, nil
-}
-
-// at runs the test hook of a point (no-op outside tests).
-func (e *Engine) at(point string) {
-	if e.testHook != nil {
-		e.testHook(point)
-	}
 }

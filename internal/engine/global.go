@@ -146,19 +146,9 @@ func (e *Engine) planGlobal(req globalRequest) (globalPlan, error) {
 		}
 	})
 
-	// The slice: an explicit one wins; else keep the one we have in this
-	// cluster; else place one from the node's identity.
-	p.slice, p.explicit = req.slice, true
-	if !p.slice.IsValid() {
-		if p.prevSlice.IsValid() && prevCluster == req.cluster {
-			p.slice, p.explicit = p.prevSlice, prevExplicit
-		} else {
-			s, err := ipam.PlaceNodeSlice(req.cluster, e.sliceBits(req.cluster), p.node.Identity, taken)
-			if err != nil {
-				return p, fmt.Errorf("self-assign a node slice in %s: %w", req.cluster, err)
-			}
-			p.slice, p.explicit = s, false
-		}
+	var err error
+	if p.slice, p.explicit, err = e.chooseSlice(req, p.prevSlice, prevCluster, prevExplicit, p.node.Identity, taken); err != nil {
+		return p, err
 	}
 	if p.prevSlice.IsValid() && p.slice != p.prevSlice && busy > 0 {
 		return p, fmt.Errorf("cannot move this node from slice %s to %s while %d addresses of %s are in use (containers with join_global, guests, allocate_ip); detach or release them first", p.prevSlice, p.slice, busy, p.prevSlice)
@@ -170,7 +160,6 @@ func (e *Engine) planGlobal(req globalRequest) (globalPlan, error) {
 	if p.nodeIP, ok = ipam.FirstUsable(p.slice); !ok {
 		return p, fmt.Errorf("node slice %s has no usable address", p.slice)
 	}
-	var err error
 	if p.key, p.keySource, err = e.chooseNodeKey(req.adopt, have, p.node); err != nil {
 		return p, err
 	}
@@ -191,11 +180,29 @@ func (e *Engine) planGlobal(req globalRequest) (globalPlan, error) {
 	return p, err
 }
 
+// chooseSlice picks the node's slice: an explicit one wins; else the one
+// the node has in this cluster; else one placed from the node's identity,
+// avoiding taken. explicit says whether the main daemon chose it.
+func (e *Engine) chooseSlice(req globalRequest, prev, prevCluster netip.Prefix, prevExplicit bool, identity string, taken []netip.Prefix) (netip.Prefix, bool, error) {
+	switch {
+	case req.slice.IsValid():
+		return req.slice, true, nil
+	case prev.IsValid() && prevCluster == req.cluster:
+		return prev, prevExplicit, nil
+	}
+	s, err := ipam.PlaceNodeSlice(req.cluster, e.sliceBits(req.cluster), identity, taken)
+	if err != nil {
+		return netip.Prefix{}, false, fmt.Errorf("self-assign a node slice in %s: %w", req.cluster, err)
+	}
+	return s, false, nil
+}
+
 // bringUpGlobal opens the planned device, or brings the existing one to
 // the plan.
 func (e *Engine) bringUpGlobal(p globalPlan) (*device, error) {
 	spec := e.globalSpec(p.rec, p.key, netip.MustParsePrefix(p.node.ClusterCIDR), p.nodeIP)
 	if p.fresh {
+		spec.bind = e.globalBind()
 		dev, err := e.openDevice(spec)
 		if err != nil {
 			return nil, fmt.Errorf("bring up %s: %w", p.rec.Interface, err)
@@ -319,7 +326,6 @@ func (e *Engine) globalSpec(rec store.Global, key wgtypes.Key, cluster netip.Pre
 		addrs:  []netip.Prefix{netip.PrefixFrom(nodeIP, cluster.Bits())},
 		peers:  peers,
 		routes: peerRoutes(peers, []netip.Prefix{cluster}),
-		global: true,
 	}
 }
 

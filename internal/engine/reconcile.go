@@ -105,6 +105,7 @@ func (e *Engine) reconcileGlobal(changes *int) error {
 	}
 	if g.dev == nil {
 		spec := e.currentGlobalSpec()
+		spec.bind = e.globalBind()
 		dev, err := e.openDevice(spec)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", g.rec.Interface, err)

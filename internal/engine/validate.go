@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/ipam"
+	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
 // validName checks a deployment or service name. Names end up in interface
@@ -175,4 +176,14 @@ func resolveEndpoint(ctx context.Context, ep string) (netip.AddrPort, error) {
 		}
 	}
 	return netip.AddrPortFrom(best.Unmap(), port), nil
+}
+
+// errUnprefixed is an error whose message must reach the client exactly,
+// without the op prefix: the reference's tests pin some messages.
+type errUnprefixed struct{ msg string }
+
+func (e errUnprefixed) Error() string { return e.msg }
+
+func errf(format string, args ...any) protocol.Err {
+	return protocol.Err{Message: fmt.Sprintf(format, args...)}
 }

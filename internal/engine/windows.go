@@ -104,6 +104,7 @@ func (e *Engine) detachWindows(ctx context.Context, a *store.Attachment) error {
 	if err := e.cfg.HCN.Detach(ctx, a.HostLink); err != nil {
 		return err
 	}
+	e.at("windows.detached")
 	ip, _ := netip.ParseAddr(a.IP)
 	err := e.store.Update(func(tx *store.Tx) error {
 		if err := tx.DeleteAllocation(poolSlice, a.IP); err != nil {
