@@ -302,6 +302,26 @@ func TestEventsReachEveryClientAndSlowClientsDoNotBlock(t *testing.T) {
 	}
 }
 
+// A client that sends requests and never reads the answers fills the
+// socket's buffers; the server's write then waits. It must give up after
+// WriteTimeout and drop that client, not keep its goroutine and socket for
+// ever; others are served throughout.
+func TestClientThatDoesNotReadIsDisconnected(t *testing.T) {
+	srv, path := startServer(t, echoStatus, func(s *Server) { s.WriteTimeout = 200 * time.Millisecond })
+	stuck := dialRaw(t, path)
+	var batch bytes.Buffer
+	for i := 1; i <= 20000; i++ {
+		WriteFrame(&batch, protocol.RequestFrame(uint64(i), protocol.SetLocalNodeID{NodeID: uint64(i)}))
+	}
+	go stuck.nc.Write(batch.Bytes()) // never reads a single answer
+	other := dialRaw(t, path)
+	other.sendRaw(`{"frame":"request","id":1,"request":{"op":"status"}}`)
+	if f := other.recv(); f.ID != 1 {
+		t.Fatalf("other client: %+v", f)
+	}
+	waitFor(t, func() bool { return srv.Connections() == 1 })
+}
+
 func TestShutdownFlushesAnswers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.sock")
 	ln, err := Listen(path, testLogger(t))

@@ -48,8 +48,14 @@ type Server struct {
 	Authorize func(net.Conn) error
 	// EventQueue bounds the undelivered events per connection.
 	EventQueue int
+	// WriteTimeout bounds the wait for a client to take one frame (default
+	// 10 s). A client that does not read its answers or events for that
+	// long is disconnected, so it holds no goroutine or socket for ever.
+	WriteTimeout time.Duration
 
 	mu       sync.Mutex
+	base     context.Context // the requests' context, canceled when Shutdown gives up waiting
+	cancel   context.CancelFunc
 	conns    map[*serverConn]struct{}
 	lns      []net.Listener
 	closing  bool
@@ -87,6 +93,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	if s.conns == nil {
 		s.conns = map[*serverConn]struct{}{}
+		s.base, s.cancel = context.WithCancel(context.Background())
 	}
 	s.lns = append(s.lns, ln)
 	s.mu.Unlock()
@@ -192,12 +199,26 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-finished:
 		return nil
 	case <-ctx.Done():
+		// Requests still running are told to give up, and their clients
+		// are cut off.
+		s.mu.Lock()
+		if s.cancel != nil {
+			s.cancel()
+		}
+		s.mu.Unlock()
 		for _, c := range conns {
 			c.nc.Close()
 		}
 		<-finished
 		return ctx.Err()
 	}
+}
+
+func (s *Server) writeTimeout() time.Duration {
+	if s.WriteTimeout > 0 {
+		return s.WriteTimeout
+	}
+	return 10 * time.Second
 }
 
 // serverConn is one client connection. Its goroutine reads a frame,
@@ -250,7 +271,9 @@ func (c *serverConn) run() {
 func (c *serverConn) serve() {
 	log := c.srv.logger()
 	fr := NewFrameReader(c.nc)
-	ctx := context.Background()
+	c.srv.mu.Lock()
+	ctx := c.srv.base
+	c.srv.mu.Unlock()
 	for {
 		body, err := fr.Read()
 		if err != nil {
@@ -318,9 +341,14 @@ func (c *serverConn) write(f protocol.Frame) {
 		}
 		c.wbuf, _ = AppendFrame(c.wbuf[:0], protocol.ResponseFrame(f.ID, protocol.Err{Message: "response could not be encoded: " + err.Error()}))
 	}
+	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout()))
 	if _, err := c.nc.Write(c.wbuf); err != nil {
+		if isDeadline(err) {
+			c.srv.logger().Warn("closing connection: the client did not take a frame within the write timeout", "timeout", c.srv.writeTimeout())
+		}
 		c.broken = true
 		c.stopReading()
+		c.nc.Close()
 	}
 	if cap(c.wbuf) > 1<<20 {
 		c.wbuf = make([]byte, 0, 4096)
