@@ -18,6 +18,11 @@ import (
 // goroutines and sockets behind a dead upstream.
 const maxInflight = 1024
 
+// maxWaiting bounds the queries waiting for an identical query's upstream
+// exchange, all flights together: each is a goroutine, and a client
+// repeating one name behind a dead upstream must not pile them up.
+const maxWaiting = 4 * maxInflight
+
 // flight is one upstream resolution that concurrent identical queries share.
 type flight struct {
 	done chan struct{}
@@ -28,7 +33,15 @@ type flight struct {
 var (
 	errNoUpstreams = errors.New("no upstream resolvers are configured")
 	errBusy        = fmt.Errorf("more than %d upstream queries are already in flight", maxInflight)
+	errBusyWaiting = errors.New("too many queries are already waiting for the same upstream answers")
 )
+
+func (s *Server) maxWaiting() int {
+	if s.waitCap > 0 {
+		return s.waitCap
+	}
+	return maxWaiting
+}
 
 // forwardLocal answers what forwarding can answer without waiting for
 // the network (REFUSED for clients that may not recurse or when there are
@@ -108,7 +121,17 @@ func (s *Server) resolve(key []byte, q *query) (*entry, error) {
 	}
 	s.fmu.Lock()
 	if f, ok := s.flights[string(key)]; ok {
+		if s.waiting >= s.maxWaiting() {
+			s.fmu.Unlock()
+			return nil, errBusyWaiting
+		}
+		s.waiting++
 		s.fmu.Unlock()
+		defer func() {
+			s.fmu.Lock()
+			s.waiting--
+			s.fmu.Unlock()
+		}()
 		s.stats.coalesced.Add(1)
 		select {
 		case <-f.done:

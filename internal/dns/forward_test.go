@@ -307,6 +307,40 @@ func TestIdenticalQueriesAreCoalesced(t *testing.T) {
 	}
 }
 
+// Queries waiting for an identical query's upstream answer are goroutines:
+// past the cap, another one is answered SERVFAIL at once instead of piling
+// up behind a hanging upstream.
+func TestWaitersForOneUpstreamAnswerAreCapped(t *testing.T) {
+	release := make(chan struct{})
+	up := newStub(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		<-release
+		answerWith("192.0.2.6", 60)(w, r)
+	})
+	s := newTestServer(t, Config{Upstreams: []netip.AddrPort{up.addr}, ForwardTimeout: time.Minute})
+	s.waitCap = 3
+	var wg sync.WaitGroup
+	for i := range 4 { // the first asks upstream, three wait
+		wg.Go(func() {
+			req := newQuery("same.example.org.", dns.TypeA)
+			req.Id = uint16(2000 + i)
+			exchange(t, s, client4, req)
+		})
+	}
+	waitFor(t, "three clients waiting for the first one's query", func() bool { return s.Stats().Coalesced == 3 })
+	done := make(chan *dns.Msg, 1)
+	go func() { done <- exchange(t, s, client4, newQuery("same.example.org.", dns.TypeA)) }()
+	select {
+	case m := <-done:
+		if m.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("a query past the cap got %s", dns.RcodeToString[m.Rcode])
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a query past the cap waited too")
+	}
+	close(release)
+	wg.Wait()
+}
+
 func TestCacheHitAndExpiry(t *testing.T) {
 	up := newStub(t, answerWith("192.0.2.7", 300))
 	s := newTestServer(t, Config{Upstreams: []netip.AddrPort{up.addr}})

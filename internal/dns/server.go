@@ -83,6 +83,8 @@ type Server struct {
 	cache     *cache
 	fmu       sync.Mutex
 	flights   map[string]*flight
+	waiting   int // queries waiting for another's flight; guarded by fmu
+	waitCap   int // tests lower maxWaiting with it
 	inflight  chan struct{}
 	ctx       context.Context
 	cancel    context.CancelFunc
