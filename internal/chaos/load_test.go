@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	gonet "net"
 	"net/netip"
 	"path/filepath"
 	"runtime"
@@ -28,6 +29,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // The load suite: 64 concurrent clients × 1,000 mixed requests while
@@ -48,54 +50,94 @@ const (
 type loadStep struct {
 	req  protocol.Request
 	want string // result kind
-	// check, when set, inspects the answer and may record what later
-	// steps need (an allocated address).
+	// check, when set, inspects the answer's content and may record what
+	// later steps need (an allocated address).
 	check func(protocol.Response) error
 }
 
-// loadCycle is the fixed 20-request cycle of client i. Every client works
-// on resources of its own (names, PIDs, keys, ranges) besides the shared
-// services and node record, so each answer is known in advance however
-// the clients interleave, and a cycle leaves nothing behind.
-func loadCycle(i, round int, root bool, procs *enginetest.Procs, peerKey string) []loadStep {
+// loadRun is what the clients of one run share: the answers that must
+// agree across them, and where each client's peer stands.
+type loadRun struct {
+	services sync.Map // service name -> protocol.ServiceOverlay, the first answer
+	mu       sync.Mutex
+	present  map[string]bool // client's peer key -> whether the last request left it
+	// onDevice, when set (in process), reports whether the device holds a
+	// peer with a prefix right now: a peer's add_peer and remove_peer
+	// answers are checked against the device the moment they arrive, while
+	// reconcile passes run beside them.
+	onDevice func(key, prefix string) bool
+}
+
+func newLoadRun() *loadRun { return &loadRun{present: map[string]bool{}} }
+
+// sharedPrefix is claimed by the peers of every eighth client: WireGuard
+// gives a prefix to one peer, the last that claims it, so their add_peer
+// requests contend on it.
+func sharedPrefix(i int) string { return fmt.Sprintf("172.18.%d.0/24", i%8) }
+
+// loadCycle is the 20-odd-request cycle of client i. Every client works on
+// resources of its own (names, PIDs, ranges) besides the shared services,
+// node record and contended prefixes; each answer is checked for what it
+// must say however the clients interleave. A client's peer outlives most
+// cycles: it is removed only every third one.
+func loadCycle(i, round int, root bool, procs *enginetest.Procs, peerKey string, run *loadRun) []loadStep {
 	svc := fmt.Sprintf("s%d", i%loadServices)
 	name := fmt.Sprintf("c%d-%d", i, round%7)
 	ip := netip.AddrFrom4([4]byte{10, 1, byte(i), byte(1 + round%250)})
 	pid := uint32(1000000 + i*2000 + round)
 	var allocated netip.Addr
 	steps := []loadStep{
-		{req: protocol.Status{}, want: "status"},
-		{req: protocol.Hello{ClientVersion: "chaos"}, want: "hello"},
+		{req: protocol.Status{}, want: "status", check: checkStatus(root)},
+		{req: protocol.Hello{ClientVersion: "chaos"}, want: "hello", check: func(r protocol.Response) error {
+			if h := r.(protocol.HelloResult); h.ProtocolVersion != protocol.Version || len(h.Features) == 0 {
+				return fmt.Errorf("hello answered %+v", h)
+			}
+			return nil
+		}},
 		{req: protocol.RegisterDNS{Name: name, IP: ip}, want: "ok"},
 		{req: protocol.UnregisterDNS{Name: name}, want: "ok"},
-		{req: protocol.RawRequest(`{"op":"format_disk"}`), want: "err"},
-		{req: protocol.AllocateIP{Service: "my svc"}, want: "err"},
+		{req: protocol.RawRequest(`{"op":"format_disk"}`), want: "err", check: errSays("format_disk")},
+		{req: protocol.AllocateIP{Service: "my svc"}, want: "err", check: errSays("service")},
 		{req: protocol.SetLocalNodeID{NodeID: 42}, want: "ok"},
 	}
 	if !root && procs == nil {
-		return append(steps, loadStep{req: protocol.Status{}, want: "status"})
+		return append(steps, loadStep{req: protocol.Status{}, want: "status", check: checkStatus(root)})
 	}
 	if procs != nil {
 		procs.Add(int(pid))
 	}
-	allowed := fmt.Sprintf("172.16.%d.0/24", i)
+	own := fmt.Sprintf("172.16.%d.0/24", i)
+	allowed := own + "," + sharedPrefix(i)
 	extra := fmt.Sprintf("172.17.%d.0/24", i)
 	steps = append(steps,
-		loadStep{req: protocol.SetupServiceOverlay{Service: svc, Mode: protocol.ModeShared}, want: "service_overlay"},
+		loadStep{req: protocol.SetupServiceOverlay{Service: svc, Mode: protocol.ModeShared}, want: "service_overlay", check: run.sameService(svc)},
 		loadStep{req: protocol.AllocateIP{Service: svc}, want: "ip", check: func(r protocol.Response) error {
 			allocated = r.(protocol.IP).IP
-			return nil
+			return run.inService(svc, allocated)
 		}},
 		loadStep{req: nil, want: "ok"}, // release of the address just allocated, filled in by runCycle
-		loadStep{req: protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: peerKey, Endpoint: "192.0.2.1:51820", AllowedIPs: allowed, PersistentKeepaliveSecs: 25}}, want: "ok"},
+		loadStep{req: protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: peerKey, Endpoint: "192.0.2.1:51820", AllowedIPs: allowed, PersistentKeepaliveSecs: 25}}, want: "ok",
+			check: run.notePeer(peerKey, true, own)},
 		loadStep{req: protocol.AddAllowedIP{Pubkey: peerKey, CIDR: extra}, want: "ok"},
 		loadStep{req: protocol.RemoveAllowedIP{Pubkey: peerKey, CIDR: extra}, want: "ok"},
-		loadStep{req: protocol.RemovePeer{Pubkey: peerKey}, want: "ok"},
 	)
+	if round%3 == 2 {
+		steps = append(steps, loadStep{req: protocol.RemovePeer{Pubkey: peerKey}, want: "ok", check: run.notePeer(peerKey, false, own)})
+	}
 	if procs != nil {
+		join := round%2 == 0
 		steps = append(steps,
-			loadStep{req: protocol.AttachContainer{Handle: protocol.LinuxPID(pid), Service: svc, JoinGlobal: round%2 == 0}, want: "attached"},
-			loadStep{req: protocol.Status{}, want: "status"},
+			loadStep{req: protocol.AttachContainer{Handle: protocol.LinuxPID(pid), Service: svc, JoinGlobal: join}, want: "attached", check: func(r protocol.Response) error {
+				a := r.(protocol.Attached)
+				if err := run.inService(svc, a.IP); err != nil {
+					return err
+				}
+				if a.GlobalIP.IsValid() != join || join && !loadSlice.Contains(a.GlobalIP) {
+					return fmt.Errorf("join_global=%t answered global_ip %s", join, a.GlobalIP)
+				}
+				return nil
+			}},
+			loadStep{req: protocol.Status{}, want: "status", check: checkStatus(root)},
 			loadStep{req: protocol.DetachContainer{Handle: protocol.LinuxPID(pid)}, want: "ok"},
 		)
 	}
@@ -106,6 +148,82 @@ func loadCycle(i, round int, root bool, procs *enginetest.Procs, peerKey string)
 		}
 	}
 	return steps
+}
+
+// loadSlice is the node slice of the load runs.
+var loadSlice = netip.MustParsePrefix("10.1.0.0/16")
+
+func checkStatus(root bool) func(protocol.Response) error {
+	return func(r protocol.Response) error {
+		s := r.(protocol.StatusResult)
+		if s.Version == "" || root && (s.Interface != globalIface || s.SliceCIDR != loadSlice.String()) {
+			return fmt.Errorf("status: version %q interface %q slice %q", s.Version, s.Interface, s.SliceCIDR)
+		}
+		return nil
+	}
+}
+
+func errSays(part string) func(protocol.Response) error {
+	return func(r protocol.Response) error {
+		if msg := r.(protocol.Err).Message; !strings.Contains(msg, part) {
+			return fmt.Errorf("err %q does not mention %q", msg, part)
+		}
+		return nil
+	}
+}
+
+// sameService checks every setup of a service answers what the first did.
+func (run *loadRun) sameService(svc string) func(protocol.Response) error {
+	return func(r protocol.Response) error {
+		got := r.(protocol.ServiceOverlay)
+		if !loadSlice.Contains(got.Gateway) || got.Subnet == "" {
+			return fmt.Errorf("setup of %s answered %+v", svc, got)
+		}
+		if first, loaded := run.services.LoadOrStore(svc, got); loaded && first.(protocol.ServiceOverlay) != got {
+			return fmt.Errorf("setup of %s answered %+v, earlier %+v", svc, got, first)
+		}
+		return nil
+	}
+}
+
+// inService checks an address is in a service's subnet.
+func (run *loadRun) inService(svc string, a netip.Addr) error {
+	v, ok := run.services.Load(svc)
+	if !ok {
+		return fmt.Errorf("%s handed out before any setup answer", a)
+	}
+	if subnet := netip.MustParsePrefix(v.(protocol.ServiceOverlay).Subnet); !subnet.Contains(a) || a == v.(protocol.ServiceOverlay).Gateway {
+		return fmt.Errorf("%s is not a container address of %s's %s", a, svc, subnet)
+	}
+	return nil
+}
+
+// notePeer records where a client's peer stands once its request is ok,
+// and checks the device agrees at that moment (the peer's own prefix is
+// claimed by no one else).
+func (run *loadRun) notePeer(key string, present bool, own string) func(protocol.Response) error {
+	return func(protocol.Response) error {
+		run.mu.Lock()
+		run.present[key] = present
+		run.mu.Unlock()
+		if run.onDevice != nil && run.onDevice(key, own) != present {
+			return fmt.Errorf("answered ok, but the device has peer %s with %s: %t", key, own, !present)
+		}
+		return nil
+	}
+}
+
+// peersLeft are the keys of the peers the run left.
+func (run *loadRun) peersLeft() map[string]bool {
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	out := map[string]bool{}
+	for k, p := range run.present {
+		if p {
+			out[k] = true
+		}
+	}
+	return out
 }
 
 // releaseLater is a release_ip of an address known only once an earlier
@@ -132,7 +250,7 @@ func runCycle(ctx context.Context, c *client.Client, steps []loadStep, lat *late
 		}
 		if s.check != nil {
 			if err := s.check(resp); err != nil {
-				return err
+				return fmt.Errorf("%s: %w", req.Op(), err)
 			}
 		}
 	}
@@ -144,11 +262,13 @@ func runCycle(ctx context.Context, c *client.Client, steps []loadStep, lat *late
 // minutes, it fails the test with every goroutine's stack. (A slow machine
 // is not a deadlock, so there is no limit on the whole run but the test
 // timeout.)
-func runLoad(t *testing.T, socket string, root bool, procs *enginetest.Procs, perClient int) (*latencies, []uint64) {
+func runLoad(t *testing.T, socket string, root bool, procs *enginetest.Procs, perClient int, onDevice func(key, prefix string) bool) (*latencies, []uint64, *loadRun) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	lat := &latencies{m: map[string][]time.Duration{}}
+	run := newLoadRun()
+	run.onDevice = onDevice
 	events := make([]uint64, loadClients)
 	errs := make(chan error, loadClients)
 	var wg sync.WaitGroup
@@ -175,7 +295,7 @@ func runLoad(t *testing.T, socket string, root bool, procs *enginetest.Procs, pe
 				return
 			}
 			for sent, round := 0, 0; sent < perClient; round++ {
-				steps := loadCycle(i, round, root, procs, key)
+				steps := loadCycle(i, round, root, procs, key, run)
 				if n := perClient - sent; n < len(steps) {
 					steps = steps[:n]
 					// Never stop between a pair: the state must end clean.
@@ -219,25 +339,69 @@ func runLoad(t *testing.T, socket string, root bool, procs *enginetest.Procs, pe
 			t.Fatal(err)
 		}
 	}
-	return lat, events
+	return lat, events, run
 }
 
-// endsClean reports whether a cut cycle leaves nothing behind: every
-// register, allocate, add_peer and attach in it is undone in it.
+// endsClean reports whether a cut cycle leaves nothing behind but peers
+// (which the run tracks): every register, allocate and attach in it is
+// undone in it.
 func endsClean(steps []loadStep) bool {
 	open := 0
 	for _, s := range steps {
 		switch s.req.(type) {
-		case protocol.RegisterDNS, protocol.AllocateIP, protocol.AddPeer, protocol.AttachContainer:
+		case protocol.RegisterDNS, protocol.AllocateIP, protocol.AttachContainer:
 			if r, ok := s.req.(protocol.AllocateIP); ok && r.Service == "my svc" {
 				continue
 			}
 			open++
-		case protocol.UnregisterDNS, releaseLater, protocol.RemovePeer, protocol.DetachContainer:
+		case protocol.UnregisterDNS, releaseLater, protocol.DetachContainer:
 			open--
 		}
 	}
 	return open == 0
+}
+
+// checkPeersLeft compares the peers the device holds (status) with the
+// store's and with what the requests left: the same keys, each with the
+// same allowed IPs in both, its own prefix on it, and every contended
+// prefix on at most one peer.
+func checkPeersLeft(t *testing.T, s protocol.StatusSnapshot, stored []store.Peer, want map[string]bool) {
+	t.Helper()
+	device := map[string][]string{}
+	for _, p := range s.Peers {
+		ips := strings.Split(p.AllowedIPs, ",")
+		if p.AllowedIPs == "" {
+			ips = nil
+		}
+		slices.Sort(ips)
+		device[p.PublicKey] = ips
+	}
+	inStore := map[string][]string{}
+	for _, p := range stored {
+		if p.Scope == "global" {
+			inStore[p.PublicKey] = slices.Sorted(slices.Values(p.AllowedIPs))
+		}
+	}
+	if len(device) != len(want) || len(inStore) != len(want) {
+		t.Errorf("%d peers on the device, %d in the store, %d left by the requests", len(device), len(inStore), len(want))
+	}
+	holders := map[string][]string{}
+	for key := range want {
+		if !slices.Equal(device[key], inStore[key]) {
+			t.Errorf("peer %s: allowed IPs %v on the device, %v in the store", key, device[key], inStore[key])
+		}
+		if len(device[key]) == 0 || !strings.HasPrefix(device[key][0], "172.16.") {
+			t.Errorf("peer %s lacks its own prefix: %v", key, device[key])
+		}
+		for _, ip := range device[key] {
+			holders[ip] = append(holders[ip], key)
+		}
+	}
+	for ip, keys := range holders {
+		if len(keys) > 1 {
+			t.Errorf("%s is held by %d peers: %v", ip, len(keys), keys)
+		}
+	}
 }
 
 type latencies struct {
@@ -292,8 +456,9 @@ func TestLoadInProcess(t *testing.T) {
 	net := enginetest.NewNet()
 	procs := enginetest.NewProcs()
 	srv := &ipc.Server{Log: quiet, EventQueue: 1024}
+	wgb := enginetest.NewWG(net, wg.KindUserspace)
 	eng, err := engine.New(engine.Config{
-		Store: st, Net: net, WG: enginetest.NewWG(net, wg.KindUserspace), Procs: procs, Log: quiet,
+		Store: st, Net: net, WG: wgb, Procs: procs, Log: quiet,
 		Publish: srv.Broadcast, EventsDropped: srv.EventsDropped,
 		ServiceBits: 24,
 		// Reconcile and the health monitor run all the time beside the
@@ -346,7 +511,10 @@ func TestLoadInProcess(t *testing.T) {
 	}()
 
 	start := time.Now()
-	lat, events := runLoad(t, socket, true, procs, perClient)
+	lat, events, run := runLoad(t, socket, true, procs, perClient, func(key, prefix string) bool {
+		p, ok := wgb.Device(globalIface).PeerNow(mustParseKey(key))
+		return ok && slices.ContainsFunc(p.AllowedIPs, func(n gonet.IPNet) bool { return n.String() == prefix })
+	})
 	elapsed := time.Since(start)
 	close(stopEvents)
 	<-evDone
@@ -360,21 +528,42 @@ func TestLoadInProcess(t *testing.T) {
 	}
 	t.Logf("events: %d pushed to each of %d connections, %d received in all, %d dropped by the server", pushed.Load(), loadClients+1, received, srv.EventsDropped())
 
-	// The state is exactly what the requests leave: the global overlay and
-	// the services, nothing else. Peer routes go synchronously with the
-	// peers, so they are checked before Close, which would take the
-	// device and every route on it away.
-	if routes, _ := net.Routes(globalIface); len(routes) != 0 {
-		t.Errorf("routes left on the global device after every peer was removed: %v", routes)
-	}
-	eng.Close() // waits for background detaches
+	// The state is exactly what the requests leave: the global overlay, the
+	// services and the peers, nothing else; the device holds what the store
+	// holds. Routes go with the peers, and are checked before Close, which
+	// takes the device and every route on it away.
 	s, err := setup.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.Attachments) != 0 || len(s.Peers) != 0 || s.DNS.Records != 0 || s.NodeID != 42 || len(s.Services) != loadServices || s.SlicePool.Used != 1 {
-		t.Fatalf("state after the load: attachments %v peers %v DNS names %d node id %d services %d slice in use %d",
-			s.Attachments, s.Peers, s.DNS.Records, s.NodeID, len(s.Services), s.SlicePool.Used)
+	loaded, err := st.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPeersLeft(t, s, loaded.Peers, run.peersLeft())
+	wantRoutes := map[string]bool{}
+	for _, p := range loaded.Peers {
+		for _, ip := range p.AllowedIPs {
+			wantRoutes[ip] = true
+		}
+	}
+	routes, _ := net.Routes(globalIface)
+	for _, r := range routes {
+		if !wantRoutes[r.Dst.String()] {
+			t.Errorf("route %s into the global device, which no peer holds", r.Dst)
+		}
+		delete(wantRoutes, r.Dst.String())
+	}
+	if len(wantRoutes) != 0 {
+		t.Errorf("allowed IPs of peers without a route into the device: %v", wantRoutes)
+	}
+	eng.Close() // waits for background detaches
+	if s, err = setup.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Attachments) != 0 || s.DNS.Records != 0 || s.NodeID != 42 || len(s.Services) != loadServices || s.SlicePool.Used != 1 {
+		t.Fatalf("state after the load: attachments %v DNS names %d node id %d services %d slice in use %d",
+			s.Attachments, s.DNS.Records, s.NodeID, len(s.Services), s.SlicePool.Used)
 	}
 	for _, svc := range s.Services {
 		if svc.Used != 1 {
@@ -447,7 +636,7 @@ func TestLoadRealDaemon(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	lat, _ := runLoad(t, d.socket, root, nil, perClient)
+	lat, _, run := runLoad(t, d.socket, root, nil, perClient, nil)
 	elapsed := time.Since(start)
 	close(stop)
 	<-sampled
@@ -468,8 +657,17 @@ func TestLoadRealDaemon(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(s.Attachments) != 0 || len(s.Peers) != 0 || s.DNS == nil || s.DNS.Records != 0 {
-		t.Fatalf("state after the load: attachments %v peers %v DNS %+v", s.Attachments, s.Peers, s.DNS)
+	if len(s.Attachments) != 0 || s.DNS == nil || s.DNS.Records != 0 {
+		t.Fatalf("state after the load: attachments %v DNS %+v", s.Attachments, s.DNS)
+	}
+	if root {
+		stored := make([]store.Peer, 0, len(s.Peers))
+		for _, p := range s.Peers {
+			// The real daemon's store is its own; the device's peers must
+			// be the ones the requests left, each with its own prefix.
+			stored = append(stored, store.Peer{Scope: "global", PublicKey: p.PublicKey, AllowedIPs: strings.Split(p.AllowedIPs, ",")})
+		}
+		checkPeersLeft(t, s, stored, run.peersLeft())
 	}
 	if root {
 		for _, svc := range s.Services {
@@ -478,4 +676,12 @@ func TestLoadRealDaemon(t *testing.T) {
 			}
 		}
 	}
+}
+
+func mustParseKey(b64 string) wgtypes.Key {
+	k, err := wg.ParseKey(b64)
+	if err != nil {
+		panic(err)
+	}
+	return k
 }

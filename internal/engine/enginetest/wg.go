@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -128,7 +129,9 @@ func (d *Device) Configure(c wgtypes.Config) error {
 		if pc.ReplaceAllowedIPs {
 			p.AllowedIPs = nil
 		}
-		p.AllowedIPs = append(p.AllowedIPs, pc.AllowedIPs...)
+		for _, n := range pc.AllowedIPs {
+			d.claim(p, n)
+		}
 	}
 	if c.ReplacePeers {
 		for k := range d.peers {
@@ -140,12 +143,25 @@ func (d *Device) Configure(c wgtypes.Config) error {
 	return nil
 }
 
+// claim gives prefix n to peer p, as WireGuard's allowed-IPs table does:
+// a prefix belongs to one peer, the last that was given it, so any other
+// peer holding it loses it. Called with d.mu held.
+func (d *Device) claim(p *wgtypes.Peer, n net.IPNet) {
+	key := n.String()
+	for _, o := range d.peers {
+		o.AllowedIPs = slices.DeleteFunc(o.AllowedIPs, func(x net.IPNet) bool { return x.String() == key })
+	}
+	p.AllowedIPs = append(p.AllowedIPs, n)
+}
+
 func (d *Device) Snapshot() (*wgtypes.Device, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	dev := &wgtypes.Device{Name: d.name, PrivateKey: d.key, PublicKey: d.key.PublicKey(), ListenPort: d.port}
 	for _, p := range d.peers {
-		dev.Peers = append(dev.Peers, *p)
+		c := *p
+		c.AllowedIPs = slices.Clone(p.AllowedIPs) // the device's own slice changes under later calls
+		dev.Peers = append(dev.Peers, c)
 	}
 	sort.Slice(dev.Peers, func(i, j int) bool { return dev.Peers[i].PublicKey.String() < dev.Peers[j].PublicKey.String() })
 	return dev, nil
@@ -224,4 +240,18 @@ func (d *Device) PeerWrites() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.writes
+}
+
+// PeerNow is a copy of the device's record of a peer, taken under its
+// lock: safe while the engine keeps using the device.
+func (d *Device) PeerNow(pub wgtypes.Key) (wgtypes.Peer, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.peers[pub]
+	if p == nil {
+		return wgtypes.Peer{}, false
+	}
+	c := *p
+	c.AllowedIPs = slices.Clone(p.AllowedIPs)
+	return c, true
 }
