@@ -109,3 +109,28 @@ func BenchmarkAddPeerUpsert(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAddPeerAtScale is add_peer of a new peer with 1,000 and 5,000
+// peers already there: its cost must not grow with them.
+func BenchmarkAddPeerAtScale(b *testing.B) {
+	for _, n := range []int{1000, 5000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			e := benchEngine(b)
+			benchPeers(b, e, n)
+			ctx := context.Background()
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				i++
+				k, _ := wgtypes.GeneratePrivateKey()
+				resp := e.Handle(ctx, protocol.AddPeer{PeerSpec: protocol.PeerSpec{
+					PublicKey: k.PublicKey().String(), Endpoint: "192.0.2.9:51820",
+					AllowedIPs: fmt.Sprintf("10.201.%d.%d/32", i/250%250, i%250+1),
+				}})
+				if er, bad := resp.(protocol.Err); bad {
+					b.Fatal(er.Message)
+				}
+			}
+		})
+	}
+}

@@ -151,14 +151,13 @@ func (e *Engine) commitGuest(c guestChange) error {
 // the guest is gone). Called with e.mu held.
 func (e *Engine) setGuestLocked(prev, next *store.Attachment, peer *store.Peer) {
 	if prev != nil {
-		delete(e.st.peers, peerKey(scopeGlobal, prev.GuestPubkey))
+		e.st.dropPeer(scopeGlobal, prev.GuestPubkey)
 		delete(e.st.attach, prev.Key)
 	}
 	if next != nil {
 		e.st.attach[next.Key] = next
 		e.st.owners[poolSlice+"|"+next.IP] = guestOwner + next.GuestID
-		p := *peer
-		e.st.peers[peerKey(scopeGlobal, peer.PublicKey)] = &p
+		e.st.putPeer(*peer)
 	}
 }
 

@@ -87,11 +87,8 @@ func errNoDedicated(service string) error {
 
 var errGlobalNotSetUp = errUnprefixed{"global overlay not set up; call setup_global_overlay first"}
 
-func (e *Engine) claimHolders(scope, pub string, claims []string) []string {
-	var out []string
-	for _, p := range e.claimLosers(scope, pub, claims) {
-		out = append(out, p.PublicKey)
-	}
+func (e *Engine) claimHolders(scope, pub string, claims []string) (out []string) {
+	e.locked(func() { out = e.st.holdersOf(scope, pub, claims) })
 	return out
 }
 
@@ -102,10 +99,8 @@ func (e *Engine) claimLosers(scope, pub string, claims []string) (out []store.Pe
 		return nil
 	}
 	e.locked(func() {
-		for _, p := range e.st.peersOf(scope) {
-			if p.PublicKey == pub || !slices.ContainsFunc(p.AllowedIPs, func(c string) bool { return slices.Contains(claims, c) }) {
-				continue
-			}
+		for _, h := range e.st.holdersOf(scope, pub, claims) {
+			p := *e.st.peers[peerKey(scope, h)]
 			p.AllowedIPs = slices.DeleteFunc(slices.Clone(p.AllowedIPs), func(c string) bool { return slices.Contains(claims, c) })
 			out = append(out, p)
 		}
@@ -215,15 +210,13 @@ func writePeers(tx *store.Tx, scope, pub string, p *store.Peer, others []store.P
 // Called with e.mu held.
 func (e *Engine) setPeersLocked(scope, pub string, p *store.Peer, others []store.Peer) {
 	if p == nil {
-		delete(e.st.peers, peerKey(scope, pub))
+		e.st.dropPeer(scope, pub)
 		delete(e.resolved, peerKey(scope, pub))
 	} else {
-		cp := *p
-		e.st.peers[peerKey(scope, pub)] = &cp
+		e.st.putPeer(*p)
 	}
 	for _, o := range others {
-		o := o
-		e.st.peers[peerKey(o.Scope, o.PublicKey)] = &o
+		e.st.putPeer(o)
 	}
 }
 

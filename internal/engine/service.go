@@ -553,7 +553,7 @@ func (e *Engine) forgetService(svc *serviceState) error {
 			delete(e.st.owners, servicePool(name)+"|"+a)
 		}
 		for _, p := range peers {
-			delete(e.st.peers, peerKey(scope, p.PublicKey))
+			e.st.dropPeer(scope, p.PublicKey)
 		}
 	})
 	return nil

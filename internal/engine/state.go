@@ -44,8 +44,12 @@ type state struct {
 	global   *globalState
 	services map[string]*serviceState
 	attach   map[string]*store.Attachment
-	peers    map[string]*store.Peer // peerKey(scope, pubkey)
-	dns      map[string]store.DNSRecord
+	peers    map[string]*store.Peer // peerKey(scope, pubkey); change only through putPeer and dropPeer
+	// holders indexes peers by the prefixes they hold: scope|prefix ->
+	// public key, so finding who holds a prefix a request claims costs the
+	// same with 10 peers as with 10,000.
+	holders map[string]string
+	dns     map[string]store.DNSRecord
 	// owners holds every allocation's owner, by pool|addr.
 	owners map[string]string
 
@@ -185,6 +189,7 @@ func loadState(st *store.State) (*state, error) {
 		services:       map[string]*serviceState{},
 		attach:         map[string]*store.Attachment{},
 		peers:          map[string]*store.Peer{},
+		holders:        map[string]string{},
 		dns:            map[string]store.DNSRecord{},
 		owners:         map[string]string{},
 		pendingSubnets: map[string]netip.Prefix{},
@@ -234,8 +239,7 @@ func loadState(st *store.State) (*state, error) {
 		s.attach[k] = &a
 	}
 	for _, p := range st.Peers {
-		p := p
-		s.peers[peerKey(p.Scope, p.PublicKey)] = &p
+		s.putPeer(p)
 	}
 	for k, r := range st.DNS {
 		s.dns[k] = r
@@ -409,6 +413,49 @@ func (s *state) takenPrefixes() []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// putPeer records a peer (a copy) in the state and the prefix index.
+func (s *state) putPeer(p store.Peer) {
+	key := peerKey(p.Scope, p.PublicKey)
+	if old := s.peers[key]; old != nil {
+		s.unindex(old)
+	}
+	p.AllowedIPs = slices.Clone(p.AllowedIPs)
+	s.peers[key] = &p
+	for _, c := range p.AllowedIPs {
+		s.holders[peerKey(p.Scope, c)] = p.PublicKey
+	}
+}
+
+// dropPeer removes a peer from the state and the prefix index.
+func (s *state) dropPeer(scope, pub string) {
+	key := peerKey(scope, pub)
+	if old := s.peers[key]; old != nil {
+		s.unindex(old)
+		delete(s.peers, key)
+	}
+}
+
+func (s *state) unindex(p *store.Peer) {
+	for _, c := range p.AllowedIPs {
+		if k := peerKey(p.Scope, c); s.holders[k] == p.PublicKey {
+			delete(s.holders, k)
+		}
+	}
+}
+
+// holdersOf returns the other peers of scope holding one of claims,
+// sorted, without duplicates.
+func (s *state) holdersOf(scope, pub string, claims []string) []string {
+	var out []string
+	for _, c := range claims {
+		if h := s.holders[peerKey(scope, c)]; h != "" && h != pub {
+			out = append(out, h)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // peersOf returns the stored peers of a scope, sorted by key.

@@ -41,7 +41,7 @@ func (b *WG) Open(name string, opts wg.Options) (wg.Device, error) {
 	if b.devs[name] != nil {
 		return nil, fmt.Errorf("device %s is already open", name)
 	}
-	d := &Device{backend: b, name: name, peers: map[wgtypes.Key]*wgtypes.Peer{}}
+	d := &Device{backend: b, name: name, peers: map[wgtypes.Key]*wgtypes.Peer{}, owner: map[string]wgtypes.Key{}}
 	b.devs[name] = d
 	kind := "wireguard"
 	if b.kind == wg.KindUserspace {
@@ -78,7 +78,9 @@ type Device struct {
 	key     wgtypes.Key
 	port    int
 	peers   map[wgtypes.Key]*wgtypes.Peer
-	closed  bool
+	// owner is the allowed-IPs table: prefix -> the one peer holding it.
+	owner  map[string]wgtypes.Key
+	closed bool
 	// writes counts the peer entries Configure was given: what a real
 	// device would act on (an existing peer listed again has its allowed
 	// IPs removed and re-inserted when ReplaceAllowedIPs is set, or when
@@ -109,6 +111,9 @@ func (d *Device) Configure(c wgtypes.Config) error {
 	for _, pc := range c.Peers {
 		keep[pc.PublicKey] = true
 		if pc.Remove {
+			if p := d.peers[pc.PublicKey]; p != nil {
+				d.release(p)
+			}
 			delete(d.peers, pc.PublicKey)
 			continue
 		}
@@ -127,6 +132,7 @@ func (d *Device) Configure(c wgtypes.Config) error {
 			p.PersistentKeepaliveInterval = *pc.PersistentKeepaliveInterval
 		}
 		if pc.ReplaceAllowedIPs {
+			d.release(p)
 			p.AllowedIPs = nil
 		}
 		for _, n := range pc.AllowedIPs {
@@ -134,8 +140,9 @@ func (d *Device) Configure(c wgtypes.Config) error {
 		}
 	}
 	if c.ReplacePeers {
-		for k := range d.peers {
+		for k, p := range d.peers {
 			if !keep[k] {
+				d.release(p)
 				delete(d.peers, k)
 			}
 		}
@@ -148,10 +155,23 @@ func (d *Device) Configure(c wgtypes.Config) error {
 // peer holding it loses it. Called with d.mu held.
 func (d *Device) claim(p *wgtypes.Peer, n net.IPNet) {
 	key := n.String()
-	for _, o := range d.peers {
-		o.AllowedIPs = slices.DeleteFunc(o.AllowedIPs, func(x net.IPNet) bool { return x.String() == key })
+	if was, ok := d.owner[key]; ok {
+		if o := d.peers[was]; o != nil {
+			o.AllowedIPs = slices.DeleteFunc(o.AllowedIPs, func(x net.IPNet) bool { return x.String() == key })
+		}
 	}
+	d.owner[key] = p.PublicKey
 	p.AllowedIPs = append(p.AllowedIPs, n)
+}
+
+// release forgets the prefixes of a peer that is removed or replaces its
+// set. Called with d.mu held.
+func (d *Device) release(p *wgtypes.Peer) {
+	for _, n := range p.AllowedIPs {
+		if d.owner[n.String()] == p.PublicKey {
+			delete(d.owner, n.String())
+		}
+	}
 }
 
 func (d *Device) Snapshot() (*wgtypes.Device, error) {
