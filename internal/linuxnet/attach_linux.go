@@ -162,10 +162,12 @@ func (a *attachment) build() error {
 		return err
 	}
 
-	if err := a.step(stepContainerAddr, spec.Addr.String()+" on "+spec.IfName, func() error {
-		return a.ch.AddrAdd(a.peer, netlinkAddr(spec.Addr))
-	}); err != nil {
-		return err
+	for _, addr := range spec.addrs() {
+		if err := a.step(stepContainerAddr, addr.String()+" on "+spec.IfName, func() error {
+			return a.ch.AddrAdd(a.peer, netlinkAddr(addr))
+		}); err != nil {
+			return err
+		}
 	}
 	if err := a.step(stepContainerUp, spec.IfName, func() error {
 		return a.ch.LinkSetUp(a.peer)
@@ -187,8 +189,8 @@ func (a *attachment) build() error {
 		return err
 	}
 
-	if spec.Gateway.IsValid() {
-		r := Route{Dst: netip.PrefixFrom(unspecified(spec.Gateway), 0), Dev: spec.IfName, Via: spec.Gateway}
+	for _, gw := range spec.gateways() {
+		r := Route{Dst: netip.PrefixFrom(unspecified(gw), 0), Dev: spec.IfName, Via: gw}
 		if err := a.containerRoute(stepContainerDefault, r); err != nil {
 			return err
 		}
@@ -222,8 +224,7 @@ func (a *attachment) build() error {
 		return err
 	}
 	// The host route comes after "up": the kernel refuses IPv4 routes via a down device.
-	if spec.HostRoute {
-		r := spec.hostRoute()
+	for _, r := range spec.hostRoutes() {
 		if err := a.step(stepHostRoute, r.String(), func() error {
 			if err := n.h.RouteReplace(r.netlink(a.host.Attrs().Index)); err != nil {
 				return err
@@ -319,34 +320,34 @@ func (a *attachment) matches(host netlink.Link) (bool, error) {
 	if host.Attrs().MasterIndex != a.bridgeIndex {
 		return false, nil
 	}
-	family := familyOf(spec.Addr.Addr())
-	addrs, err := listAddrs(a.ch, peer, family)
-	if err != nil {
-		return false, err
-	}
-	if !slices.ContainsFunc(addrs, func(x netlink.Addr) bool { return prefixOf(x.IPNet) == spec.Addr }) {
-		return false, nil
-	}
-	if spec.Gateway.IsValid() || len(spec.Routes) > 0 {
-		routes, err := listRoutesOn(a.ch, peer, family)
+	for _, addr := range spec.addrs() {
+		addrs, err := listAddrs(a.ch, peer, familyOf(addr.Addr()))
 		if err != nil {
 			return false, err
 		}
-		if spec.Gateway.IsValid() && !hasRoute(routes, netip.PrefixFrom(unspecified(spec.Gateway), 0), spec.Gateway) {
+		if !slices.ContainsFunc(addrs, func(x netlink.Addr) bool { return prefixOf(x.IPNet) == addr }) {
 			return false, nil
 		}
-		for _, r := range spec.Routes {
-			if !hasRoute(routes, r.Dst.Masked(), r.Via) {
-				return false, nil
-			}
-		}
 	}
-	if spec.HostRoute {
-		routes, err := listRoutesOn(a.n.h, host, family)
+	want := spec.Routes
+	for _, gw := range spec.gateways() {
+		want = append(want, ContainerRoute{Dst: netip.PrefixFrom(unspecified(gw), 0), Via: gw})
+	}
+	for _, r := range want {
+		routes, err := listRoutesOn(a.ch, peer, familyOf(r.Dst.Addr()))
 		if err != nil {
 			return false, err
 		}
-		if !hasRoute(routes, spec.hostRoute().Dst, netip.Addr{}) {
+		if !hasRoute(routes, r.Dst.Masked(), r.Via) {
+			return false, nil
+		}
+	}
+	for _, hr := range spec.hostRoutes() {
+		routes, err := listRoutesOn(a.n.h, host, familyOf(hr.Dst.Addr()))
+		if err != nil {
+			return false, err
+		}
+		if !hasRoute(routes, hr.Dst, netip.Addr{}) {
 			return false, nil
 		}
 	}
@@ -491,11 +492,26 @@ func (s *AttachSpec) check() error {
 	if s.Gateway.IsValid() && s.Gateway.Is4() != is4 {
 		return fail("gateway %s and address %s are of different address families", s.Gateway, s.Addr)
 	}
+	if s.Addr2.IsValid() {
+		if err := checkPrefix(s.Addr2); err != nil {
+			return fail("second address: %v", err)
+		}
+		if s.Addr2.Addr().Is4() == is4 {
+			return fail("second address %s is of the family of %s; it must be of the other", s.Addr2, s.Addr)
+		}
+	}
+	if s.Gateway2.IsValid() && (!s.Addr2.IsValid() || s.Gateway2.Is4() != s.Addr2.Addr().Is4()) {
+		return fail("second gateway %s needs a second address of its family", s.Gateway2)
+	}
+	// A route's family must be one the container has an address of.
+	ofFamily := func(a netip.Addr) bool {
+		return a.Is4() == is4 || (s.Addr2.IsValid() && a.Is4() == s.Addr2.Addr().Is4())
+	}
 	for _, r := range s.Routes {
 		if err := checkPrefix(r.Dst); err != nil {
 			return fail("route destination: %v", err)
 		}
-		if r.Dst.Addr().Is4() != is4 || (r.Via.IsValid() && r.Via.Is4() != is4) {
+		if !ofFamily(r.Dst.Addr()) || (r.Via.IsValid() && r.Via.Is4() != r.Dst.Addr().Is4()) {
 			return fail("route %s via %s is not of the address family of %s", r.Dst, r.Via, s.Addr)
 		}
 	}
@@ -514,6 +530,38 @@ func (s *AttachSpec) target() string {
 		return s.NetnsPath
 	}
 	return "pid " + strconv.Itoa(s.PID)
+}
+
+// addrs are the container's addresses: Addr, and Addr2 when set.
+func (s *AttachSpec) addrs() []netip.Prefix {
+	if s.Addr2.IsValid() {
+		return []netip.Prefix{s.Addr, s.Addr2}
+	}
+	return []netip.Prefix{s.Addr}
+}
+
+// gateways are the container's default routers, one per family.
+func (s *AttachSpec) gateways() []netip.Addr {
+	var out []netip.Addr
+	for _, gw := range []netip.Addr{s.Gateway, s.Gateway2} {
+		if gw.IsValid() {
+			out = append(out, gw)
+		}
+	}
+	return out
+}
+
+// hostRoutes are the host-namespace routes to the container's addresses
+// (HostRoute), the source address on the first family's only.
+func (s *AttachSpec) hostRoutes() []Route {
+	if !s.HostRoute {
+		return nil
+	}
+	out := []Route{s.hostRoute()}
+	if a := s.Addr2.Addr(); a.IsValid() {
+		out = append(out, Route{Dst: netip.PrefixFrom(a, a.BitLen()), Dev: s.HostName})
+	}
+	return out
 }
 
 func (s *AttachSpec) hostRoute() Route {

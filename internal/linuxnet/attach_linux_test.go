@@ -139,6 +139,55 @@ func TestAttachIPv6(t *testing.T) {
 	c2.mustPing(t, "fd00:200::1")
 }
 
+// Dual-stack: one address and one default route per family on one link,
+// on a bridge carrying a gateway of each; the same spec again is a no-op,
+// and a second address of the first's family is refused.
+func TestAttachDualStack(t *testing.T) {
+	if !inHostNetns(t) {
+		return
+	}
+	n := newTestNet(t)
+	br := "zltl" + testID(t) + "b"
+	if err := n.EnsureBridge(BridgeSpec{Name: br, Gateway: netip.MustParsePrefix("10.200.3.1/28"), Extra: []netip.Prefix{netip.MustParsePrefix("fd00:200::1/64")}, MTU: 1420}); err != nil {
+		t.Fatal(err)
+	}
+	c1, c2 := newContainer(t, "c1"), newContainer(t, "c2")
+	specs := []AttachSpec{
+		bridgedSpec(t, c1, "h1", br, "10.200.3.2/28", "10.200.3.1"),
+		bridgedSpec(t, c2, "h2", br, "10.200.3.3/28", "10.200.3.1"),
+	}
+	for i, v6 := range []string{"fd00:200::2/64", "fd00:200::3/64"} {
+		specs[i].Addr2, specs[i].Gateway2, specs[i].MTU = netip.MustParsePrefix(v6), netip.MustParseAddr("fd00:200::1"), 1420
+		if err := n.Attach(specs[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, c := range []*container{c1, c2} {
+		eth := ipLinks(t, c.ns)["eth0"]
+		if got := eth.globalAddrs(); !slices.Contains(got, specs[i].Addr.String()) || !slices.Contains(got, specs[i].Addr2.String()) {
+			t.Fatalf("container %d addresses %v", i, got)
+		}
+		if !slices.ContainsFunc(ipRoutes(t, c.ns, "-6"), func(r ipRoute) bool { return r.Dst == "default" && r.Gateway == "fd00:200::1" }) {
+			t.Fatalf("container %d has no IPv6 default route: %v", i, ipRoutes(t, c.ns, "-6"))
+		}
+	}
+	c1.mustPing(t, "10.200.3.3")
+	c1.mustPing(t, "fd00:200::3")
+	c2.mustPing(t, "fd00:200::1")
+	before := ipLinkOf(t, "", specs[0].HostName).Index
+	if err := n.Attach(specs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if ipLinkOf(t, "", specs[0].HostName).Index != before {
+		t.Fatal("the same dual-stack spec again re-created the link")
+	}
+	bad := specs[0]
+	bad.HostName, bad.Addr2 = "zltl"+testID(t)+"h3", netip.MustParsePrefix("10.200.3.9/28")
+	if err := n.Attach(bad); err == nil || !strings.Contains(err.Error(), "other") {
+		t.Fatalf("two IPv4 addresses: %v", err)
+	}
+}
+
 // The eth1 style: no bridge, a /32 address, a host route to it and an onlink route in the
 // container to the node address.
 func TestAttachHostRoute(t *testing.T) {

@@ -103,6 +103,10 @@ type AttachSpec struct {
 	IfName string
 	// Addr is the container address with prefix, e.g. 10.200.3.18/28 or 10.201.0.5/32.
 	Addr netip.Prefix
+	// Addr2, if set, is a second address of the other family (dual-stack),
+	// e.g. fd00:200:0:1::18/64, with Gateway2 as its default route.
+	Addr2    netip.Prefix
+	Gateway2 netip.Addr
 	// MTU of both ends; 0 leaves the kernel default.
 	MTU int
 	// Bridge, if set, makes the host end a port of this bridge.
@@ -113,7 +117,8 @@ type AttachSpec struct {
 	HostRouteSrc netip.Addr
 	// Gateway, if set, becomes the container's default route via IfName.
 	Gateway netip.Addr
-	// Routes are extra routes inside the container, all via IfName.
+	// Routes are extra routes inside the container, all via IfName, of
+	// either address's family.
 	Routes []ContainerRoute
 	// HostAlias, if set, is written to the host end's IFLA_IFALIAS.
 	HostAlias string
