@@ -56,7 +56,8 @@ type SetupServiceOverlay struct {
 	Mode string `json:"mode"`
 
 	// Subnet (extension) is the service subnet the main daemon assigned;
-	// it wins over every other placement rule.
+	// it wins over every other placement rule. In a dual-stack cluster it
+	// may name one subnet of each family, separated by a comma.
 	Subnet string `json:"subnet,omitempty"`
 }
 
@@ -70,7 +71,16 @@ type TeardownServiceOverlay struct {
 type AllocateIP struct {
 	Service    string `json:"service"`
 	JoinGlobal bool   `json:"join_global"`
+	// Family (extension) picks the address family in a dual-stack
+	// cluster: FamilyIPv4 or FamilyIPv6; empty is the cluster's first.
+	Family string `json:"family,omitempty"`
 }
+
+// Address families of AllocateIP.Family.
+const (
+	FamilyIPv4 = "ipv4"
+	FamilyIPv6 = "ipv6"
+)
 
 // ReleaseIP returns an address handed out by AllocateIP.
 type ReleaseIP struct {

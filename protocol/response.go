@@ -27,6 +27,11 @@ type Attached struct {
 	GlobalIP  netip.Addr `json:"global_ip,omitzero"`
 	DNSServer netip.Addr `json:"dns_server,omitzero"`
 	DNSDomain string     `json:"dns_domain,omitempty"`
+	// Extensions of a dual-stack cluster: the container's addresses in
+	// each family (ip and global_ip are the first family's), omitted with
+	// one family.
+	IPs       []netip.Addr `json:"ips,omitempty"`
+	GlobalIPs []netip.Addr `json:"global_ips,omitempty"`
 }
 
 // GuestConfig answers a guest_managed attach: everything the guest needs to
@@ -40,6 +45,9 @@ type GuestConfig struct {
 	Peers      []PeerSpec `json:"peers"`
 	DNSServer  netip.Addr `json:"dns_server,omitzero"`
 	DNSDomain  string     `json:"dns_domain,omitempty"`
+	// OverlayIPs (extension, dual-stack only) are the guest's addresses in
+	// each family; overlay_ip and prefix_len are the first family's.
+	OverlayIPs []netip.Addr `json:"overlay_ips,omitempty"`
 }
 
 // BridgeName answers setup_global_overlay with the device's name.
@@ -65,6 +73,10 @@ type ServiceOverlay struct {
 	// Extension: the bridge gateway (and so the containers' default route
 	// and DNS server) of the service on this node.
 	Gateway netip.Addr `json:"gateway,omitzero"`
+	// Extensions of a dual-stack cluster: the service's subnet and gateway
+	// in each family, the first family's first (omitted with one family).
+	Subnets  []string     `json:"subnets,omitempty"`
+	Gateways []netip.Addr `json:"gateways,omitempty"`
 }
 
 // Err is a failed request; Message says what was wrong and what to do.
@@ -96,15 +108,21 @@ type StatusSnapshot struct {
 	DedicatedServices []DedicatedServiceStatus `json:"dedicated_services,omitempty"`
 
 	// Extensions.
-	Version          string           `json:"version,omitempty"`
-	NodeID           uint64           `json:"node_id,omitempty"`
-	Deployment       string           `json:"deployment,omitempty"`
-	WGPort           uint16           `json:"wg_port,omitempty"`
-	WGBackend        string           `json:"wg_backend,omitempty"`
-	MTU              int              `json:"mtu,omitempty"`
-	ExpectedPubkey   string           `json:"expected_public_key,omitempty"`
-	PubkeyMismatch   bool             `json:"public_key_mismatch,omitempty"`
-	KeySource        string           `json:"key_source,omitempty"`
+	Version        string `json:"version,omitempty"`
+	NodeID         uint64 `json:"node_id,omitempty"`
+	Deployment     string `json:"deployment,omitempty"`
+	WGPort         uint16 `json:"wg_port,omitempty"`
+	WGBackend      string `json:"wg_backend,omitempty"`
+	MTU            int    `json:"mtu,omitempty"`
+	ExpectedPubkey string `json:"expected_public_key,omitempty"`
+	PubkeyMismatch bool   `json:"public_key_mismatch,omitempty"`
+	KeySource      string `json:"key_source,omitempty"`
+	// NodeIPs, OverlayCIDRs and SliceCIDRs list every family of a
+	// dual-stack cluster (node_ip, overlay_cidr and slice_cidr keep the
+	// first family's for reference clients); omitted with one family.
+	NodeIPs          []netip.Addr     `json:"node_ips,omitempty"`
+	OverlayCIDRs     []string         `json:"overlay_cidrs,omitempty"`
+	SliceCIDRs       []string         `json:"slice_cidrs,omitempty"`
 	Services         []ServiceStatus  `json:"services,omitempty"`
 	SlicePool        *PoolStatus      `json:"slice_pool,omitempty"`
 	Attachments      []AttachStatus   `json:"attachments,omitempty"`
@@ -157,6 +175,9 @@ type ServiceStatus struct {
 	Gateway netip.Addr `json:"gateway,omitzero"`
 	Used    uint64     `json:"used"`
 	Free    uint64     `json:"free"`
+	// Subnets (dual-stack only) are the service's subnet in each family,
+	// the first family's first.
+	Subnets []string `json:"subnets,omitempty"`
 	// Ranges are the ranges the service grew by when Subnet filled up,
 	// carved from the node slice (each with its first usable address as a
 	// further gateway on the bridge); used and free count them all.

@@ -9,6 +9,7 @@ import (
 	gonet "net"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -179,7 +180,7 @@ func (run *loadRun) sameService(svc string) func(protocol.Response) error {
 		if !loadSlice.Contains(got.Gateway) || got.Subnet == "" {
 			return fmt.Errorf("setup of %s answered %+v", svc, got)
 		}
-		if first, loaded := run.services.LoadOrStore(svc, got); loaded && first.(protocol.ServiceOverlay) != got {
+		if first, loaded := run.services.LoadOrStore(svc, got); loaded && !reflect.DeepEqual(first.(protocol.ServiceOverlay), got) {
 			return fmt.Errorf("setup of %s answered %+v, earlier %+v", svc, got, first)
 		}
 		return nil

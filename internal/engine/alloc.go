@@ -21,6 +21,11 @@ func (e *Engine) allocateIP(ctx context.Context, r protocol.AllocateIP) (protoco
 	if err := validName("service", r.Service); err != nil {
 		return nil, err
 	}
+	switch r.Family {
+	case "", protocol.FamilyIPv4, protocol.FamilyIPv6:
+	default:
+		return nil, fmt.Errorf("family %q: want %s or %s", truncate(r.Family), protocol.FamilyIPv4, protocol.FamilyIPv6)
+	}
 	release, err := e.hold(ctx, serviceLock(r.Service))
 	if err != nil {
 		return nil, err
@@ -31,10 +36,27 @@ func (e *Engine) allocateIP(ctx context.Context, r protocol.AllocateIP) (protoco
 	var slice netip.Prefix
 	var a netip.Addr
 	poolName := servicePool(r.Service)
+	second := false // the family asked for is the cluster's second
 	e.locked(func() {
 		svc, slice = e.st.services[r.Service], e.st.slice
+		if r.Family != "" && slice.IsValid() && (r.Family == protocol.FamilyIPv4) != slice.Addr().Is4() {
+			if e.st.fam2 == nil {
+				err = fmt.Errorf("family %s: this node's cluster has no %s addresses", r.Family, r.Family)
+				return
+			}
+			second, slice = true, e.st.fam2.slice
+		}
 		switch {
+		case svc != nil && second:
+			if svc.second == nil {
+				err = fmt.Errorf("service %s has no %s range", r.Service, r.Family)
+				return
+			}
+			a, err = svc.second.pool.Allocate()
 		case svc != nil:
+		case second:
+			poolName = poolSlice2
+			a, err = e.st.fam2.pool.Allocate()
 		case e.st.slicePool != nil:
 			poolName = poolSlice
 			a, err = e.st.slicePool.Allocate()
@@ -42,7 +64,7 @@ func (e *Engine) allocateIP(ctx context.Context, r protocol.AllocateIP) (protoco
 			err = fmt.Errorf("service %s is not set up here and this node has no slice yet; call setup_global_overlay (or setup_service_overlay) first", r.Service)
 		}
 	})
-	if svc != nil {
+	if svc != nil && !second && err == nil {
 		a, err = e.allocateIn(svc)
 	}
 	if err != nil {

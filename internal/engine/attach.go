@@ -7,9 +7,11 @@ import (
 	"io/fs"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/ipam"
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/protocol"
@@ -162,15 +164,13 @@ func (e *Engine) allocateAttach(key string, id procIdentity, r protocol.AttachCo
 	if err != nil {
 		return nil, exhausted(err, svc.subnet, servicePool(r.Service))
 	}
-	var gip netip.Addr
+	var ip2, gip, gip2 netip.Addr
 	var slice netip.Prefix
 	e.locked(func() {
 		e.at("attach.allocate")
-		if r.JoinGlobal && e.st.global != nil && e.st.slicePool != nil {
-			slice = e.st.slice
-			if gip, err = e.st.slicePool.Allocate(); err != nil {
-				svc.Release(ip)
-			}
+		ip2, gip, gip2, slice, err = e.allocateMoreLocked(svc, r.JoinGlobal && e.st.global != nil)
+		if err != nil {
+			svc.Release(ip)
 		}
 	})
 	if err != nil {
@@ -195,17 +195,63 @@ func (e *Engine) allocateAttach(key string, id procIdentity, r protocol.AttachCo
 		rec.GlobalIP = gip.String()
 		rec.HostLinkGlobal = vethName(r.Handle.PID, 1)
 	}
+	if ip2.IsValid() {
+		rec.IP2 = ip2.String()
+	}
+	if gip2.IsValid() {
+		rec.GlobalIP2 = gip2.String()
+	}
 	return rec, nil
+}
+
+// allocateMoreLocked takes a container's addresses beyond its first: the
+// service's second family (dual-stack), and with join the node slices'.
+// On an error nothing is held; slice names the slice that ran out. Called
+// with e.mu held.
+func (e *Engine) allocateMoreLocked(svc *serviceState, join bool) (ip2, gip, gip2 netip.Addr, slice netip.Prefix, err error) {
+	var taken []func()
+	undo := func() {
+		for _, f := range taken {
+			f()
+		}
+	}
+	take := func(pool *ipam.Pool, s netip.Prefix) netip.Addr {
+		if err != nil || pool == nil {
+			return netip.Addr{}
+		}
+		a, aerr := pool.Allocate()
+		if aerr != nil {
+			err, slice = aerr, s
+			return netip.Addr{}
+		}
+		taken = append(taken, func() { pool.Release(a) })
+		return a
+	}
+	if svc.second != nil {
+		ip2 = take(svc.second.pool, svc.second.subnet)
+	}
+	if join && e.st.slicePool != nil {
+		gip = take(e.st.slicePool, e.st.slice)
+		if e.st.fam2 != nil {
+			gip2 = take(e.st.fam2.pool, e.st.fam2.slice)
+		}
+	}
+	if err != nil {
+		undo()
+		return netip.Addr{}, netip.Addr{}, netip.Addr{}, slice, err
+	}
+	return ip2, gip, gip2, slice, nil
 }
 
 // releaseAttach gives an attach's addresses back after it failed.
 func (e *Engine) releaseAttach(rec *store.Attachment, svc *serviceState) {
-	ip, _ := netip.ParseAddr(rec.IP)
-	gip, _ := netip.ParseAddr(rec.GlobalIP)
 	e.locked(func() {
-		releaseIfFree(svc, ip)
-		if gip.IsValid() && e.st.slicePool != nil {
-			releaseIfFree(e.st.slicePool, gip)
+		for _, a := range attachAddrs(rec) {
+			if a.pool == servicePool(rec.Service) {
+				releaseIfFree(svc, a.addr)
+			} else {
+				releaseIfFree(e.st.pool(a.pool), a.addr)
+			}
 		}
 	})
 }
@@ -214,12 +260,10 @@ func (e *Engine) releaseAttach(rec *store.Attachment, svc *serviceState) {
 // the desired state.
 func (e *Engine) commitAttach(rec *store.Attachment) error {
 	owner := attachOwner + rec.Key
+	addrs := attachAddrs(rec)
 	err := e.store.Update(func(tx *store.Tx) error {
-		if err := tx.PutAllocation(store.Allocation{Pool: servicePool(rec.Service), Addr: rec.IP, Owner: owner}); err != nil {
-			return err
-		}
-		if rec.GlobalIP != "" {
-			if err := tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: rec.GlobalIP, Owner: owner}); err != nil {
+		for _, a := range addrs {
+			if err := tx.PutAllocation(store.Allocation{Pool: a.pool, Addr: a.addr.String(), Owner: owner}); err != nil {
 				return err
 			}
 		}
@@ -230,12 +274,31 @@ func (e *Engine) commitAttach(rec *store.Attachment) error {
 	}
 	e.locked(func() {
 		e.st.attach[rec.Key] = rec
-		e.st.owners[servicePool(rec.Service)+"|"+rec.IP] = owner
-		if rec.GlobalIP != "" {
-			e.st.owners[poolSlice+"|"+rec.GlobalIP] = owner
+		for _, a := range addrs {
+			e.st.owners[allocKey(a.pool, a.addr)] = owner
 		}
 	})
 	return nil
+}
+
+// pooledAddr is an address and the pool it is allocated from.
+type pooledAddr struct {
+	pool string
+	addr netip.Addr
+}
+
+// attachAddrs are the addresses a container attachment holds: in its
+// service (each family) and, with join_global, in the node slices.
+func attachAddrs(a *store.Attachment) []pooledAddr {
+	var out []pooledAddr
+	for _, x := range []struct{ pool, addr string }{
+		{servicePool(a.Service), a.IP}, {servicePool(a.Service), a.IP2}, {poolSlice, a.GlobalIP}, {poolSlice2, a.GlobalIP2},
+	} {
+		if ip, err := netip.ParseAddr(x.addr); err == nil {
+			out = append(out, pooledAddr{x.pool, ip})
+		}
+	}
+	return out
 }
 
 func (e *Engine) globalUp() (up bool) {
@@ -249,6 +312,12 @@ func (e *Engine) attachedAnswer(a *store.Attachment, r protocol.AttachContainer)
 	ans := protocol.Attached{IP: netip.MustParseAddr(a.IP)}
 	if a.GlobalIP != "" {
 		ans.GlobalIP = netip.MustParseAddr(a.GlobalIP)
+	}
+	if a.IP2 != "" {
+		ans.IPs = []netip.Addr{ans.IP, netip.MustParseAddr(a.IP2)}
+	}
+	if a.GlobalIP2 != "" {
+		ans.GlobalIPs = []netip.Addr{ans.GlobalIP, netip.MustParseAddr(a.GlobalIP2)}
 	}
 	ans.DNSServer, ans.DNSDomain = e.containerDNS(a.Service, false, r.DNSServer, r.DNSDomain)
 	return ans
@@ -264,15 +333,16 @@ func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *se
 	if err != nil {
 		return err
 	}
-	var rng svcRange
-	var ok bool
+	ip2, _ := netip.ParseAddr(a.IP2)
+	var rng, rng2 svcRange
+	var ok, ok2 bool
 	var bridge string
-	e.locked(func() { rng, ok = svc.rangeOf(ip); bridge = svc.rec.Bridge })
+	e.locked(func() { rng, ok = svc.rangeOf(ip); rng2, ok2 = svc.rangeOf(ip2); bridge = svc.rec.Bridge })
 	if !ok {
 		return fmt.Errorf("%s is outside every range of service %s", ip, svc.rec.Name)
 	}
 	alias := e.linkAlias("veth", a.Key)
-	err = e.cfg.Net.Attach(linuxnet.AttachSpec{
+	spec := linuxnet.AttachSpec{
 		PID:       int(a.PID),
 		HostName:  a.HostLink,
 		IfName:    "eth0",
@@ -281,8 +351,11 @@ func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *se
 		Bridge:    bridge,
 		Gateway:   rng.gateway,
 		HostAlias: alias,
-	})
-	if err != nil {
+	}
+	if ip2.IsValid() && ok2 {
+		spec.Addr2, spec.Gateway2 = netip.PrefixFrom(ip2, rng2.subnet.Bits()), rng2.gateway
+	}
+	if err = e.cfg.Net.Attach(spec); err != nil {
 		return err
 	}
 	if a.GlobalIP == "" {
@@ -304,17 +377,14 @@ func (e *Engine) wireGlobal(ctx context.Context, a *store.Attachment, alias stri
 	if err != nil {
 		return err
 	}
-	var nodeIP netip.Addr
+	var g *globalState
 	var cluster netip.Prefix
-	e.locked(func() {
-		if g := e.st.global; g != nil {
-			nodeIP, cluster = g.nodeIP, e.st.cluster
-		}
-	})
-	if !nodeIP.IsValid() {
+	var fam2 *family
+	e.locked(func() { g, cluster, fam2 = e.st.global, e.st.cluster, e.st.fam2 })
+	if g == nil {
 		return errors.New("join_global needs the global overlay, which is not set up")
 	}
-	err = e.cfg.Net.Attach(linuxnet.AttachSpec{
+	spec := linuxnet.AttachSpec{
 		PID:      int(a.PID),
 		HostName: a.HostLinkGlobal,
 		IfName:   "eth1",
@@ -324,10 +394,14 @@ func (e *Engine) wireGlobal(ctx context.Context, a *store.Attachment, alias stri
 		// whose source address disappears, and the node IP disappears with
 		// a userspace device whenever the daemon restarts.
 		HostRoute: true,
-		Routes:    []linuxnet.ContainerRoute{{Dst: cluster, Via: nodeIP, OnLink: true}},
+		Routes:    []linuxnet.ContainerRoute{{Dst: cluster, Via: g.nodeIP, OnLink: true}},
 		HostAlias: alias,
-	})
-	if err != nil {
+	}
+	if gip2, err := netip.ParseAddr(a.GlobalIP2); err == nil && fam2 != nil && g.nodeIP2.IsValid() {
+		spec.Addr2 = netip.PrefixFrom(gip2, gip2.BitLen())
+		spec.Routes = append(spec.Routes, linuxnet.ContainerRoute{Dst: fam2.cluster, Via: g.nodeIP2, OnLink: true})
+	}
+	if err = e.cfg.Net.Attach(spec); err != nil {
 		return fmt.Errorf("eth1: %w", err)
 	}
 	return nil
@@ -354,32 +428,34 @@ func (e *Engine) ensureHostRoute(a *store.Attachment, changes *int) error {
 	if a.HostLinkGlobal == "" {
 		return nil
 	}
-	gip, err := netip.ParseAddr(a.GlobalIP)
-	if err != nil {
-		return err
-	}
-	var nodeIP netip.Addr
-	e.locked(func() {
-		if g := e.st.global; g != nil {
-			nodeIP = g.nodeIP
-		}
-	})
-	if !nodeIP.IsValid() {
+	var g *globalState
+	e.locked(func() { g = e.st.global })
+	if g == nil {
 		return nil
 	}
-	dst := netip.PrefixFrom(gip, gip.BitLen())
 	have, err := e.cfg.Net.Routes(a.HostLinkGlobal)
 	if err != nil {
 		return err
 	}
-	for _, r := range have {
-		if r.Dst == dst {
-			return nil
+	for _, x := range []struct {
+		addr string
+		src  netip.Addr
+	}{{a.GlobalIP, g.nodeIP}, {a.GlobalIP2, netip.Addr{}}} {
+		gip, err := netip.ParseAddr(x.addr)
+		if err != nil {
+			continue
+		}
+		dst := netip.PrefixFrom(gip, gip.BitLen())
+		if slices.ContainsFunc(have, func(r linuxnet.Route) bool { return r.Dst == dst }) {
+			continue
+		}
+		e.log.Info("container lost its host route; re-adding it", "handle", a.Key, "route", dst, "dev", a.HostLinkGlobal)
+		*changes++
+		if err := e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: dst, Dev: a.HostLinkGlobal, Src: x.src}); err != nil {
+			return err
 		}
 	}
-	e.log.Info("container lost its host route; re-adding it", "handle", a.Key, "route", dst, "dev", a.HostLinkGlobal)
-	*changes++
-	return e.cfg.Net.EnsureRoute(linuxnet.Route{Dst: dst, Dev: a.HostLinkGlobal, Src: nodeIP})
+	return nil
 }
 
 // restoreHostRoutes re-adds the host routes of every join_global container
@@ -464,13 +540,10 @@ var closed = func() chan struct{} { c := make(chan struct{}); close(c); return c
 // wanted by nobody) before the first request. The channel is closed when
 // the links are gone.
 func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) {
-	svcPool := servicePool(a.Service)
+	addrs := attachAddrs(a)
 	err := e.store.Update(func(tx *store.Tx) error {
-		if err := tx.DeleteAllocation(svcPool, a.IP); err != nil {
-			return err
-		}
-		if a.GlobalIP != "" {
-			if err := tx.DeleteAllocation(poolSlice, a.GlobalIP); err != nil {
+		for _, x := range addrs {
+			if err := tx.DeleteAllocation(x.pool, x.addr.String()); err != nil {
 				return err
 			}
 		}
@@ -479,17 +552,15 @@ func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) 
 	if err != nil {
 		return nil, err
 	}
-	ip, _ := netip.ParseAddr(a.IP)
-	gip, _ := netip.ParseAddr(a.GlobalIP)
-	var svcPoolRef, slicePoolRef addrPool
+	// The pools as they are now: one replaced meanwhile (a service torn
+	// down and set up again) must not get these addresses back.
+	pools := make([]addrPool, len(addrs))
 	e.locked(func() {
 		delete(e.st.attach, a.Key)
-		delete(e.st.owners, allocKey(svcPool, ip))
-		if gip.IsValid() {
-			delete(e.st.owners, allocKey(poolSlice, gip))
+		for i, x := range addrs {
+			delete(e.st.owners, allocKey(x.pool, x.addr))
+			pools[i] = e.st.pool(x.pool)
 		}
-		svcPoolRef = e.st.pool(svcPool)
-		slicePoolRef = e.st.pool(poolSlice)
 	})
 
 	links := []string{a.HostLink}
@@ -513,8 +584,9 @@ func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) 
 			e.detaching.CompareAndDelete(l, done)
 		}
 		e.locked(func() {
-			releaseIfFree(svcPoolRef, ip)
-			releaseIfFree(slicePoolRef, gip)
+			for i, x := range addrs {
+				releaseIfFree(pools[i], x.addr)
+			}
 		})
 	}()
 	return done, nil

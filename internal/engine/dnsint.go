@@ -203,23 +203,28 @@ func (e *Engine) planDNSLocked(p *dnsPlan) {
 		}
 	}
 	if g := e.st.global; g != nil && e.servesNodeDNSLocked() {
-		p.listen = append(p.listen,
-			netip.AddrPortFrom(lo, cfg.MainPort),
-			netip.AddrPortFrom(g.nodeIP, cfg.MainPort),
-			netip.AddrPortFrom(g.nodeIP, cfg.OverlayPort))
+		p.listen = append(p.listen, netip.AddrPortFrom(lo, cfg.MainPort))
+		for _, ip := range []netip.Addr{g.nodeIP, g.nodeIP2} {
+			if ip.IsValid() {
+				p.listen = append(p.listen, netip.AddrPortFrom(ip, cfg.MainPort), netip.AddrPortFrom(ip, cfg.OverlayPort))
+			}
+		}
 	}
+	clusters := []netip.Prefix{}
 	if e.st.cluster.IsValid() {
-		p.allowed = append(p.allowed, e.st.cluster)
-		p.reverse = append(p.reverse, e.st.cluster)
+		clusters = e.st.clusters()
+		p.allowed = append(p.allowed, clusters...)
+		p.reverse = append(p.reverse, clusters...)
+		p.allowed = append(p.allowed, e.st.slices()...)
 	}
-	if e.st.slice.IsValid() {
-		p.allowed = append(p.allowed, e.st.slice)
+	inCluster := func(a netip.Addr) bool {
+		return slices.ContainsFunc(clusters, func(c netip.Prefix) bool { return c.Contains(a) })
 	}
 	for _, svc := range e.st.services {
-		for _, r := range svc.ranges() {
+		for _, r := range svc.allRanges() {
 			p.listen = append(p.listen, netip.AddrPortFrom(r.gateway, cfg.OverlayPort))
 			p.allowed = append(p.allowed, r.subnet)
-			if !e.st.cluster.IsValid() || !e.st.cluster.Contains(r.subnet.Addr()) {
+			if !inCluster(r.subnet.Addr()) {
 				p.reverse = append(p.reverse, r.subnet)
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -331,7 +332,7 @@ func TestServicePlacement(t *testing.T) {
 		}
 	}
 	// Idempotent re-setup keeps the bridge; a mode switch is refused.
-	if again := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay); again != web {
+	if again := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay); !reflect.DeepEqual(again, web) {
 		t.Fatalf("re-setup changed the answer: %+v vs %+v", again, web)
 	}
 	h.fails(protocol.SetupServiceOverlay{Service: "web", Mode: "dedicated"}, "tear it down")

@@ -73,7 +73,7 @@ func (e *Engine) firewallSpec() (firewall.Spec, bool) {
 	spec := firewall.Spec{
 		Table:         e.fw.cfg.Table,
 		OverlayIfaces: []string{g.rec.Interface},
-		Cluster:       []netip.Prefix{e.st.cluster},
+		Cluster:       e.st.clusters(),
 		Masquerade:    e.fw.cfg.Masquerade,
 		ClampMSS:      true,
 		Isolate:       e.fw.cfg.Isolate,
@@ -85,17 +85,18 @@ func (e *Engine) firewallSpec() (firewall.Spec, bool) {
 	// server binds them until it relies on ours, and the underlay has no
 	// more business with it than with ours.
 	lo := netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	for _, a := range []netip.AddrPort{netip.AddrPortFrom(lo, mainPort), netip.AddrPortFrom(g.nodeIP, mainPort), netip.AddrPortFrom(g.nodeIP, containerPort)} {
+	for _, a := range []netip.AddrPort{netip.AddrPortFrom(lo, mainPort), netip.AddrPortFrom(g.nodeIP, mainPort), netip.AddrPortFrom(g.nodeIP, containerPort),
+		netip.AddrPortFrom(g.nodeIP2, mainPort), netip.AddrPortFrom(g.nodeIP2, containerPort)} {
 		if a.Port() != 0 && a.Addr().IsValid() {
 			spec.DNS = append(spec.DNS, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
 		}
 	}
 	if e.st.slice.IsValid() {
-		spec.Sources = append(spec.Sources, e.st.slice)
+		spec.Sources = append(spec.Sources, e.st.slices()...)
 	}
 	for _, svc := range e.st.services {
 		spec.Bridges = append(spec.Bridges, svc.rec.Bridge)
-		spec.Sources = append(spec.Sources, svc.subnets()...)
+		spec.Sources = append(spec.Sources, svc.allSubnets()...)
 		if svc.dedicated() {
 			spec.OverlayIfaces = append(spec.OverlayIfaces, svc.rec.Interface)
 			spec.Dedicated = append(spec.Dedicated, firewall.Dedicated{Device: svc.rec.Interface, Bridge: svc.rec.Bridge})

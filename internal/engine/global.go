@@ -21,28 +21,45 @@ func (e *Engine) sliceBits(cluster netip.Prefix) int {
 	return ipam.DefaultSliceBits(cluster)
 }
 
-// globalRequest is a validated setup_global_overlay.
+// globalRequest is a validated setup_global_overlay. A dual-stack cluster
+// has a second family (cluster2, and slice2 when slices were sent).
 type globalRequest struct {
 	protocol.SetupGlobalOverlay
-	cluster netip.Prefix
-	slice   netip.Prefix // invalid: not sent
-	adopt   *wgtypes.Key // the request's private_key
+	cluster, cluster2 netip.Prefix
+	slice, slice2     netip.Prefix // invalid: not sent
+	adopt             *wgtypes.Key // the request's private_key
 }
 
 // globalPlan is what a setup_global_overlay will do, decided from the
 // request and the desired state before anything changes.
 type globalPlan struct {
 	old       *globalState
-	prevSlice netip.Prefix
-	slice     netip.Prefix
-	explicit  bool // the slice came from the main daemon
-	nodeIP    netip.Addr
-	pool      *ipam.Pool
+	fam       famPlan  // the first family
+	fam2      *famPlan // the second family of a dual-stack cluster
+	explicit  bool     // the slices came from the main daemon
 	key       wgtypes.Key
 	keySource string
 	node      store.Node // the node record to commit
 	rec       store.Global
 	fresh     bool // a new device (none yet, or a new name)
+}
+
+// famPlan is one address family of a global plan.
+type famPlan struct {
+	cluster   netip.Prefix
+	prevSlice netip.Prefix
+	slice     netip.Prefix
+	nodeIP    netip.Addr
+	prevIP    netip.Addr // the node IP of the old plan, if any
+	pool      *ipam.Pool
+	poolName  string
+}
+
+func (p *globalPlan) families() []*famPlan {
+	if p.fam2 == nil {
+		return []*famPlan{&p.fam}
+	}
+	return []*famPlan{&p.fam, p.fam2}
 }
 
 // setupGlobal brings up (or adopts, or re-addresses) the global overlay:
@@ -88,19 +105,25 @@ func (e *Engine) parseGlobalRequest(r protocol.SetupGlobalOverlay) (globalReques
 		return req, fmt.Errorf("instance_id is %d bytes; at most 253 are allowed", len(r.InstanceID))
 	}
 	var err error
-	if req.cluster, err = parseCIDRField("cluster_cidr", r.ClusterCIDR); err != nil {
+	if r.ClusterCIDR == "" {
+		return req, errors.New("cluster_cidr is empty")
+	}
+	if req.cluster, req.cluster2, err = parseCIDRPair("cluster_cidr", r.ClusterCIDR); err != nil {
 		return req, err
 	}
-	cluster := req.cluster
-	if r.SliceCIDR != "" {
-		if req.slice, err = parseCIDRField("slice_cidr", r.SliceCIDR); err != nil {
+	if req.slice, req.slice2, err = parseCIDRPair("slice_cidr", r.SliceCIDR); err != nil {
+		return req, err
+	}
+	if req.slice2.IsValid() && req.slice.Addr().Is4() != req.cluster.Addr().Is4() {
+		req.slice, req.slice2 = req.slice2, req.slice // given in the other order
+	}
+	if req.slice2.IsValid() && !req.cluster2.IsValid() {
+		return req, fmt.Errorf("slice_cidr %s has a second family, cluster_cidr %s does not", r.SliceCIDR, r.ClusterCIDR)
+	}
+	for _, f := range [][2]netip.Prefix{{req.cluster, req.slice}, {req.cluster2, req.slice2}} {
+		if err := e.checkSliceOf(f[0], f[1]); err != nil {
 			return req, err
 		}
-		if s := req.slice; s.Addr().Is4() != cluster.Addr().Is4() || s.Bits() < cluster.Bits() || !cluster.Contains(s.Addr()) {
-			return req, fmt.Errorf("slice_cidr %s is not inside cluster_cidr %s", s, cluster)
-		}
-	} else if max := cluster.Addr().BitLen(); e.sliceBits(cluster) <= cluster.Bits() || cluster.Bits() >= max-1 {
-		return req, fmt.Errorf("cluster_cidr %s is too small to carve a /%d node slice out of; send slice_cidr or use a larger cluster", cluster, e.sliceBits(cluster))
 	}
 	if r.WGPort == 0 {
 		return req, errors.New("wg_port 0 is not a port; use 1-65535 (ZLayer's default is 51420)")
@@ -115,50 +138,63 @@ func (e *Engine) parseGlobalRequest(r protocol.SetupGlobalOverlay) (globalReques
 	return req, nil
 }
 
+// checkSliceOf checks a family's slice lies in its cluster, or, when no
+// slice was sent, that one can be carved from it.
+func (e *Engine) checkSliceOf(cluster, slice netip.Prefix) error {
+	switch {
+	case !cluster.IsValid():
+		return nil
+	case slice.IsValid():
+		if slice.Addr().Is4() != cluster.Addr().Is4() || slice.Bits() < cluster.Bits() || !cluster.Contains(slice.Addr()) {
+			return fmt.Errorf("slice_cidr %s is not inside cluster_cidr %s", slice, cluster)
+		}
+	case e.sliceBits(cluster) <= cluster.Bits() || cluster.Bits() >= cluster.Addr().BitLen()-1:
+		return fmt.Errorf("cluster_cidr %s is too small to carve a /%d node slice out of; send slice_cidr or use a larger cluster", cluster, e.sliceBits(cluster))
+	}
+	return nil
+}
+
 // planGlobal decides the slice, node IP, key and device of a setup and
 // builds the new slice pool (pure), so a slice that cannot hold what it
 // must fails before anything in the kernel changes.
 func (e *Engine) planGlobal(req globalRequest) (globalPlan, error) {
 	var (
 		p            globalPlan
-		prevCluster  netip.Prefix
+		prev         globalView
 		prevExplicit bool
 		have         wgtypes.Key
-		taken        []netip.Prefix
-		busy         int
 		outside      []string
 	)
 	e.locked(func() {
 		st := e.st
-		p.old, p.prevSlice, p.node = st.global, st.slice, st.node
-		prevCluster, prevExplicit, have = st.cluster, st.node.SliceExplicit, st.key
-		taken = withoutPrefix(st.takenPrefixes(), st.slice)
-		if st.slicePool != nil {
-			busy = len(st.slicePool.Allocated())
-			if p.old != nil {
-				busy-- // the node IP moves with the slice
-			}
-		}
+		p.old, p.node, prev = st.global, st.node, e.globalViewLocked()
+		prevExplicit, have = st.node.SliceExplicit, st.key
 		for name, svc := range st.services {
-			if !req.cluster.Contains(svc.subnet.Addr()) {
-				outside = append(outside, name+" "+svc.subnet.String())
+			for _, sub := range svc.allSubnets() {
+				if !req.cluster.Contains(sub.Addr()) && !req.cluster2.Contains(sub.Addr()) {
+					outside = append(outside, name+" "+sub.String())
+				}
 			}
 		}
 	})
-
+	if prev.cluster.IsValid() && (req.cluster != prev.cluster || req.cluster2 != prev.cluster2) && len(outside) > 0 {
+		return p, fmt.Errorf("cluster_cidr %s does not contain the subnets of services %s; tear them down first", req.ClusterCIDR, strings.Join(outside, ", "))
+	}
+	p.explicit = req.slice.IsValid()
+	keep := !req.slice.IsValid() && prev.cluster == req.cluster && prev.cluster2 == req.cluster2
+	if keep {
+		p.explicit = prevExplicit
+	}
 	var err error
-	if p.slice, p.explicit, err = e.chooseSlice(req, p.prevSlice, prevCluster, prevExplicit, p.node.Identity, taken); err != nil {
+	if p.fam, err = e.planFamily(req.cluster, req.slice, prev.fam(0), keep, p.node.Identity, poolSlice); err != nil {
 		return p, err
 	}
-	if p.prevSlice.IsValid() && p.slice != p.prevSlice && busy > 0 {
-		return p, fmt.Errorf("cannot move this node from slice %s to %s while %d addresses of %s are in use (containers with join_global, guests, allocate_ip); detach or release them first", p.prevSlice, p.slice, busy, p.prevSlice)
-	}
-	if prevCluster.IsValid() && req.cluster != prevCluster && len(outside) > 0 {
-		return p, fmt.Errorf("cluster_cidr %s does not contain the subnets of services %s; tear them down first", req.cluster, strings.Join(outside, ", "))
-	}
-	var ok bool
-	if p.nodeIP, ok = ipam.FirstUsable(p.slice); !ok {
-		return p, fmt.Errorf("node slice %s has no usable address", p.slice)
+	if req.cluster2.IsValid() {
+		f2, err := e.planFamily(req.cluster2, req.slice2, prev.fam(1), keep, p.node.Identity, poolSlice2)
+		if err != nil {
+			return p, err
+		}
+		p.fam2 = &f2
 	}
 	if p.key, p.keySource, err = e.chooseNodeKey(req.adopt, have, p.node); err != nil {
 		return p, err
@@ -166,41 +202,105 @@ func (e *Engine) planGlobal(req globalRequest) (globalPlan, error) {
 	p.rec = store.Global{
 		Deployment:  req.Deployment,
 		InstanceID:  req.InstanceID,
-		ClusterCIDR: req.cluster.String(),
-		NodeIP:      p.nodeIP.String(),
+		ClusterCIDR: joinPrefixes(req.cluster, req.cluster2),
+		NodeIP:      p.fam.nodeIP.String(),
 		WGPort:      req.WGPort,
 		NATEnabled:  req.NATEnabled,
 		Interface:   ifName("g", req.Deployment),
 		MTU:         e.cfg.MTU,
 	}
+	slice2 := netip.Prefix{}
+	if p.fam2 != nil {
+		p.rec.NodeIP2 = p.fam2.nodeIP.String()
+		slice2 = p.fam2.slice
+	}
 	p.node.PrivateKey, p.node.KeySource = p.key.String(), p.keySource
-	p.node.ClusterCIDR, p.node.SliceCIDR, p.node.SliceExplicit = req.cluster.String(), p.slice.String(), p.explicit
+	p.node.ClusterCIDR, p.node.SliceCIDR, p.node.SliceExplicit = p.rec.ClusterCIDR, joinPrefixes(p.fam.slice, slice2), p.explicit
 	p.fresh = p.old == nil || p.old.dev == nil || p.old.rec.Interface != p.rec.Interface
-	e.locked(func() { p.pool, err = e.buildSlicePool(p.slice, p.nodeIP) })
-	return p, err
+	return p, nil
 }
 
-// chooseSlice picks the node's slice: an explicit one wins; else the one
-// the node has in this cluster; else one placed from the node's identity,
-// avoiding taken. explicit says whether the main daemon chose it.
-func (e *Engine) chooseSlice(req globalRequest, prev, prevCluster netip.Prefix, prevExplicit bool, identity string, taken []netip.Prefix) (netip.Prefix, bool, error) {
+// globalView is the node's slices as the desired state has them, by family
+// of the old cluster.
+type globalView struct {
+	cluster, cluster2 netip.Prefix
+	fams              [2]prevFamily
+}
+
+// prevFamily is one family of the node before a setup.
+type prevFamily struct {
+	cluster, slice netip.Prefix
+	nodeIP         netip.Addr
+	busy           int // addresses of the slice in use, the node IP not counted
+	taken          []netip.Prefix
+}
+
+func (v globalView) fam(i int) prevFamily { return v.fams[i] }
+
+// globalViewLocked reads the node's families. Called with e.mu held.
+func (e *Engine) globalViewLocked() globalView {
+	st := e.st
+	v := globalView{cluster: st.cluster}
+	fill := func(i int, cluster, slice netip.Prefix, pool *ipam.Pool, ip netip.Addr) {
+		f := prevFamily{cluster: cluster, slice: slice, nodeIP: ip, taken: withoutPrefix(st.takenPrefixes(), slice)}
+		if pool != nil {
+			f.busy = len(pool.Allocated())
+			if ip.IsValid() {
+				f.busy-- // the node IP moves with the slice
+			}
+		}
+		v.fams[i] = f
+	}
+	var ip1, ip2 netip.Addr
+	if g := st.global; g != nil {
+		ip1, ip2 = g.nodeIP, g.nodeIP2
+	}
+	fill(0, st.cluster, st.slice, st.slicePool, ip1)
+	if st.fam2 != nil {
+		v.cluster2 = st.fam2.cluster
+		fill(1, st.fam2.cluster, st.fam2.slice, st.fam2.pool, ip2)
+	}
+	return v
+}
+
+// planFamily decides one family's slice, node IP and pool. keep reuses the
+// slice the node has (same clusters, no slice sent).
+func (e *Engine) planFamily(cluster, slice netip.Prefix, prev prevFamily, keep bool, identity, poolName string) (famPlan, error) {
+	f := famPlan{cluster: cluster, prevSlice: prev.slice, prevIP: prev.nodeIP, poolName: poolName}
+	if cluster.Addr().Is4() != prev.cluster.Addr().Is4() || !prev.cluster.IsValid() {
+		// A family the node did not have in this position: nothing of it
+		// moves.
+		f.prevSlice, f.prevIP = netip.Prefix{}, netip.Addr{}
+		prev = prevFamily{taken: prev.taken}
+	}
 	switch {
-	case req.slice.IsValid():
-		return req.slice, true, nil
-	case prev.IsValid() && prevCluster == req.cluster:
-		return prev, prevExplicit, nil
+	case slice.IsValid():
+		f.slice = slice
+	case keep && prev.slice.IsValid():
+		f.slice = prev.slice
+	default:
+		s, err := ipam.PlaceNodeSlice(cluster, e.sliceBits(cluster), identity, prev.taken)
+		if err != nil {
+			return f, fmt.Errorf("self-assign a node slice in %s: %w", cluster, err)
+		}
+		f.slice = s
 	}
-	s, err := ipam.PlaceNodeSlice(req.cluster, e.sliceBits(req.cluster), identity, taken)
-	if err != nil {
-		return netip.Prefix{}, false, fmt.Errorf("self-assign a node slice in %s: %w", req.cluster, err)
+	if prev.slice.IsValid() && f.slice != prev.slice && prev.busy > 0 {
+		return f, fmt.Errorf("cannot move this node from slice %s to %s while %d addresses of %s are in use (containers with join_global, guests, allocate_ip); detach or release them first", prev.slice, f.slice, prev.busy, prev.slice)
 	}
-	return s, false, nil
+	var ok bool
+	if f.nodeIP, ok = ipam.FirstUsable(f.slice); !ok {
+		return f, fmt.Errorf("node slice %s has no usable address", f.slice)
+	}
+	var err error
+	e.locked(func() { f.pool, err = e.buildSlicePool(f.slice, f.nodeIP, f.poolName) })
+	return f, err
 }
 
 // bringUpGlobal opens the planned device, or brings the existing one to
 // the plan.
 func (e *Engine) bringUpGlobal(p globalPlan) (*device, error) {
-	spec := e.globalSpec(p.rec, p.key, netip.MustParsePrefix(p.node.ClusterCIDR), p.nodeIP)
+	spec := e.globalSpec(p.rec, p.key)
 	if p.fresh {
 		spec.bind = e.globalBind()
 		dev, err := e.openDevice(spec)
@@ -231,13 +331,15 @@ func (e *Engine) commitGlobal(p globalPlan) error {
 		if err := tx.PutNode(p.node); err != nil {
 			return err
 		}
-		if p.old != nil && (p.old.nodeIP != p.nodeIP || p.slice != p.prevSlice) {
-			if err := tx.DeleteAllocation(poolSlice, p.old.nodeIP.String()); err != nil {
+		for _, f := range p.families() {
+			if f.prevIP.IsValid() && f.prevIP != f.nodeIP {
+				if err := tx.DeleteAllocation(f.poolName, f.prevIP.String()); err != nil {
+					return err
+				}
+			}
+			if err := tx.PutAllocation(store.Allocation{Pool: f.poolName, Addr: f.nodeIP.String(), Owner: ownerNode}); err != nil {
 				return err
 			}
-		}
-		if err := tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: p.nodeIP.String(), Owner: ownerNode}); err != nil {
-			return err
 		}
 		return tx.PutGlobal(p.rec)
 	})
@@ -248,18 +350,25 @@ func (e *Engine) commitGlobal(p globalPlan) error {
 func (e *Engine) publishGlobal(p globalPlan, dev *device) {
 	e.locked(func() {
 		st := e.st
-		if p.old != nil {
-			delete(st.owners, allocKey(poolSlice, p.old.nodeIP))
+		for _, f := range p.families() {
+			if f.prevIP.IsValid() {
+				delete(st.owners, allocKey(f.poolName, f.prevIP))
+			}
+			st.owners[allocKey(f.poolName, f.nodeIP)] = ownerNode
 		}
-		st.owners[allocKey(poolSlice, p.nodeIP)] = ownerNode
 		st.node, st.key = p.node, p.key
-		st.cluster, st.slice, st.slicePool = netip.MustParsePrefix(p.node.ClusterCIDR), p.slice, p.pool
-		st.global = &globalState{rec: p.rec, nodeIP: p.nodeIP, dev: dev}
+		st.cluster, st.slice, st.slicePool = p.fam.cluster, p.fam.slice, p.fam.pool
+		st.global = &globalState{rec: p.rec, nodeIP: p.fam.nodeIP, dev: dev}
+		st.fam2 = nil
+		if p.fam2 != nil {
+			st.fam2 = &family{cluster: p.fam2.cluster, slice: p.fam2.slice, pool: p.fam2.pool}
+			st.global.nodeIP2 = p.fam2.nodeIP
+		}
 	})
 	if p.fresh && p.old != nil && p.old.dev != nil {
 		p.old.dev.wg.Close()
 	}
-	e.log.Info("global overlay up", "interface", p.rec.Interface, "node_ip", p.nodeIP, "slice", p.slice,
+	e.log.Info("global overlay up", "interface", p.rec.Interface, "node_ip", p.rec.NodeIP, "node_ip2", p.rec.NodeIP2, "slice", p.node.SliceCIDR,
 		"slice_source", map[bool]string{true: "main daemon", false: "self-assigned"}[p.explicit],
 		"public_key", p.key.PublicKey().String(), "key_source", p.keySource, "port", p.rec.WGPort)
 	// Containers with join_global keep their links across a teardown, but
@@ -277,15 +386,15 @@ func (e *Engine) publishGlobal(p globalPlan, dev *device) {
 }
 
 // buildSlicePool makes the address pool of slice: the node IP, every
-// address still recorded in it, and every service range inside it carved
-// out. Called with e.mu held.
-func (e *Engine) buildSlicePool(slice netip.Prefix, nodeIP netip.Addr) (*ipam.Pool, error) {
+// address still recorded in it (pool poolName), and every service range
+// inside it carved out. Called with e.mu held.
+func (e *Engine) buildSlicePool(slice netip.Prefix, nodeIP netip.Addr, poolName string) (*ipam.Pool, error) {
 	pool, err := ipam.NewPool(slice)
 	if err != nil {
 		return nil, err
 	}
 	for name, svc := range e.st.services {
-		for _, sub := range svc.subnets() {
+		for _, sub := range svc.allSubnets() {
 			if slice.Contains(sub.Addr()) {
 				if err := pool.Exclude(sub); err != nil {
 					return nil, fmt.Errorf("service %s subnet %s inside slice %s: %w", name, sub, slice, err)
@@ -298,7 +407,7 @@ func (e *Engine) buildSlicePool(slice netip.Prefix, nodeIP netip.Addr) (*ipam.Po
 	}
 	for k, owner := range e.st.owners {
 		pname, addr, _ := strings.Cut(k, "|")
-		if pname != poolSlice || owner == ownerNode {
+		if pname != poolName || owner == ownerNode {
 			continue
 		}
 		a, err := netip.ParseAddr(addr)
@@ -312,21 +421,27 @@ func (e *Engine) buildSlicePool(slice netip.Prefix, nodeIP netip.Addr) (*ipam.Po
 	return pool, nil
 }
 
-// globalSpec is the global device as the desired state describes it.
-func (e *Engine) globalSpec(rec store.Global, key wgtypes.Key, cluster netip.Prefix, nodeIP netip.Addr) deviceSpec {
+// globalSpec is the global device as the desired state and the global
+// record describe it.
+func (e *Engine) globalSpec(rec store.Global, key wgtypes.Key) deviceSpec {
 	var peers []store.Peer
 	e.locked(func() { peers = e.st.peersOf(scopeGlobal) })
-	// The node IP carries the cluster's prefix length, so the kernel
-	// routes the whole cluster CIDR into the device; our bridges' subnets
-	// are more specific and stay local.
-	return deviceSpec{
+	// A node IP carries its cluster's prefix length, so the kernel routes
+	// the whole cluster CIDR into the device; our bridges' subnets are more
+	// specific and stay local.
+	c1, c2, _ := parseCIDRPair("cluster_cidr", rec.ClusterCIDR)
+	spec := deviceSpec{
 		name:   rec.Interface,
 		key:    key,
 		port:   rec.WGPort,
-		addrs:  []netip.Prefix{netip.PrefixFrom(nodeIP, cluster.Bits())},
+		addrs:  []netip.Prefix{netip.PrefixFrom(netip.MustParseAddr(rec.NodeIP), c1.Bits())},
 		peers:  peers,
-		routes: peerRoutes(peers, []netip.Prefix{cluster}),
+		routes: peerRoutes(peers, []netip.Prefix{c1, c2}),
 	}
+	if rec.NodeIP2 != "" {
+		spec.addrs = append(spec.addrs, netip.PrefixFrom(netip.MustParseAddr(rec.NodeIP2), c2.Bits()))
+	}
+	return spec
 }
 
 // currentGlobalSpec is globalSpec of the desired state as it is now, for
@@ -334,12 +449,11 @@ func (e *Engine) globalSpec(rec store.Global, key wgtypes.Key, cluster netip.Pre
 func (e *Engine) currentGlobalSpec() deviceSpec {
 	var g *globalState
 	var key wgtypes.Key
-	var cluster netip.Prefix
-	e.locked(func() { g, key, cluster = e.st.global, e.st.key, e.st.cluster })
+	e.locked(func() { g, key = e.st.global, e.st.key })
 	if g == nil {
 		return deviceSpec{}
 	}
-	return e.globalSpec(g.rec, key, cluster, g.nodeIP)
+	return e.globalSpec(g.rec, key)
 }
 
 // restoreGlobal puts a device that a failed update touched back to its
@@ -349,9 +463,8 @@ func (e *Engine) restoreGlobal(old *globalState) {
 		return
 	}
 	var key wgtypes.Key
-	var cluster netip.Prefix
-	e.locked(func() { key, cluster = e.st.key, e.st.cluster })
-	spec := e.globalSpec(old.rec, key, cluster, old.nodeIP)
+	e.locked(func() { key = e.st.key })
+	spec := e.globalSpec(old.rec, key)
 	if _, err := e.syncDevice(old.dev, func() deviceSpec { return spec }); err != nil {
 		e.log.Error("could not restore the global device after a failed change; the next reconcile retries", "err", err)
 	}
@@ -376,18 +489,29 @@ func (e *Engine) teardownGlobal(ctx context.Context) (protocol.Response, error) 
 		if err := tx.DeleteAllocation(poolSlice, old.nodeIP.String()); err != nil {
 			return err
 		}
+		if old.nodeIP2.IsValid() {
+			if err := tx.DeleteAllocation(poolSlice2, old.nodeIP2.String()); err != nil {
+				return err
+			}
+		}
 		return tx.DeleteGlobal()
 	}); err != nil {
 		return nil, err
 	}
 	e.locked(func() {
 		e.st.global = nil
-		delete(e.st.owners, allocKey(poolSlice, old.nodeIP))
-		if e.st.slicePool != nil {
-			e.st.slicePool.Release(old.nodeIP)
-			// The node keeps its slice, and so its node IP: nothing else
-			// may take it, or the next setup cannot have it back.
-			e.st.slicePool.Reserve(old.nodeIP)
+		// The node keeps its slices, and so its node IPs: nothing else may
+		// take them, or the next setup cannot have them back.
+		for _, ip := range []netip.Addr{old.nodeIP, old.nodeIP2} {
+			if !ip.IsValid() {
+				continue
+			}
+			name, pool := e.st.slicePoolOf(ip)
+			delete(e.st.owners, allocKey(name, ip))
+			if pool != nil {
+				pool.Release(ip)
+				pool.Reserve(ip)
+			}
 		}
 	})
 	e.removeGlobalKernel(ctx, old)

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/store"
@@ -39,10 +40,10 @@ func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (p
 
 	var g *globalState
 	var nodeKey wgtypes.Key
-	var cluster netip.Prefix
+	var clusters []netip.Prefix
 	var c guestChange
 	e.locked(func() {
-		g, nodeKey, cluster = e.st.global, e.st.key, e.st.cluster
+		g, nodeKey, clusters = e.st.global, e.st.key, e.st.clusters()
 		if a := e.st.attach[key]; a != nil {
 			cp := *a
 			c.prev = &cp
@@ -67,21 +68,40 @@ func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, err
 	}
 	dnsServer, dnsDomain := e.containerDNS(r.Service, true, r.DNSServer, r.DNSDomain)
-	return protocol.GuestConfig{
+	allowed := make([]string, len(clusters))
+	for i, c := range clusters {
+		allowed[i] = c.String()
+	}
+	gc := protocol.GuestConfig{
 		OverlayIP:  netip.MustParseAddr(c.next.IP),
-		PrefixLen:  uint8(cluster.Bits()),
+		PrefixLen:  uint8(clusters[0].Bits()),
 		PrivateKey: c.key.String(),
 		PublicKey:  c.peer.PublicKey,
 		ListenPort: g.rec.WGPort,
 		Peers: []protocol.PeerSpec{{
 			PublicKey:               nodeKey.PublicKey().String(),
 			Endpoint:                netip.AddrPortFrom(g.nodeIP, g.rec.WGPort).String(),
-			AllowedIPs:              cluster.String(),
+			AllowedIPs:              strings.Join(allowed, ","),
 			PersistentKeepaliveSecs: 25,
 		}},
 		DNSServer: dnsServer,
 		DNSDomain: dnsDomain,
-	}, nil
+	}
+	if c.next.IP2 != "" {
+		gc.OverlayIPs = []netip.Addr{gc.OverlayIP, netip.MustParseAddr(c.next.IP2)}
+	}
+	return gc, nil
+}
+
+// guestAddrs are the addresses a guest holds in the node slices.
+func guestAddrs(a *store.Attachment) []pooledAddr {
+	var out []pooledAddr
+	for _, x := range []struct{ pool, addr string }{{poolSlice, a.IP}, {poolSlice2, a.IP2}} {
+		if ip, err := netip.ParseAddr(x.addr); err == nil {
+			out = append(out, pooledAddr{x.pool, ip})
+		}
+	}
+	return out
 }
 
 // planGuest picks the guest's key and address: a repeated attach rotates
@@ -91,16 +111,26 @@ func (e *Engine) planGuest(c *guestChange, key string, r protocol.AttachContaine
 	if err != nil {
 		return err
 	}
-	var ip netip.Addr
+	var ip, ip2 netip.Addr
 	var slice netip.Prefix
 	e.locked(func() {
 		slice = e.st.slice
 		if c.prev != nil {
 			ip, err = netip.ParseAddr(c.prev.IP)
+			ip2, _ = netip.ParseAddr(c.prev.IP2)
 			return
 		}
-		ip, err = e.st.slicePool.Allocate()
-		c.newAddr = err == nil
+		if ip, err = e.st.slicePool.Allocate(); err != nil {
+			return
+		}
+		if f := e.st.fam2; f != nil {
+			if ip2, err = f.pool.Allocate(); err != nil {
+				slice = f.slice
+				e.st.slicePool.Release(ip)
+				return
+			}
+		}
+		c.newAddr = true
 	})
 	if err != nil {
 		return exhausted(err, slice, poolSlice)
@@ -114,6 +144,10 @@ func (e *Engine) planGuest(c *guestChange, key string, r protocol.AttachContaine
 	c.next = &store.Attachment{
 		Key: key, Platform: r.Handle.Platform, GuestID: r.Handle.ID, Service: r.Service, IP: ip.String(),
 		GuestPubkey: c.peer.PublicKey, DNSDomain: r.DNSDomain, CreatedUnix: time.Now().Unix(),
+	}
+	if ip2.IsValid() {
+		c.next.IP2 = ip2.String()
+		c.peer.AllowedIPs = append(c.peer.AllowedIPs, netip.PrefixFrom(ip2, ip2.BitLen()).String())
 	}
 	c.key = guestKey
 	if r.DNSServer.IsValid() {
@@ -132,8 +166,10 @@ func (e *Engine) commitGuest(c guestChange) error {
 				return err
 			}
 		}
-		if err := tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: c.next.IP, Owner: guestOwner + c.next.GuestID}); err != nil {
-			return err
+		for _, a := range guestAddrs(c.next) {
+			if err := tx.PutAllocation(store.Allocation{Pool: a.pool, Addr: a.addr.String(), Owner: guestOwner + c.next.GuestID}); err != nil {
+				return err
+			}
 		}
 		if err := tx.PutPeer(c.peer); err != nil {
 			return err
@@ -156,7 +192,9 @@ func (e *Engine) setGuestLocked(prev, next *store.Attachment, peer *store.Peer) 
 	}
 	if next != nil {
 		e.st.attach[next.Key] = next
-		e.st.owners[poolSlice+"|"+next.IP] = guestOwner + next.GuestID
+		for _, a := range guestAddrs(next) {
+			e.st.owners[allocKey(a.pool, a.addr)] = guestOwner + next.GuestID
+		}
 		e.st.putPeer(*peer)
 	}
 }
@@ -183,8 +221,10 @@ func (e *Engine) undoGuest(dev *device, c guestChange) {
 			return err
 		}
 		if c.prev == nil {
-			if err := tx.DeleteAllocation(poolSlice, c.next.IP); err != nil {
-				return err
+			for _, a := range guestAddrs(c.next) {
+				if err := tx.DeleteAllocation(a.pool, a.addr.String()); err != nil {
+					return err
+				}
 			}
 			return tx.DeleteAttachment(c.next.Key)
 		}
@@ -202,7 +242,9 @@ func (e *Engine) undoGuest(dev *device, c guestChange) {
 	e.locked(func() {
 		e.setGuestLocked(c.next, c.prev, c.prevPeer)
 		if c.prev == nil {
-			delete(e.st.owners, poolSlice+"|"+c.next.IP)
+			for _, a := range guestAddrs(c.next) {
+				delete(e.st.owners, allocKey(a.pool, a.addr))
+			}
 		}
 	})
 	e.releaseGuestAddr(c)
@@ -222,16 +264,21 @@ func (e *Engine) releaseGuestAddr(c guestChange) {
 	if !c.newAddr {
 		return
 	}
-	ip := netip.MustParseAddr(c.next.IP)
-	e.locked(func() { releaseIfFree(e.st.slicePool, ip) })
+	e.locked(func() {
+		for _, a := range guestAddrs(c.next) {
+			releaseIfFree(e.st.pool(a.pool), a.addr)
+		}
+	})
 }
 
 // detachGuest removes a guest's peer and releases its address.
 func (e *Engine) detachGuest(a *store.Attachment) error {
-	ip, _ := netip.ParseAddr(a.IP)
+	addrs := guestAddrs(a)
 	err := e.store.Update(func(tx *store.Tx) error {
-		if err := tx.DeleteAllocation(poolSlice, a.IP); err != nil {
-			return err
+		for _, x := range addrs {
+			if err := tx.DeleteAllocation(x.pool, x.addr.String()); err != nil {
+				return err
+			}
 		}
 		if err := tx.DeletePeer(scopeGlobal, a.GuestPubkey); err != nil {
 			return err
@@ -246,8 +293,10 @@ func (e *Engine) detachGuest(a *store.Attachment) error {
 	e.locked(func() {
 		prev = e.st.peers[peerKey(scopeGlobal, a.GuestPubkey)]
 		e.setGuestLocked(a, nil, nil)
-		delete(e.st.owners, allocKey(poolSlice, ip))
-		releaseIfFree(e.st.slicePool, ip)
+		for _, x := range addrs {
+			delete(e.st.owners, allocKey(x.pool, x.addr))
+			releaseIfFree(e.st.pool(x.pool), x.addr)
+		}
 		if e.st.global != nil {
 			dev = e.st.global.dev
 		}

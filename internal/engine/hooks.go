@@ -82,11 +82,12 @@ func (e *Engine) ensureForwarding() {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		if e.st.global != nil {
-			note(e.st.cluster)
-			note(e.st.slice)
+			for _, p := range append(e.st.clusters(), e.st.slices()...) {
+				note(p)
+			}
 		}
 		for _, svc := range e.st.services {
-			for _, sub := range svc.subnets() {
+			for _, sub := range svc.allSubnets() {
 				note(sub)
 			}
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"net/netip"
 	"os"
 
 	"github.com/zlayer/zlayer-overlayd/internal/store"
@@ -167,9 +166,7 @@ func (e *Engine) adoptNodeConfigKey(expected string) error {
 	if k == nil || k.private == cur || node.KeySource == keyFromRequest {
 		return nil
 	}
-	var cluster netip.Prefix
-	e.locked(func() { cluster = e.st.cluster })
-	spec := e.globalSpec(g.rec, k.private, cluster, g.nodeIP)
+	spec := e.globalSpec(g.rec, k.private)
 	if _, err := e.syncDevice(g.dev, func() deviceSpec { return spec }); err != nil {
 		e.restoreGlobal(g)
 		return fmt.Errorf("switch %s to the key of %s: %w", g.rec.Interface, NodeConfigFile, err)

@@ -63,13 +63,13 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 	if err != nil {
 		return nil, err
 	}
-	var explicit netip.Prefix
-	if r.Subnet != "" {
-		if explicit, err = parseCIDRField("subnet", r.Subnet); err != nil {
-			return nil, err
-		}
-		if _, ok := ipam.FirstUsable(explicit); !ok || explicit.Bits() >= explicit.Addr().BitLen()-1 {
-			return nil, fmt.Errorf("subnet %s is too small for a gateway and containers", explicit)
+	explicit, explicit2, err := parseCIDRPair("subnet", r.Subnet)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range []netip.Prefix{explicit, explicit2} {
+		if _, ok := ipam.FirstUsable(p); p.IsValid() && (!ok || p.Bits() >= p.Addr().BitLen()-1) {
+			return nil, fmt.Errorf("subnet %s is too small for a gateway and containers", p)
 		}
 	}
 	if e.cfg.Net == nil {
@@ -87,10 +87,18 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 	if existing != nil {
 		return e.adoptService(existing, mode, explicit)
 	}
+	if explicit.IsValid() {
+		// The request's subnets go to the cluster's families in order.
+		var first netip.Prefix
+		e.locked(func() { first = e.st.cluster })
+		if first.IsValid() && explicit.Addr().Is4() != first.Addr().Is4() {
+			explicit, explicit2 = explicit2, explicit
+		}
+	}
 	if g == nil && (mode == protocol.ModeDedicated || !explicit.IsValid()) {
 		return nil, fmt.Errorf("no global overlay yet: call setup_global_overlay first (a shared service with an explicit subnet can come earlier)")
 	}
-	svc, err := e.placeService(r.Service, mode, explicit, g)
+	svc, err := e.placeService(r.Service, mode, explicit, explicit2, g)
 	if err != nil {
 		return nil, err
 	}
@@ -100,11 +108,20 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 		e.unplaceService(svc)
 		return nil, err
 	}
+	gateways := []netip.Addr{svc.gateway}
+	if svc.second != nil {
+		gateways = append(gateways, svc.second.gateway)
+	}
 	if err := e.store.Update(func(tx *store.Tx) error {
 		if err := tx.PutService(svc.rec); err != nil {
 			return err
 		}
-		return tx.PutAllocation(store.Allocation{Pool: servicePool(r.Service), Addr: svc.gateway.String(), Owner: ownerGW})
+		for _, gw := range gateways {
+			if err := tx.PutAllocation(store.Allocation{Pool: servicePool(r.Service), Addr: gw.String(), Owner: ownerGW}); err != nil {
+				return err
+			}
+		}
+		return nil
 	}); err != nil {
 		e.removeServiceKernel(svc)
 		e.unplaceService(svc)
@@ -112,7 +129,9 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 	}
 	e.locked(func() {
 		e.st.services[r.Service] = svc
-		e.st.owners[allocKey(servicePool(r.Service), svc.gateway)] = ownerGW
+		for _, gw := range gateways {
+			e.st.owners[allocKey(servicePool(r.Service), gw)] = ownerGW
+		}
 		e.unpendLocked(svc)
 	})
 	e.log.Info("service overlay up", "service", r.Service, "mode", mode, "subnet", svc.subnet, "source", svc.rec.SubnetSource,
@@ -141,7 +160,7 @@ func (e *Engine) adoptService(svc *serviceState, mode string, explicit netip.Pre
 // device name) of a new service and reserves them until the setup is
 // committed or undone (unplaceService), so setups running beside it never
 // get an overlapping subnet or the same port.
-func (e *Engine) placeService(name, mode string, explicit netip.Prefix, g *globalState) (svc *serviceState, err error) {
+func (e *Engine) placeService(name, mode string, explicit, explicit2 netip.Prefix, g *globalState) (svc *serviceState, err error) {
 	var key wgtypes.Key
 	if mode == protocol.ModeDedicated {
 		k, err := wg.GenerateKey()
@@ -153,6 +172,13 @@ func (e *Engine) placeService(name, mode string, explicit netip.Prefix, g *globa
 	e.locked(func() {
 		if svc, err = e.placeSubnetLocked(name, mode, explicit); err != nil {
 			return
+		}
+		if e.st.fam2 != nil {
+			if err = e.placeSecondLocked(svc, explicit2); err != nil {
+				e.unplaceLocked(svc)
+				svc = nil
+				return
+			}
 		}
 		deployment := "zlayer"
 		if g != nil {
@@ -189,17 +215,8 @@ func (e *Engine) placeSubnetLocked(name, mode string, explicit netip.Prefix) (*s
 	switch {
 	case explicit.IsValid():
 		subnet = explicit
-		for other, svc := range st.services {
-			for _, sub := range svc.subnets() {
-				if sub.Overlaps(explicit) {
-					return nil, fmt.Errorf("subnet %s overlaps service %s's %s", explicit, other, sub)
-				}
-			}
-		}
-		for other, sub := range st.pendingSubnets {
-			if sub.Overlaps(explicit) {
-				return nil, fmt.Errorf("subnet %s overlaps %s of service %s, which is being set up", explicit, sub, other)
-			}
+		if err := e.overlapsServiceLocked(name, explicit); err != nil {
+			return nil, err
 		}
 		if st.slice.IsValid() && st.slice.Overlaps(explicit) {
 			if !st.slice.Contains(explicit.Addr()) || explicit.Bits() < st.slice.Bits() {
@@ -240,7 +257,7 @@ func (e *Engine) placeSubnetLocked(name, mode string, explicit netip.Prefix) (*s
 		}
 		return nil, err
 	}
-	st.pendingSubnets[name] = subnet
+	st.pendingSubnets[name] = []netip.Prefix{subnet}
 	return &serviceState{
 		rec:     store.Service{Name: name, Mode: mode, Subnet: subnet.String(), SubnetSource: source, Gateway: r.gateway.String()},
 		subnet:  subnet,
@@ -249,10 +266,97 @@ func (e *Engine) placeSubnetLocked(name, mode string, explicit netip.Prefix) (*s
 	}, nil
 }
 
-// carvedFromSlice reports whether a service range was taken out of the
-// node slice's pool (so giving it up puts it back).
+// placeSecondLocked gives a new service of a dual-stack cluster its range
+// in the second family: the explicit one, else one carved from the second
+// node slice, else the FNV placement over the second cluster prefix. Called
+// with e.mu held; the range is reserved with the service's first.
+func (e *Engine) placeSecondLocked(svc *serviceState, explicit netip.Prefix) error {
+	f := e.st.fam2
+	subnet := explicit
+	if explicit.IsValid() {
+		if err := e.overlapsServiceLocked(svc.rec.Name, explicit); err != nil {
+			return err
+		}
+		if f.slice.Overlaps(explicit) {
+			if !f.slice.Contains(explicit.Addr()) || explicit.Bits() < f.slice.Bits() {
+				return fmt.Errorf("subnet %s partly overlaps the node slice %s; give a subnet inside or outside it", explicit, f.slice)
+			}
+			if err := f.pool.Exclude(explicit); err != nil {
+				return fmt.Errorf("subnet %s: %w", explicit, err)
+			}
+		}
+	} else {
+		taken := e.st.takenPrefixes()
+		if cb := e.carveBits(f.slice); f.slice.Bits() < cb {
+			if p, err := f.pool.Carve(cb, withoutPrefix(taken, f.slice)); err == nil {
+				subnet = p
+			}
+		}
+		if !subnet.IsValid() {
+			bits := e.serviceBits(f.cluster)
+			p, err := ipam.PlaceServiceSubnet(f.cluster, bits, svc.rec.Name, e.st.node.Identity, taken)
+			if err != nil {
+				return fmt.Errorf("place a /%d subnet for %s in %s: %w", bits, svc.rec.Name, f.cluster, err)
+			}
+			subnet = p
+		}
+	}
+	r, err := newRange(subnet.String())
+	if err == nil {
+		err = r.pool.Reserve(r.gateway)
+	}
+	if err != nil {
+		if e.carvedFromSliceLocked(subnet) {
+			f.pool.Include(subnet)
+		}
+		return err
+	}
+	svc.second = &r
+	svc.rec.Subnet2, svc.rec.Gateway2 = r.subnet.String(), r.gateway.String()
+	e.st.pendingSubnets[svc.rec.Name] = append(e.st.pendingSubnets[svc.rec.Name], subnet)
+	return nil
+}
+
+// overlapsServiceLocked refuses an explicit subnet that overlaps one of
+// another service, committed or being set up. Called with e.mu held.
+func (e *Engine) overlapsServiceLocked(name string, p netip.Prefix) error {
+	for other, svc := range e.st.services {
+		for _, sub := range svc.allSubnets() {
+			if sub.Overlaps(p) {
+				return fmt.Errorf("subnet %s overlaps service %s's %s", p, other, sub)
+			}
+		}
+	}
+	for other, subs := range e.st.pendingSubnets {
+		for _, sub := range subs {
+			if other != name && sub.Overlaps(p) {
+				return fmt.Errorf("subnet %s overlaps %s of service %s, which is being set up", p, sub, other)
+			}
+		}
+	}
+	return nil
+}
+
+// carvedFromSliceLocked reports whether a service range was taken out of
+// the pool of the node slice of its family (so giving it up puts it back).
 func (e *Engine) carvedFromSliceLocked(p netip.Prefix) bool {
-	return e.st.slicePool != nil && e.st.slice.Contains(p.Addr()) && p.Bits() >= e.st.slice.Bits()
+	slice, pool := e.st.slice, e.st.slicePool
+	if f := e.st.fam2; f != nil && p.Addr().Is4() == f.slice.Addr().Is4() {
+		slice, pool = f.slice, f.pool
+	}
+	return pool != nil && slice.Contains(p.Addr()) && p.Bits() >= slice.Bits()
+}
+
+// includeInSliceLocked gives a carved range back to its slice's pool.
+func (e *Engine) includeInSliceLocked(p netip.Prefix) {
+	if !e.carvedFromSliceLocked(p) {
+		return
+	}
+	if f := e.st.fam2; f != nil && p.Addr().Is4() == f.slice.Addr().Is4() {
+		f.pool.Include(p)
+		return
+	}
+	e.st.slicePool.Include(p)
 }
 
 // unplaceService gives up what placeService reserved, after a setup failed.
@@ -260,8 +364,8 @@ func (e *Engine) unplaceService(svc *serviceState) { e.locked(func() { e.unplace
 
 func (e *Engine) unplaceLocked(svc *serviceState) {
 	e.unpendLocked(svc)
-	if e.carvedFromSliceLocked(svc.subnet) {
-		e.st.slicePool.Include(svc.subnet)
+	for _, sub := range svc.allSubnets() {
+		e.includeInSliceLocked(sub)
 	}
 }
 
@@ -292,6 +396,10 @@ func (e *Engine) dedicatedPortLocked(base uint16) (uint16, error) {
 
 func serviceAnswer(svc *serviceState) protocol.ServiceOverlay {
 	a := protocol.ServiceOverlay{Name: svc.rec.Bridge, Mode: svc.rec.Mode, Subnet: svc.subnet.String(), Gateway: svc.gateway}
+	if svc.second != nil {
+		a.Subnets = []string{svc.subnet.String(), svc.second.subnet.String()}
+		a.Gateways = []netip.Addr{svc.gateway, svc.second.gateway}
+	}
 	if svc.dedicated() {
 		a.Name = svc.rec.Interface
 		a.WGPublicKey = svc.key.PublicKey().String()
@@ -309,7 +417,7 @@ func (e *Engine) bridgeSpec(svc *serviceState) linuxnet.BridgeSpec {
 		MTU:     e.cfg.MTU,
 		Alias:   e.linkAlias("bridge", svc.rec.Name),
 	}
-	for _, r := range svc.extra {
+	for _, r := range svc.allRanges()[1:] {
 		spec.Extra = append(spec.Extra, netip.PrefixFrom(r.gateway, r.subnet.Bits()))
 	}
 	return spec
@@ -349,15 +457,18 @@ func (e *Engine) ensureService(svc *serviceState) error {
 func (e *Engine) dedicatedSpec(svc *serviceState) deviceSpec {
 	var peers []store.Peer
 	var subnets []netip.Prefix
-	e.locked(func() { peers, subnets = e.st.peersOf(scopeService(svc.rec.Name)), svc.subnets() })
-	own := netip.PrefixFrom(svc.gateway, svc.gateway.BitLen())
+	e.locked(func() { peers, subnets = e.st.peersOf(scopeService(svc.rec.Name)), svc.allSubnets() })
+	own := []netip.Prefix{netip.PrefixFrom(svc.gateway, svc.gateway.BitLen())}
+	if svc.second != nil {
+		own = append(own, netip.PrefixFrom(svc.second.gateway, svc.second.gateway.BitLen()))
+	}
 	return deviceSpec{
 		name:   svc.rec.Interface,
 		key:    svc.key,
 		port:   svc.rec.WGPort,
-		addrs:  []netip.Prefix{own},
+		addrs:  own,
 		peers:  peers,
-		routes: peerRoutes(peers, append([]netip.Prefix{own}, subnets...)),
+		routes: peerRoutes(peers, append(own, subnets...)),
 	}
 }
 
@@ -576,10 +687,11 @@ func (e *Engine) returnRangesWhenGone(svc *serviceState, gone []<-chan struct{})
 			}
 		}
 		e.locked(func() {
-			for _, sub := range svc.subnets() {
-				if e.carvedFromSliceLocked(sub) && e.st.services[svc.rec.Name] == nil {
-					e.st.slicePool.Include(sub)
-				}
+			if e.st.services[svc.rec.Name] != nil {
+				return
+			}
+			for _, sub := range svc.allSubnets() {
+				e.includeInSliceLocked(sub)
 			}
 		})
 	}()

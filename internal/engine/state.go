@@ -20,6 +20,7 @@ import (
 // Pools and owners as recorded in the store.
 const (
 	poolSlice   = "slice"
+	poolSlice2  = "slice2" // the node slice of the second family
 	ownerNode   = "node"
 	ownerGW     = "gateway"
 	ownerAPI    = "api"
@@ -40,6 +41,10 @@ type state struct {
 	cluster   netip.Prefix
 	slice     netip.Prefix
 	slicePool *ipam.Pool
+	// fam2 is the second address family of a dual-stack cluster (nil with
+	// one family): its cluster prefix, node slice and slice pool. The
+	// fields above are the first family's, the one reference clients see.
+	fam2 *family
 
 	global   *globalState
 	services map[string]*serviceState
@@ -55,15 +60,22 @@ type state struct {
 
 	// pending are the subnets and dedicated ports of services being set up
 	// right now, not yet committed: placements of other setups avoid them.
-	pendingSubnets map[string]netip.Prefix // service -> subnet
-	pendingPorts   map[uint16]string       // port -> service
+	pendingSubnets map[string][]netip.Prefix // service -> its subnets
+	pendingPorts   map[uint16]string         // port -> service
+}
+
+// family is the second address family of a dual-stack cluster.
+type family struct {
+	cluster, slice netip.Prefix
+	pool           *ipam.Pool
 }
 
 // globalState is the live global overlay.
 type globalState struct {
-	rec    store.Global
-	nodeIP netip.Addr
-	dev    *device // nil when the kernel side is not (yet) up
+	rec     store.Global
+	nodeIP  netip.Addr
+	nodeIP2 netip.Addr // the second family's (dual-stack only)
+	dev     *device    // nil when the kernel side is not (yet) up
 }
 
 // serviceState is one service overlay. Its first range (subnet, gateway,
@@ -75,6 +87,7 @@ type serviceState struct {
 	gateway netip.Addr
 	pool    *ipam.Pool
 	extra   []svcRange
+	second  *svcRange   // the second family's range (dual-stack only)
 	key     wgtypes.Key // dedicated only
 	dev     *device     // dedicated only; nil until up
 }
@@ -102,9 +115,26 @@ func (s *serviceState) subnets() []netip.Prefix {
 	return out
 }
 
-// rangeOf is the range holding a.
+// allRanges are the first family's ranges and the second family's.
+func (s *serviceState) allRanges() []svcRange {
+	if s.second == nil {
+		return s.ranges()
+	}
+	return append(s.ranges(), *s.second)
+}
+
+// allSubnets are the subnets of every range of both families.
+func (s *serviceState) allSubnets() []netip.Prefix {
+	out := s.subnets()
+	if s.second != nil {
+		out = append(out, s.second.subnet)
+	}
+	return out
+}
+
+// rangeOf is the range holding a, of either family.
 func (s *serviceState) rangeOf(a netip.Addr) (svcRange, bool) {
-	for _, r := range s.ranges() {
+	for _, r := range s.allRanges() {
 		if r.subnet.Contains(a) {
 			return r, true
 		}
@@ -154,7 +184,7 @@ func (s *serviceState) IsAllocated(a netip.Addr) bool {
 }
 
 func (s *serviceState) Used() (n uint64) {
-	for _, r := range s.ranges() {
+	for _, r := range s.ranges() { // the first family's: the second is vast
 		n += r.pool.Used()
 	}
 	return n
@@ -192,7 +222,7 @@ func loadState(st *store.State) (*state, error) {
 		holders:        map[string]string{},
 		dns:            map[string]store.DNSRecord{},
 		owners:         map[string]string{},
-		pendingSubnets: map[string]netip.Prefix{},
+		pendingSubnets: map[string][]netip.Prefix{},
 		pendingPorts:   map[uint16]string{},
 	}
 	if st.Node.PrivateKey != "" {
@@ -203,14 +233,7 @@ func loadState(st *store.State) (*state, error) {
 		s.key = k
 	}
 	if st.Node.ClusterCIDR != "" {
-		var err error
-		if s.cluster, err = ipam.ParsePrefix(st.Node.ClusterCIDR); err != nil {
-			return nil, fmt.Errorf("stored cluster CIDR: %w", err)
-		}
-		if s.slice, err = ipam.ParsePrefix(st.Node.SliceCIDR); err != nil {
-			return nil, fmt.Errorf("stored node slice: %w", err)
-		}
-		if s.slicePool, err = ipam.NewPool(s.slice); err != nil {
+		if err := s.loadSlices(st.Node.ClusterCIDR, st.Node.SliceCIDR); err != nil {
 			return nil, err
 		}
 	}
@@ -220,6 +243,11 @@ func loadState(st *store.State) (*state, error) {
 			return nil, fmt.Errorf("stored node IP %q: %w", st.Global.NodeIP, err)
 		}
 		s.global = &globalState{rec: *st.Global, nodeIP: ip}
+		if st.Global.NodeIP2 != "" {
+			if s.global.nodeIP2, err = netip.ParseAddr(st.Global.NodeIP2); err != nil {
+				return nil, fmt.Errorf("stored node IP %q: %w", st.Global.NodeIP2, err)
+			}
+		}
 	}
 	if err := s.loadServices(st.Services); err != nil {
 		return nil, err
@@ -227,11 +255,12 @@ func loadState(st *store.State) (*state, error) {
 	if err := s.loadAllocations(st.Allocations); err != nil {
 		return nil, err
 	}
-	if st.Global == nil && s.slicePool != nil {
+	if st.Global == nil {
 		// A node whose global overlay is torn down keeps its slice and the
 		// slice's node IP (see teardownGlobal).
-		if ip, ok := ipam.FirstUsable(s.slice); ok && !s.slicePool.IsAllocated(ip) {
-			_ = s.slicePool.Reserve(ip) // an address carved out for a service stays with it
+		keepNodeIP(s.slice, s.slicePool)
+		if s.fam2 != nil {
+			keepNodeIP(s.fam2.slice, s.fam2.pool)
 		}
 	}
 	for k, a := range st.Attachments {
@@ -245,6 +274,41 @@ func loadState(st *store.State) (*state, error) {
 		s.dns[k] = r
 	}
 	return s, nil
+}
+
+// loadSlices parses the node's stored cluster prefixes and slices (one or
+// two families) and builds their pools.
+func (s *state) loadSlices(clusters, slices string) error {
+	c1, c2, err := parseCIDRPair("stored cluster CIDR", clusters)
+	if err != nil {
+		return err
+	}
+	s1, s2, err := parseCIDRPair("stored node slice", slices)
+	if err != nil {
+		return err
+	}
+	s.cluster, s.slice = c1, s1
+	if s.slicePool, err = ipam.NewPool(s1); err != nil {
+		return err
+	}
+	if c2.IsValid() != s2.IsValid() {
+		return fmt.Errorf("stored cluster %s and slice %s do not have the same families", clusters, slices)
+	}
+	if c2.IsValid() {
+		s.fam2 = &family{cluster: c2, slice: s2}
+		if s.fam2.pool, err = ipam.NewPool(s2); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// keepNodeIP reserves a slice's node IP while the global overlay is down,
+// so nothing else takes it.
+func keepNodeIP(slice netip.Prefix, pool *ipam.Pool) {
+	if ip, ok := ipam.FirstUsable(slice); ok && pool != nil && !pool.IsAllocated(ip) {
+		_ = pool.Reserve(ip) // an address carved out for a service stays with it
+	}
 }
 
 func (s *state) loadServices(recs map[string]store.Service) error {
@@ -263,11 +327,18 @@ func (s *state) loadServices(recs map[string]store.Service) error {
 		if rec.SubnetSource == "slice" {
 			carved = svc.ranges()
 		}
+		if svc.second != nil {
+			carved = append(carved, *svc.second)
+		}
 		for _, r := range carved {
-			if s.slicePool == nil || !s.slice.Contains(r.subnet.Addr()) {
+			pool, slice := s.slicePool, s.slice
+			if r.subnet.Addr().Is4() != s.slice.Addr().Is4() && s.fam2 != nil {
+				pool, slice = s.fam2.pool, s.fam2.slice
+			}
+			if pool == nil || !slice.Contains(r.subnet.Addr()) || r.subnet.Bits() < slice.Bits() {
 				continue
 			}
-			if err := s.slicePool.Exclude(r.subnet); err != nil {
+			if err := pool.Exclude(r.subnet); err != nil {
 				return fmt.Errorf("stored service %s: carve %s out of the node slice: %w", name, r.subnet, err)
 			}
 		}
@@ -333,6 +404,13 @@ func newServiceState(rec store.Service) (*serviceState, error) {
 		}
 		svc.extra = append(svc.extra, r)
 	}
+	if rec.Subnet2 != "" {
+		r, err := newRange(rec.Subnet2)
+		if err != nil {
+			return nil, fmt.Errorf("subnet %q: %w", rec.Subnet2, err)
+		}
+		svc.second = &r
+	}
 	if rec.PrivateKey != "" {
 		if svc.key, err = wg.ParseKey(rec.PrivateKey); err != nil {
 			return nil, fmt.Errorf("dedicated key: %w", err)
@@ -362,11 +440,17 @@ func newRange(cidr string) (svcRange, error) {
 
 // pool returns the address pool named as in the store, or nil.
 func (s *state) pool(name string) addrPool {
-	if name == poolSlice {
+	switch name {
+	case poolSlice:
 		if s.slicePool == nil {
 			return nil
 		}
 		return s.slicePool
+	case poolSlice2:
+		if s.fam2 == nil {
+			return nil
+		}
+		return s.fam2.pool
 	}
 	if svc, ok := strings.CutPrefix(name, "service:"); ok {
 		if sv := s.services[svc]; sv != nil {
@@ -387,7 +471,36 @@ func (s *state) poolFor(a netip.Addr) (string, addrPool) {
 	if s.slicePool != nil && s.slice.Contains(a) {
 		return poolSlice, s.slicePool
 	}
+	if s.fam2 != nil && s.fam2.slice.Contains(a) {
+		return poolSlice2, s.fam2.pool
+	}
 	return "", nil
+}
+
+// slicePoolOf is the name and pool of the node slice of a's family.
+func (s *state) slicePoolOf(a netip.Addr) (string, *ipam.Pool) {
+	if s.fam2 != nil && a.Is4() == s.fam2.slice.Addr().Is4() {
+		return poolSlice2, s.fam2.pool
+	}
+	return poolSlice, s.slicePool
+}
+
+// clusters are the cluster prefixes of every family, the first first.
+func (s *state) clusters() []netip.Prefix {
+	out := []netip.Prefix{s.cluster}
+	if s.fam2 != nil {
+		out = append(out, s.fam2.cluster)
+	}
+	return out
+}
+
+// slices are the node slices of every family, the first first.
+func (s *state) slices() []netip.Prefix {
+	out := []netip.Prefix{s.slice}
+	if s.fam2 != nil {
+		out = append(out, s.fam2.slice)
+	}
+	return out
 }
 
 // takenPrefixes lists every prefix this node already uses or knows to be
@@ -399,11 +512,14 @@ func (s *state) takenPrefixes() []netip.Prefix {
 	if s.slice.IsValid() {
 		out = append(out, s.slice)
 	}
-	for _, svc := range s.services {
-		out = append(out, svc.subnets()...)
+	if s.fam2 != nil {
+		out = append(out, s.fam2.slice)
 	}
-	for _, p := range s.pendingSubnets {
-		out = append(out, p)
+	for _, svc := range s.services {
+		out = append(out, svc.allSubnets()...)
+	}
+	for _, ps := range s.pendingSubnets {
+		out = append(out, ps...)
 	}
 	for _, p := range s.peers {
 		for _, c := range p.AllowedIPs {
@@ -515,3 +631,37 @@ func releaseIfFree(p addrPool, a netip.Addr) {
 const scopeGlobal = "global"
 
 func scopeService(name string) string { return "service:" + name }
+
+// parseCIDRPair parses one prefix, or two of different families separated
+// by a comma (a dual-stack cluster, slice or subnet). An empty s gives two
+// invalid prefixes.
+func parseCIDRPair(field, s string) (first, second netip.Prefix, err error) {
+	if s == "" {
+		return first, second, nil
+	}
+	a, b, two := strings.Cut(s, ",")
+	if first, err = parseCIDRField(field, strings.TrimSpace(a)); err != nil {
+		return first, second, err
+	}
+	if !two {
+		return first, second, nil
+	}
+	if strings.Contains(b, ",") {
+		return first, second, fmt.Errorf("%s %q lists more than two prefixes; give at most one IPv4 and one IPv6", field, truncate(s))
+	}
+	if second, err = parseCIDRField(field, strings.TrimSpace(b)); err != nil {
+		return first, second, err
+	}
+	if first.Addr().Is4() == second.Addr().Is4() {
+		return first, second, fmt.Errorf("%s %q gives two prefixes of one family; a dual-stack cluster has one IPv4 and one IPv6", field, truncate(s))
+	}
+	return first, second, nil
+}
+
+// joinPrefixes is parseCIDRPair's inverse.
+func joinPrefixes(first, second netip.Prefix) string {
+	if !second.IsValid() {
+		return first.String()
+	}
+	return first.String() + "," + second.String()
+}

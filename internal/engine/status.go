@@ -84,6 +84,10 @@ func (e *Engine) statusViewLocked() statusView {
 	if st.cluster.IsValid() {
 		s.OverlayCIDR = st.cluster.String()
 		s.SliceCIDR = st.slice.String()
+		if st.fam2 != nil {
+			s.OverlayCIDRs = []string{st.cluster.String(), st.fam2.cluster.String()}
+			s.SliceCIDRs = []string{st.slice.String(), st.fam2.slice.String()}
+		}
 	}
 	if st.slicePool != nil {
 		s.SlicePool = &protocol.PoolStatus{CIDR: st.slice.String(), Used: st.slicePool.Used(), Free: st.slicePool.Free()}
@@ -96,6 +100,9 @@ func (e *Engine) statusViewLocked() statusView {
 		s.WGPort = g.rec.WGPort
 		s.KeySource = st.node.KeySource
 		v.global = g.dev
+		if g.nodeIP2.IsValid() {
+			s.NodeIPs = []netip.Addr{g.nodeIP, g.nodeIP2}
+		}
 		if s.ExpectedPubkey != "" && s.ExpectedPubkey != s.PublicKey {
 			s.PubkeyMismatch = true
 			s.Warnings = append(s.Warnings, "set_local_wg_pubkey gave "+truncate(s.ExpectedPubkey)+" but the device's key is "+s.PublicKey+"; peers will reject our handshakes")
@@ -135,6 +142,9 @@ func (e *Engine) servicesStatusLocked(v *statusView) {
 		}
 		for _, r := range svc.extra {
 			ss.Ranges = append(ss.Ranges, r.subnet.String())
+		}
+		if svc.second != nil {
+			ss.Subnets = []string{svc.subnet.String(), svc.second.subnet.String()}
 		}
 		v.s.Services = append(v.s.Services, ss)
 		if svc.dedicated() {

@@ -23,6 +23,8 @@ type Node struct {
 	// teardowns so a later setup gets the same slice (and node IP);
 	// SliceExplicit is true when the main daemon sent the slice, false when
 	// it was self-assigned from Identity.
+	// In a dual-stack cluster each holds one prefix per family, the
+	// first family's first, separated by a comma.
 	ClusterCIDR   string `json:"cluster_cidr,omitempty"`
 	SliceCIDR     string `json:"slice_cidr,omitempty"`
 	SliceExplicit bool   `json:"slice_explicit,omitempty"`
@@ -42,10 +44,13 @@ type Global struct {
 	InstanceID  string `json:"instance_id"`
 	ClusterCIDR string `json:"cluster_cidr"`
 	NodeIP      string `json:"node_ip"`
-	WGPort      uint16 `json:"wg_port"`
-	NATEnabled  bool   `json:"nat_enabled"`
-	Interface   string `json:"interface"`
-	MTU         int    `json:"mtu"`
+	// NodeIP2 is the node's address in the second family of a dual-stack
+	// cluster (ClusterCIDR then holds both prefixes).
+	NodeIP2    string `json:"node_ip2,omitempty"`
+	WGPort     uint16 `json:"wg_port"`
+	NATEnabled bool   `json:"nat_enabled"`
+	Interface  string `json:"interface"`
+	MTU        int    `json:"mtu"`
 }
 
 // Service is one per-service overlay network. Key: Name.
@@ -64,6 +69,10 @@ type Service struct {
 	WGPort     uint16 `json:"wg_port"`
 	PrivateKey string `json:"private_key"`
 	OverlayIP  string `json:"overlay_ip"`
+	// Subnet2 and Gateway2 are the service's range in the second family of
+	// a dual-stack cluster.
+	Subnet2  string `json:"subnet2,omitempty"`
+	Gateway2 string `json:"gateway2,omitempty"`
 	// Ranges are the ranges the service grew by when Subnet filled up,
 	// carved from the node slice, in the order they were added; each has
 	// its first usable address as a gateway on the bridge.
@@ -90,6 +99,10 @@ type Attachment struct {
 	Service  string `json:"service"`
 	IP       string `json:"ip"`
 	GlobalIP string `json:"global_ip"`
+	// IP2 and GlobalIP2 are the addresses in the second family of a
+	// dual-stack cluster.
+	IP2       string `json:"ip2,omitempty"`
+	GlobalIP2 string `json:"global_ip2,omitempty"`
 	// HostLink is the host end of the container's eth0 veth.
 	HostLink string `json:"host_link"`
 	// HostLinkGlobal is the host end of the container's eth1 veth.
