@@ -67,6 +67,8 @@ func TestUnitPromises(t *testing.T) {
 	u, raw := parseUnit(t, unitPath)
 	for _, c := range []struct{ section, key, want string }{
 		{"Service", "Restart", "always"},
+		{"Service", "Type", "notify"},
+		{"Service", "NotifyAccess", "main"},
 		{"Service", "KillSignal", "SIGTERM"},
 		{"Service", "NoNewPrivileges", "yes"},
 		{"Service", "StateDirectory", "zlayer"},

@@ -25,6 +25,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/paths"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/version"
+	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
 func main() {
@@ -256,6 +257,8 @@ func serve(o options, log *slog.Logger) error {
 	}
 	// Everything is put back before the first request is read: the main
 	// daemon never sees a half-restored overlay.
+	note := notifier{log: log}
+	note.status("restoring the overlay from %s", st.Path())
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	err = eng.Start(ctx)
 	cancel()
@@ -281,6 +284,12 @@ func serve(o options, log *slog.Logger) error {
 
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	if s, ok := eng.Handle(context.Background(), protocol.Status{}).(protocol.StatusResult); ok {
+		note.ready(s.StatusSnapshot)
+	}
+	stopWatchdog := make(chan struct{})
+	defer close(stopWatchdog)
+	go note.watchdog(eng, stopWatchdog)
 
 	var cause string
 	select {
@@ -295,6 +304,7 @@ func serve(o options, log *slog.Logger) error {
 		return err
 	}
 	log.Info("stopping", "cause", cause)
+	note.stopping(cause)
 	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer scancel()
 	if err := srv.Shutdown(sctx); err != nil {

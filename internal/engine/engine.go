@@ -290,6 +290,25 @@ func (e *Engine) devicesLocked() []*device {
 	return out
 }
 
+// Alive answers once the engine's locks can be taken — the topology for
+// reading, and the state — or fails when ctx ends first: the service
+// manager's watchdog asks it, so a wedged engine stops being reported alive.
+func (e *Engine) Alive(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.topology.RLock()
+		defer e.topology.RUnlock()
+		e.locked(func() {})
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("the engine's locks were not free within the watchdog interval: %w", ctx.Err())
+	}
+}
+
 // ShutdownRequested is closed once a shutdown request has been answered
 // ok; the daemon then stops serving and exits.
 func (e *Engine) ShutdownRequested() <-chan struct{} { return e.shutdownCh }

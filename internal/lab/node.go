@@ -36,7 +36,9 @@ type Node struct {
 	DataDir  string
 	Socket   string
 	WGDir    string
-	args     []string
+	// Env is added to the daemon's environment at its next Start.
+	Env  []string
+	args []string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -115,6 +117,7 @@ func (n *Node) Start() {
 		n.lab.opts.Daemon, "--data-dir", n.DataDir, "--log-level", "debug"}
 	argv = append(argv, n.args...)
 	cmd := exec.Command("ip", argv...)
+	cmd.Env = append(os.Environ(), n.Env...)
 	cmd.Stdout = n.logFile
 	cmd.Stderr = n.logFile
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
