@@ -202,17 +202,18 @@ func serve(o options, log *slog.Logger) error {
 
 	srv := &ipc.Server{Log: log, EventQueue: 1024}
 	cfg := engine.Config{
-		Store:             st,
-		Log:               log,
-		Publish:           srv.Broadcast,
-		EventsDropped:     srv.EventsDropped,
-		MTU:               o.mtu,
-		SliceBits:         o.slicePrefix,
-		ServiceBits:       o.servicePrefix,
-		ReconcileInterval: o.reconcile,
-		HealthInterval:    o.health,
-		NAT:               &engine.NATConfig{Servers: o.stun},
-		NodeConfigPath:    filepath.Join(o.dataDir, engine.NodeConfigFile),
+		Store:               st,
+		Log:                 log,
+		Publish:             srv.Broadcast,
+		EventsDropped:       srv.EventsDropped,
+		MTU:                 o.mtu,
+		SliceBits:           o.slicePrefix,
+		ServiceBits:         o.servicePrefix,
+		ReconcileInterval:   o.reconcile,
+		HealthInterval:      o.health,
+		NAT:                 &engine.NATConfig{Servers: o.stun},
+		NodeConfigPath:      filepath.Join(o.dataDir, engine.NodeConfigFile),
+		ReferenceMarkerPath: filepath.Join(o.dataDir, engine.ReferenceMarkerFile),
 	}
 	closers, err := platformNetwork(&cfg, o, log)
 	defer func() {

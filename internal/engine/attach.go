@@ -109,6 +109,9 @@ func (e *Engine) attachLinux(ctx context.Context, r protocol.AttachContainer) (p
 			return resp, err
 		}
 	}
+	if err := e.replaceLegacyVeths(pid); err != nil {
+		return nil, err
+	}
 	rec, err := e.allocateAttach(key, id, r, svc)
 	if err != nil {
 		return nil, err

@@ -111,6 +111,10 @@ type Config struct {
 	DNSPolicy *DNSPolicy
 	// Firewall, when set, keeps our nftables table.
 	Firewall *FirewallConfig
+	// ReferenceMarkerPath is the Rust overlayd's agent_network.json (in the
+	// data directory): when it exists, this node ran that daemon, and its
+	// leftovers are taken over (takeover.go). Empty disables it.
+	ReferenceMarkerPath string
 	// NodeConfigPath is ZLayer's node_config.json (in the data directory):
 	// when it holds a WireGuard key pair, the global device uses it, since
 	// that is the key the cluster knows this node by. Empty disables it.
@@ -145,6 +149,9 @@ type Engine struct {
 	st *state
 
 	alias string // the label prefix of our links (see aliasPrefix)
+	// legacy are the Rust overlayd's dedicated services (takeover.go); nil
+	// when it never ran here. Read-only after New.
+	legacy map[string]legacyDedicated
 
 	detaching sync.Map // host link name -> chan struct{} closed when deleted
 
@@ -225,6 +232,7 @@ func New(cfg Config) (*Engine, error) {
 		shutdownCh: make(chan struct{}),
 		bgStop:     make(chan struct{}),
 	}
+	e.enableTakeover(cfg.ReferenceMarkerPath)
 	if cfg.DNS != nil {
 		if err := e.enableDNS(*cfg.DNS, cfg.DNSPolicy); err != nil {
 			return nil, err

@@ -79,6 +79,7 @@ func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
 	note(e.reconcileAttachments(ctx, &changes))
 	note(e.finishDetaches(ctx, &changes))
 	note(e.removeOrphanLinks(ctx, &changes, startup))
+	note(e.removeLegacyLinks(&changes))
 	note(e.dropOrphanAllocations(&changes))
 	e.pruneResolved()
 
@@ -334,27 +335,8 @@ func (e *Engine) removeOrphanLinks(ctx context.Context, changes *int, startup bo
 }
 
 // wantedLinks is every link name the desired state has.
-func (e *Engine) wantedLinks() map[string]bool {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	want := map[string]bool{}
-	if g := e.st.global; g != nil {
-		want[g.rec.Interface] = true
-	}
-	for _, svc := range e.st.services {
-		want[svc.rec.Bridge] = true
-		if svc.rec.Interface != "" {
-			want[svc.rec.Interface] = true
-		}
-	}
-	for _, a := range e.st.attach {
-		if a.HostLink != "" {
-			want[a.HostLink] = true
-		}
-		if a.HostLinkGlobal != "" {
-			want[a.HostLinkGlobal] = true
-		}
-	}
+func (e *Engine) wantedLinks() (want map[string]bool) {
+	e.locked(func() { want = e.st.wantedLinks() })
 	return want
 }
 

@@ -95,10 +95,20 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 			explicit, explicit2 = explicit2, explicit
 		}
 	}
+	legacy, adopt := e.legacyDedicatedFor(r.Service)
+	adopt = adopt && mode == protocol.ModeDedicated
+	if adopt && !explicit.IsValid() && g != nil && legacy.subnet.IsValid() && g.clusterContains(legacy.subnet) {
+		// The other nodes route this subnet to us already.
+		explicit = legacy.subnet
+	}
 	if g == nil && (mode == protocol.ModeDedicated || !explicit.IsValid()) {
 		return nil, fmt.Errorf("no global overlay yet: call setup_global_overlay first (a shared service with an explicit subnet can come earlier)")
 	}
-	svc, err := e.placeService(r.Service, mode, explicit, explicit2, g)
+	var adopted *legacyDedicated
+	if adopt {
+		adopted = &legacy
+	}
+	svc, err := e.placeService(r.Service, mode, explicit, explicit2, g, adopted)
 	if err != nil {
 		return nil, err
 	}
@@ -160,9 +170,13 @@ func (e *Engine) adoptService(svc *serviceState, mode string, explicit netip.Pre
 // device name) of a new service and reserves them until the setup is
 // committed or undone (unplaceService), so setups running beside it never
 // get an overlapping subnet or the same port.
-func (e *Engine) placeService(name, mode string, explicit, explicit2 netip.Prefix, g *globalState) (svc *serviceState, err error) {
+func (e *Engine) placeService(name, mode string, explicit, explicit2 netip.Prefix, g *globalState, legacy *legacyDedicated) (svc *serviceState, err error) {
 	var key wgtypes.Key
-	if mode == protocol.ModeDedicated {
+	switch {
+	case legacy != nil:
+		key = legacy.key
+		e.log.Info("dedicated service adopted from the Rust overlayd: same key, port and subnet", "service", name, "public_key", key.PublicKey().String(), "port", legacy.port)
+	case mode == protocol.ModeDedicated:
 		k, err := wg.GenerateKey()
 		if err != nil {
 			return nil, err
@@ -187,6 +201,9 @@ func (e *Engine) placeService(name, mode string, explicit, explicit2 netip.Prefi
 		svc.rec.Bridge = ifName("b", deployment, name)
 		if mode == protocol.ModeDedicated {
 			port, perr := e.dedicatedPortLocked(g.rec.WGPort)
+			if legacy != nil && legacy.port != 0 && e.portFreeLocked(legacy.port, g.rec.WGPort) {
+				port, perr = legacy.port, nil
+			}
 			if perr != nil {
 				e.unplaceLocked(svc)
 				svc, err = nil, perr
@@ -376,6 +393,23 @@ func (e *Engine) unpendLocked(svc *serviceState) {
 	if svc.rec.WGPort != 0 && e.st.pendingPorts[svc.rec.WGPort] == svc.rec.Name {
 		delete(e.st.pendingPorts, svc.rec.WGPort)
 	}
+}
+
+// portFreeLocked reports whether no service (committed or being set up)
+// and not the global device uses port. Called with e.mu held.
+func (e *Engine) portFreeLocked(port, global uint16) bool {
+	if port == global {
+		return false
+	}
+	if _, pending := e.st.pendingPorts[port]; pending {
+		return false
+	}
+	for _, svc := range e.st.services {
+		if svc.rec.WGPort == port {
+			return false
+		}
+	}
+	return true
 }
 
 // dedicatedPortLocked picks the lowest free port of the band above the

@@ -64,6 +64,13 @@ type state struct {
 	pendingPorts   map[uint16]string         // port -> service
 }
 
+// clusterContains reports whether p lies in one of the cluster's prefixes
+// as the global record has them.
+func (g *globalState) clusterContains(p netip.Prefix) bool {
+	c1, c2, _ := parseCIDRPair("cluster_cidr", g.rec.ClusterCIDR)
+	return (c1.IsValid() && c1.Contains(p.Addr())) || (c2.IsValid() && c2.Contains(p.Addr()))
+}
+
 // family is the second address family of a dual-stack cluster.
 type family struct {
 	cluster, slice netip.Prefix
@@ -664,4 +671,27 @@ func joinPrefixes(first, second netip.Prefix) string {
 		return first.String()
 	}
 	return first.String() + "," + second.String()
+}
+
+// wantedLinks is every link name the desired state has.
+func (s *state) wantedLinks() map[string]bool {
+	want := map[string]bool{}
+	if g := s.global; g != nil {
+		want[g.rec.Interface] = true
+	}
+	for _, svc := range s.services {
+		want[svc.rec.Bridge] = true
+		if svc.rec.Interface != "" {
+			want[svc.rec.Interface] = true
+		}
+	}
+	for _, a := range s.attach {
+		if a.HostLink != "" {
+			want[a.HostLink] = true
+		}
+		if a.HostLinkGlobal != "" {
+			want[a.HostLinkGlobal] = true
+		}
+	}
+	return want
 }
