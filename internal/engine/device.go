@@ -51,7 +51,7 @@ func (e *Engine) openDevice(spec deviceSpec) (*device, error) {
 	if e.cfg.WG == nil || e.cfg.Net == nil {
 		return nil, errNoBackend
 	}
-	opts := wg.Options{MTU: e.cfg.MTU, Logger: e.log.With("device", spec.name), Bind: spec.bind}
+	opts := wg.Options{MTU: e.cfg.MTU, Logger: e.log.With("device", spec.name), Bind: spec.bind, Owner: e.aliasPrefix()}
 	dev, err := e.cfg.WG.Open(spec.name, opts)
 	if err != nil {
 		return nil, err

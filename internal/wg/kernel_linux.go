@@ -16,11 +16,6 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// ownerAlias marks the kernel links this package created (IFLA_IFALIAS,
-// shown by "ip link"). Only a wireguard link carrying it is adopted or
-// deleted, so a link someone else made is never touched.
-const ownerAlias = "zlayer-overlayd"
-
 // probeKernel creates and deletes a uniquely named wireguard link: the only
 // reliable test, since the module may be built in, loadable or absent, and
 // /sys/module tells nothing about permission.
@@ -49,8 +44,9 @@ type kernelBackend struct{}
 func (kernelBackend) Kind() string { return KindKernel }
 
 // Open creates a kernel wireguard link, or adopts one this package created
-// earlier (a kernel device survives our restart, peers, sessions and all).
-// Options.Bind does not apply: the kernel owns the UDP socket.
+// earlier for the same owner (a kernel device survives our restart, peers,
+// sessions and all). Options.Bind does not apply: the kernel owns the UDP
+// socket.
 func (kernelBackend) Open(name string, opts Options) (Device, error) {
 	if err := validateName(name); err != nil {
 		return nil, err
@@ -65,7 +61,10 @@ func (kernelBackend) Open(name string, opts Options) (Device, error) {
 	link, err := netlink.LinkByName(name)
 	switch {
 	case err == nil:
-		if err := checkAdoptable(link); err != nil {
+		if err := checkAdoptable(link, opts.Owner); err != nil {
+			return nil, err
+		}
+		if err := claimBareLabel(link, opts.Owner); err != nil {
 			return nil, err
 		}
 		if link.Attrs().MTU != opts.MTU {
@@ -81,8 +80,11 @@ func (kernelBackend) Open(name string, opts Options) (Device, error) {
 			return nil, fmt.Errorf("create kernel wireguard link %q: %w", name, err)
 		}
 		created = true
+		// The kernel ignores a label given with the link, so it takes a
+		// second request; a crash in between leaves an unlabelled link,
+		// which no one will adopt (see checkAdoptable).
 		if link, err = netlink.LinkByName(name); err == nil {
-			err = netlink.LinkSetAlias(link, ownerAlias)
+			err = netlink.LinkSetAlias(link, label(name, opts.Owner))
 		}
 		if err != nil {
 			netlink.LinkDel(&netlink.Wireguard{LinkAttrs: la})
@@ -104,26 +106,57 @@ func (kernelBackend) Open(name string, opts Options) (Device, error) {
 	} else {
 		log.Info("wireguard device adopted from a previous run", "mtu", opts.MTU)
 	}
-	return &kernelDevice{name: name, client: client, log: log}, nil
+	return &kernelDevice{name: name, owner: opts.Owner, client: client, log: log}, nil
+}
+
+// label is what a link this package creates is labelled: the owner's
+// label for a wireguard device named name, or the bare mark without one.
+func label(name, owner string) string {
+	if owner == "" {
+		return ownerAlias
+	}
+	return owner + "wireguard:" + name
 }
 
 // checkAdoptable accepts an existing link only if it is a wireguard link
-// that this package created.
-func checkAdoptable(link netlink.Link) error {
+// that this package created for owner ("" accepts any zlayer-overlayd
+// label). A link labelled with the bare mark is accepted too: an older
+// version of the daemon labelled a new device in two steps, the bare mark
+// here and its identity afterwards, and a crash between them leaves that;
+// the mark says it was ours, and no identity claims it.
+func checkAdoptable(link netlink.Link, owner string) error {
 	name := link.Attrs().Name
 	if link.Type() != "wireguard" {
 		return fmt.Errorf("a %s link named %q already exists and is not a wireguard device; refusing to touch it (delete it or choose another name)", link.Type(), name)
 	}
-	// The engine refines the label to "zlayer-overlayd:<node>:..." after
-	// Open; either form is ours.
-	if alias := link.Attrs().Alias; alias != ownerAlias && !strings.HasPrefix(alias, ownerAlias+":") {
-		return fmt.Errorf("a wireguard link named %q already exists but was not created by zlayer-overlayd (its alias is %q, not %q); refusing to adopt it (delete it or choose another name)", name, alias, ownerAlias)
+	alias := link.Attrs().Alias
+	switch {
+	case alias == ownerAlias:
+		return nil
+	case !strings.HasPrefix(alias, ownerAlias+":"):
+		return fmt.Errorf("a wireguard link named %q already exists but was not created by zlayer-overlayd (its alias is %q, not %q); refusing to adopt it (delete it or choose another name)", name, alias, label(name, owner))
+	case owner != "" && !strings.HasPrefix(alias, owner):
+		return fmt.Errorf("a wireguard link named %q belongs to another zlayer-overlayd identity: its label is %q, ours is %q; refusing to adopt it and leaving it untouched (stop the daemon that owns it, or delete the link if that identity is gone)", name, alias, label(name, owner))
+	}
+	return nil
+}
+
+// claimBareLabel writes owner's label on an adopted link that carries only
+// the bare mark, so that from now on it is recognisably this identity's.
+func claimBareLabel(link netlink.Link, owner string) error {
+	if owner == "" || link.Attrs().Alias != ownerAlias {
+		return nil
+	}
+	name := link.Attrs().Name
+	if err := netlink.LinkSetAlias(link, label(name, owner)); err != nil {
+		return fmt.Errorf("label adopted wireguard link %q as ours: %w", name, err)
 	}
 	return nil
 }
 
 type kernelDevice struct {
 	name   string
+	owner  string
 	log    *slog.Logger
 	mu     sync.Mutex // serialises wgctrl use and read-plan-apply in Configure
 	client *wgctrl.Client
@@ -187,7 +220,7 @@ func (d *kernelDevice) Close() error {
 	if err != nil {
 		return fmt.Errorf("look up wireguard link %q to delete it: %w", d.name, err)
 	}
-	if err := checkAdoptable(link); err != nil {
+	if err := checkAdoptable(link, d.owner); err != nil {
 		d.log.Warn("not deleting link: it is no longer ours", "err", err)
 		return nil
 	}

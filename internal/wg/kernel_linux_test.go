@@ -2,6 +2,7 @@ package wg
 
 import (
 	"bytes"
+	"encoding/json"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // kernelHasWireGuard asks ip(8), an independent observer, whether this
@@ -93,23 +95,49 @@ func TestCheckAdoptable(t *testing.T) {
 		la.Name, la.Alias = name, alias
 		return la
 	}
-	if err := checkAdoptable(&netlink.Wireguard{LinkAttrs: attrs("zl-overlay0", ownerAlias)}); err != nil {
-		t.Errorf("our own wireguard link refused: %v", err)
+	const (
+		owner = "zlayer-overlayd:0123456789ab:"
+		other = "zlayer-overlayd:ba9876543210:"
+	)
+	for _, ok := range []struct {
+		name, alias, owner string
+	}{
+		{"our label", owner + "wireguard:zl-prod-g", owner},
+		{"bare mark of an interrupted creation", ownerAlias, owner},
+		{"any identity without an owner", other + "wireguard:zl-prod-g", ""},
+		{"bare mark without an owner", ownerAlias, ""},
+	} {
+		t.Run("adopts "+ok.name, func(t *testing.T) {
+			if err := checkAdoptable(&netlink.Wireguard{LinkAttrs: attrs("zl-prod-g", ok.alias)}, ok.owner); err != nil {
+				t.Errorf("refused: %v", err)
+			}
+		})
 	}
 	for _, tt := range []struct {
-		name string
-		link netlink.Link
-		want string
+		name  string
+		link  netlink.Link
+		owner string
+		want  []string
 	}{
-		{"wireguard link of someone else", &netlink.Wireguard{LinkAttrs: attrs("wg0", "")}, "was not created by zlayer-overlayd"},
-		{"wireguard link with another alias", &netlink.Wireguard{LinkAttrs: attrs("wg0", "corp vpn")}, `its alias is "corp vpn"`},
-		{"TUN with our alias", &netlink.Tuntap{LinkAttrs: attrs("zl-overlay0", ownerAlias)}, "a tuntap link named \"zl-overlay0\" already exists and is not a wireguard device"},
-		{"bridge", &netlink.Bridge{LinkAttrs: attrs("zl-overlay0", "")}, "not a wireguard device"},
+		{"wireguard link of someone else", &netlink.Wireguard{LinkAttrs: attrs("wg0", "")}, "", []string{"was not created by zlayer-overlayd"}},
+		{"wireguard link with another alias", &netlink.Wireguard{LinkAttrs: attrs("wg0", "corp vpn")}, owner, []string{`its alias is "corp vpn"`}},
+		{"TUN with our alias", &netlink.Tuntap{LinkAttrs: attrs("zl-overlay0", ownerAlias)}, "", []string{"a tuntap link named \"zl-overlay0\" already exists and is not a wireguard device"}},
+		{"bridge", &netlink.Bridge{LinkAttrs: attrs("zl-overlay0", "")}, owner, []string{"not a wireguard device"}},
+		{"another identity's device", &netlink.Wireguard{LinkAttrs: attrs("zl-prod-g", other+"wireguard:zl-prod-g")}, owner,
+			[]string{"another zlayer-overlayd identity", `"` + other + `wireguard:zl-prod-g"`, `"` + owner + `wireguard:zl-prod-g"`, "untouched"}},
+		// The identity is compared whole, up to its closing colon.
+		{"identity extending ours", &netlink.Wireguard{LinkAttrs: attrs("zl-prod-g", "zlayer-overlayd:0123456789abc:wireguard:zl-prod-g")}, owner,
+			[]string{"another zlayer-overlayd identity"}},
 	} {
-		t.Run(tt.name, func(t *testing.T) {
-			err := checkAdoptable(tt.link)
-			if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "refusing") {
-				t.Errorf("err = %v, want a refusal mentioning %q", err, tt.want)
+		t.Run("refuses "+tt.name, func(t *testing.T) {
+			err := checkAdoptable(tt.link, tt.owner)
+			if err == nil || !strings.Contains(err.Error(), "refusing") {
+				t.Fatalf("err = %v, want a refusal", err)
+			}
+			for _, want := range tt.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("err %q does not say %s", err, want)
+				}
 			}
 		})
 	}
@@ -142,4 +170,165 @@ func TestKernelOpenWithoutKernelSupportLeavesNothing(t *testing.T) {
 	if out, err := exec.Command("ip", "link", "show", name).CombinedOutput(); err == nil {
 		t.Errorf("a link was left behind:\n%s", out)
 	}
+}
+
+// requireKernelWireGuard skips unless this kernel can create wireguard
+// links; the VM lab (make test-vm) boots kernels that can.
+func requireKernelWireGuard(t *testing.T) {
+	t.Helper()
+	requireRoot(t, "wg")
+	has, known := kernelHasWireGuard(t)
+	switch {
+	case !known:
+		t.Fatal("cannot tell whether this kernel has WireGuard: ip link add … type wireguard failed for another reason")
+	case !has:
+		t.Skip("kernel has no WireGuard; make test-vm runs this in a VM")
+	}
+}
+
+// observedLink is what ip(8), an independent observer, says about a link.
+type observedLink struct {
+	Index    int    `json:"ifindex"`
+	Alias    string `json:"ifalias"`
+	MTU      int    `json:"mtu"`
+	LinkInfo struct {
+		Kind string `json:"info_kind"`
+	} `json:"linkinfo"`
+}
+
+func observeLink(t *testing.T, name string) observedLink {
+	t.Helper()
+	var links []observedLink
+	if err := json.Unmarshal([]byte(run(t, "ip", "-j", "-d", "link", "show", "dev", name)), &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip -j -d link show dev %s: %v (%d links)", name, err, len(links))
+	}
+	return links[0]
+}
+
+// kernelLink creates a wireguard link by hand (as another program would),
+// removed when the test ends.
+func kernelLink(t *testing.T, name, alias string) observedLink {
+	t.Helper()
+	run(t, "ip", "link", "add", name, "type", "wireguard")
+	t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+	if alias != "" {
+		run(t, "ip", "link", "set", name, "alias", alias)
+	}
+	return observeLink(t, name)
+}
+
+const (
+	testOwner   = "zlayer-overlayd:0123456789ab:"
+	otherOwner  = "zlayer-overlayd:ba9876543210:"
+	kernelLabel = "wireguard:"
+)
+
+func kernelOpen(t *testing.T, name, owner string) (Device, error) {
+	t.Helper()
+	return kernelBackend{}.Open(name, Options{Owner: owner, Logger: slog.New(slog.DiscardHandler)})
+}
+
+// A device is labelled with its owner at creation, and a second Open by
+// the same owner (a restarted daemon) adopts it as it is: same link, same
+// key and port.
+func TestKernelDeviceLabelledAndAdoptedByItsOwner(t *testing.T) {
+	requireKernelWireGuard(t)
+	name := "zltw" + randHex(t, 6) + "ko"
+	d, err := kernelOpen(t, name, testOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+	first := observeLink(t, name)
+	if first.LinkInfo.Kind != "wireguard" || first.Alias != testOwner+kernelLabel+name {
+		t.Fatalf("created link: kind %q alias %q, want a wireguard link labelled %q", first.LinkInfo.Kind, first.Alias, testOwner+kernelLabel+name)
+	}
+	key, _ := GenerateKey()
+	if err := d.Configure(wgtypes.Config{PrivateKey: &key, ListenPort: new(51931)}); err != nil {
+		t.Fatal(err)
+	}
+	// A restart: the process goes away without closing the device.
+	d.(*kernelDevice).client.Close()
+
+	d2, err := kernelOpen(t, name, testOwner)
+	if err != nil {
+		t.Fatalf("the owner's second Open refused its own device: %v", err)
+	}
+	if again := observeLink(t, name); again.Index != first.Index {
+		t.Fatalf("the device was recreated (ifindex %d -> %d), not adopted", first.Index, again.Index)
+	}
+	snap, err := d2.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.PrivateKey != key || snap.ListenPort != 51931 {
+		t.Fatalf("adopted device lost its configuration: port %d", snap.ListenPort)
+	}
+	if err := d2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("ip", "link", "show", name).CombinedOutput(); err == nil {
+		t.Fatalf("Close left the link:\n%s", out)
+	}
+}
+
+// A device labelled by another identity is refused with both labels named,
+// and left exactly as it was.
+func TestKernelDeviceOfAnotherIdentityIsRefusedAndUntouched(t *testing.T) {
+	requireKernelWireGuard(t)
+	name := "zltw" + randHex(t, 6) + "kx"
+	theirs := otherOwner + kernelLabel + name
+	before := kernelLink(t, name, theirs)
+	run(t, "wg", "set", name, "listen-port", "51932")
+	_, err := kernelOpen(t, name, testOwner)
+	if err == nil {
+		t.Fatal("Open adopted another identity's device")
+	}
+	for _, want := range []string{theirs, testOwner + kernelLabel + name, "another zlayer-overlayd identity", "refusing"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	after := observeLink(t, name)
+	if after != before {
+		t.Errorf("the refused link changed: %+v -> %+v", before, after)
+	}
+	if port := strings.TrimSpace(run(t, "wg", "show", name, "listen-port")); port != "51932" {
+		t.Errorf("the refused device's listen port is %s now", port)
+	}
+}
+
+// A device with only the bare mark (a creation interrupted before the
+// owner's label was written) is adopted, and from then on carries the
+// owner's label.
+func TestKernelDeviceWithTheBareMarkIsClaimed(t *testing.T) {
+	requireKernelWireGuard(t)
+	name := "zltw" + randHex(t, 6) + "kb"
+	before := kernelLink(t, name, ownerAlias)
+	d, err := kernelOpen(t, name, testOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	after := observeLink(t, name)
+	if after.Index != before.Index || after.Alias != testOwner+kernelLabel+name {
+		t.Fatalf("bare-marked link: ifindex %d -> %d, alias %q; want it adopted and labelled %q", before.Index, after.Index, after.Alias, testOwner+kernelLabel+name)
+	}
+}
+
+// A device that changed hands while open (relabelled by another identity)
+// is not deleted by Close.
+func TestKernelDeviceCloseSparesARelabelledLink(t *testing.T) {
+	requireKernelWireGuard(t)
+	name := "zltw" + randHex(t, 6) + "kr"
+	d, err := kernelOpen(t, name, testOwner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", name).Run() })
+	run(t, "ip", "link", "set", name, "alias", otherOwner+kernelLabel+name)
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	observeLink(t, name) // still there
 }

@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"unicode"
 
 	"golang.zx2c4.com/wireguard/conn"
@@ -73,7 +74,22 @@ type Options struct {
 	// Logger receives lifecycle messages and wireguard-go's own log (its
 	// verbose log at debug level); nil means slog.Default().
 	Logger *slog.Logger
+	// Owner is the label prefix of the daemon identity the device
+	// belongs to, "zlayer-overlayd:<identity>:" (the engine's link
+	// labels). A kernel device outlives the process, so the kernel
+	// backend labels a link it creates Owner+"wireguard:"+name and adopts
+	// an existing link only when its label starts with Owner: a device of
+	// another identity (another state file, a second daemon) is refused
+	// and left untouched. Empty means any zlayer-overlayd label is ours,
+	// for callers without an identity. The userspace backend ignores it:
+	// its TUN dies with the process, so there is nothing to adopt.
+	Owner string
 }
+
+// ownerAlias starts the label (IFLA_IFALIAS, shown by "ip link") of every
+// link this package creates. A link without it is never adopted or
+// deleted, so a link someone else made is never touched.
+const ownerAlias = "zlayer-overlayd"
 
 // Device is one WireGuard interface.
 type Device interface {
@@ -201,6 +217,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Owner != "" && (!strings.HasPrefix(o.Owner, ownerAlias+":") || !strings.HasSuffix(o.Owner, ":") || len(o.Owner) <= len(ownerAlias)+1) {
+		return o, fmt.Errorf("wireguard device owner %q is not a label prefix of the form %q", o.Owner, ownerAlias+":<identity>:")
 	}
 	return o, nil
 }

@@ -141,3 +141,14 @@ func TestOpenRejectsBadInputBeforeTouchingTheSystem(t *testing.T) {
 		t.Errorf("tiny MTU: %v", err)
 	}
 }
+
+func TestOwnerMustBeALabelPrefix(t *testing.T) {
+	for _, bad := range []string{"zlayer-overlayd", "zlayer-overlayd:", "zlayer-overlayd:abc", "other:abc:", "abc:"} {
+		if _, err := (Options{Owner: bad}).withDefaults(); err == nil || !strings.Contains(err.Error(), "label prefix") {
+			t.Errorf("Owner %q: err = %v", bad, err)
+		}
+	}
+	if _, err := (Options{Owner: "zlayer-overlayd:0123456789ab:"}).withDefaults(); err != nil {
+		t.Errorf("a valid owner was refused: %v", err)
+	}
+}
