@@ -32,6 +32,10 @@ type nodeRequest struct {
 	MTU    int             `json:"mtu,omitempty"`
 	CIDR   string          `json:"cidr,omitempty"`
 	Config *wgtypes.Config `json:"config,omitempty"`
+	// Dataplane opens the device with the detached data plane backend,
+	// its process logging to LogDir.
+	Dataplane bool   `json:"dataplane,omitempty"`
+	LogDir    string `json:"log_dir,omitempty"`
 }
 
 type nodeResponse struct {
@@ -75,7 +79,14 @@ func runNode(in io.Reader, out io.Writer) {
 					return err
 				}
 				baseline = runtime.NumGoroutine()
-				d, err := userspaceBackend{}.Open(req.Name, Options{MTU: req.MTU, Logger: log})
+				var backend Backend = userspaceBackend{}
+				if req.Dataplane {
+					var err error
+					if backend, err = testDataplaneBackend(req.LogDir, log); err != nil {
+						return err
+					}
+				}
+				d, err := backend.Open(req.Name, Options{MTU: req.MTU, Logger: log, Owner: testOwner})
 				if err != nil {
 					return err
 				}
@@ -100,6 +111,9 @@ func runNode(in io.Reader, out io.Writer) {
 				d, err := dev.Snapshot()
 				resp.Device = d
 				return err
+			case "crash":
+				// Gone without closing anything, as a SIGKILL leaves it.
+				os.Exit(3)
 			case "close":
 				err := dev.Close()
 				dev = nil

@@ -223,3 +223,15 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	return o, nil
 }
+
+// Survives reports whether a device outlives the process that opened it:
+// a kernel device, or a userspace one whose data plane runs in a process
+// of its own. Such a device is left running when the daemon stops, and
+// adopted by the next one.
+func Survives(d Device) bool {
+	if d.Kind() == KindKernel {
+		return true
+	}
+	s, ok := d.(interface{ Survives() bool })
+	return ok && s.Survives()
+}

@@ -155,6 +155,28 @@ func (h *Helper) Call(op string, req, resp any, timeout time.Duration) {
 	}
 }
 
+// CallUntilExit sends req, which makes the helper exit without answering
+// (a simulated crash), and waits until its output closes.
+func (h *Helper) CallUntilExit(op string, req any, timeout time.Duration) {
+	h.t.Helper()
+	if err := json.NewEncoder(h.in).Encode(req); err != nil {
+		h.t.Fatalf("%s: send %s: %v", h.ns, op, err)
+	}
+	ch := make(chan error, 1)
+	go func() {
+		_, err := h.out.ReadBytes('\n')
+		ch <- err
+	}()
+	select {
+	case err := <-ch:
+		if err == nil {
+			h.t.Fatalf("%s: %s: the helper answered instead of exiting", h.ns, op)
+		}
+	case <-time.After(timeout):
+		h.t.Fatalf("%s: %s: the helper did not exit", h.ns, op)
+	}
+}
+
 // LogWriter forwards a process's output to the test log, line by line.
 type LogWriter struct {
 	T      testing.TB

@@ -1,0 +1,420 @@
+package wg
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// The detached data plane. A userspace device lives as long as the process
+// holding its TUN, and its sessions live in that process's memory: a
+// daemon restart used to take both down, losing packets until the device
+// was rebuilt and every peer handshook again. Here each userspace device
+// runs in a small process of its own (this executable, RunDataplane),
+// started by the daemon and left running when the daemon stops or crashes,
+// exactly as a kernel device is: the daemon configures it over its UAPI
+// socket (as wg(8) does) and the next daemon adopts it, sessions,
+// queues and all. The process ends when its link is deleted (a teardown,
+// or reconcile removing a device nothing wants) or when the daemon's state
+// file is gone (the data directory was deleted: nothing will adopt it).
+
+// DataplaneCommandName is the argument that makes the daemon's executable
+// run a data plane instead of the daemon.
+const DataplaneCommandName = "wg-dataplane"
+
+// DataplaneConfig configures the detached data plane.
+type DataplaneConfig struct {
+	// Command runs RunDataplane; the device's flags are appended. Default:
+	// this executable with DataplaneCommandName.
+	Command []string
+	// Env is added to the process's environment.
+	Env []string
+	// StatePath is the daemon's state file: the process ends once it is
+	// gone.
+	StatePath string
+	// LogDir gets one log file per device (dataplane-<name>.log).
+	LogDir string
+	// MaxProcs is the process's GOMAXPROCS (0: the Go default).
+	MaxProcs int
+	Logger   *slog.Logger
+}
+
+// NewDataplaneBackend is the userspace backend with every device in a
+// process of its own. A device opened with Options.Bind (NAT traversal's
+// demultiplexing bind lives in the daemon) stays in the daemon's process.
+func NewDataplaneBackend(cfg DataplaneConfig) (Backend, error) {
+	if len(cfg.Command) == 0 {
+		self, err := os.Executable()
+		if err != nil {
+			return nil, fmt.Errorf("find this executable to run WireGuard data planes with: %w", err)
+		}
+		cfg.Command = []string{self, DataplaneCommandName}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &dataplaneBackend{cfg: cfg}, nil
+}
+
+type dataplaneBackend struct{ cfg DataplaneConfig }
+
+func (*dataplaneBackend) Kind() string { return KindUserspace }
+
+// Open adopts the running data plane of name, or starts one.
+func (b *dataplaneBackend) Open(name string, opts Options) (Device, error) {
+	if opts.Bind != nil {
+		return userspaceBackend{}.Open(name, opts)
+	}
+	if err := validateName(name); err != nil {
+		return nil, err
+	}
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	log := opts.Logger.With("device", name, "backend", KindUserspace, "dataplane", "process")
+	if serving(name) {
+		link, err := netlink.LinkByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("a WireGuard data plane serves %s but no link of that name is in this network namespace: %w", name, err)
+		}
+		if err := checkDataplaneLink(link, opts.Owner); err != nil {
+			return nil, err
+		}
+		d := newProcessDevice(name, log)
+		log.Info("wireguard data plane adopted from a previous run", "pid", d.pid())
+		return d, nil
+	}
+	if err := prepareUAPI(name, log); err != nil {
+		return nil, err
+	}
+	if err := checkLinkFree(name); err != nil {
+		return nil, err
+	}
+	if err := b.start(name, opts, log); err != nil {
+		return nil, err
+	}
+	d := newProcessDevice(name, log)
+	if opts.Owner != "" {
+		if link, err := netlink.LinkByName(name); err == nil {
+			netlink.LinkSetAlias(link, opts.Owner+"wireguard:"+name)
+		}
+	}
+	log.Info("wireguard data plane started", "pid", d.pid(), "mtu", opts.MTU)
+	return d, nil
+}
+
+// serving reports whether a process answers on name's UAPI socket.
+func serving(name string) bool {
+	c, err := net.DialTimeout("unix", uapiSocketPath(name), time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// checkDataplaneLink accepts a running data plane's link only if it is a
+// TUN labelled as ours (owner), or carrying the bare label of a start that
+// was interrupted before it was labelled.
+func checkDataplaneLink(link netlink.Link, owner string) error {
+	name, alias := link.Attrs().Name, link.Attrs().Alias
+	if link.Type() != "tuntap" && link.Type() != "tun" {
+		return fmt.Errorf("a %s link named %q exists and is not a WireGuard data plane's TUN; refusing to adopt it", link.Type(), name)
+	}
+	if alias == "" || (owner != "" && !strings.HasPrefix(alias, owner)) {
+		return fmt.Errorf("a WireGuard data plane serves %q but its link is labelled %q, not by this node (%q); refusing to adopt it (stop it with ip link del %s if it is left over)", name, alias, owner, name)
+	}
+	return nil
+}
+
+// start runs the data plane of name and waits until its UAPI socket
+// answers.
+func (b *dataplaneBackend) start(name string, opts Options, log *slog.Logger) error {
+	args := append(append([]string(nil), b.cfg.Command[1:]...),
+		"--name", name, "--mtu", strconv.Itoa(opts.MTU), "--state", b.cfg.StatePath, "--max-procs", strconv.Itoa(b.cfg.MaxProcs))
+	cmd := exec.Command(b.cfg.Command[0], args...)
+	cmd.Env = append(os.Environ(), b.cfg.Env...)
+	// Its own session: not killed with the daemon, nor by a signal sent to
+	// the daemon's process group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	var logFile *os.File
+	if b.cfg.LogDir != "" {
+		f, err := os.OpenFile(b.cfg.LogDir+"/dataplane-"+name+".log", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+		if err != nil {
+			return fmt.Errorf("open the data plane's log: %w", err)
+		}
+		logFile = f
+		defer f.Close()
+		cmd.Stdout, cmd.Stderr = f, f
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start the WireGuard data plane of %s: %w", name, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reaps it whenever it ends
+	deadline := time.After(15 * time.Second)
+	for !serving(name) {
+		select {
+		case err := <-exited:
+			return fmt.Errorf("the WireGuard data plane of %s exited at start (%v)%s", name, err, tail(logFile))
+		case <-deadline:
+			cmd.Process.Kill()
+			return fmt.Errorf("the WireGuard data plane of %s did not serve its UAPI socket within 15 s%s", name, tail(logFile))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// tail is the end of a data plane's log, for an error message.
+func tail(f *os.File) string {
+	if f == nil {
+		return ""
+	}
+	b, err := os.ReadFile(f.Name())
+	if err != nil || len(b) == 0 {
+		return ""
+	}
+	if len(b) > 2000 {
+		b = b[len(b)-2000:]
+	}
+	return ": " + strings.TrimSpace(string(b))
+}
+
+func deleteLink(name string) error {
+	link, err := netlink.LinkByName(name)
+	if errors.As(err, &netlink.LinkNotFoundError{}) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return netlink.LinkDel(link)
+}
+
+// processDevice is a data plane in another process, configured over its
+// UAPI socket with the same encoder and parser the in-process device uses,
+// so both backends read back identical state (wgctrl's userspace client,
+// for one, reports IPv4 endpoints as IPv4-mapped IPv6).
+type processDevice struct {
+	name   string
+	log    *slog.Logger
+	mu     sync.Mutex // serialises read-plan-apply in Configure
+	closed bool
+}
+
+func newProcessDevice(name string, log *slog.Logger) *processDevice {
+	return &processDevice{name: name, log: log}
+}
+
+// uapiTimeout bounds one UAPI operation: a data plane that accepts but
+// never answers must not hang the daemon. A get of thousands of peers
+// takes milliseconds.
+const uapiTimeout = 10 * time.Second
+
+// uapi runs one operation (request ends in a blank line) and returns the
+// reply up to and including its blank line.
+func (d *processDevice) uapi(request []byte) ([]byte, error) {
+	c, err := net.DialTimeout("unix", uapiSocketPath(d.name), time.Second)
+	if err != nil {
+		return nil, fmt.Errorf("the data plane does not answer: %w", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(uapiTimeout))
+	if _, err := c.Write(request); err != nil {
+		return nil, err
+	}
+	r := bufio.NewReaderSize(c, 64<<10)
+	var reply []byte
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return nil, fmt.Errorf("read the data plane's reply: %w", err)
+		}
+		reply = append(reply, line...)
+		if err == nil && len(line) == 1 {
+			return reply, nil
+		}
+	}
+}
+
+func (d *processDevice) Name() string { return d.name }
+func (d *processDevice) Kind() string { return KindUserspace }
+
+// Survives reports that the device outlives the daemon: closing the
+// daemon leaves it running.
+func (d *processDevice) Survives() bool { return true }
+
+func (d *processDevice) pid() int {
+	c, err := net.DialTimeout("unix", uapiSocketPath(d.name), time.Second)
+	if err != nil {
+		return 0
+	}
+	defer c.Close()
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0
+	}
+	var pid int
+	raw.Control(func(fd uintptr) {
+		if cred, err := syscall.GetsockoptUcred(int(fd), syscall.SOL_SOCKET, syscall.SO_PEERCRED); err == nil {
+			pid = int(cred.Pid)
+		}
+	})
+	return pid
+}
+
+func (d *processDevice) Configure(cfg wgtypes.Config) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return fmt.Errorf("configure wireguard device %q: %w", d.name, net.ErrClosed)
+	}
+	if _, err := encodeUAPISet(cfg); err != nil {
+		return fmt.Errorf("configure wireguard device %q: %w", d.name, err)
+	}
+	if needsCurrent(cfg) {
+		cur, err := d.get()
+		if err != nil {
+			return fmt.Errorf("configure wireguard device %q: %w", d.name, err)
+		}
+		cfg = planConfig(cfg, cur)
+	}
+	body, err := encodeUAPISet(cfg)
+	if err != nil {
+		return fmt.Errorf("configure wireguard device %q: %w", d.name, err)
+	}
+	req := make([]byte, 0, len(body)+8)
+	req = append(append(append(req, "set=1\n"...), body...), '\n')
+	reply, err := d.uapi(req)
+	if err == nil {
+		// The reply is only "errno=N".
+		_, err = parseUAPIGet(reply)
+	}
+	if err != nil {
+		return fmt.Errorf("configure wireguard device %q: %w", d.name, err)
+	}
+	return nil
+}
+
+func (d *processDevice) get() (*wgtypes.Device, error) {
+	reply, err := d.uapi([]byte("get=1\n\n"))
+	if err != nil {
+		return nil, err
+	}
+	dev, err := parseUAPIGet(reply)
+	if err != nil {
+		return nil, err
+	}
+	dev.Name = d.name
+	dev.Type = wgtypes.Userspace
+	return dev, nil
+}
+
+func (d *processDevice) Snapshot() (*wgtypes.Device, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil, fmt.Errorf("read wireguard device %q: %w", d.name, net.ErrClosed)
+	}
+	dev, err := d.get()
+	if err != nil {
+		return nil, fmt.Errorf("read wireguard device %q: %w", d.name, err)
+	}
+	sortPeers(dev.Peers)
+	return dev, nil
+}
+
+// Close ends the data plane: deleting its link makes the process end.
+func (d *processDevice) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
+	if err := deleteLink(d.name); err != nil {
+		return fmt.Errorf("delete the link of wireguard data plane %q: %w", d.name, err)
+	}
+	// The socket goes with the process; give it a moment.
+	for range 100 {
+		if !serving(d.name) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	d.log.Info("wireguard data plane stopped")
+	return nil
+}
+
+// RunDataplane is the data plane process: it runs one userspace device
+// until its link is deleted, it receives SIGTERM or SIGINT, or the state
+// file is gone. args are the flags after DataplaneCommandName.
+func RunDataplane(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet(DataplaneCommandName, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	name := fs.String("name", "", "device name")
+	mtu := fs.Int("mtu", DefaultMTU, "MTU")
+	state := fs.String("state", "", "the daemon's state file: end when it is gone")
+	maxProcs := fs.Int("max-procs", 0, "GOMAXPROCS (0: default)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *maxProcs > 0 {
+		runtime.GOMAXPROCS(*maxProcs)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("dataplane", *name, "pid", os.Getpid())
+	d, err := userspaceBackend{}.Open(*name, Options{MTU: *mtu, Logger: log})
+	if err != nil {
+		log.Error("cannot start the data plane", "err", err)
+		return 1
+	}
+	ud := d.(*userspaceDevice)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	signal.Ignore(syscall.SIGHUP) // a daemon's terminal going away is not ours
+	check := time.NewTicker(2 * time.Second)
+	defer check.Stop()
+	for {
+		select {
+		case <-ud.dev.Wait():
+			log.Info("the device's link is gone; ending")
+			d.Close()
+			return 0
+		case s := <-sigs:
+			log.Info("ending", "signal", s.String())
+			d.Close()
+			return 0
+		case <-check.C:
+			if *state != "" {
+				if _, err := os.Stat(*state); errors.Is(err, os.ErrNotExist) {
+					log.Info("the daemon's state file is gone: nothing will adopt this device; ending", "state", *state)
+					d.Close()
+					deleteLink(*name)
+					return 0
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,217 @@
+package wg
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+const dataplaneEnv = "ZLTW_WG_DATAPLANE"
+
+// TestHelperDataplane is not a test: it is the data plane process the
+// detached backend starts when a node process opens a device with it.
+func TestHelperDataplane(t *testing.T) {
+	if os.Getenv(dataplaneEnv) != "1" {
+		t.Skip("data plane process for the detached-backend tests; runs only when they start it")
+	}
+	os.Exit(RunDataplane(flag.Args(), os.Stderr))
+}
+
+// testDataplaneBackend runs data planes as this test binary's
+// TestHelperDataplane.
+func testDataplaneBackend(logDir string, log *slog.Logger) (Backend, error) {
+	return NewDataplaneBackend(DataplaneConfig{
+		Command: []string{os.Args[0], "-test.run=^TestHelperDataplane$", "-test.count=1", "--"},
+		Env:     []string{dataplaneEnv + "=1"},
+		LogDir:  logDir,
+		Logger:  log,
+	})
+}
+
+// killNetnsProcs ends every process left in ns (a data plane outlives the
+// node process that started it, by design) before the namespace goes.
+func killNetnsProcs(ns string) {
+	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			exec.Command("kill", "-9", strconv.Itoa(pid)).Run()
+		}
+	}
+}
+
+// dataplanePIDIn is the pid of the data plane process running in ns, or 0.
+func dataplanePIDIn(ns string) int {
+	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
+	for _, f := range strings.Fields(string(out)) {
+		cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
+		if strings.Contains(string(cmdline), "TestHelperDataplane") {
+			pid, _ := strconv.Atoi(f)
+			return pid
+		}
+	}
+	return 0
+}
+
+// A device opened with the detached backend keeps carrying packets and
+// its session when the process that opened it dies; the next opener adopts
+// it, reads it back exactly as the in-process backend would, configures
+// it, and ends it with Close.
+func TestDataplaneOutlivesItsOpener(t *testing.T) {
+	requireRoot(t, "ping", "wg")
+	r := randHex(t, 6)
+	nsA, nsB := "zltw-"+r+"-a", "zltw-"+r+"-b"
+	newNetns(t, nsA)
+	newNetns(t, nsB)
+	t.Cleanup(func() { killNetnsProcs(nsA) })
+	vethA, vethB := "zltw"+r+"va", "zltw"+r+"vb"
+	run(t, "ip", "link", "add", vethA, "netns", nsA, "type", "veth", "peer", "name", vethB, "netns", nsB)
+	run(t, "ip", "-n", nsA, "addr", "add", "10.201.0.1/24", "dev", vethA)
+	run(t, "ip", "-n", nsB, "addr", "add", "10.201.0.2/24", "dev", vethB)
+	run(t, "ip", "-n", nsA, "link", "set", vethA, "up")
+	run(t, "ip", "-n", nsB, "link", "set", vethB, "up")
+	keyA, _ := GenerateKey()
+	keyB, _ := GenerateKey()
+	devA, devB := "zltw"+r+"a", "zltw"+r+"b"
+	logDir := t.TempDir()
+
+	openA := func() *node {
+		n := startNode(t, nsA)
+		n.must(nodeRequest{Op: "open", Name: devA, Dataplane: true, LogDir: logDir})
+		n.dev = devA
+		return n
+	}
+	a := openA()
+	b := startNode(t, nsB)
+	b.open(devB)
+	for _, side := range []struct {
+		n              *node
+		key, peer      wgtypes.Key
+		endpoint, addr string
+		allowed        string
+	}{
+		{a, keyA, keyB.PublicKey(), "10.201.0.2", "10.202.0.1/24", "10.202.0.2/32"},
+		{b, keyB, keyA.PublicKey(), "10.201.0.1", "10.202.0.2/24", "10.202.0.1/32"},
+	} {
+		side.n.configure(wgtypes.Config{
+			PrivateKey: &side.key,
+			ListenPort: new(wgPort),
+			Peers: []wgtypes.PeerConfig{{
+				PublicKey:  side.peer,
+				Endpoint:   mustUDPAddr(t, side.endpoint+":51820"),
+				AllowedIPs: []net.IPNet{mustCIDR(t, side.allowed)},
+			}},
+		})
+		side.n.must(nodeRequest{Op: "addr", CIDR: side.addr})
+	}
+	if err := ping(nsB, "10.202.0.1"); err != nil {
+		t.Fatal(err)
+	}
+	pid := dataplanePIDIn(nsA)
+	if pid == 0 {
+		t.Fatal("no data plane process runs in a's namespace")
+	}
+	link, err := linkIn(nsA, devA)
+	if err != nil || link.Alias != testOwner+kernelLabel+devA {
+		t.Fatalf("data plane link: %+v, %v; want it labelled %q", link, err, testOwner+kernelLabel+devA)
+	}
+	before := a.peer(keyB.PublicKey())
+
+	// The opener dies without closing anything: pings keep arriving.
+	pinged := make(chan string, 1)
+	go func() {
+		out, _ := exec.Command("ip", "netns", "exec", nsB, "ping", "-c", "100", "-i", "0.02", "-W", "2", "-n", "-q", "10.202.0.1").CombinedOutput()
+		pinged <- string(out)
+	}()
+	time.Sleep(500 * time.Millisecond)
+	a.CallUntilExit("crash", nodeRequest{Op: "crash"}, 10*time.Second)
+	a = openA()
+	if out := <-pinged; !strings.Contains(out, "100 packets transmitted, 100 received") {
+		t.Fatalf("100 pings across the opener's death and a new opener:\n%s", out)
+	}
+	if got := dataplanePIDIn(nsA); got != pid {
+		t.Fatalf("data plane process %d after the new open, was %d: recreated, not adopted", got, pid)
+	}
+	after := a.peer(keyB.PublicKey())
+	// Same session, and read back as the in-process device reads it: a
+	// plain IPv4 endpoint, not an IPv4-mapped IPv6 one.
+	if !after.LastHandshakeTime.Equal(before.LastHandshakeTime) {
+		t.Errorf("handshake %v after adoption, was %v: the session was renewed", after.LastHandshakeTime, before.LastHandshakeTime)
+	}
+	if after.Endpoint.String() != "10.201.0.2:51820" || after.ReceiveBytes < before.ReceiveBytes {
+		t.Errorf("adopted peer: endpoint %v rx %d (was %d)", after.Endpoint, after.ReceiveBytes, before.ReceiveBytes)
+	}
+
+	// Configuring the adopted device works, and wg(8) sees it.
+	a.configure(wgtypes.Config{Peers: []wgtypes.PeerConfig{{
+		PublicKey: keyB.PublicKey(), UpdateOnly: true, ReplaceAllowedIPs: true,
+		AllowedIPs: []net.IPNet{mustCIDR(t, "10.202.0.2/32"), mustCIDR(t, "10.203.0.0/16")},
+	}}})
+	if show := run(t, "ip", "netns", "exec", nsA, "wg", "show", devA, "allowed-ips"); !strings.Contains(show, "10.203.0.0/16") {
+		t.Errorf("wg show after configuring the adopted device:\n%s", show)
+	}
+	// Close ends the data plane and its link.
+	a.must(nodeRequest{Op: "close"})
+	deadline := time.Now().Add(10 * time.Second)
+	for dataplanePIDIn(nsA) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the data plane still runs after Close")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := linkIn(nsA, devA); err == nil {
+		t.Error("the data plane's link is still there after Close")
+	}
+}
+
+// A data plane labelled by another identity is not adopted.
+func TestDataplaneOfAnotherOwnerIsRefused(t *testing.T) {
+	requireRoot(t)
+	r := randHex(t, 6)
+	ns := "zltw-" + r + "-o"
+	newNetns(t, ns)
+	t.Cleanup(func() { killNetnsProcs(ns) })
+	dev := "zltw" + r + "o"
+	n := startNode(t, ns)
+	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
+	run(t, "ip", "-n", ns, "link", "set", dev, "alias", otherOwner+kernelLabel+dev)
+	n.CallUntilExit("crash", nodeRequest{Op: "crash"}, 10*time.Second)
+	n = startNode(t, ns)
+	resp := n.call(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
+	if !strings.Contains(resp.Err, "refusing to adopt") || !strings.Contains(resp.Err, otherOwner) {
+		t.Fatalf("opening another identity's data plane: %q", resp.Err)
+	}
+	if dataplanePIDIn(ns) == 0 {
+		t.Fatal("the other identity's data plane was stopped")
+	}
+}
+
+func linkIn(ns, name string) (*netlink.LinkAttrs, error) {
+	out, err := exec.Command("ip", "-n", ns, "-o", "link", "show", name).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%v: %s", err, out)
+	}
+	attrs := &netlink.LinkAttrs{Name: name}
+	if _, rest, ok := strings.Cut(string(out), " alias "); ok {
+		attrs.Alias = strings.Fields(rest)[0]
+	}
+	return attrs, nil
+}
+
+func mustUDPAddr(t *testing.T, s string) *net.UDPAddr {
+	t.Helper()
+	a, err := net.ResolveUDPAddr("udp", s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
