@@ -70,6 +70,8 @@ func TestUnitPromises(t *testing.T) {
 		{"Service", "Type", "notify"},
 		{"Service", "NotifyAccess", "main"},
 		{"Service", "KillSignal", "SIGTERM"},
+		// Userspace WireGuard data planes outlive restarts.
+		{"Service", "KillMode", "process"},
 		{"Service", "NoNewPrivileges", "yes"},
 		{"Service", "StateDirectory", "zlayer"},
 		{"Service", "RuntimeDirectory", "wireguard"},

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -25,10 +26,16 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/paths"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/version"
+	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == wg.DataplaneCommandName {
+		// A detached WireGuard data plane (see internal/wg), started by a
+		// daemon: not the daemon.
+		os.Exit(wg.RunDataplane(os.Args[2:], os.Stderr))
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -54,6 +61,7 @@ type options struct {
 	ready func()
 
 	wireguard     string
+	dataplane     string
 	maxProcs      int
 	mtu           int
 	slicePrefix   int
@@ -94,6 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.service, "service", false, "run under the Windows Service Control Manager (ignored elsewhere)")
 	fs.StringVar(&o.pipeAccount, "pipe-account", "", "Windows: the account or group that may open the pipe besides SYSTEM and Administrators (default: group zlayer when it exists); ignored elsewhere")
 	fs.StringVar(&o.wireguard, "wireguard", "auto", "WireGuard backend: auto (kernel when available), kernel or userspace (embedded wireguard-go)")
+	fs.StringVar(&o.dataplane, "dataplane", "process", "where userspace WireGuard devices run (Linux): process (each in a process of its own that outlives daemon restarts, so they lose no packet and keep their sessions) or daemon (inside the daemon; they die with it)")
 	fs.IntVar(&o.maxProcs, "max-procs", 0, "how many CPUs may run the daemon's Go code at once (GOMAXPROCS); 0: half the available CPUs (at least 1) with userspace WireGuard, all of them with kernel WireGuard. The GOMAXPROCS environment variable wins")
 	fs.IntVar(&o.mtu, "mtu", 1420, "MTU of the overlay devices, bridges and container links")
 	fs.IntVar(&o.slicePrefix, "slice-prefix", 0, "prefix length of a self-assigned node slice (default /28, /120 for IPv6)")
@@ -139,6 +148,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	case engine.NodeListenersAuto, engine.NodeListenersOn, engine.NodeListenersOff:
 	default:
 		return o, fmt.Errorf("--dns-node-listeners %q: want auto, on or off", o.dnsNodeListeners)
+	}
+	if o.dataplane != "process" && o.dataplane != "daemon" {
+		return o, fmt.Errorf("--dataplane %q: want process or daemon", o.dataplane)
 	}
 	if o.maxProcs < 0 {
 		return o, fmt.Errorf("--max-procs %d: want 0 (choose) or a number of CPUs", o.maxProcs)
@@ -224,7 +236,7 @@ func serve(o options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	applyMaxProcs(o.maxProcs, cfg.WG, log)
+	applyMaxProcs(o.maxProcs, cfg.WG, o.dataplane == "process" && runtime.GOOS == "linux", log)
 	if o.dns {
 		dcfg, closeDNS, err := newDNS(o, log)
 		if err != nil {

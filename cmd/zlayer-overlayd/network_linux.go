@@ -3,10 +3,12 @@ package main
 import (
 	"log/slog"
 	"path/filepath"
+	"runtime"
 
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
 	"github.com/zlayer/zlayer-overlayd/internal/firewall"
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
+	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 )
 
@@ -24,6 +26,19 @@ func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(),
 	backend, err := wg.NewBackend(o.wireguard, log)
 	if err != nil {
 		return closers, err
+	}
+	if backend.Kind() == wg.KindUserspace && o.dataplane == "process" {
+		// Each device in a process of its own that outlives the daemon:
+		// restarts lose no packet. It runs with the Ps the data path wants.
+		n, _ := maxProcsFor(o.maxProcs, false, true, runtime.NumCPU())
+		if backend, err = wg.NewDataplaneBackend(wg.DataplaneConfig{
+			StatePath: filepath.Join(o.dataDir, store.FileName),
+			LogDir:    o.dataDir,
+			MaxProcs:  n,
+			Logger:    log,
+		}); err != nil {
+			return closers, err
+		}
 	}
 	cfg.WG = backend
 	if o.firewall {

@@ -43,10 +43,13 @@ func maxProcsFor(flag int, envSet, userspace bool, current int) (n int, set bool
 	return n, n != current
 }
 
-// applyMaxProcs sets GOMAXPROCS once the WireGuard backend is known.
-func applyMaxProcs(flag int, backend wg.Backend, log *slog.Logger) {
+// applyMaxProcs sets GOMAXPROCS once the WireGuard backend is known. With
+// the data plane in processes of its own (detached), the daemon runs only
+// the control plane and DNS, which are not tuned here, and --max-procs
+// applies to the data planes (network_linux.go).
+func applyMaxProcs(flag int, backend wg.Backend, detached bool, log *slog.Logger) {
 	_, envSet := os.LookupEnv("GOMAXPROCS")
-	userspace := backend != nil && backend.Kind() == wg.KindUserspace
+	userspace := backend != nil && backend.Kind() == wg.KindUserspace && !detached
 	n, set := maxProcsFor(flag, envSet, userspace, runtime.GOMAXPROCS(0))
 	if set {
 		runtime.GOMAXPROCS(n)

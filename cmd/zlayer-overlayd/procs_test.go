@@ -48,16 +48,21 @@ func TestApplyMaxProcs(t *testing.T) {
 	}
 	log := slog.New(slog.DiscardHandler)
 
-	applyMaxProcs(0, backend, log)
+	// The data plane in processes of their own: the daemon keeps every P.
+	applyMaxProcs(0, backend, true, log)
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Errorf("detached data plane, %d Ps before: GOMAXPROCS = %d", before, got)
+	}
+	applyMaxProcs(0, backend, false, log)
 	if got, want := runtime.GOMAXPROCS(0), max(1, before/2); got != want {
 		t.Errorf("userspace backend, %d Ps before: GOMAXPROCS = %d, want %d", before, got, want)
 	}
-	applyMaxProcs(3, backend, log)
+	applyMaxProcs(3, backend, false, log)
 	if got := runtime.GOMAXPROCS(0); got != 3 {
 		t.Errorf("--max-procs 3: GOMAXPROCS = %d", got)
 	}
 	t.Setenv("GOMAXPROCS", "3")
-	applyMaxProcs(1, backend, log)
+	applyMaxProcs(1, backend, false, log)
 	if got := runtime.GOMAXPROCS(0); got != 3 {
 		t.Errorf("with GOMAXPROCS in the environment, --max-procs 1 changed GOMAXPROCS to %d", got)
 	}

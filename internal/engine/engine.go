@@ -276,7 +276,10 @@ func (e *Engine) Close() {
 		var devs []*device
 		e.locked(func() { devs = e.devicesLocked() })
 		for _, d := range devs {
-			if d.wg.Kind() == wg.KindUserspace {
+			// A userspace device in the daemon's process dies with it:
+			// close it cleanly. A kernel device, or one whose data plane
+			// runs in a process of its own, stays for the next start.
+			if d.wg.Kind() == wg.KindUserspace && !wg.Survives(d.wg) {
 				if err := d.wg.Close(); err != nil {
 					e.log.Warn("closing wireguard device", "device", d.Name(), "err", err)
 				}

@@ -20,8 +20,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -200,11 +202,20 @@ func (l *Lab) Close() {
 		if n.logFile != nil {
 			n.logFile.Close()
 		}
+		// What the daemon left running in the node: its detached WireGuard
+		// data planes (they outlive the daemon by design).
+		killNetnsProcs(n.NS)
 	}
 	if l.opts.KeepLogs || failed(l.t) {
 		for _, n := range nodes {
 			if b, err := os.ReadFile(n.LogPath()); err == nil {
 				l.t.Logf("=== daemon log of node %s ===\n%s", n.Name, b)
+			}
+			logs, _ := filepath.Glob(filepath.Join(n.DataDir, "dataplane-*.log"))
+			for _, p := range logs {
+				if b, err := os.ReadFile(p); err == nil {
+					l.t.Logf("=== %s of node %s ===\n%s", filepath.Base(p), n.Name, b)
+				}
 			}
 		}
 	}
@@ -311,4 +322,22 @@ func (l *Lab) AddOutsider(name string, n int, via *Node, prefixes ...netip.Prefi
 		l.must("ip", "-n", h.NS, "route", "add", p.Masked().String(), "via", via.Underlay.String())
 	}
 	return h
+}
+
+// killNetnsProcs SIGKILLs every process in network namespace ns and waits
+// (briefly) until none is left.
+func killNetnsProcs(ns string) {
+	for range 50 {
+		out, err := run("ip", "netns", "pids", ns)
+		pids := strings.Fields(out)
+		if err != nil || len(pids) == 0 {
+			return
+		}
+		for _, p := range pids {
+			if pid, err := strconv.Atoi(p); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
