@@ -231,8 +231,11 @@ func TestDNSIsNotAnOpenResolver(t *testing.T) {
 // (internal/lab), the test build helper (internal/testbin) and the
 // benchmark harness (bench/, which drives iperf3, dnsperf and the peers we
 // compare with and is never part of the daemon), no Go file of the module
-// may start a process at all. Everything goes through
-// netlink, nftables and wgctrl, so there is no command line to inject into.
+// may start a process at all, with one exception, from exactly one call:
+// overlayctl doctor (internal/doctor, never part of the daemon) runs
+// iptables-legacy-save with a fixed command line to read a legacy firewall
+// nftables cannot show. Everything else goes through netlink, nftables and
+// wgctrl, so there is no command line to inject into.
 func TestNoProcessIsStartedOutsideTestHelpers(t *testing.T) {
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..")
@@ -243,6 +246,8 @@ func TestNoProcessIsStartedOutsideTestHelpers(t *testing.T) {
 		"syscall":               {"Exec": true, "ForkExec": true, "StartProcess": true},
 		"golang.org/x/sys/unix": {"Exec": true},
 	}
+	// The processes that may be started, and the call sites starting them.
+	exceptions := map[string]int{"internal/doctor/host_linux.go": 0}
 	checked := 0
 	err := filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
 		if err != nil {
@@ -271,7 +276,7 @@ func TestNoProcessIsStartedOutsideTestHelpers(t *testing.T) {
 				name = imp.Name.Name
 			}
 			names[name] = p
-			if p == "os/exec" {
+			if _, ok := exceptions[filepath.ToSlash(rel)]; p == "os/exec" && !ok {
 				t.Errorf("%s imports os/exec", rel)
 			}
 		}
@@ -281,7 +286,11 @@ func TestNoProcessIsStartedOutsideTestHelpers(t *testing.T) {
 				return true
 			}
 			if pkg, ok := sel.X.(*ast.Ident); ok && forbidden[names[pkg.Name]][sel.Sel.Name] {
-				t.Errorf("%s: %s.%s starts a process", rel, names[pkg.Name], sel.Sel.Name)
+				if _, ok := exceptions[filepath.ToSlash(rel)]; ok && names[pkg.Name] == "os/exec" && sel.Sel.Name == "Command" {
+					exceptions[filepath.ToSlash(rel)]++
+				} else {
+					t.Errorf("%s: %s.%s starts a process", rel, names[pkg.Name], sel.Sel.Name)
+				}
 			}
 			return true
 		})
@@ -289,6 +298,11 @@ func TestNoProcessIsStartedOutsideTestHelpers(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for file, calls := range exceptions {
+		if calls != 1 {
+			t.Errorf("%s starts a process in %d places; its exception allows exactly one", file, calls)
+		}
 	}
 	if checked < 50 {
 		t.Fatalf("only %d Go files checked; is the module root %s right?", checked, root)
