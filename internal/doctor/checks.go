@@ -94,7 +94,7 @@ func Bridges(h Host, s protocol.StatusSnapshot, up bool) Result {
 		return r
 	}
 	if n > 0 {
-		r.Status, r.Message = OK, fmt.Sprintf("%d service bridges present", n)
+		r.Status, r.Message = OK, count(n, "service bridge")+" present"
 		return r
 	}
 	loaded, available, err := h.Module("bridge")
@@ -314,7 +314,7 @@ func MTU(h Host, s protocol.StatusSnapshot) Result {
 		return r
 	}
 	r.Status = OK
-	r.Message = fmt.Sprintf("overlay %d; bridges fit; underlay path to %d peers fits with WireGuard's overhead", overlay, checked)
+	r.Message = fmt.Sprintf("overlay %d; bridges fit; the underlay path to %s fits with WireGuard's overhead", overlay, count(checked, "peer"))
 	return r
 }
 
@@ -383,11 +383,12 @@ func DNS(ctx context.Context, h Host, s protocol.StatusSnapshot) Result {
 		r.Fix = "status.warnings and the daemon's log say why a listener could not bind (a port taken by another resolver, such as systemd-resolved or dnsmasq on 0.0.0.0:53); the daemon retries on every reconcile"
 		return r
 	}
+	zone := strings.TrimSuffix(s.DNS.Zone, ".")
 	if len(good) == 0 {
-		r.Status, r.Message = OK, "no bridge gateways yet; zone "+s.DNS.Zone
+		r.Status, r.Message = OK, "no bridge gateways yet; zone "+zone
 		return r
 	}
-	r.Status, r.Message = OK, "zone "+s.DNS.Zone+" answers on "+strings.Join(good, ", ")
+	r.Status, r.Message = OK, "zone "+zone+" answers on "+strings.Join(good, ", ")
 	return r
 }
 
@@ -434,9 +435,9 @@ func Peers(s protocol.StatusSnapshot, now time.Time) Result {
 		return r
 	}
 	r.Status = OK
-	r.Message = fmt.Sprintf("%d peers, every one with a recent handshake", len(all))
+	r.Message = count(len(all), "peer") + ", every one with a recent handshake"
 	if idle > 0 {
-		r.Message = fmt.Sprintf("%d peers with a handshake; %d idle (no keepalive, no traffic lately)", len(all), idle)
+		r.Message = fmt.Sprintf("%s with a handshake; %d idle (no keepalive, no traffic lately)", count(len(all), "peer"), idle)
 	}
 	return r
 }
@@ -485,4 +486,11 @@ func Age(now time.Time, unix int64) string {
 	default:
 		return fmt.Sprintf("%dd", int(d.Hours()/24))
 	}
+}
+
+func count(n int, what string) string {
+	if n == 1 {
+		return "1 " + what
+	}
+	return fmt.Sprintf("%d %ss", n, what)
 }
