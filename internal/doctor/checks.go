@@ -149,8 +149,14 @@ func families(s protocol.StatusSnapshot) (v4, v6 bool) {
 		}
 	}
 	note(s.OverlayCIDR)
+	for _, c := range s.OverlayCIDRs { // dual-stack: every family
+		note(c)
+	}
 	for _, svc := range s.Services {
 		note(svc.Subnet)
+		for _, sub := range svc.Subnets {
+			note(sub)
+		}
 	}
 	return v4, v6
 }

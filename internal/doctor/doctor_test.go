@@ -320,3 +320,17 @@ func TestAge(t *testing.T) {
 		t.Error("Age of 0 is not never")
 	}
 }
+
+// A dual-stack overlay needs forwarding of both families.
+func TestForwardingOfEveryFamily(t *testing.T) {
+	s, h := healthy()
+	s.OverlayCIDRs = []string{"10.200.0.0/16", "fd00:200::/56"}
+	h.sysctls["net/ipv6/conf/all/forwarding"] = "0"
+	if r := Forwarding(h, s); r.Status != Fail || !strings.Contains(r.Message, "net.ipv6.conf.all.forwarding") {
+		t.Fatalf("IPv6 forwarding off in a dual-stack overlay: %+v", r)
+	}
+	h.sysctls["net/ipv6/conf/all/forwarding"] = "1"
+	if r := Forwarding(h, s); r.Status != OK {
+		t.Fatalf("both on: %+v", r)
+	}
+}
