@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -173,6 +175,21 @@ func normalizeResponse(r Response) Response {
 		}
 		return v
 	case *HelloResult:
+		return normalizeResponse(*v)
+	case DNSRecords:
+		if v.Records == nil {
+			v.Records = []DNSRecord{}
+		}
+		if slices.ContainsFunc(v.Records, func(r DNSRecord) bool { return r.IPs == nil }) {
+			v.Records = slices.Clone(v.Records)
+			for i := range v.Records {
+				if v.Records[i].IPs == nil {
+					v.Records[i].IPs = []netip.Addr{}
+				}
+			}
+		}
+		return v
+	case *DNSRecords:
 		return normalizeResponse(*v)
 	}
 	return r

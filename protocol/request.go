@@ -178,6 +178,19 @@ type Hello struct {
 // FeatureDNS in Hello.Features hands the node's DNS addresses to overlayd.
 const FeatureDNS = "dns"
 
+// ListDNS (extension) asks for every name of the cluster zone with its
+// addresses: what register_dns put there. Read-only.
+type ListDNS struct{}
+
+// Backup (extension) asks the daemon to write a consistent copy of its
+// state file to Path while it keeps serving. Path is absolute and names a
+// file in a directory only root (or the daemon's user) can write; the
+// copy is created mode 0600, owned by the daemon's user. Only root and the
+// daemon's own user may ask: the state holds private keys.
+type Backup struct {
+	Path string `json:"path"`
+}
+
 func (SetLocalNodeID) Op() string         { return "set_local_node_id" }
 func (SetLocalWGPubkey) Op() string       { return "set_local_wg_pubkey" }
 func (SetupGlobalOverlay) Op() string     { return "setup_global_overlay" }
@@ -198,6 +211,8 @@ func (Status) Op() string                 { return "status" }
 func (NATTick) Op() string                { return "nat_tick" }
 func (Shutdown) Op() string               { return "shutdown" }
 func (Hello) Op() string                  { return "hello" }
+func (ListDNS) Op() string                { return "list_dns" }
+func (Backup) Op() string                 { return "backup" }
 
 // requestTypes maps every op to a constructor of its zero value; the decoder
 // and the golden tests use it, so a new op is registered exactly once.
@@ -222,6 +237,8 @@ var requestTypes = map[string]func() Request{
 	"nat_tick":                 func() Request { return &NATTick{} },
 	"shutdown":                 func() Request { return &Shutdown{} },
 	"hello":                    func() Request { return &Hello{} },
+	"list_dns":                 func() Request { return &ListDNS{} },
+	"backup":                   func() Request { return &Backup{} },
 }
 
 // Ops lists every op this package can decode, reference ops first.
@@ -232,6 +249,6 @@ func Ops() []string {
 		"allocate_ip", "release_ip", "attach_container", "detach_container",
 		"add_peer", "remove_peer", "add_allowed_ip", "remove_allowed_ip",
 		"register_dns", "unregister_dns", "status", "nat_tick", "shutdown",
-		"hello",
+		"hello", "list_dns", "backup",
 	}
 }

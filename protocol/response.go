@@ -245,6 +245,26 @@ type FirewallStatus struct {
 	Masquerade bool   `json:"masquerade"`
 }
 
+// DNSRecords (extension) answers list_dns: the zone and every name in it
+// (fully qualified, sorted) with its addresses.
+type DNSRecords struct {
+	Zone    string      `json:"zone"`
+	Records []DNSRecord `json:"records"`
+}
+
+// DNSRecord is one name of the cluster zone.
+type DNSRecord struct {
+	Name string       `json:"name"`
+	IPs  []netip.Addr `json:"ips"`
+}
+
+// BackupDone (extension) answers backup: where the copy was written and
+// how many bytes it has.
+type BackupDone struct {
+	Path  string `json:"path"`
+	Bytes int64  `json:"bytes"`
+}
+
 func (OK) Result() string             { return "ok" }
 func (IP) Result() string             { return "ip" }
 func (Attached) Result() string       { return "attached" }
@@ -254,6 +274,8 @@ func (StatusResult) Result() string   { return "status" }
 func (ServiceOverlay) Result() string { return "service_overlay" }
 func (Err) Result() string            { return "err" }
 func (HelloResult) Result() string    { return "hello" }
+func (DNSRecords) Result() string     { return "dns_records" }
+func (BackupDone) Result() string     { return "backup" }
 
 var responseTypes = map[string]func() Response{
 	"ok":              func() Response { return &OK{} },
@@ -265,6 +287,8 @@ var responseTypes = map[string]func() Response{
 	"service_overlay": func() Response { return &ServiceOverlay{} },
 	"err":             func() Response { return &Err{} },
 	"hello":           func() Response { return &HelloResult{} },
+	"dns_records":     func() Response { return &DNSRecords{} },
+	"backup":          func() Response { return &BackupDone{} },
 }
 
 // Event is an unsolicited notification from overlayd (tag "event").

@@ -1,12 +1,13 @@
-// Command overlayctl is the operator's window into zlayer-overlayd: status,
-// a live event stream, and raw requests.
+// Command overlayctl is the operator's window into zlayer-overlayd: the
+// overlay at a glance (status), its peers, services, containers and DNS
+// names as tables, a diagnosis (doctor), a hot backup of the state file,
+// a live event stream, raw requests, and shell completion.
 package main
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -16,69 +17,131 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/zlayer/zlayer-overlayd/client"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
-
-const usage = `usage: overlayctl [--socket PATH | --data-dir DIR] [--timeout D] COMMAND
-
-commands:
-  status [--json]        show the overlay (a table, or the raw status result)
-  watch [--json]         print events as the daemon pushes them (Ctrl-C to stop)
-  call '<request json>'  send one request, e.g. '{"op":"status"}', print the response
-  hello                  show the daemon's protocol version and features
-`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("overlayctl", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usage) }
-	socket := fs.String("socket", "", "daemon socket (default: derived from --data-dir like the daemon does)")
-	dataDir := fs.String("data-dir", "", "the daemon's --data-dir, to find its default socket")
-	timeout := fs.Duration("timeout", 10*time.Second, "how long to wait for the daemon")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
+// usageError is a command line that cannot be run as given: exit status 2.
+type usageError struct{ error }
+
+// quietError has already been reported (doctor's findings): exit status 1
+// without another line.
+type quietError struct{ error }
+
+// globals are the flags every command takes.
+type globals struct {
+	socket  string
+	dataDir string
+	timeout time.Duration
+	stdout  io.Writer
+	stderr  io.Writer
+}
+
+// path is the daemon's socket: --socket, else derived from --data-dir as
+// the daemon does, else the default.
+func (g *globals) path() string {
+	switch {
+	case g.socket != "":
+		return g.socket
+	case g.dataDir != "":
+		return client.SocketFor(g.dataDir)
 	}
-	if fs.NArg() == 0 {
-		fs.Usage()
-		return 2
-	}
-	path := *socket
-	if path == "" {
-		if *dataDir != "" {
-			path = client.SocketFor(*dataDir)
-		} else {
-			path = client.DefaultSocket()
-		}
-	}
-	cmd, rest := fs.Arg(0), fs.Args()[1:]
-	var err error
-	switch cmd {
-	case "status":
-		err = cmdStatus(path, *timeout, rest, stdout)
-	case "watch":
-		err = cmdWatch(path, *timeout, rest, stdout)
-	case "call":
-		err = cmdCall(path, *timeout, rest, stdout)
-	case "hello":
-		err = cmdCall(path, *timeout, []string{`{"op":"hello"}`}, stdout)
-	default:
-		fmt.Fprintf(stderr, "overlayctl: unknown command %q\n", cmd)
-		fs.Usage()
-		return 2
-	}
+	return client.DefaultSocket()
+}
+
+// dial connects within the timeout; ctx bounds the whole command.
+func (g *globals) dial() (context.Context, context.CancelFunc, *client.Client, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), g.timeout)
+	c, err := connect(ctx, g.path())
 	if err != nil {
+		cancel()
+		return nil, nil, nil, err
+	}
+	return ctx, cancel, c, nil
+}
+
+func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	g := &globals{stdout: stdout, stderr: stderr}
+	root := &cobra.Command{
+		Use:   "overlayctl",
+		Short: "Look into and look after zlayer-overlayd",
+		Long: `overlayctl talks to the zlayer-overlayd of this node over its socket.
+
+Without --socket or --data-dir it uses the paths the ZLayer main daemon
+expects ($ZLAYER_DATA_DIR, else /var/lib/zlayer with the socket at
+/var/run/zlayer-overlayd.sock as root).`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cmd.SetOut(stderr)
+			cmd.Usage()
+			return usageError{errors.New("a command is needed")}
+		},
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&g.socket, "socket", "", "daemon socket (default: derived from --data-dir like the daemon does)")
+	pf.StringVar(&g.dataDir, "data-dir", "", "the daemon's --data-dir, to find its default socket")
+	pf.DurationVar(&g.timeout, "timeout", 10*time.Second, "how long to wait for the daemon")
+	root.MarkPersistentFlagDirname("data-dir")
+
+	root.AddGroup(&cobra.Group{ID: "look", Title: "Looking:"}, &cobra.Group{ID: "care", Title: "Looking after:"})
+	for _, c := range []*cobra.Command{statusCmd(g), peersCmd(g), servicesCmd(g), containersCmd(g), dnsCmd(g), watchCmd(g)} {
+		c.GroupID = "look"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{doctorCmd(g), backupCmd(g), callCmd(g), helloCmd(g)} {
+		c.GroupID = "care"
+		root.AddCommand(c)
+	}
+	return root
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	root := newRoot(stdout, stderr)
+	root.SetArgs(args)
+	err := root.Execute()
+	var usage usageError
+	var quiet quietError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &quiet):
+		return 1
+	case errors.As(err, &usage), strings.HasPrefix(err.Error(), "unknown command"), strings.HasPrefix(err.Error(), "unknown flag"):
+		fmt.Fprintln(stderr, "overlayctl:", err)
+		fmt.Fprintln(stderr, "see overlayctl --help")
+		return 2
+	default:
 		fmt.Fprintln(stderr, "overlayctl:", err)
 		return 1
 	}
-	return 0
+}
+
+// exactArgs is cobra.ExactArgs as a usage error.
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageError{fmt.Errorf("%s takes %s", cmd.Name(), what)}
+		}
+		return nil
+	}
+}
+
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments, got %q", cmd.Name(), strings.Join(args, " "))}
+	}
+	return nil
 }
 
 // connect fails fast with a useful message when nobody listens, instead of
@@ -92,20 +155,54 @@ func connect(ctx context.Context, path string) (*client.Client, error) {
 	return client.Dial(ctx, path)
 }
 
-func cmdCall(path string, timeout time.Duration, args []string, stdout io.Writer) error {
-	if len(args) != 1 {
-		return errors.New(`call takes one argument, the request object, e.g. '{"op":"status"}'`)
+// status reads the daemon's status.
+func (g *globals) status() (protocol.StatusSnapshot, error) {
+	ctx, cancel, c, err := g.dial()
+	if err != nil {
+		return protocol.StatusSnapshot{}, err
 	}
-	req := []byte(args[0])
+	defer cancel()
+	defer c.Close()
+	return c.Status(ctx)
+}
+
+// printJSON writes v indented, as kubectl -o json does.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	return enc.Encode(v)
+}
+
+func callCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "call REQUEST",
+		Short: `Send one request, e.g. '{"op":"status"}', and print the response`,
+		Args:  exactArgs(1, `one argument, the request object, e.g. '{"op":"status"}'`),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.call([]byte(args[0]))
+		},
+	}
+}
+
+func helloCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "hello",
+		Short: "Show the daemon's protocol version and features",
+		Args:  noArgs,
+		RunE:  func(cmd *cobra.Command, args []string) error { return g.call([]byte(`{"op":"hello"}`)) },
+	}
+}
+
+func (g *globals) call(req []byte) error {
 	if !json.Valid(req) {
 		return errors.New("the request is not valid JSON")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	c, err := connect(ctx, path)
+	ctx, cancel, c, err := g.dial()
 	if err != nil {
 		return err
 	}
+	defer cancel()
 	defer c.Close()
 	resp, err := c.DoRaw(ctx, req)
 	if err != nil {
@@ -115,40 +212,38 @@ func cmdCall(path string, timeout time.Duration, args []string, stdout io.Writer
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, string(b))
+	fmt.Fprintln(g.stdout, string(b))
 	if e, ok := resp.(protocol.Err); ok {
 		return fmt.Errorf("the daemon answered err: %s", e.Message)
 	}
 	return nil
 }
 
-func cmdStatus(path string, timeout time.Duration, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("status", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print the status result as JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
+func statusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show the overlay: device, addresses, peers, services, containers",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			s, err := g.status()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				b, err := protocol.MarshalResponse(protocol.StatusResult{StatusSnapshot: s})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(g.stdout, string(b))
+				return nil
+			}
+			printStatus(g.stdout, s, time.Now())
+			return nil
+		},
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	c, err := connect(ctx, path)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	s, err := c.Status(ctx)
-	if err != nil {
-		return err
-	}
-	if *asJSON {
-		b, err := protocol.MarshalResponse(protocol.StatusResult{StatusSnapshot: s})
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(stdout, string(b))
-		return nil
-	}
-	printStatus(stdout, s, time.Now())
-	return nil
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status result as JSON (the wire form)")
+	return cmd
 }
 
 func printStatus(w io.Writer, s protocol.StatusSnapshot, now time.Time) {
@@ -189,107 +284,83 @@ func printStatus(w io.Writer, s protocol.StatusSnapshot, now time.Time) {
 		row("nat reflexive", strings.Join(s.NAT.ReflexiveAddrs, " "))
 		row("nat behaviour", s.NAT.Behaviour)
 	}
+	if s.LastReconcile > 0 {
+		row("last reconcile", ago(now, s.LastReconcile))
+	}
 	row("events dropped", s.EventsDropped)
 	for _, w := range s.Warnings {
 		row("warning", w)
 	}
 	tw.Flush()
 
-	if len(s.Peers) > 0 {
-		table(w, "PEER\tENDPOINT\tALLOWED IPS\tHANDSHAKE\tHEALTHY\tRX\tTX", func(tw io.Writer) {
-			for _, p := range s.Peers {
-				hs := "never"
-				if p.LastHandshakeUnixSecs > 0 {
-					hs = now.Sub(time.Unix(p.LastHandshakeUnixSecs, 0)).Truncate(time.Second).String() + " ago"
-				}
-				healthy := "-"
-				if p.Healthy != nil {
-					healthy = fmt.Sprint(*p.Healthy)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", p.PublicKey, p.Endpoint, p.AllowedIPs, hs, healthy, p.RxBytes, p.TxBytes)
-			}
-		})
+	if peers := allPeers(s); len(peers) > 0 {
+		fmt.Fprintln(w)
+		printPeers(w, peers, now)
 	}
 	if len(s.Services) > 0 {
-		table(w, "SERVICE\tMODE\tDEVICE\tSUBNET\tGATEWAY\tUSED\tFREE", func(tw io.Writer) {
-			for _, sv := range s.Services {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\n", sv.Service, sv.Mode, sv.Bridge, sv.Subnet, sv.Gateway, sv.Used, sv.Free)
-			}
-		})
+		fmt.Fprintln(w)
+		printServices(w, s)
 	}
-	if len(s.Attachments) > 0 {
-		table(w, "CONTAINER\tSERVICE\tIP\tGLOBAL IP\tHOST LINK", func(tw io.Writer) {
-			for _, a := range s.Attachments {
-				gip := "-"
-				if a.GlobalIP.IsValid() {
-					gip = a.GlobalIP.String()
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", a.Handle, a.Service, a.IP, gip, a.HostLink)
-			}
-		})
-	}
-	if len(s.DedicatedServices) > 0 {
-		table(w, "DEDICATED\tINTERFACE\tPORT\tOVERLAY IP\tSUBNET\tPEERS\tPUBLIC KEY", func(tw io.Writer) {
-			for _, d := range s.DedicatedServices {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%s\n", d.Service, d.Interface, d.ListenPort, d.OverlayIP, d.Subnet, d.PeerCount, d.PublicKey)
-			}
-		})
+	if len(s.Attachments)+len(s.Guests) > 0 {
+		fmt.Fprintln(w)
+		printContainers(w, containersOf(s))
 	}
 }
 
-// table prints one section of the status: a blank line, then header and
-// the rows rows writes, aligned in columns.
-func table(w io.Writer, header string, rows func(tw io.Writer)) {
-	fmt.Fprintln(w)
-	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, header)
-	rows(tw)
-	tw.Flush()
+func watchCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "watch",
+		Short: "Print events as the daemon pushes them (Ctrl-C to stop)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			_, cancel, c, err := g.dial()
+			if err != nil {
+				return err
+			}
+			cancel() // the timeout bounds connecting; the stream runs until Ctrl-C
+			defer c.Close()
+			sigs := make(chan os.Signal, 1)
+			signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+			defer signal.Stop(sigs)
+			fmt.Fprintf(g.stderr, "watching %s for events (Ctrl-C to stop)\n", g.path())
+			for {
+				select {
+				case <-sigs:
+					return nil
+				case ev, ok := <-c.Events():
+					if !ok {
+						return nil
+					}
+					if err := printEvent(g.stdout, ev, asJSON); err != nil {
+						return err
+					}
+				}
+			}
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print each event as its JSON frame")
+	return cmd
 }
 
-func cmdWatch(path string, timeout time.Duration, args []string, stdout io.Writer) error {
-	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
-	asJSON := fs.Bool("json", false, "print each event as its JSON frame")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	c, err := connect(ctx, path)
-	cancel()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sigs)
-	fmt.Fprintf(os.Stderr, "watching %s for events (Ctrl-C to stop)\n", path)
-	for {
-		select {
-		case <-sigs:
-			return nil
-		case ev, ok := <-c.Events():
-			if !ok {
-				return nil
-			}
-			if *asJSON {
-				b, err := protocol.MarshalFrame(protocol.EventFrame(ev))
-				if err != nil {
-					return err
-				}
-				fmt.Fprintln(stdout, string(b))
-				continue
-			}
-			ts := time.Now().Format(time.RFC3339)
-			switch e := ev.(type) {
-			case protocol.PeerHealthChanged:
-				fmt.Fprintf(stdout, "%s peer_health_changed pubkey=%s healthy=%t\n", ts, e.Pubkey, e.Healthy)
-			case protocol.NATEndpointChanged:
-				fmt.Fprintf(stdout, "%s nat_endpoint_changed pubkey=%s endpoint=%s\n", ts, e.Pubkey, e.Endpoint)
-			default:
-				b, _ := json.Marshal(ev)
-				fmt.Fprintf(stdout, "%s %s %s\n", ts, ev.Name(), b)
-			}
+func printEvent(w io.Writer, ev protocol.Event, asJSON bool) error {
+	if asJSON {
+		b, err := protocol.MarshalFrame(protocol.EventFrame(ev))
+		if err != nil {
+			return err
 		}
+		fmt.Fprintln(w, string(b))
+		return nil
 	}
+	ts := time.Now().Format(time.RFC3339)
+	switch e := ev.(type) {
+	case protocol.PeerHealthChanged:
+		fmt.Fprintf(w, "%s peer_health_changed pubkey=%s healthy=%t\n", ts, e.Pubkey, e.Healthy)
+	case protocol.NATEndpointChanged:
+		fmt.Fprintf(w, "%s nat_endpoint_changed pubkey=%s endpoint=%s\n", ts, e.Pubkey, e.Endpoint)
+	default:
+		b, _ := json.Marshal(ev)
+		fmt.Fprintf(w, "%s %s %s\n", ts, ev.Name(), b)
+	}
+	return nil
 }

@@ -245,7 +245,14 @@ func serve(o options, log *slog.Logger) error {
 		defer closeDNS()
 		cfg.DNS, cfg.DNSPolicy = dcfg.cfg, dcfg.policy
 	}
-	eng, err := engine.New(cfg)
+	// The metrics registry exists before the engine, which reports its
+	// reconcile passes and firewall failures to it.
+	var eng *engine.Engine
+	reg := o.observe.registry(func() *engine.Engine { return eng }, srv, cfg.DNS)
+	if reg != nil {
+		cfg.Observer = reg
+	}
+	eng, err = engine.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -262,6 +269,14 @@ func serve(o options, log *slog.Logger) error {
 			return fmt.Errorf("cannot identify the caller: %w", err)
 		}
 		return policy.Allow(caller)
+	}
+	// Root and the daemon's own user may ask for what holds private keys
+	// (a backup of the state file); members of group zlayer may not.
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if caller, err := ipc.PeerCaller(c); err == nil && policy.Privileged(caller) {
+			return engine.WithPrivilegedCaller(ctx)
+		}
+		return ctx
 	}
 
 	ln, err := access.Listen(o.socket, log)
@@ -288,7 +303,7 @@ func serve(o options, log *slog.Logger) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 
-	stopObserve, err := o.observe.start(log, eng, srv, cfg.DNS)
+	stopObserve, err := o.observe.start(log, reg, srv)
 	if err != nil {
 		ln.Close()
 		return err

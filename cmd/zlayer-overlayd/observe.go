@@ -22,19 +22,24 @@ import (
 
 // observeOptions are the operator endpoints, both off by default.
 type observeOptions struct {
-	pprofListen   string
-	metricsListen string
+	pprofListen      string
+	metricsListen    string
+	metricsPeerLimit int
 }
 
 func (o *observeOptions) register(fs *flag.FlagSet) {
 	fs.StringVar(&o.pprofListen, "pprof-listen", "", "serve Go's pprof profiles at /debug/pprof/ to root and the daemon's user only: unix:PATH (a 0600 socket) or, on Linux, a loopback host:port; off by default")
 	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (off by default)")
+	fs.IntVar(&o.metricsPeerLimit, "metrics-peer-limit", metrics.DefaultPeerLimit, "how many WireGuard peers get metric series of their own (traffic, handshake age, health); the rest are counted in zlayer_overlayd_peer_series_omitted. 0: none")
 }
 
 // pprofUnixPrefix marks a --pprof-listen that is a Unix socket path.
 const pprofUnixPrefix = "unix:"
 
 func (o *observeOptions) validate() error {
+	if o.metricsPeerLimit < 0 {
+		return fmt.Errorf("--metrics-peer-limit %d: want 0 or more", o.metricsPeerLimit)
+	}
 	if o.pprofListen == "" {
 		return nil
 	}
@@ -128,10 +133,50 @@ func listenPprof(addr string) (net.Listener, error) {
 	return ln, nil
 }
 
-// start starts the endpoints that are enabled and, with metrics on, wraps
-// srv's handler to count requests; call it before srv serves. It returns a
-// function that stops the endpoints.
-func (o *observeOptions) start(log *slog.Logger, eng *engine.Engine, srv *ipc.Server, dnsCfg *engine.DNSConfig) (func(), error) {
+// registry builds the metrics registry when --metrics-listen is set (nil
+// otherwise), before the engine exists, so the engine can report its
+// reconcile passes to it; eng is read at scrape time, once it is set.
+func (o *observeOptions) registry(eng func() *engine.Engine, srv *ipc.Server, dnsCfg *engine.DNSConfig) *metrics.Registry {
+	if o.metricsListen == "" {
+		return nil
+	}
+	src := metrics.Sources{
+		Status: func(ctx context.Context) (protocol.StatusSnapshot, error) {
+			e := eng()
+			if e == nil {
+				return protocol.StatusSnapshot{}, errors.New("the engine is not running yet")
+			}
+			switch r := e.Handle(ctx, protocol.Status{}).(type) {
+			case protocol.StatusResult:
+				return r.StatusSnapshot, nil
+			case protocol.Err:
+				return protocol.StatusSnapshot{}, r
+			default:
+				return protocol.StatusSnapshot{}, fmt.Errorf("status answered %s", r.Result())
+			}
+		},
+		EventsDropped: srv.EventsDropped,
+		ReconcileRuns: func() uint64 {
+			if e := eng(); e != nil {
+				return e.ReconcileRuns()
+			}
+			return 0
+		},
+		PeerLimit: o.metricsPeerLimit,
+	}
+	if src.PeerLimit == 0 {
+		src.PeerLimit = -1 // the flag's 0 means none; Sources' 0 means the default
+	}
+	if dnsCfg != nil && dnsCfg.Server != nil {
+		src.DNS = dnsCfg.Server.Stats
+	}
+	return metrics.New(src)
+}
+
+// start starts the endpoints that are enabled and, with metrics on (reg
+// not nil), wraps srv's handler to count requests; call it before srv
+// serves. It returns a function that stops the endpoints.
+func (o *observeOptions) start(log *slog.Logger, reg *metrics.Registry, srv *ipc.Server) (func(), error) {
 	var servers []*http.Server
 	stop := func() {
 		for _, s := range servers {
@@ -172,25 +217,7 @@ func (o *observeOptions) start(log *slog.Logger, eng *engine.Engine, srv *ipc.Se
 			return nil, err
 		}
 	}
-	if o.metricsListen != "" {
-		src := metrics.Sources{
-			Status: func(ctx context.Context) (protocol.StatusSnapshot, error) {
-				switch r := eng.Handle(ctx, protocol.Status{}).(type) {
-				case protocol.StatusResult:
-					return r.StatusSnapshot, nil
-				case protocol.Err:
-					return protocol.StatusSnapshot{}, r
-				default:
-					return protocol.StatusSnapshot{}, fmt.Errorf("status answered %s", r.Result())
-				}
-			},
-			EventsDropped: srv.EventsDropped,
-			ReconcileRuns: eng.ReconcileRuns,
-		}
-		if dnsCfg != nil && dnsCfg.Server != nil {
-			src.DNS = dnsCfg.Server.Stats
-		}
-		reg := metrics.New(src)
+	if reg != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", reg.Handler())
 		ln, err := net.Listen("tcp", o.metricsListen)

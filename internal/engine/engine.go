@@ -14,10 +14,11 @@
 //     addresses and its routes to what the desired state says, serialised
 //     per device.
 //  2. Domains (global.go, service.go, attach.go, guest.go, windows.go,
-//     peers.go, alloc.go, dnsint.go, fwint.go, natint.go, hooks.go): each
-//     request's steps — validate, lock, commit, apply, answer.
-//  3. Top (engine.go, reconcile.go, monitor.go, status.go): dispatch and
-//     the background passes.
+//     peers.go, alloc.go, dnsint.go, fwint.go, natint.go, hooks.go,
+//     backup.go): each request's steps — validate, lock, commit, apply,
+//     answer.
+//  3. Top (engine.go, reconcile.go, monitor.go, status.go, listing.go):
+//     dispatch, the background passes and what reads across domains.
 //
 // # Lock model
 //
@@ -70,7 +71,7 @@ import (
 )
 
 // Features are the capabilities a hello answer advertises.
-var Features = []string{"hello", "events", "persistent-state", "peer-upsert", "subnet", "private-key", "reconcile", "node-config-key", "dns-delegation"}
+var Features = []string{"hello", "events", "persistent-state", "peer-upsert", "subnet", "private-key", "reconcile", "node-config-key", "dns-delegation", "list-dns", "backup"}
 
 // Config wires an Engine. Store is required; a nil Net or WG makes the
 // operations that need them fail with a clear error (pure-logic tests).
@@ -133,6 +134,9 @@ type Config struct {
 	// Caps describe the platform; HCN attaches Windows containers.
 	Caps Capabilities
 	HCN  HCN
+	// Observer, when set, receives reconcile and firewall measurements
+	// (the metrics endpoint).
+	Observer Observer
 }
 
 // Engine is safe for concurrent use.
@@ -392,6 +396,10 @@ func (e *Engine) dispatch(ctx context.Context, req protocol.Request) (protocol.R
 		return e.unregisterDNS(ctx, r)
 	case protocol.NATTick:
 		return e.natTick(ctx)
+	case protocol.ListDNS:
+		return e.listDNS()
+	case protocol.Backup:
+		return e.backup(ctx, r)
 	case protocol.Shutdown:
 		e.stopping.Store(true)
 		e.shutdownOnce.Do(func() { close(e.shutdownCh) })

@@ -122,6 +122,7 @@ func (e *Engine) syncFirewall(onlyIfDrifted bool) bool {
 		}
 		if err := fw.Delete(e.fw.cfg.Table); err != nil {
 			e.fw.lastErr = err.Error()
+			e.observeFirewallFailure()
 			e.log.Warn("deleting our nftables table", "err", err)
 			return false
 		}
@@ -141,6 +142,7 @@ func (e *Engine) syncFirewall(onlyIfDrifted bool) bool {
 	}
 	if err := fw.Apply(spec); err != nil {
 		e.fw.lastErr = err.Error()
+		e.observeFirewallFailure()
 		e.log.Warn("building our nftables table", "table", spec.Table, "err", err)
 		return false
 	}

@@ -35,14 +35,23 @@ func (e *Engine) reconcileLoop() {
 // Reconcile runs one reconcile pass now (tests and operators).
 func (e *Engine) Reconcile(ctx context.Context) (int, error) { return e.reconcile(ctx, false) }
 
-// reconcile puts the kernel back to the desired state and drops desired
+// reconcile runs one pass and reports how long it took and whether it
+// failed to the observer (metrics).
+func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
+	start := time.Now()
+	n, err := e.reconcilePass(ctx, startup)
+	e.observeReconcile(time.Since(start), err)
+	return n, err
+}
+
+// reconcilePass puts the kernel back to the desired state and drops desired
 // state that can no longer exist (attachments of containers that died).
 // It deletes only links that carry our alias and that nothing wants, and
 // never touches anything else. Every repair takes the locks a request on
 // the same thing would, and every device is brought to the desired state
 // read under its device lock, so a pass never undoes an ok. It returns the
 // number of changes.
-func (e *Engine) reconcile(ctx context.Context, startup bool) (int, error) {
+func (e *Engine) reconcilePass(ctx context.Context, startup bool) (int, error) {
 	if e.cfg.Net == nil {
 		return 0, nil
 	}

@@ -46,3 +46,8 @@ func (p Policy) Allow(c Caller) error {
 	}
 	return fmt.Errorf("permission denied: %s is not root or the daemon's user (uid %d); create group %s to grant access", c, p.DaemonUID, SocketGroup)
 }
+
+// Privileged reports whether c is root or the daemon's own user: the
+// callers that may ask for what holds private keys (a backup of the state
+// file). Members of group zlayer drive the overlay but are not privileged.
+func (p Policy) Privileged(c Caller) bool { return c.UID == 0 || c.UID == p.DaemonUID }

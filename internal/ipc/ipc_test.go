@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -486,5 +487,50 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not reached in 10s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// ConnContext runs once per connection, and every request of that
+// connection (and only of it) sees what it put in the context.
+func TestConnContextReachesEveryRequestOfItsConnection(t *testing.T) {
+	type key struct{}
+	var calls atomic.Int64
+	h := HandlerFunc(func(ctx context.Context, req protocol.Request) protocol.Response {
+		n, _ := ctx.Value(key{}).(int64)
+		return protocol.StatusResult{StatusSnapshot: protocol.StatusSnapshot{NodeID: uint64(n)}}
+	})
+	_, path := startServer(t, h, func(srv *Server) {
+		srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, key{}, calls.Add(1))
+		}
+	})
+	for conn := 1; conn <= 2; conn++ {
+		c := dialRaw(t, path)
+		for id := range 3 {
+			c.sendRaw(fmt.Sprintf(`{"frame":"request","id":%d,"request":{"op":"status"}}`, id))
+			if got := c.recv().Response.(protocol.StatusResult).NodeID; got != uint64(conn) {
+				t.Fatalf("connection %d request %d saw connection %d's context", conn, id, got)
+			}
+		}
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("ConnContext ran %d times for 2 connections", n)
+	}
+}
+
+func TestPrivilegedIsRootAndTheDaemonsUserOnly(t *testing.T) {
+	p := Policy{DaemonUID: 1500, GroupID: 990, HasGroup: true}
+	for _, c := range []struct {
+		c    Caller
+		want bool
+	}{
+		{Caller{UID: 0}, true},
+		{Caller{UID: 1500}, true},
+		{Caller{UID: 1000, GID: 990}, false},
+		{Caller{UID: 1000, Groups: []uint32{990}}, false},
+	} {
+		if got := p.Privileged(c.c); got != c.want {
+			t.Errorf("%+v: privileged=%v want %v", c.c, got, c.want)
+		}
 	}
 }

@@ -80,6 +80,15 @@ type Policy struct {
 	Account string   // the extra account's name, for messages
 }
 
+// Privileged reports whether c is SYSTEM or an elevated administrator:
+// the callers that may ask for what holds private keys (a backup of the
+// state file). The --pipe-account drives the overlay but is not
+// privileged.
+func (p Policy) Privileged(c Caller) bool {
+	const system, administrators = "S-1-5-18", "S-1-5-32-544"
+	return allowSIDs([]string{system, administrators}, c.User, c.Groups)
+}
+
 // Allow returns nil when c may connect, or an error that says why not.
 func (p Policy) Allow(c Caller) error {
 	if allowSIDs(p.Allowed, c.User, c.Groups) {

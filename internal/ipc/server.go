@@ -46,6 +46,10 @@ type Server struct {
 	// Authorize vets a new connection; a non-nil error is sent to the
 	// caller as an err frame and the connection is closed.
 	Authorize func(net.Conn) error
+	// ConnContext, when set, derives the context of every request of a
+	// new (authorized) connection, once per connection: the daemon marks
+	// there who is calling, for the few ops that care (backup).
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
 	// EventQueue bounds the undelivered events per connection.
 	EventQueue int
 	// WriteTimeout bounds the wait for a client to take one frame (default
@@ -274,6 +278,9 @@ func (c *serverConn) serve() {
 	c.srv.mu.Lock()
 	ctx := c.srv.base
 	c.srv.mu.Unlock()
+	if c.srv.ConnContext != nil {
+		ctx = c.srv.ConnContext(ctx, c.nc)
+	}
 	for {
 		body, err := fr.Read()
 		if err != nil {
