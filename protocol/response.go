@@ -32,6 +32,30 @@ type Attached struct {
 	// one family.
 	IPs       []netip.Addr `json:"ips,omitempty"`
 	GlobalIPs []netip.Addr `json:"global_ips,omitempty"`
+	// Interfaces (extension, netns handles only) are the links the attach
+	// built in the namespace, with what a CNI result reports of each.
+	Interfaces []AttachedInterface `json:"interfaces,omitempty"`
+}
+
+// AttachedInterface (extension) is one link an attach built: its name in
+// the container, the host end's name, the container's address with its
+// prefix length, the gateway of its default route (if any), and every
+// route via it inside the container.
+type AttachedInterface struct {
+	IfName   string          `json:"ifname"`
+	HostLink string          `json:"host_link"`
+	Address  netip.Prefix    `json:"address"`
+	Gateway  netip.Addr      `json:"gateway,omitzero"`
+	Routes   []AttachedRoute `json:"routes,omitempty"`
+}
+
+// AttachedRoute (extension) is a route inside the container via its
+// interface. OnLink: Via is reachable on the link although no address of
+// the interface covers it.
+type AttachedRoute struct {
+	Dst    netip.Prefix `json:"dst"`
+	Via    netip.Addr   `json:"via,omitzero"`
+	OnLink bool         `json:"on_link,omitempty"`
 }
 
 // GuestConfig answers a guest_managed attach: everything the guest needs to
@@ -135,6 +159,10 @@ type StatusSnapshot struct {
 	Warnings         []string         `json:"warnings,omitempty"`
 	Guests           []GuestStatus    `json:"guests,omitempty"`
 	ServicePeers     []ServicePeerSet `json:"service_peers,omitempty"`
+	// NetnsAttachments are the attachments of netns handles (CNI), apart
+	// from Attachments so that a client that does not know the platform
+	// still reads the rest.
+	NetnsAttachments []AttachStatus `json:"netns_attachments,omitempty"`
 }
 
 // PeerStatus is one peer of the global overlay.
