@@ -3,9 +3,7 @@
 package linuxnet
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime"
 )
@@ -36,24 +34,6 @@ func NetnsInode(int) (uint64, error)                           { return 0, errPl
 func SetSysctl(string, string) error                           { return errPlatform }
 func NetnsFileInode(string) (uint64, error)                    { return 0, errPlatform }
 func InspectNetns(string, string) (NetnsLink, bool, error)     { return NetnsLink{}, false, errPlatform }
-
-// ErrNotNetns is wrapped by the errors about a file that is not a network namespace.
-var ErrNotNetns = errors.New("not a network namespace")
-
-// NetnsLink is what InspectNetns found of one interface inside a namespace.
-type NetnsLink struct {
-	Name   string
-	Index  int
-	Kind   string
-	MAC    net.HardwareAddr
-	MTU    int
-	Up     bool
-	Addrs  []netip.Prefix
-	Routes []Route
-}
-
-func (NetnsLink) HasAddr(netip.Prefix) bool              { return false }
-func (NetnsLink) HasRoute(netip.Prefix, netip.Addr) bool { return false }
 
 // Forwarding is unusable on this platform.
 type Forwarding struct{}
