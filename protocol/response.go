@@ -38,15 +38,21 @@ type Attached struct {
 }
 
 // AttachedInterface (extension) is one link an attach built: its name in
-// the container, the host end's name, the container's address with its
-// prefix length, the gateway of its default route (if any), and every
-// route via it inside the container.
+// the container, the host end's name, its addresses (one per family), and
+// every route via it inside the container.
 type AttachedInterface struct {
-	IfName   string          `json:"ifname"`
-	HostLink string          `json:"host_link"`
-	Address  netip.Prefix    `json:"address"`
-	Gateway  netip.Addr      `json:"gateway,omitzero"`
-	Routes   []AttachedRoute `json:"routes,omitempty"`
+	IfName    string            `json:"ifname"`
+	HostLink  string            `json:"host_link"`
+	Addresses []AttachedAddress `json:"addresses"`
+	Routes    []AttachedRoute   `json:"routes,omitempty"`
+}
+
+// AttachedAddress (extension) is an address of an attached interface with
+// its prefix length, and the gateway of the interface's default route in
+// that family, if it has one.
+type AttachedAddress struct {
+	Address netip.Prefix `json:"address"`
+	Gateway netip.Addr   `json:"gateway,omitzero"`
 }
 
 // AttachedRoute (extension) is a route inside the container via its
@@ -226,6 +232,10 @@ type AttachStatus struct {
 	IP       netip.Addr   `json:"ip"`
 	GlobalIP netip.Addr   `json:"global_ip,omitzero"`
 	HostLink string       `json:"host_link,omitempty"`
+	// IPs and GlobalIPs (netns attachments in a dual-stack cluster) are
+	// the addresses in each family; ip and global_ip are the first's.
+	IPs       []netip.Addr `json:"ips,omitempty"`
+	GlobalIPs []netip.Addr `json:"global_ips,omitempty"`
 }
 
 // GuestStatus (extension) is one guest_managed attachment.

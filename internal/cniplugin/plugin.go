@@ -221,11 +221,13 @@ func (p *Plugin) result(args *skel.CmdArgs, att protocol.Attached) (*current.Res
 			ctr.Mac, ctr.Mtu = l.MAC.String(), l.MTU
 		}
 		res.Interfaces = append(res.Interfaces, host, ctr)
-		ipc := &current.IPConfig{Interface: current.Int(len(res.Interfaces) - 1), Address: ipNet(i.Address)}
-		if i.Gateway.IsValid() {
-			ipc.Gateway = net.IP(i.Gateway.AsSlice())
+		for _, a := range i.Addresses {
+			ipc := &current.IPConfig{Interface: current.Int(len(res.Interfaces) - 1), Address: ipNet(a.Address)}
+			if a.Gateway.IsValid() {
+				ipc.Gateway = net.IP(a.Gateway.AsSlice())
+			}
+			res.IPs = append(res.IPs, ipc)
 		}
-		res.IPs = append(res.IPs, ipc)
 		for _, r := range i.Routes {
 			rt := &types.Route{Dst: ipNet(r.Dst.Masked())}
 			if r.Via.IsValid() {
@@ -343,10 +345,13 @@ func checkAttachment(conf *NetConf, args *skel.CmdArgs, prev *current.Result, at
 	if !slices.ContainsFunc(prev.Interfaces, func(i *current.Interface) bool { return i.Name == args.IfName && i.Sandbox == args.Netns }) {
 		return fail("prevResult has no interface %s in %s", args.IfName, args.Netns)
 	}
-	held := []netip.Addr{att.IP}
+	held := append([]netip.Addr{att.IP}, att.IPs...)
 	if att.GlobalIP.IsValid() {
 		held = append(held, att.GlobalIP)
 	}
+	held = append(held, att.GlobalIPs...)
+	slices.SortFunc(held, netip.Addr.Compare)
+	held = slices.Compact(held)
 	var reported []netip.Addr
 	for _, ipc := range prev.IPs {
 		if ipc.Interface == nil {

@@ -98,6 +98,13 @@ func (w *world) inspect(path, ifName string) (linuxnet.NetnsLink, bool, error) {
 		if s.Gateway.IsValid() {
 			out.Routes = append(out.Routes, linuxnet.Route{Dst: netip.MustParsePrefix("0.0.0.0/0"), Via: s.Gateway, Dev: ifName})
 		}
+		if s.Addr2.IsValid() {
+			out.Addrs = append(out.Addrs, s.Addr2)
+			out.Routes = append(out.Routes, linuxnet.Route{Dst: s.Addr2.Masked(), Dev: ifName})
+		}
+		if s.Gateway2.IsValid() {
+			out.Routes = append(out.Routes, linuxnet.Route{Dst: netip.MustParsePrefix("::/0"), Via: s.Gateway2, Dev: ifName})
+		}
 		for _, r := range s.Routes {
 			out.Routes = append(out.Routes, linuxnet.Route{Dst: r.Dst, Via: r.Via, OnLink: r.OnLink, Dev: ifName})
 		}
@@ -217,6 +224,43 @@ func TestAddSetsTheServiceUpAndPrintsTheResult(t *testing.T) {
 	}
 	if err := json.Unmarshal(w.out.Bytes(), &v); err != nil || v.CNIVersion != "0.4.0" || len(v.IPs) != 2 || v.IPs[0].Version != "4" {
 		t.Errorf("0.4.0 result %s (%v)", w.out.String(), err)
+	}
+}
+
+// TestDualStack: in a dual-stack cluster the result has an address of
+// each family on each interface (with their gateways and default routes),
+// and CHECK accepts it.
+func TestDualStack(t *testing.T) {
+	w := newWorld(t)
+	w.call(protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: "1", WGPort: 51820,
+		ClusterCIDR: "10.200.0.0/16,fd00:200::/56", SliceCIDR: "10.200.3.0/24,fd00:200:0:3::/64"})
+	ns := w.netns("c1")
+	res := w.add(args(w.conf(`,"join_global":true`), ns, "c1", "eth0"))
+	att := w.e.Handle(context.Background(), protocol.Status{}).(protocol.StatusResult).NetnsAttachments[0]
+	var onEth0, onGlobal []string
+	for _, ip := range res.IPs {
+		switch *ip.Interface {
+		case 1:
+			onEth0 = append(onEth0, ip.Address.IP.String())
+			if ip.Gateway == nil {
+				t.Errorf("%s on eth0 without its gateway", ip.Address.String())
+			}
+		case 3:
+			onGlobal = append(onGlobal, ip.Address.IP.String())
+		}
+	}
+	if fmt.Sprint(onEth0) != fmt.Sprint(att.IPs) || fmt.Sprint(onGlobal) != fmt.Sprint(att.GlobalIPs) || len(att.IPs) != 2 {
+		t.Fatalf("result addresses eth0 %v eth0g %v; the daemon holds %v and %v", onEth0, onGlobal, att.IPs, att.GlobalIPs)
+	}
+	var dsts []string
+	for _, r := range res.Routes {
+		dsts = append(dsts, r.Dst.String())
+	}
+	if fmt.Sprint(dsts) != "[0.0.0.0/0 ::/0 10.200.0.0/16 fd00:200::/56]" {
+		t.Errorf("routes %v", dsts)
+	}
+	if err := w.p.Check(args(w.conf(`,"join_global":true,"prevResult":`+w.out.String()), ns, "c1", "eth0")); err != nil {
+		t.Fatalf("CHECK: %v", err)
 	}
 }
 

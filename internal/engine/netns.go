@@ -296,36 +296,56 @@ func (e *Engine) attachNetns(ctx context.Context, r protocol.AttachContainer) (p
 }
 
 // netnsAnswer is the attached answer of a netns attach: attachedAnswer's,
-// plus the interfaces built, which a CNI result reports.
+// plus the interfaces built (what wireContainer and wireGlobal make), which
+// a CNI result reports.
 func (e *Engine) netnsAnswer(a *store.Attachment, r protocol.AttachContainer, svc *serviceState) protocol.Attached {
 	ans := e.attachedAnswer(a, r)
-	ip := netip.MustParseAddr(a.IP)
-	var rng svcRange
-	var ok bool
-	var nodeIP netip.Addr
+	ip, ip2 := parseAddrOrZero(a.IP), parseAddrOrZero(a.IP2)
+	var rng, rng2 svcRange
+	var ok, ok2 bool
+	var g *globalState
 	var cluster netip.Prefix
+	var fam2 *family
 	e.locked(func() {
 		rng, ok = svc.rangeOf(ip)
-		if g := e.st.global; g != nil {
-			nodeIP, cluster = g.nodeIP, e.st.cluster
-		}
+		rng2, ok2 = svc.rangeOf(ip2)
+		g, cluster, fam2 = e.st.global, e.st.cluster, e.st.fam2
 	})
-	eth := protocol.AttachedInterface{IfName: a.IfName, HostLink: a.HostLink, Address: netip.PrefixFrom(ip, ip.BitLen())}
-	if ok {
-		eth.Address = netip.PrefixFrom(ip, rng.subnet.Bits())
-		eth.Gateway = rng.gateway
-		eth.Routes = []protocol.AttachedRoute{{Dst: netip.PrefixFrom(unspecifiedLike(ip), 0), Via: rng.gateway}}
+	eth := protocol.AttachedInterface{IfName: a.IfName, HostLink: a.HostLink}
+	onBridge := func(a netip.Addr, r svcRange, ok bool) {
+		if !ok {
+			eth.Addresses = append(eth.Addresses, protocol.AttachedAddress{Address: netip.PrefixFrom(a, a.BitLen())})
+			return
+		}
+		eth.Addresses = append(eth.Addresses, protocol.AttachedAddress{Address: netip.PrefixFrom(a, r.subnet.Bits()), Gateway: r.gateway})
+		eth.Routes = append(eth.Routes, protocol.AttachedRoute{Dst: netip.PrefixFrom(unspecifiedLike(a), 0), Via: r.gateway})
+	}
+	onBridge(ip, rng, ok)
+	if ip2.IsValid() {
+		onBridge(ip2, rng2, ok2)
 	}
 	ans.Interfaces = []protocol.AttachedInterface{eth}
-	if a.GlobalIP != "" {
-		gip := netip.MustParseAddr(a.GlobalIP)
-		glob := protocol.AttachedInterface{IfName: globalIfName(a.IfName), HostLink: a.HostLinkGlobal, Address: netip.PrefixFrom(gip, gip.BitLen())}
-		if nodeIP.IsValid() {
-			glob.Routes = []protocol.AttachedRoute{{Dst: cluster, Via: nodeIP, OnLink: true}}
-		}
-		ans.Interfaces = append(ans.Interfaces, glob)
+	if a.GlobalIP == "" {
+		return ans
 	}
+	gip, gip2 := parseAddrOrZero(a.GlobalIP), parseAddrOrZero(a.GlobalIP2)
+	glob := protocol.AttachedInterface{IfName: globalIfName(a.IfName), HostLink: a.HostLinkGlobal}
+	glob.Addresses = append(glob.Addresses, protocol.AttachedAddress{Address: netip.PrefixFrom(gip, gip.BitLen())})
+	if g != nil {
+		glob.Routes = append(glob.Routes, protocol.AttachedRoute{Dst: cluster, Via: g.nodeIP, OnLink: true})
+	}
+	// As wireGlobal: the second family only where it builds it.
+	if gip2.IsValid() && fam2 != nil && g != nil && g.nodeIP2.IsValid() {
+		glob.Addresses = append(glob.Addresses, protocol.AttachedAddress{Address: netip.PrefixFrom(gip2, gip2.BitLen())})
+		glob.Routes = append(glob.Routes, protocol.AttachedRoute{Dst: fam2.cluster, Via: g.nodeIP2, OnLink: true})
+	}
+	ans.Interfaces = append(ans.Interfaces, glob)
 	return ans
+}
+
+func parseAddrOrZero(s string) netip.Addr {
+	a, _ := netip.ParseAddr(s)
+	return a
 }
 
 func unspecifiedLike(a netip.Addr) netip.Addr {
@@ -370,10 +390,15 @@ func (e *Engine) reconcileNetnsAttachment(ctx context.Context, a *store.Attachme
 
 // netnsStatus is a netns attachment as status lists it.
 func netnsStatus(a *store.Attachment) protocol.AttachStatus {
-	ip, _ := netip.ParseAddr(a.IP)
-	gip, _ := netip.ParseAddr(a.GlobalIP)
-	return protocol.AttachStatus{
+	st := protocol.AttachStatus{
 		Handle:  protocol.Netns(a.NetnsPath, a.ContainerID, a.IfName),
-		Service: a.Service, IP: ip, GlobalIP: gip, HostLink: a.HostLink,
+		Service: a.Service, IP: parseAddrOrZero(a.IP), GlobalIP: parseAddrOrZero(a.GlobalIP), HostLink: a.HostLink,
 	}
+	if a.IP2 != "" {
+		st.IPs = []netip.Addr{st.IP, parseAddrOrZero(a.IP2)}
+	}
+	if a.GlobalIP2 != "" {
+		st.GlobalIPs = []netip.Addr{st.GlobalIP, parseAddrOrZero(a.GlobalIP2)}
+	}
+	return st
 }

@@ -74,20 +74,20 @@ func TestNetnsAttachDetach(t *testing.T) {
 	eth, glob := att.Interfaces[0], att.Interfaces[1]
 	wantEth := protocol.AttachedInterface{
 		IfName: "eth0", HostLink: netnsVethName("c1", "eth0", 0, 0),
-		Address: netip.PrefixFrom(att.IP, subnet.Bits()), Gateway: svc.Gateway,
-		Routes: []protocol.AttachedRoute{{Dst: netip.MustParsePrefix("0.0.0.0/0"), Via: svc.Gateway}},
+		Addresses: []protocol.AttachedAddress{{Address: netip.PrefixFrom(att.IP, subnet.Bits()), Gateway: svc.Gateway}},
+		Routes:    []protocol.AttachedRoute{{Dst: netip.MustParsePrefix("0.0.0.0/0"), Via: svc.Gateway}},
 	}
 	wantGlob := protocol.AttachedInterface{
 		IfName: "eth0g", HostLink: netnsVethName("c1", "eth0", 1, 0),
-		Address: netip.PrefixFrom(att.GlobalIP, 32),
-		Routes:  []protocol.AttachedRoute{{Dst: netip.MustParsePrefix("10.200.0.0/16"), Via: netip.MustParseAddr("10.200.3.1"), OnLink: true}},
+		Addresses: []protocol.AttachedAddress{{Address: netip.PrefixFrom(att.GlobalIP, 32)}},
+		Routes:    []protocol.AttachedRoute{{Dst: netip.MustParsePrefix("10.200.0.0/16"), Via: netip.MustParseAddr("10.200.3.1"), OnLink: true}},
 	}
 	if fmt.Sprint(eth) != fmt.Sprint(wantEth) || fmt.Sprint(glob) != fmt.Sprint(wantGlob) {
 		t.Fatalf("interfaces\n got %+v\n     %+v\nwant %+v\n     %+v", eth, glob, wantEth, wantGlob)
 	}
 	for _, i := range att.Interfaces {
 		l, ok := h.net.Link(i.HostLink)
-		if !ok || l.Spec.NetnsPath != path || l.Spec.NetnsInode != ino || l.Spec.PID != 0 || l.Spec.IfName != i.IfName || l.Spec.Addr != i.Address {
+		if !ok || l.Spec.NetnsPath != path || l.Spec.NetnsInode != ino || l.Spec.PID != 0 || l.Spec.IfName != i.IfName || l.Spec.Addr != i.Addresses[0].Address {
 			t.Fatalf("host end %s: %+v", i.HostLink, l.Spec)
 		}
 		if !strings.HasPrefix(l.Alias, h.e.linkAlias("veth", "netns:c1/eth0")) {
@@ -303,4 +303,48 @@ func TestNetnsHostLinkNamesSkipTakenOnes(t *testing.T) {
 		t.Fatalf("pickNetnsLinks = %s, %s, %v; want the salt-1 names", eth, glob, err)
 	}
 	h.e.locked(func() { delete(h.e.st.attach, "other") })
+}
+
+// TestNetnsDualStack: in a dual-stack cluster a netns attachment gets an
+// address of each family on each interface, and the answer and status say
+// so, as the links are built.
+func TestNetnsDualStack(t *testing.T) {
+	h := newHarness(t)
+	h.ok(dualReq())
+	svc := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}).(protocol.ServiceOverlay)
+	const path = "/var/run/netns/cni-ds"
+	h.procs.AddNetns(path)
+	att := h.ok(netnsAttach(path, "c", "eth0", "web", true)).(protocol.Attached)
+	if len(att.IPs) != 2 || len(att.GlobalIPs) != 2 || len(att.Interfaces) != 2 {
+		t.Fatalf("attached %+v", att)
+	}
+	eth, glob := att.Interfaces[0], att.Interfaces[1]
+	v4, v6 := netip.MustParsePrefix(svc.Subnets[0]), netip.MustParsePrefix(svc.Subnets[1])
+	want := []protocol.AttachedAddress{
+		{Address: netip.PrefixFrom(att.IPs[0], v4.Bits()), Gateway: svc.Gateways[0]},
+		{Address: netip.PrefixFrom(att.IPs[1], v6.Bits()), Gateway: svc.Gateways[1]},
+	}
+	if fmt.Sprint(eth.Addresses) != fmt.Sprint(want) || len(eth.Routes) != 2 || eth.Routes[1].Dst != netip.MustParsePrefix("::/0") || eth.Routes[1].Via != svc.Gateways[1] {
+		t.Fatalf("eth0 %+v, want addresses %+v and a default route per family", eth, want)
+	}
+	l, _ := h.net.Link(eth.HostLink)
+	if l.Spec.Addr != want[0].Address || l.Spec.Addr2 != want[1].Address || l.Spec.Gateway2 != svc.Gateways[1] {
+		t.Fatalf("built %+v, answered %+v", l.Spec, eth)
+	}
+	if len(glob.Addresses) != 2 || glob.Addresses[1].Address != netip.PrefixFrom(att.GlobalIPs[1], 128) || len(glob.Routes) != 2 || glob.Routes[1].Dst != netip.MustParsePrefix("fd00:200::/56") {
+		t.Fatalf("eth0g %+v", glob)
+	}
+	gl, _ := h.net.Link(glob.HostLink)
+	if gl.Spec.Addr2 != glob.Addresses[1].Address {
+		t.Fatalf("built %+v, answered %+v", gl.Spec, glob)
+	}
+	s := h.status().NetnsAttachments
+	if len(s) != 1 || !slices.Equal(s[0].IPs, att.IPs) || !slices.Equal(s[0].GlobalIPs, att.GlobalIPs) {
+		t.Fatalf("status %+v, attached %+v", s, att)
+	}
+	h.ok(protocol.DetachContainer{Handle: protocol.Netns("", "c", "eth0")})
+	h.e.bg.Wait()
+	if st := h.status(); len(st.NetnsAttachments) != 0 || len(h.net.Veths()) != 0 {
+		t.Fatalf("detach left %+v %v", st.NetnsAttachments, h.net.Veths())
+	}
 }
