@@ -89,11 +89,12 @@ clean:
 
 # Benchmarks (issue 9; docs/benchmarks.md). As root, `make bench` installs
 # the pinned peers and runs every side-by-side comparison; bench-ipc,
-# bench-attach, bench-dns, bench-throughput and bench-scale run one each.
+# bench-attach, bench-dns, bench-throughput, bench-scale and bench-cni run
+# one each.
 # Each interleaves ours and the peer for BENCH_ROUNDS rounds (at least 5)
 # and prints medians, min/max and ratios. BENCH_FLAGS=-quick shortens every
 # measurement for a smoke run.
-.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-micro
+.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-cni bench-micro
 
 BENCH_TOOLS  ?= /var/tmp/zlayer-bench/bin
 BENCH_ROUNDS ?= 5
@@ -120,6 +121,9 @@ bench-throughput: bench-tools
 
 bench-scale: bench-tools
 	$(ZLBENCH) scale
+
+bench-cni: bench-tools
+	$(ZLBENCH) cni
 
 # Go micro-benchmarks of the hot paths (codec, dispatch, IPAM, DNS zone
 # lookup, peer upsert, metrics).

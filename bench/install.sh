@@ -5,7 +5,8 @@
 #   Debian:  dnsperf, dnsmasq (the dnsmasq-base package: the binary without
 #            the system service), iperf3, wireguard-tools (wg), iproute2
 #   Go:      CNI plugins bridge + host-local, CoreDNS, wireguard-go (the
-#            module version zlayer-overlayd embeds, read from go.mod)
+#            module version zlayer-overlayd embeds, read from go.mod),
+#            cnitool (the CNI library version zlayer-cni uses, from go.mod)
 #
 # Go tools go to $BENCH_TOOLS (default /var/tmp/zlayer-bench/bin) and are
 # rebuilt only when the installed version differs from the pinned one.
@@ -54,6 +55,7 @@ for pkg in dnsperf dnsmasq-base iperf3 wireguard-tools; do
 done
 
 WG_VERSION=$(go list -m -f '{{.Version}}' golang.zx2c4.com/wireguard)
+CNILIB_VERSION=$(go list -m -f '{{.Version}}' github.com/containernetworking/cni)
 mkdir -p "$BENCH_TOOLS"
 
 # install_go BINARY MODULE PACKAGE VERSION
@@ -70,4 +72,5 @@ install_go bridge github.com/containernetworking/plugins github.com/containernet
 install_go host-local github.com/containernetworking/plugins github.com/containernetworking/plugins/plugins/ipam/host-local "$CNI_VERSION"
 install_go coredns github.com/coredns/coredns github.com/coredns/coredns "$COREDNS_VERSION"
 install_go wireguard golang.zx2c4.com/wireguard golang.zx2c4.com/wireguard "$WG_VERSION"
+install_go cnitool github.com/containernetworking/cni github.com/containernetworking/cni/cnitool "$CNILIB_VERSION"
 echo "bench tools ready in $BENCH_TOOLS"

@@ -13,6 +13,9 @@ const (
 	PlatformLinuxPID         = "linux_pid"
 	PlatformWindowsContainer = "windows_container"
 	PlatformGuestManaged     = "guest_managed"
+	// PlatformNetns (extension) is a network namespace given by its file,
+	// as CNI gives it: no process, a container id and an interface name.
+	PlatformNetns = "netns"
 )
 
 // AttachHandle identifies the container to attach (tag "platform"). Exactly
@@ -21,12 +24,18 @@ const (
 //	linux_pid          PID
 //	windows_container  ContainerID, IP (optional)
 //	guest_managed      ID
+//	netns              Path (optional on detach), ContainerID, IfName
 type AttachHandle struct {
 	Platform    string
 	PID         uint32
 	ContainerID string
 	IP          netip.Addr
 	ID          string
+	// Path is the network namespace file of a netns handle, e.g.
+	// /var/run/netns/cni-1234 or /proc/4242/ns/net.
+	Path string
+	// IfName is the interface a netns handle names inside the namespace.
+	IfName string
 }
 
 // LinuxPID is a handle for a Linux container given by its init PID.
@@ -45,6 +54,14 @@ func GuestManaged(id string) AttachHandle {
 	return AttachHandle{Platform: PlatformGuestManaged, ID: id}
 }
 
+// Netns is a handle for an interface ifName of container containerID in the
+// network namespace at path (CNI's CNI_NETNS, CNI_CONTAINERID, CNI_IFNAME).
+// A (container id, ifname) pair is one attachment; path may be empty on a
+// detach.
+func Netns(path, containerID, ifName string) AttachHandle {
+	return AttachHandle{Platform: PlatformNetns, Path: path, ContainerID: containerID, IfName: ifName}
+}
+
 // String is a short form for logs and lock keys, e.g. "linux_pid:4242".
 func (h AttachHandle) String() string {
 	switch h.Platform {
@@ -54,6 +71,8 @@ func (h AttachHandle) String() string {
 		return h.Platform + ":" + h.ContainerID
 	case PlatformGuestManaged:
 		return h.Platform + ":" + h.ID
+	case PlatformNetns:
+		return h.Platform + ":" + h.ContainerID + "/" + h.IfName
 	}
 	return h.Platform
 }
@@ -77,6 +96,15 @@ func (h AttachHandle) MarshalJSON() ([]byte, error) {
 	case PlatformGuestManaged:
 		b.WriteString(`,"id":`)
 		writeString(&b, h.ID)
+	case PlatformNetns:
+		if h.Path != "" {
+			b.WriteString(`,"path":`)
+			writeString(&b, h.Path)
+		}
+		b.WriteString(`,"container_id":`)
+		writeString(&b, h.ContainerID)
+		b.WriteString(`,"ifname":`)
+		writeString(&b, h.IfName)
 	default:
 		return nil, fmt.Errorf("unknown attach handle platform %q", h.Platform)
 	}
@@ -92,6 +120,8 @@ func (h *AttachHandle) UnmarshalJSON(data []byte) error {
 		ContainerID *string     `json:"container_id"`
 		IP          *netip.Addr `json:"ip"`
 		ID          *string     `json:"id"`
+		Path        *string     `json:"path"`
+		IfName      *string     `json:"ifname"`
 	}
 	if err := json.Unmarshal(data, &raw); err != nil {
 		return err
@@ -119,8 +149,19 @@ func (h *AttachHandle) UnmarshalJSON(data []byte) error {
 			return fmt.Errorf("missing field `id` in %s handle", h.Platform)
 		}
 		h.ID = *raw.ID
+	case PlatformNetns:
+		if raw.ContainerID == nil {
+			return fmt.Errorf("missing field `container_id` in %s handle", h.Platform)
+		}
+		if raw.IfName == nil {
+			return fmt.Errorf("missing field `ifname` in %s handle", h.Platform)
+		}
+		h.ContainerID, h.IfName = *raw.ContainerID, *raw.IfName
+		if raw.Path != nil {
+			h.Path = *raw.Path
+		}
 	default:
-		return fmt.Errorf("unknown variant %q for handle platform, expected one of linux_pid, windows_container, guest_managed", h.Platform)
+		return fmt.Errorf("unknown variant %q for handle platform, expected one of linux_pid, windows_container, guest_managed, netns", h.Platform)
 	}
 	return nil
 }

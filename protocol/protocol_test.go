@@ -92,7 +92,7 @@ func TestGoldenCoverage(t *testing.T) {
 	for e := range eventTypes {
 		want = append(want, "event:"+e)
 	}
-	want = append(want, "platform:linux_pid", "platform:windows_container", "platform:guest_managed",
+	want = append(want, "platform:linux_pid", "platform:windows_container", "platform:guest_managed", "platform:netns",
 		"scope:global", "scope:service")
 	for _, w := range want {
 		if !seen[w] {
@@ -196,17 +196,19 @@ func TestNullAcceptedForOptionalFields(t *testing.T) {
 
 func TestBadRequestsKeepTheirID(t *testing.T) {
 	cases := map[string]string{
-		`{"frame":"request","id":5,"request":{"op":"no_such_op"}}`:                                                                                  `unknown op "no_such_op"`,
-		`{"frame":"request","id":5,"request":{"op":"setup_service_overlay","service":"web"}}`:                                                       "missing field `mode`",
-		`{"frame":"request","id":5,"request":{"op":"set_local_node_id","node_id":"7"}}`:                                                             "node_id",
-		`{"frame":"request","id":5,"request":{"op":"set_local_node_id","node_id":-1}}`:                                                              "node_id",
-		`{"frame":"request","id":5,"request":{"op":"set_local_node_id","node_id":1.5}}`:                                                             "node_id",
-		`{"frame":"request","id":5,"request":{"op":"set_local_node_id","node_id":null}}`:                                                            "must not be null",
-		`{"frame":"request","id":5,"request":{"op":"remove_peer","pubkey":"k","scope":"global"}}`:                                                   "",
-		`{"frame":"request","id":5,"request":{"op":"attach_container","handle":{"platform":"bsd_jail","pid":1},"service":"s","join_global":false}}`: "bsd_jail",
-		`{"frame":"request","id":5,"request":{"op":"attach_container","handle":{"platform":"linux_pid"},"service":"s","join_global":false}}`:        "pid",
-		`{"frame":"request","id":5,"request":{"op":"release_ip","ip":"10.0.0.300"}}`:                                                                "",
-		`{"frame":"request","id":5,"request":{"op":"status"},"frame":"bogus"}`:                                                                      "bogus",
+		`{"frame":"request","id":5,"request":{"op":"no_such_op"}}`:                                                                                                      `unknown op "no_such_op"`,
+		`{"frame":"request","id":5,"request":{"op":"setup_service_overlay","service":"web"}}`:                                                                           "missing field `mode`",
+		`{"frame":"request","id":5,"request":{"op":"set_local_node_id","node_id":"7"}}`:                                                                                 "node_id",
+		`{"frame":"request","id":5,"request":{"op":"set_local_node_id","node_id":-1}}`:                                                                                  "node_id",
+		`{"frame":"request","id":5,"request":{"op":"set_local_node_id","node_id":1.5}}`:                                                                                 "node_id",
+		`{"frame":"request","id":5,"request":{"op":"set_local_node_id","node_id":null}}`:                                                                                "must not be null",
+		`{"frame":"request","id":5,"request":{"op":"remove_peer","pubkey":"k","scope":"global"}}`:                                                                       "",
+		`{"frame":"request","id":5,"request":{"op":"attach_container","handle":{"platform":"bsd_jail","pid":1},"service":"s","join_global":false}}`:                     "bsd_jail",
+		`{"frame":"request","id":5,"request":{"op":"attach_container","handle":{"platform":"linux_pid"},"service":"s","join_global":false}}`:                            "pid",
+		`{"frame":"request","id":5,"request":{"op":"attach_container","handle":{"platform":"netns","path":"/x","ifname":"eth0"},"service":"s","join_global":false}}`:    "container_id",
+		`{"frame":"request","id":5,"request":{"op":"attach_container","handle":{"platform":"netns","path":"/x","container_id":"c"},"service":"s","join_global":false}}`: "ifname",
+		`{"frame":"request","id":5,"request":{"op":"release_ip","ip":"10.0.0.300"}}`:                                                                                    "",
+		`{"frame":"request","id":5,"request":{"op":"status"},"frame":"bogus"}`:                                                                                          "bogus",
 		`{"frame":"request","id":5}`:              "missing field `request`",
 		`{"frame":"request","id":5,"request":{}}`: "missing field `op`",
 		`{"frame":"request","id":5,"request":{"op":"add_peer","public_key":"k","endpoint":"e","allowed_ips":"a","persistent_keepalive_secs":25,"scope":{"scope":"service"}}}`: "service",

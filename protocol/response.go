@@ -32,6 +32,36 @@ type Attached struct {
 	// one family.
 	IPs       []netip.Addr `json:"ips,omitempty"`
 	GlobalIPs []netip.Addr `json:"global_ips,omitempty"`
+	// Interfaces (extension, netns handles only) are the links the attach
+	// built in the namespace, with what a CNI result reports of each.
+	Interfaces []AttachedInterface `json:"interfaces,omitempty"`
+}
+
+// AttachedInterface (extension) is one link an attach built: its name in
+// the container, the host end's name, its addresses (one per family), and
+// every route via it inside the container.
+type AttachedInterface struct {
+	IfName    string            `json:"ifname"`
+	HostLink  string            `json:"host_link"`
+	Addresses []AttachedAddress `json:"addresses"`
+	Routes    []AttachedRoute   `json:"routes,omitempty"`
+}
+
+// AttachedAddress (extension) is an address of an attached interface with
+// its prefix length, and the gateway of the interface's default route in
+// that family, if it has one.
+type AttachedAddress struct {
+	Address netip.Prefix `json:"address"`
+	Gateway netip.Addr   `json:"gateway,omitzero"`
+}
+
+// AttachedRoute (extension) is a route inside the container via its
+// interface. OnLink: Via is reachable on the link although no address of
+// the interface covers it.
+type AttachedRoute struct {
+	Dst    netip.Prefix `json:"dst"`
+	Via    netip.Addr   `json:"via,omitzero"`
+	OnLink bool         `json:"on_link,omitempty"`
 }
 
 // GuestConfig answers a guest_managed attach: everything the guest needs to
@@ -135,6 +165,10 @@ type StatusSnapshot struct {
 	Warnings         []string         `json:"warnings,omitempty"`
 	Guests           []GuestStatus    `json:"guests,omitempty"`
 	ServicePeers     []ServicePeerSet `json:"service_peers,omitempty"`
+	// NetnsAttachments are the attachments of netns handles (CNI), apart
+	// from Attachments so that a client that does not know the platform
+	// still reads the rest.
+	NetnsAttachments []AttachStatus `json:"netns_attachments,omitempty"`
 }
 
 // PeerStatus is one peer of the global overlay.
@@ -198,6 +232,10 @@ type AttachStatus struct {
 	IP       netip.Addr   `json:"ip"`
 	GlobalIP netip.Addr   `json:"global_ip,omitzero"`
 	HostLink string       `json:"host_link,omitempty"`
+	// IPs and GlobalIPs (netns attachments in a dual-stack cluster) are
+	// the addresses in each family; ip and global_ip are the first's.
+	IPs       []netip.Addr `json:"ips,omitempty"`
+	GlobalIPs []netip.Addr `json:"global_ips,omitempty"`
 }
 
 // GuestStatus (extension) is one guest_managed attachment.

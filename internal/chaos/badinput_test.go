@@ -164,6 +164,14 @@ func badCases() []badCase {
 		{name: "pid of the daemon itself", state: true, send: func(c *rawConn, env *badEnv) {
 			c.write(frame(request(44, fmt.Sprintf(`{"op":"attach_container","handle":{"platform":"linux_pid","pid":%d},"service":%q,"join_global":false}`, env.daemonPID, env.svc))))
 		}, want: answered, id: 44, msg: []string{"own network namespace"}},
+		// netns handles (CNI).
+		errCase("netns handle without container_id", 89, `{"op":"attach_container","handle":{"platform":"netns","path":"/run/netns/x","ifname":"eth0"},"service":"web","join_global":false}`, "missing field `container_id`"),
+		errCase("netns path not absolute", 90, `{"op":"attach_container","handle":{"platform":"netns","path":"run/netns/x","container_id":"c","ifname":"eth0"},"service":"web","join_global":false}`, "must be absolute"),
+		errCase("netns container id with /", 91, `{"op":"detach_container","handle":{"platform":"netns","container_id":"../c","ifname":"eth0"}}`, "not a CNI container id"),
+		errCase("netns ifname lo", 92, `{"op":"detach_container","handle":{"platform":"netns","container_id":"c","ifname":"lo"}}`, "loopback"),
+		{name: "netns path of the daemon's own namespace", state: true, send: func(c *rawConn, env *badEnv) {
+			c.write(frame(request(93, fmt.Sprintf(`{"op":"attach_container","handle":{"platform":"netns","path":"/proc/%d/ns/net","container_id":"c","ifname":"eth0"},"service":%q,"join_global":false}`, env.daemonPID, env.svc))))
+		}, want: answered, id: 93, msg: []string{"own network namespace"}},
 		{name: "attached container to a second service", state: true, send: func(c *rawConn, env *badEnv) {
 			c.write(frame(request(45, fmt.Sprintf(`{"op":"attach_container","handle":{"platform":"linux_pid","pid":%d},"service":"other","join_global":false}`, env.ctrPID))))
 		}, want: answered, id: 45, msg: []string{"no overlay on this node", "attached to service"}},

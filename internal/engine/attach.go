@@ -23,6 +23,8 @@ func handleKey(h protocol.AttachHandle) string {
 		return fmt.Sprintf("%s:%d", h.Platform, h.PID)
 	case protocol.PlatformGuestManaged:
 		return h.Platform + ":" + h.ID
+	case protocol.PlatformNetns:
+		return netnsKey(h.ContainerID, h.IfName)
 	}
 	return h.Platform + ":" + h.ContainerID
 }
@@ -40,6 +42,8 @@ func (e *Engine) attach(ctx context.Context, r protocol.AttachContainer) (protoc
 		return e.attachLinux(ctx, r)
 	case protocol.PlatformGuestManaged:
 		return e.attachGuest(ctx, r)
+	case protocol.PlatformNetns:
+		return e.attachNetns(ctx, r)
 	case protocol.PlatformWindowsContainer:
 		if e.cfg.HCN == nil {
 			return nil, fmt.Errorf("windows_container handles are for Windows nodes; this daemon runs on %s (use linux_pid)", runtime.GOOS)
@@ -346,14 +350,16 @@ func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *se
 	}
 	alias := e.linkAlias("veth", a.Key)
 	spec := linuxnet.AttachSpec{
-		PID:       int(a.PID),
-		HostName:  a.HostLink,
-		IfName:    "eth0",
-		Addr:      netip.PrefixFrom(ip, rng.subnet.Bits()),
-		MTU:       e.cfg.MTU,
-		Bridge:    bridge,
-		Gateway:   rng.gateway,
-		HostAlias: alias,
+		PID:        int(a.PID),
+		NetnsPath:  a.NetnsPath,
+		NetnsInode: pinnedInode(a),
+		HostName:   a.HostLink,
+		IfName:     containerIfName(a, 0),
+		Addr:       netip.PrefixFrom(ip, rng.subnet.Bits()),
+		MTU:        e.cfg.MTU,
+		Bridge:     bridge,
+		Gateway:    rng.gateway,
+		HostAlias:  alias,
 	}
 	if ip2.IsValid() && ok2 {
 		spec.Addr2, spec.Gateway2 = netip.PrefixFrom(ip2, rng2.subnet.Bits()), rng2.gateway
@@ -388,11 +394,13 @@ func (e *Engine) wireGlobal(ctx context.Context, a *store.Attachment, alias stri
 		return errors.New("join_global needs the global overlay, which is not set up")
 	}
 	spec := linuxnet.AttachSpec{
-		PID:      int(a.PID),
-		HostName: a.HostLinkGlobal,
-		IfName:   "eth1",
-		Addr:     netip.PrefixFrom(gip, gip.BitLen()),
-		MTU:      e.cfg.MTU,
+		PID:        int(a.PID),
+		NetnsPath:  a.NetnsPath,
+		NetnsInode: pinnedInode(a),
+		HostName:   a.HostLinkGlobal,
+		IfName:     containerIfName(a, 1),
+		Addr:       netip.PrefixFrom(gip, gip.BitLen()),
+		MTU:        e.cfg.MTU,
 		// No preferred source on the host route: the kernel flushes routes
 		// whose source address disappears, and the node IP disappears with
 		// a userspace device whenever the daemon restarts.
@@ -405,7 +413,7 @@ func (e *Engine) wireGlobal(ctx context.Context, a *store.Attachment, alias stri
 		spec.Routes = append(spec.Routes, linuxnet.ContainerRoute{Dst: fam2.cluster, Via: g.nodeIP2, OnLink: true})
 	}
 	if err = e.cfg.Net.Attach(spec); err != nil {
-		return fmt.Errorf("eth1: %w", err)
+		return fmt.Errorf("%s: %w", containerIfName(a, 1), err)
 	}
 	return nil
 }
@@ -491,6 +499,10 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 			return protocol.OK{}, nil
 		}
 	case protocol.PlatformLinuxPID, protocol.PlatformGuestManaged:
+	case protocol.PlatformNetns:
+		if err := validNetnsHandle(r.Handle, false); err != nil {
+			return nil, err
+		}
 	default:
 		return nil, fmt.Errorf("unknown handle platform %q", r.Handle.Platform)
 	}

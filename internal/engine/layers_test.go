@@ -23,7 +23,7 @@ var layers = map[string]int{
 	// 2: the domains, one request's steps each.
 	"global.go": 2, "nodekey.go": 2, "service.go": 2, "attach.go": 2, "guest.go": 2, "windows.go": 2,
 	"peers.go": 2, "alloc.go": 2, "dnsint.go": 2, "fwint.go": 2, "natint.go": 2, "hooks.go": 2, "observe.go": 2, "takeover.go": 2,
-	"backup.go": 2,
+	"backup.go": 2, "netns.go": 2,
 	// 3: dispatch and the background passes.
 	"engine.go": 3, "reconcile.go": 3, "monitor.go": 3, "status.go": 3, "listing.go": 3,
 }

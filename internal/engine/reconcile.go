@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/store"
+	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
 func (e *Engine) reconcileLoop() {
@@ -182,7 +183,7 @@ func (e *Engine) reconcileAttachments(ctx context.Context, changes *int) error {
 	var list []*store.Attachment
 	e.locked(func() {
 		for _, a := range e.st.attach {
-			if a.Platform == "linux_pid" {
+			if a.Platform == "linux_pid" || a.Platform == protocol.PlatformNetns {
 				list = append(list, a)
 			}
 		}
@@ -197,6 +198,9 @@ func (e *Engine) reconcileAttachments(ctx context.Context, changes *int) error {
 }
 
 func (e *Engine) reconcileAttachment(ctx context.Context, a *store.Attachment, present map[string]bool, changes *int) error {
+	if a.Platform == protocol.PlatformNetns {
+		return e.reconcileNetnsAttachment(ctx, a, present, changes)
+	}
 	unlock, err := e.locks.lock(ctx, serviceLock(a.Service), handleLock(a.Key))
 	if err != nil {
 		return err
@@ -283,7 +287,8 @@ func (e *Engine) pruneResolved() {
 // veths of attachments we forgot, devices of an old deployment name.
 //
 // At start-up it also deletes unlabelled veths named by our scheme
-// (zl-v<pid>-e<n>) that nothing wants. The kernel ignores a label given at
+// (zl-v<pid>-e<n>, and zl-vn<hash> of netns attachments) that nothing
+// wants. The kernel ignores a label given at
 // creation, so an attach killed between creating the pair and labelling it
 // leaves exactly that, with the container's end still inside the
 // container; no request of ours is in flight at start-up, and no one else
@@ -301,6 +306,7 @@ func (e *Engine) removeOrphanLinks(ctx context.Context, changes *int, startup bo
 			continue
 		}
 		_, _, ourVethName := parseVethName(l.Name)
+		ourVethName = ourVethName || isNetnsVethName(l.Name)
 		unlabelled := startup && l.Alias == "" && l.Kind == "veth" && ourVethName
 		if !strings.HasPrefix(l.Alias, ours) && !unlabelled {
 			continue

@@ -35,6 +35,7 @@ func (e *Engine) status() protocol.Response {
 	e.locked(func() { v = e.statusViewLocked() })
 	s := v.s
 	sort.Slice(s.Attachments, func(i, j int) bool { return s.Attachments[i].IP.Less(s.Attachments[j].IP) })
+	sort.Slice(s.NetnsAttachments, func(i, j int) bool { return s.NetnsAttachments[i].IP.Less(s.NetnsAttachments[j].IP) })
 	sort.Slice(s.Guests, func(i, j int) bool { return s.Guests[i].ID < s.Guests[j].ID })
 
 	if v.global != nil {
@@ -123,6 +124,8 @@ func (e *Engine) statusViewLocked() statusView {
 			s.Attachments = append(s.Attachments, as)
 		case protocol.PlatformGuestManaged:
 			s.Guests = append(s.Guests, protocol.GuestStatus{ID: a.GuestID, Service: a.Service, IP: parseAddr(a.IP), PublicKey: a.GuestPubkey})
+		case protocol.PlatformNetns:
+			s.NetnsAttachments = append(s.NetnsAttachments, netnsStatus(a))
 		}
 	}
 	return v

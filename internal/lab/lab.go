@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -263,6 +264,27 @@ func Eventually(t TB, timeout time.Duration, what string, cond func() error) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// AddNetns creates a bare network namespace with lo up, the way a CNI
+// runtime makes one for a container (`ip netns add`), and returns its name
+// and its file in /run/netns. Close deletes it.
+func (l *Lab) AddNetns(name string) (ns, path string) {
+	l.t.Helper()
+	ns = l.nsName(name)
+	l.addNS(ns)
+	l.must("ip", "-n", ns, "link", "set", "lo", "up")
+	return ns, "/run/netns/" + ns
+}
+
+// DeleteNetns deletes a namespace made by AddNetns, as a runtime deletes a
+// container's: the processes and links in it go with it.
+func (l *Lab) DeleteNetns(ns string) {
+	l.t.Helper()
+	l.must("ip", "netns", "delete", ns)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.nsList = slices.DeleteFunc(l.nsList, func(n string) bool { return n == ns })
 }
 
 // DataDir for a node inside the lab's directory.

@@ -90,6 +90,15 @@ func (a *attachment) run() error {
 	}
 	a.ns = ns
 	defer ns.Close()
+	if spec.NetnsInode != 0 {
+		ino, err := netnsInodeOf(int(ns), spec.netnsPath())
+		if err != nil {
+			return err
+		}
+		if ino != spec.NetnsInode {
+			return fmt.Errorf("%s is no longer the network namespace the attachment was made in (inode %d, not %d): the namespace was deleted and another took its path", spec.netnsPath(), ino, spec.NetnsInode)
+		}
+	}
 	if ns.Equal(a.n.ns) {
 		// Creating the "container" end here would put eth0, its address and a default route
 		// into the daemon's own namespace.

@@ -32,6 +32,8 @@ func ContainerHasLink(int, string, netip.Prefix) (bool, error) { return false, e
 func ProcessStartTime(int) (uint64, error)                     { return 0, errPlatform }
 func NetnsInode(int) (uint64, error)                           { return 0, errPlatform }
 func SetSysctl(string, string) error                           { return errPlatform }
+func NetnsFileInode(string) (uint64, error)                    { return 0, errPlatform }
+func InspectNetns(string, string) (NetnsLink, bool, error)     { return NetnsLink{}, false, errPlatform }
 
 // Forwarding is unusable on this platform.
 type Forwarding struct{}

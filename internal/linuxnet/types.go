@@ -97,6 +97,10 @@ type AttachSpec struct {
 	PID int
 	// NetnsPath overrides the namespace file (a pinned namespace, or tests).
 	NetnsPath string
+	// NetnsInode, if set, is the inode the namespace must have (see NetnsFileInode):
+	// Attach refuses a namespace file that names another namespace by now, e.g. one a
+	// runtime created under the path of a deleted one.
+	NetnsInode uint64
 	// HostName is the host end's name (at most 15 bytes), e.g. "zl-v4242-e0".
 	HostName string
 	// IfName is the interface name inside the container, e.g. "eth0".

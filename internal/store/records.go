@@ -91,7 +91,8 @@ type Allocation struct {
 
 // Attachment is one container or guest attached to a service. Key: Key.
 type Attachment struct {
-	// Key is the handle string, e.g. "linux_pid:4242" or "guest_managed:vm-1".
+	// Key is the handle string, e.g. "linux_pid:4242", "guest_managed:vm-1" or
+	// "netns:<container id>/<ifname>".
 	Key      string `json:"key"`
 	Platform string `json:"platform"`
 	PID      uint32 `json:"pid"`
@@ -116,6 +117,12 @@ type Attachment struct {
 	DNSServer   string `json:"dns_server"`
 	DNSDomain   string `json:"dns_domain"`
 	CreatedUnix int64  `json:"created_unix"`
+	// NetnsPath, ContainerID and IfName identify a netns attachment (a CNI container):
+	// the namespace file it was made in (NetnsInode is that file's inode), the runtime's
+	// container id and the container-side interface name.
+	NetnsPath   string `json:"netns_path,omitempty"`
+	ContainerID string `json:"container_id,omitempty"`
+	IfName      string `json:"ifname,omitempty"`
 	// Detaching marks an attachment whose removal began but did not finish
 	// (a Windows container's HCN endpoint is deleted between two commits):
 	// reconcile finishes it, so a crash in between leaks nothing.

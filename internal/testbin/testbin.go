@@ -46,6 +46,34 @@ func Build(t testing.TB, name string) string {
 	return filepath.Join(dir, name)
 }
 
+var (
+	pkgMu    sync.Mutex
+	pkgBuilt = map[string]string{}
+)
+
+// BuildPackage builds the command at import path pkg — a tool of a module
+// this one requires, such as github.com/containernetworking/cni/cnitool, at
+// the version go.mod pins — next to the project's commands (built without
+// the race detector: it is a peer, not code under test) and returns its
+// path.
+func BuildPackage(t testing.TB, pkg string) string {
+	t.Helper()
+	Build(t, "") // the directory
+	pkgMu.Lock()
+	defer pkgMu.Unlock()
+	if p, ok := pkgBuilt[pkg]; ok {
+		return p
+	}
+	p := filepath.Join(dir, filepath.Base(pkg))
+	cmd := exec.Command("go", "build", "-o", p, pkg)
+	cmd.Dir = moduleRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building %s: %v\n%s", pkg, err, out)
+	}
+	pkgBuilt[pkg] = p
+	return p
+}
+
 // Cleanup removes the binaries; call it from TestMain after m.Run.
 func Cleanup() {
 	if dir != "" {

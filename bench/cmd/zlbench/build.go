@@ -20,7 +20,7 @@ var (
 	buildErr  error
 )
 
-// binaries builds zlayer-overlayd and the echo server once per run, from
+// binaries builds zlayer-overlayd, zlayer-cni and the echo server once per run, from
 // the module this benchmark lives in.
 func binaries() (dir string, err error) {
 	buildOnce.Do(func() {
@@ -32,7 +32,7 @@ func binaries() (dir string, err error) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		benchlib.Defer(cancel) // an interrupted run stops the build too
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", buildDir+"/", "./cmd/zlayer-overlayd", "./bench/echo")
+		cmd := exec.CommandContext(ctx, "go", "build", "-o", buildDir+"/", "./cmd/zlayer-overlayd", "./cmd/zlayer-cni", "./bench/echo")
 		cmd.Dir = strings.TrimSpace(string(root))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -45,4 +45,9 @@ func binaries() (dir string, err error) {
 func daemonBin() (string, error) {
 	d, err := binaries()
 	return filepath.Join(d, "zlayer-overlayd"), err
+}
+
+func cniPluginBin() (string, error) {
+	d, err := binaries()
+	return filepath.Join(d, "zlayer-cni"), err
 }

@@ -6,7 +6,7 @@
 // the ratio. Everything it creates (namespaces, links, processes, files)
 // carries the prefix zltb and is removed on every exit path.
 //
-//	zlbench [flags] ipc|attach|dns|throughput|scale|all
+//	zlbench [flags] ipc|attach|dns|throughput|scale|cni|all
 package main
 
 import (
@@ -23,7 +23,7 @@ import (
 
 var (
 	rounds   = flag.Int("rounds", 5, "interleaved rounds per comparison (at least 5)")
-	toolsDir = flag.String("tools", "/var/tmp/zlayer-bench/bin", "where bench/install.sh put the peers (CNI plugins, coredns, wireguard-go)")
+	toolsDir = flag.String("tools", "/var/tmp/zlayer-bench/bin", "where bench/install.sh put the peers (CNI plugins, cnitool, coredns, wireguard-go)")
 	quick    = flag.Bool("quick", false, "shorter measurements (for a smoke run; numbers are noisier)")
 	profile  = flag.String("cpuprofile", "", "ipc, dns, scale, throughput: write CPU profiles of zlayer-overlayd under load (first round) to FILE-<comparison>.pprof (uses --pprof-listen)")
 )
@@ -35,7 +35,7 @@ type comparison struct {
 
 func main() {
 	flag.Usage = func() {
-		fmt.Fprintf(os.Stderr, "usage: zlbench [flags] ipc|attach|dns|throughput|scale|all\n")
+		fmt.Fprintf(os.Stderr, "usage: zlbench [flags] ipc|attach|dns|throughput|scale|cni|all\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -60,6 +60,7 @@ func main() {
 		{"dns", benchDNS},
 		{"throughput", benchThroughput},
 		{"scale", benchScale},
+		{"cni", benchCNI},
 	}
 	what := flag.Arg(0)
 	host, _ := os.Hostname()
@@ -78,7 +79,7 @@ func main() {
 			break
 		}
 	}
-	if what != "all" && !strings.Contains("ipc attach dns throughput scale", what) {
+	if what != "all" && !strings.Contains("ipc attach dns throughput scale cni", what) {
 		flag.Usage()
 		benchlib.Cleanup()
 		os.Exit(2)

@@ -184,7 +184,7 @@ func (n *Net) Attach(s linuxnet.AttachSpec) error {
 		if l.Kind != "veth" {
 			return fmt.Errorf("%s is a %s", s.HostName, l.Kind)
 		}
-		if l.Spec != nil && l.Spec.Addr == s.Addr && l.Spec.PID == s.PID {
+		if l.Spec != nil && l.Spec.Addr == s.Addr && l.Spec.PID == s.PID && l.Spec.NetnsPath == s.NetnsPath && l.Spec.NetnsInode == s.NetnsInode {
 			return nil
 		}
 	}
@@ -260,6 +260,19 @@ func (n *Net) KillContainer(pid int) {
 	defer n.mu.Unlock()
 	for name, l := range n.links {
 		if l.Kind == "veth" && l.Spec != nil && l.Spec.PID == pid {
+			n.deleteLocked(name)
+		}
+	}
+}
+
+// DeleteNetns simulates a runtime deleting a network namespace given by
+// its file: the veths attached through that path vanish with it. (The file
+// itself is Procs' business: see Procs.DeleteNetns.)
+func (n *Net) DeleteNetns(path string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for name, l := range n.links {
+		if l.Kind == "veth" && l.Spec != nil && l.Spec.NetnsPath == path {
 			n.deleteLocked(name)
 		}
 	}

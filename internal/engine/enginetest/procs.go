@@ -14,13 +14,16 @@ type process struct{ start, netns uint64 }
 type Procs struct {
 	mu    sync.Mutex
 	procs map[int]process
+	// netns are the network namespace files (ip netns add, a CNI
+	// runtime's) by path, with their inodes.
+	netns map[string]uint64
 	last  uint64
 	// onStart, when set, runs at the start of every StartTime call.
 	onStart func(pid int)
 }
 
 // NewProcs returns a process table without processes.
-func NewProcs() *Procs { return &Procs{procs: map[int]process{}} }
+func NewProcs() *Procs { return &Procs{procs: map[int]process{}, netns: map[string]uint64{}} }
 
 // Add starts a process with the given PID. Its start time is later than
 // that of every process added before, so a PID reused after Kill is a
@@ -72,4 +75,33 @@ func (p *Procs) StartTime(pid int) (uint64, error) {
 func (p *Procs) NetnsInode(pid int) (uint64, error) {
 	id, err := p.lookup(pid)
 	return id.netns, err
+}
+
+// AddNetns creates a network namespace file at path (replacing one that is
+// there) and returns its inode, which no namespace had before.
+func (p *Procs) AddNetns(path string) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.last = max(p.last+1, uint64(time.Now().UnixNano()))
+	p.netns[path] = p.last
+	return p.last
+}
+
+// DeleteNetns removes the namespace file at path.
+func (p *Procs) DeleteNetns(path string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.netns, path)
+}
+
+// NetnsFileInode is the engine's view of a namespace file: its inode, or an
+// error wrapping fs.ErrNotExist, as linuxnet.NetnsFileInode answers.
+func (p *Procs) NetnsFileInode(path string) (uint64, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ino, ok := p.netns[path]
+	if !ok {
+		return 0, fmt.Errorf("network namespace %s: %w", path, fs.ErrNotExist)
+	}
+	return ino, nil
 }
