@@ -225,7 +225,8 @@ func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.
 	// Each candidate directly, then (with a TURN allocation) through the
 	// relay.
 	trials := e.natTrials(d.scope, cands, v)
-	if !healthy && len(trials) > 1 {
+	stale := d.scope == scopeGlobal && e.natStale(key, curAP, cands, p.LastHandshakeTime, v)
+	if (!healthy || stale) && len(trials) > 1 {
 		if tr != nil && now.Sub(tr.since) < candidateTrialAfter {
 			return candidateSwitch{}, false
 		}

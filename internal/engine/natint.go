@@ -53,6 +53,11 @@ type natState struct {
 	relayFor []nat.TURNServer   // the configuration relay runs with
 	relayed  netip.AddrPort     // the relayed address last reported
 	paths    map[string]natPath // peerKey -> the path last reported
+	// allocs is, per peer reached through our allocation, the relayed
+	// address that allocation had; retry marks peers whose path went
+	// stale (since when), tried again until a new handshake.
+	allocs map[string]netip.AddrPort
+	retry  map[string]time.Time
 
 	loop sync.Once
 	kick chan struct{} // wakes natLoop to follow the global overlay
@@ -67,7 +72,7 @@ func (e *Engine) enableNAT(cfg NATConfig) {
 	if cfg.RefreshInterval == 0 {
 		cfg.RefreshInterval = 60 * time.Second
 	}
-	e.nat = &natState{cfg: cfg, refreshed: make(chan struct{}), paths: map[string]natPath{}, kick: make(chan struct{}, 1)}
+	e.nat = &natState{cfg: cfg, refreshed: make(chan struct{}), paths: map[string]natPath{}, allocs: map[string]netip.AddrPort{}, retry: map[string]time.Time{}, kick: make(chan struct{}, 1)}
 	e.hooks.statusExtra = append(e.hooks.statusExtra, e.natStatus)
 }
 
@@ -427,9 +432,10 @@ type relayView struct {
 	bind      *nat.Bind
 	relay     *nat.Relay
 	allocated bool
-	server    string       // the server our allocation is on
-	ips       []netip.Addr // where relayed addresses live
-	servers   []string     // configured server addresses
+	relayed   netip.AddrPort // our relayed address
+	server    string         // the server our allocation is on
+	ips       []netip.Addr   // where relayed addresses live
+	servers   []string       // configured server addresses
 }
 
 func (e *Engine) relayView() relayView {
@@ -445,7 +451,7 @@ func (e *Engine) relayView() relayView {
 	n.mu.Unlock()
 	if v.relay != nil {
 		st := v.relay.Status()
-		v.allocated, v.server = st.Relayed.IsValid(), st.Server
+		v.allocated, v.relayed, v.server = st.Relayed.IsValid(), st.Relayed, st.Server
 		v.ips = v.relay.ServerIPs()
 	}
 	return v
@@ -548,6 +554,13 @@ func (e *Engine) natPeerPath(key, pub string, endpoint netip.AddrPort, healthy b
 	n.mu.Lock()
 	last, seen := n.paths[key]
 	n.paths[key] = p
+	if v.bind.PathTo(endpoint) == nat.PathRelay {
+		if _, retrying := n.retry[key]; !retrying {
+			n.allocs[key] = v.relayed
+		}
+	} else {
+		delete(n.allocs, key)
+	}
 	n.mu.Unlock()
 	if !seen {
 		last = natPath{path: protocol.PathDirect}
@@ -557,6 +570,46 @@ func (e *Engine) natPeerPath(key, pub string, endpoint netip.AddrPort, healthy b
 		e.natPublish(protocol.NATEndpointChanged{Pubkey: pub, Endpoint: endpoint.String(), Path: p.path, Relay: p.relay})
 	}
 	return p.path == protocol.PathRelay
+}
+
+// natStale reports whether a peer's relayed path is dead for sure, though
+// the peer may still count as healthy for a while: our allocation it went
+// through was replaced (the server restarted), or it goes to a relayed
+// address the peer no longer lists (its allocation was replaced). Such a
+// peer is tried again, candidate by candidate, until a handshake newer
+// than the verdict completes.
+func (e *Engine) natStale(key string, endpoint netip.AddrPort, cands []string, handshake time.Time, v relayView) bool {
+	if v.bind == nil {
+		return false
+	}
+	n := e.nat
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if since, ok := n.retry[key]; ok {
+		if handshake.After(since) {
+			delete(n.retry, key)
+			return false
+		}
+		return true
+	}
+	if !endpoint.IsValid() {
+		return false
+	}
+	why := ""
+	if at, ok := n.allocs[key]; ok && v.bind.PathTo(endpoint) == nat.PathRelay && at != v.relayed {
+		why = "our TURN allocation was replaced"
+	} else if v.isRelayed(endpoint) && !slices.Contains(v.direct(cands), endpoint) && !slices.ContainsFunc(cands, func(c string) bool {
+		ap, err := netip.ParseAddrPort(c)
+		return err == nil && netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) == endpoint
+	}) {
+		why = "the peer's relayed address is no longer among its candidates"
+	}
+	if why == "" {
+		return false
+	}
+	n.retry[key] = time.Now()
+	e.log.Info("relayed path gone; trying the peer's candidates again", "peer", key, "endpoint", endpoint, "why", why)
+	return true
 }
 
 // natAfterRound lets the relay accept packets from every address a global
@@ -571,6 +624,16 @@ func (e *Engine) natAfterRound(seen map[string]bool, endpoints map[netip.AddrPor
 	for k := range n.paths {
 		if !seen[k] {
 			delete(n.paths, k)
+		}
+	}
+	for k := range n.allocs {
+		if !seen[k] {
+			delete(n.allocs, k)
+		}
+	}
+	for k := range n.retry {
+		if !seen[k] {
+			delete(n.retry, k)
 		}
 	}
 	n.mu.Unlock()
