@@ -296,3 +296,96 @@ func pings(t *testing.T, n *lab.Node, to netip.Addr, count int) {
 		t.Fatalf("%d pings at 10/s from %s to %s: %v\n%s", count, n.Name, to, err, out)
 	}
 }
+
+// TestTURNThroughput measures TCP throughput over the overlay between the
+// two nodes of the TURN lab, first through coturn (the routers are
+// symmetric), then directly (the routers switched to port-preserving
+// masquerade, so the nodes punch through), with the same daemons and
+// iperf3 settings. It is a measurement, not a check: it runs only with
+// ZL_BENCH_TURN=1 and reports its numbers for docs/benchmarks.md.
+func TestTURNThroughput(t *testing.T) {
+	if os.Getenv("ZL_BENCH_TURN") == "" {
+		t.Skip("a measurement: set ZL_BENCH_TURN=1 (see docs/benchmarks.md)")
+	}
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		t.Skip("needs iperf3")
+	}
+	tl := newTURNLab(t)
+	a, b := tl.a, tl.b
+	for i, n := range []*lab.Node{a, b} {
+		req := protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: "1", ClusterCIDR: cluster, SliceCIDR: sliceOf(i), WGPort: 51820, NATEnabled: true}
+		if n == b {
+			req.TURNServers = []protocol.TURNServerConfig{{Address: tl.turnAddr, Username: turnUser, Credential: turnPass}}
+		}
+		n.Call(req)
+	}
+	relayA, relayB := tl.relayOf(t, a, 20*time.Second, ""), tl.relayOf(t, b, 20*time.Second, "")
+	stA, stB := a.Status(), b.Status()
+	a.Call(peerSpec(stB, 1, relayB))
+	b.Call(peerSpec(stA, 0, relayA))
+	lab.Eventually(t, 30*time.Second, "relay path", func() error { return a.Ping(stB.NodeIP, 1) })
+	if p := a.Status().Peers[0]; p.Path != protocol.PathRelay {
+		t.Fatalf("not on the relay: %+v", p)
+	}
+	relayed := iperf(t, a, b, stB.NodeIP)
+
+	// Direct: port-preserving routers; STUN finds the new mappings and
+	// the main daemon passes them on as the endpoints.
+	for _, r := range []*lab.Router{tl.r1, tl.r2} {
+		out, err := exec.Command("ip", "netns", "exec", r.NS, "sh", "-c",
+			"nft flush chain ip labnat post && nft add rule ip labnat post oifname wan ip saddr "+r.LAN.String()+" masquerade && conntrack -F").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", r.Name, err, out)
+		}
+	}
+	for _, n := range []*lab.Node{a, b} {
+		n.Call(protocol.NATTick{})
+	}
+	stA, stB = a.Status(), b.Status()
+	direct := func(st protocol.StatusSnapshot, j int) protocol.AddPeer {
+		return protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: st.PublicKey, Endpoint: st.NAT.ReflexiveAddrs[0], AllowedIPs: sliceOf(j), PersistentKeepaliveSecs: 25}}
+	}
+	a.Call(direct(stB, 1))
+	b.Call(direct(stA, 0))
+	lab.Eventually(t, 60*time.Second, "direct path", func() error {
+		if err := a.Ping(stB.NodeIP, 1); err != nil {
+			return err
+		}
+		if p := a.Status().Peers[0]; p.Path != protocol.PathDirect {
+			return fmt.Errorf("path %s via %s", p.Path, p.Endpoint)
+		}
+		return nil
+	})
+	straight := iperf(t, a, b, stB.NodeIP)
+	load, _ := os.ReadFile("/proc/loadavg")
+	t.Logf("iperf3 -c %s -t 10 -P 1 (TCP, MTU 1420 overlay): relay %.0f Mbit/s, direct %.0f Mbit/s, ratio %.2f; loadavg %s",
+		stB.NodeIP, relayed/1e6, straight/1e6, relayed/straight, strings.TrimSpace(string(load)))
+}
+
+// iperf runs a 10-second single-stream TCP test from a to b's overlay
+// address and returns the receiver's bits per second.
+func iperf(t *testing.T, a, b *lab.Node, to netip.Addr) float64 {
+	t.Helper()
+	srv := exec.Command("ip", "netns", "exec", b.NS, "iperf3", "-s", "-1", "-B", to.String())
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	var out string
+	lab.Eventually(t, 10*time.Second, "iperf3", func() error {
+		var err error
+		out, err = a.Exec("iperf3", "-c", to.String(), "-t", "10", "-P", "1", "-J")
+		return err
+	})
+	var res struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil || res.End.SumReceived.BitsPerSecond == 0 {
+		t.Fatalf("iperf3: %v\n%s", err, out)
+	}
+	return res.End.SumReceived.BitsPerSecond
+}
