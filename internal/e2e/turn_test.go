@@ -42,6 +42,11 @@ type turnLab struct {
 
 func newTURNLab(t *testing.T) *turnLab {
 	t.Helper()
+	return newTURNLabWith(t, lab.RouterOptions{FullyRandom: true})
+}
+
+func newTURNLabWith(t *testing.T, routers lab.RouterOptions) *turnLab {
+	t.Helper()
 	if _, err := exec.LookPath("turnserver"); err != nil {
 		t.Skip("needs coturn's turnserver (apt-get install coturn)")
 	}
@@ -60,8 +65,8 @@ func newTURNLab(t *testing.T) *turnLab {
 	if err := os.WriteFile(pass, []byte(turnPass+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tl.r1 = l.AddRouterWith("r1", 11, netip.MustParsePrefix("192.168.1.0/24"), lab.RouterOptions{FullyRandom: true})
-	tl.r2 = l.AddRouterWith("r2", 12, netip.MustParsePrefix("192.168.2.0/24"), lab.RouterOptions{FullyRandom: true})
+	tl.r1 = l.AddRouterWith("r1", 11, netip.MustParsePrefix("192.168.1.0/24"), routers)
+	tl.r2 = l.AddRouterWith("r2", 12, netip.MustParsePrefix("192.168.2.0/24"), routers)
 	tl.a = l.AddNodeBehind(tl.r1, "a", "--turn-server", turnAddr, "--turn-username", turnUser, "--turn-password-file", pass)
 	tl.b = l.AddNodeBehind(tl.r2, "b")
 	tl.events = collectEvents(t, tl.a, tl.b)
@@ -151,11 +156,15 @@ func (tl *turnLab) relayOf(t *testing.T, n *lab.Node, within time.Duration, not 
 // node j: its reflexive address (when STUN found one) as the endpoint and
 // its relayed address as a candidate.
 func peerSpec(st protocol.StatusSnapshot, j int, relay string) protocol.AddPeer {
+	return peerSpecKA(st, j, relay, 25)
+}
+
+func peerSpecKA(st protocol.StatusSnapshot, j int, relay string, keepalive uint64) protocol.AddPeer {
 	endpoint := relay
 	if st.NAT != nil && len(st.NAT.ReflexiveAddrs) > 0 {
 		endpoint = st.NAT.ReflexiveAddrs[0]
 	}
-	return protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: st.PublicKey, Endpoint: endpoint, AllowedIPs: sliceOf(j), PersistentKeepaliveSecs: 25},
+	return protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: st.PublicKey, Endpoint: endpoint, AllowedIPs: sliceOf(j), PersistentKeepaliveSecs: keepalive},
 		Candidates: []string{relay, endpoint}}
 }
 
@@ -280,6 +289,74 @@ func TestTURNRelayBetweenSymmetricNATs(t *testing.T) {
 			t.Fatalf("%s's log contains the TURN password", n.Name)
 		}
 	}
+}
+
+// TestTURNRelayGivesWayToADirectPath: behind port-preserving routers a
+// direct path is possible, but r2 first drops everything between the two
+// routers, so the nodes meet through the relay. Once the block is lifted,
+// the copies of keepalives each side sends to the other's direct address
+// punch through, and both move off the relay by themselves, without the
+// main daemon doing anything.
+func TestTURNRelayGivesWayToADirectPath(t *testing.T) {
+	tl := newTURNLabWith(t, lab.RouterOptions{})
+	a, b := tl.a, tl.b
+	r2nft := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"netns", "exec", tl.r2.NS, "nft"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("nft %v: %v\n%s", args, err, out)
+		}
+	}
+	r2nft("add", "chain", "ip", "labnat", "block", "{", "type", "filter", "hook", "forward", "priority", "0", ";", "}")
+	r2nft("add", "rule", "ip", "labnat", "block", "ip", "saddr", tl.r1.Public.String(), "drop")
+	r2nft("add", "rule", "ip", "labnat", "block", "ip", "daddr", tl.r1.Public.String(), "drop")
+
+	for i, n := range []*lab.Node{a, b} {
+		req := protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: "1", ClusterCIDR: cluster, SliceCIDR: sliceOf(i), WGPort: 51820, NATEnabled: true}
+		if n == b {
+			req.TURNServers = []protocol.TURNServerConfig{{Address: tl.turnAddr, Username: turnUser, Credential: turnPass}}
+		}
+		n.Call(req)
+	}
+	relayA, relayB := tl.relayOf(t, a, 20*time.Second, ""), tl.relayOf(t, b, 20*time.Second, "")
+	stA, stB := a.Status(), b.Status()
+	for _, st := range []protocol.StatusSnapshot{stA, stB} {
+		if len(st.NAT.ReflexiveAddrs) == 0 || !strings.HasSuffix(st.NAT.ReflexiveAddrs[0], ":51820") {
+			t.Fatalf("a port-preserving router should give a reflexive :51820, got %v", st.NAT.ReflexiveAddrs)
+		}
+	}
+	a.Call(peerSpecKA(stB, 1, relayB, 10))
+	b.Call(peerSpecKA(stA, 0, relayA, 10))
+	lab.Eventually(t, 30*time.Second, "a reaches b through the relay", func() error { return a.Ping(stB.NodeIP, 1) })
+	if p := a.Status().Peers[0]; p.Path != protocol.PathRelay {
+		t.Fatalf("with the routers blocked, a's peer is not on the relay: %+v", p)
+	}
+	from := tl.events.count("a")
+
+	r2nft("flush", "chain", "ip", "labnat", "block")
+	lifted := time.Now()
+	lab.Eventually(t, 60*time.Second, "both nodes move to the direct path", func() error {
+		a.Ping(stB.NodeIP, 1) // traffic keeps both sessions busy meanwhile
+		for _, x := range []struct {
+			n    *lab.Node
+			want string
+		}{{a, stB.NAT.ReflexiveAddrs[0]}, {b, stA.NAT.ReflexiveAddrs[0]}} {
+			p := x.n.Status().Peers
+			if len(p) != 1 || p[0].Path != protocol.PathDirect || p[0].Endpoint != x.want {
+				return fmt.Errorf("%s's peer: %+v (want direct at %s)", x.n.Name, p, x.want)
+			}
+		}
+		return nil
+	})
+	t.Logf("direct %v after the block was lifted", time.Since(lifted).Round(time.Millisecond))
+	lab.Eventually(t, 5*time.Second, "the event", func() error {
+		if _, ok := tl.events.find("a", from, func(e protocol.NATEndpointChanged) bool {
+			return e.Pubkey == stB.PublicKey && e.Path == protocol.PathDirect
+		}); !ok {
+			return errf("no nat_endpoint_changed with path direct for a's peer")
+		}
+		return nil
+	})
+	pings(t, a, stB.NodeIP, 20)
 }
 
 func jsonOf(v any) (string, error) {

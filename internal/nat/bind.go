@@ -57,7 +57,7 @@ type Bind struct {
 	openDone    chan struct{}           // guarded by mu; closed by Close, ends the relay receive function
 	// probes maps a relayed target to the direct addresses that get
 	// copies of handshake initiations (copy-on-write, written under mu).
-	probes atomic.Pointer[map[netip.AddrPort][]conn.Endpoint]
+	probes atomic.Pointer[map[netip.AddrPort]*probeSet]
 	// vias records, for addresses ever sent to through the relay, how the
 	// last packet to them left (netip.AddrPort -> *atomic.Uint32).
 	vias     sync.Map
@@ -88,7 +88,7 @@ func NewBind(inner conn.Bind, log *slog.Logger) *Bind {
 		relayIn:     make(chan relayPacket, relayQueue),
 		relayRoutes: map[netip.AddrPort]bool{},
 	}
-	b.probes.Store(&map[netip.AddrPort][]conn.Endpoint{})
+	b.probes.Store(&map[netip.AddrPort]*probeSet{})
 	return b
 }
 
@@ -156,13 +156,13 @@ func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if re, ok := ep.(*relayEndpoint); ok {
 		b.noteSend(re.dst, viaRelay)
-		b.probe(bufs, re.dst)
+		b.probe(bufs, re.dst, true)
 		return b.sendRelay(bufs, re.dst)
 	}
 	if b.tracking.Load() {
 		if ap, ok := addrOf(ep); ok {
 			b.noteSend(ap, viaDirect)
-			b.probe(bufs, ap)
+			b.probe(bufs, ap, false)
 		}
 	}
 	return b.inner.Send(bufs, ep)

@@ -469,6 +469,18 @@ func TestBindSendsRelayedEndpointsThroughTheRelay(t *testing.T) {
 	if !probed {
 		t.Fatal("the handshake initiation was not copied to the peer's direct address")
 	}
+	// One transport message per probeEvery is copied too, data or
+	// keepalive: a burst costs one copy.
+	b1.Send([][]byte{wireGuardPacket(4, 96, [4]byte{5}), wireGuardPacket(4, 32, [4]byte{4}), wireGuardPacket(4, 1400, [4]byte{6})}, ep)
+	copies := map[int]int{}
+	for _, s := range inner1.sentPackets() {
+		if s.to == direct {
+			copies[len(s.data)]++
+		}
+	}
+	if copies[148] == 0 || copies[96] != 1 || len(copies) != 2 {
+		t.Fatalf("copies to the direct address by size: %v, want initiations and one transport message", copies)
+	}
 	// The answer goes back through b2's relay to the endpoint it came
 	// from, and nothing of it leaves b2's socket directly.
 	resp := wireGuardPacket(2, 92, [4]byte{2})
@@ -545,3 +557,30 @@ func (d *endpointDevice) find(p []byte) (endpointPacket, bool) {
 }
 
 func (d *endpointDevice) wait() { d.done.Wait() }
+
+// A peer relayed to the very address that is also its direct candidate
+// (its NAT keeps ports, so the relay sees the same mapping) gets copies
+// there directly; a direct send to that address gets none (it is the
+// packet itself).
+func TestProbesGoToTheRelayedAddressItselfDirectly(t *testing.T) {
+	inner := newFakeBind()
+	b := NewBind(inner, nil)
+	peer := netip.MustParseAddrPort("198.51.100.7:51820")
+	b.SetProbes(peer, []netip.AddrPort{peer})
+	keepalive := wireGuardPacket(4, 32, [4]byte{1})
+	if err := b.Send([][]byte{keepalive}, &relayEndpoint{dst: peer}); !errors.Is(err, errNoAllocation) {
+		t.Fatalf("relayed send without a relay: %v", err)
+	}
+	if sent := inner.sentPackets(); len(sent) != 1 || sent[0].to != peer || !bytes.Equal(sent[0].data, keepalive) {
+		t.Fatalf("sent directly: %+v, want one copy of the keepalive to %s", sent, peer)
+	}
+	b.Send([][]byte{keepalive}, fakeEndpoint{peer})
+	if sent := inner.sentPackets(); len(sent) != 2 {
+		t.Fatalf("a direct send to the probed address was copied: %d packets", len(sent))
+	}
+	b.PruneProbes(func(netip.AddrPort) bool { return false })
+	b.Send([][]byte{keepalive}, &relayEndpoint{dst: peer})
+	if sent := inner.sentPackets(); len(sent) != 2 {
+		t.Fatal("pruned probes still copy")
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -22,12 +23,15 @@ import (
 // relay whatever the peer sends through, and goes back to a direct
 // endpoint as soon as the peer's packets arrive directly again.
 //
-// While a peer is reached through a relay, the Bind also sends a copy of
-// every handshake initiation to the peer's direct addresses (SetProbes).
-// If a direct path has opened meanwhile, the peer answers the copy
-// directly, and both sides' roaming moves the session off the relay; if
-// not, the copy is lost and the relay carries on. Initiations happen at
-// least every two minutes on a session that carries traffic.
+// While a peer is reached through a relay, the Bind also sends copies to
+// the peer's direct addresses (SetProbes): of every handshake initiation,
+// and of one transport message (data or keepalive) every probeEvery. Both
+// sides do so, so the copies also punch the holes a direct path needs.
+// Once the peer gets a copy directly, WireGuard's roaming points its
+// endpoint at our direct address and its packets come back directly, and
+// ours follow them; if no copy gets through, they are lost and the relay
+// carries on. A duplicate never confuses WireGuard: the second copy of a
+// message fails its replay check.
 
 // relayEndpoint is a peer address reached through our TURN allocation.
 type relayEndpoint struct {
@@ -95,28 +99,37 @@ func (b *Bind) UseRelay(addr netip.AddrPort, on bool) {
 	}
 }
 
-// SetProbes sets the direct addresses to which copies of handshake
-// initiations sent to target go (nil clears them).
+// SetProbes sets the direct addresses to which copies of what is sent to
+// target go (nil clears them).
 func (b *Bind) SetProbes(target netip.AddrPort, direct []netip.AddrPort) {
 	target = unmapAP(target)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	old := b.probes.Load()
-	next := make(map[netip.AddrPort][]conn.Endpoint, len(*old)+1)
+	next := make(map[netip.AddrPort]*probeSet, len(*old)+1)
 	for k, v := range *old {
 		next[k] = v
 	}
 	delete(next, target)
+	set := &probeSet{}
+	if prev := (*old)[target]; prev != nil {
+		set.last.Store(prev.last.Load())
+	}
 	for _, d := range direct {
+		// d may be target itself: a peer relayed to its own direct
+		// address is probed there directly.
 		d = unmapAP(d)
-		if d == target || !d.IsValid() {
+		if !d.IsValid() {
 			continue
 		}
 		ep, err := b.inner.ParseEndpoint(d.String())
 		if err != nil {
 			continue
 		}
-		next[target] = append(next[target], ep)
+		set.alts = append(set.alts, probeTarget{d, ep})
+	}
+	if len(set.alts) > 0 {
+		next[target] = set
 	}
 	b.probes.Store(&next)
 	if len(next) > 0 {
@@ -129,7 +142,7 @@ func (b *Bind) PruneProbes(keep func(netip.AddrPort) bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	old := b.probes.Load()
-	next := make(map[netip.AddrPort][]conn.Endpoint, len(*old))
+	next := make(map[netip.AddrPort]*probeSet, len(*old))
 	for k, v := range *old {
 		if keep(k) {
 			next[k] = v
@@ -232,23 +245,54 @@ func (b *Bind) sendRelay(bufs [][]byte, dst netip.AddrPort) error {
 	return first
 }
 
-// probe sends copies of the handshake initiations in bufs to target's
-// direct addresses.
-func (b *Bind) probe(bufs [][]byte, target netip.AddrPort) {
+// probeTarget is a direct address that gets copies.
+type probeTarget struct {
+	addr netip.AddrPort
+	ep   conn.Endpoint
+}
+
+// probeSet is the direct addresses of one relayed target, and when a
+// transport message was last copied to them.
+type probeSet struct {
+	alts []probeTarget
+	last atomic.Int64 // unix nanoseconds
+}
+
+// probeEvery is how often a transport message is copied to a relayed
+// peer's direct addresses: rarely enough to cost nothing, often enough to
+// keep a punched hole open (conntrack forgets an unanswered UDP flow
+// after 30 s).
+const probeEvery = 5 * time.Second
+
+// probe sends copies of the handshake initiations in bufs, and of one
+// transport message every probeEvery, to target's direct addresses;
+// relayed says bufs go through the relay (else they go to target
+// directly, which then needs no copy).
+func (b *Bind) probe(bufs [][]byte, target netip.AddrPort, relayed bool) {
 	probes := *b.probes.Load()
 	if len(probes) == 0 {
 		return
 	}
-	alts := probes[target]
-	if len(alts) == 0 {
+	set := probes[target]
+	if set == nil {
 		return
 	}
 	for _, p := range bufs {
-		if !isHandshakeInitiation(p) {
+		switch {
+		case isHandshakeInitiation(p):
+		case isTransport(p):
+			now := time.Now().UnixNano()
+			last := set.last.Load()
+			if now-last < int64(probeEvery) || !set.last.CompareAndSwap(last, now) {
+				continue
+			}
+		default:
 			continue
 		}
-		for _, ep := range alts {
-			b.inner.Send([][]byte{p}, ep)
+		for _, alt := range set.alts {
+			if relayed || alt.addr != target {
+				b.inner.Send([][]byte{p}, alt.ep)
+			}
 		}
 	}
 }
@@ -256,6 +300,12 @@ func (b *Bind) probe(bufs [][]byte, target netip.AddrPort) {
 // isHandshakeInitiation: type 1, 148 bytes (WireGuard's whitepaper §5.4.2).
 func isHandshakeInitiation(p []byte) bool {
 	return len(p) == 148 && binary.LittleEndian.Uint32(p) == 1
+}
+
+// isTransport: a transport message (type 4), data or keepalive (32 bytes
+// and more).
+func isTransport(p []byte) bool {
+	return len(p) >= 32 && binary.LittleEndian.Uint32(p) == 4
 }
 
 // addrOf is the destination of a direct endpoint.
