@@ -114,7 +114,13 @@ func parseTURNServers(in []protocol.TURNServerConfig) ([]store.TURNServer, error
 // (wireguard-go's own, which keeps its route listener for multi-homed
 // nodes).
 func (e *Engine) globalBind(rec store.Global) conn.Bind {
-	if e.nat == nil || (len(e.nat.cfg.Servers) == 0 && len(e.turnServers(rec)) == 0) {
+	if e.nat == nil {
+		return nil
+	}
+	if len(e.nat.cfg.Servers) == 0 && len(e.turnServers(rec)) == 0 {
+		e.nat.mu.Lock()
+		e.nat.bind = nil // the new device has none; the old one's is closed
+		e.nat.mu.Unlock()
 		return nil
 	}
 	b := nat.NewBind(nil, e.log.With("component", "nat"))
