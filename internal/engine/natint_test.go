@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -183,5 +185,32 @@ func waitEvent(t *testing.T, h *harness, match func(protocol.Event) bool) {
 			t.Fatalf("no such event among %+v", evs)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The candidate trials of a global peer: every candidate directly, then,
+// with an allocation, through the relay, relayed addresses first.
+func TestNATTrialsGoDirectThenThroughTheRelay(t *testing.T) {
+	e := &Engine{}
+	cands := []string{"198.51.100.7:40000", "203.0.113.5:52114", "node-b.example:51820"}
+	v := relayView{allocated: true, ips: []netip.Addr{netip.MustParseAddr("203.0.113.5")}}
+	got := e.natTrials(scopeGlobal, cands, v)
+	want := []natTrial{
+		{"198.51.100.7:40000", false}, {"203.0.113.5:52114", false}, {"node-b.example:51820", false},
+		{"203.0.113.5:52114", true}, {"198.51.100.7:40000", true}, {"node-b.example:51820", true},
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("trials %v, want %v", got, want)
+	}
+	v.allocated = false
+	if got := e.natTrials(scopeGlobal, cands, v); len(got) != 3 {
+		t.Fatalf("without an allocation: %v", got)
+	}
+	v.allocated = true
+	if got := e.natTrials(scopeService("web"), cands, v); len(got) != 3 {
+		t.Fatalf("a dedicated device's peer has no relay: %v", got)
+	}
+	if d := v.direct(cands); len(d) != 1 || d[0].String() != "198.51.100.7:40000" {
+		t.Fatalf("direct addresses %v", d)
 	}
 }
