@@ -466,3 +466,73 @@ func iperf(t *testing.T, a, b *lab.Node, to netip.Addr) float64 {
 	}
 	return res.End.SumReceived.BitsPerSecond
 }
+
+// TestNATRefreshesByItself: with --nat-refresh-interval the reflexive
+// address is refreshed without nat_tick, a new mapping (the router lost
+// its conntrack state) is found and reported as a nat_endpoint_changed
+// for the node's own key, and nat_tick still forces a refresh.
+func TestNATRefreshesByItself(t *testing.T) {
+	if _, err := exec.LookPath("turnserver"); err != nil {
+		t.Skip("needs coturn's turnserver (apt-get install coturn)")
+	}
+	if _, err := exec.LookPath("conntrack"); err != nil {
+		t.Skip("needs conntrack")
+	}
+	l := newLab(t, "--stun-server", "172.31.0.100:3478", "--nat-refresh-interval", "1s")
+	stun := l.AddHost("stun", 100)
+	dir := t.TempDir()
+	os.Chmod(dir, 0o777)
+	stun.Start("turnserver", "-n", "-S", "-z", "--no-cli", "--no-tls", "--no-dtls", "-L", stun.Addr.String(), "-p", "3478",
+		"--log-file", "stdout", "--simple-log", "--pidfile", dir+"/turnserver.pid", "--userdb", dir+"/turndb")
+	r := l.AddRouterWith("r1", 11, netip.MustParsePrefix("192.168.1.0/24"), lab.RouterOptions{FullyRandom: true})
+	a := l.AddNodeBehind(r, "a")
+	events := collectEvents(t, a)
+	a.Call(protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: "1", ClusterCIDR: cluster, SliceCIDR: sliceOf(0), WGPort: 51820, NATEnabled: true})
+	var first protocol.StatusSnapshot
+	lab.Eventually(t, 15*time.Second, "a reflexive address", func() error {
+		first = a.Status()
+		if first.NAT == nil || len(first.NAT.ReflexiveAddrs) == 0 || first.NAT.LastRefreshUnix == 0 {
+			return errf("nat %+v", first.NAT)
+		}
+		return nil
+	})
+	if first.NAT.RefreshIntervalSecs != 1 {
+		t.Fatalf("refresh_interval_secs %d, want 1", first.NAT.RefreshIntervalSecs)
+	}
+	// No nat_tick from here on: the refresh time moves by itself.
+	lab.Eventually(t, 10*time.Second, "a refresh without nat_tick", func() error {
+		if st := a.Status(); st.NAT.LastRefreshUnix <= first.NAT.LastRefreshUnix+1 {
+			return errf("last refresh still %d (first %d)", st.NAT.LastRefreshUnix, first.NAT.LastRefreshUnix)
+		}
+		return nil
+	})
+	// The router forgets its mappings; with fully random ports the next
+	// refresh finds a new one and says so.
+	old := first.NAT.ReflexiveAddrs[0]
+	lab.Eventually(t, 20*time.Second, "a new reflexive address", func() error {
+		if out, err := exec.Command("ip", "netns", "exec", r.NS, "conntrack", "-D", "-p", "udp", "--orig-port-src", "51820").CombinedOutput(); err != nil && !strings.Contains(string(out), "0 flow entries") {
+			return errf("conntrack: %v %s", err, out)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		st := a.Status()
+		if len(st.NAT.ReflexiveAddrs) == 0 || st.NAT.ReflexiveAddrs[0] == old {
+			return errf("reflexive still %v", st.NAT.ReflexiveAddrs)
+		}
+		return nil
+	})
+	now := a.Status().NAT.ReflexiveAddrs[0]
+	lab.Eventually(t, 5*time.Second, "the event", func() error {
+		if _, ok := events.find("a", 0, func(e protocol.NATEndpointChanged) bool {
+			return e.Pubkey == first.PublicKey && e.Candidate == "reflexive" && e.Endpoint == now
+		}); !ok {
+			return errf("no nat_endpoint_changed for a's own new reflexive address %s", now)
+		}
+		return nil
+	})
+	// nat_tick still probes on demand: it answers ok only once a server
+	// answered (an err otherwise, which Call reports).
+	a.Call(protocol.NATTick{})
+	if st := a.Status(); st.NAT.LastError != "" || st.NAT.ReflexiveAddrs[0] != now {
+		t.Fatalf("after nat_tick: %+v", st.NAT)
+	}
+}
