@@ -1,6 +1,10 @@
 package protocol
 
-import "net/netip"
+import (
+	"log/slog"
+	"net/netip"
+	"strconv"
+)
 
 // Request is one operation the main daemon asks overlayd to perform. The
 // concrete types below are the variants of the reference's OverlaydRequest
@@ -36,7 +40,31 @@ type SetupGlobalOverlay struct {
 	// instead of the node's persisted or generated one, so the device uses
 	// the identity the cluster already knows.
 	PrivateKey string `json:"private_key,omitempty"`
+
+	// TURNServers (extension) are TURN servers for relaying the global
+	// overlay's WireGuard traffic when no direct path works, as the
+	// reference's NatConfig.turn_servers describes them. They replace the
+	// daemon's --turn-server flags. Credentials are secrets: the daemon
+	// keeps them in its 0600 store only and never logs or reports them.
+	TURNServers []TURNServerConfig `json:"turn_servers,omitempty"`
 }
+
+// TURNServerConfig is one TURN server with long-term credentials (the
+// reference's TurnServerConfig). String, GoString and LogValue print the
+// address only.
+type TURNServerConfig struct {
+	Address    string `json:"address"`
+	Username   string `json:"username"`
+	Credential string `json:"credential"`
+	// Region is informational (the reference does not use it either).
+	Region string `json:"region,omitempty"`
+}
+
+func (t TURNServerConfig) String() string { return t.Address }
+func (t TURNServerConfig) GoString() string {
+	return "protocol.TURNServerConfig{Address:" + strconv.Quote(t.Address) + "}"
+}
+func (t TURNServerConfig) LogValue() slog.Value { return slog.StringValue(t.Address) }
 
 // TeardownGlobalOverlay removes the global overlay device and its state.
 type TeardownGlobalOverlay struct{}

@@ -187,7 +187,17 @@ type PeerStatus struct {
 	// EndpointLearned marks an endpoint WireGuard learned from the peer's
 	// packets (roaming, NAT) rather than the one configured.
 	EndpointLearned bool `json:"endpoint_learned,omitempty"`
+	// Path is PathDirect or PathRelay (global peers with NAT traversal);
+	// Relay names the TURN server a relayed path goes through.
+	Path  string `json:"path,omitempty"`
+	Relay string `json:"relay,omitempty"`
 }
+
+// Paths to a peer (PeerStatus.Path, NATEndpointChanged.Path).
+const (
+	PathDirect = "direct"
+	PathRelay  = "relay"
+)
 
 // DedicatedServiceStatus is one service with its own WireGuard device.
 type DedicatedServiceStatus struct {
@@ -273,6 +283,28 @@ type NATStatus struct {
 	LastError       string   `json:"last_error,omitempty"`
 	STUNServers     []string `json:"stun_servers,omitempty"`
 	Masquerade      bool     `json:"masquerade"`
+	// RelayAddrs are this node's relayed transport addresses on TURN
+	// servers: candidates other nodes can always reach it at.
+	RelayAddrs []string `json:"relay_endpoints,omitempty"`
+	// TURNServers is the state of every configured TURN server (addresses
+	// only, never credentials).
+	TURNServers []TURNServerStatus `json:"turn_servers,omitempty"`
+	// RefreshIntervalSecs is how often the reflexive address is refreshed
+	// without a nat_tick.
+	RefreshIntervalSecs int64 `json:"refresh_interval_secs,omitempty"`
+}
+
+// TURNServerStatus (extension) is one TURN server as the node sees it.
+type TURNServerStatus struct {
+	Address string `json:"address"`
+	// State is "allocated" (the node's relay is on it), "standby" (not in
+	// use) or "failed" (the last attempt failed; retried after a backoff).
+	State     string `json:"state"`
+	Relayed   string `json:"relayed,omitempty"`
+	LastError string `json:"last_error,omitempty"`
+	Failures  int    `json:"failures,omitempty"`
+	// RetryUnix is when a failed server is tried again.
+	RetryUnix int64 `json:"retry_unix_secs,omitempty"`
 }
 
 // FirewallStatus (extension) describes our nftables table.
@@ -346,6 +378,16 @@ type PeerHealthChanged struct {
 type NATEndpointChanged struct {
 	Pubkey   string `json:"pubkey"`
 	Endpoint string `json:"endpoint"`
+
+	// Extensions, omitted when empty (the reference's decoder ignores
+	// them). For a peer: Path is how the node now reaches it (PathDirect
+	// or PathRelay) and Relay the TURN server of a relayed path. For this
+	// node itself (Pubkey is its own key): Candidate says which of its own
+	// addresses changed, "relay" (a new TURN allocation) or "reflexive"
+	// (STUN found a new public address); pass it on to the other nodes.
+	Path      string `json:"path,omitempty"`
+	Relay     string `json:"relay,omitempty"`
+	Candidate string `json:"candidate,omitempty"`
 }
 
 func (PeerHealthChanged) Name() string  { return "peer_health_changed" }

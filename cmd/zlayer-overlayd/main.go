@@ -23,6 +23,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/dns"
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
 	"github.com/zlayer/zlayer-overlayd/internal/ipc"
+	"github.com/zlayer/zlayer-overlayd/internal/nat"
 	"github.com/zlayer/zlayer-overlayd/internal/paths"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/version"
@@ -81,6 +82,12 @@ type options struct {
 	masquerade bool
 	isolate    bool
 	stun       stringList
+
+	turnServers      stringList
+	turnUsername     string
+	turnPasswordFile string
+	turn             []nat.TURNServer // built from the three above
+	natRefresh       time.Duration
 }
 
 // stringList is a repeatable string flag.
@@ -120,6 +127,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.isolate, "isolate", true, "with --firewall: containers are reachable only through the overlay, from their bridge, from join_global containers and from the node, never from the underlay")
 	fs.BoolVar(&o.masquerade, "masquerade", true, "masquerade container traffic leaving the node for outside the cluster")
 	fs.Var(&o.stun, "stun-server", "STUN server host[:port] for NAT traversal from the WireGuard port (repeatable; none by default)")
+	fs.Var(&o.turnServers, "turn-server", "TURN server host[:port] that relays WireGuard traffic to peers no direct path reaches (repeatable, tried in order; none by default; needs --turn-username and --turn-password-file; a setup_global_overlay with turn_servers replaces them)")
+	fs.StringVar(&o.turnUsername, "turn-username", "", "username of the long-term credentials for --turn-server")
+	fs.StringVar(&o.turnPasswordFile, "turn-password-file", "", "file holding the password for --turn-server (mode 0600 or stricter; one line)")
+	fs.DurationVar(&o.natRefresh, "nat-refresh-interval", 60*time.Second, "how often the reflexive (STUN) address is refreshed without waiting for nat_tick; 0 disables the timer")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -158,7 +169,81 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.mtu < 1280 || o.mtu > 65535 {
 		return o, fmt.Errorf("--mtu %d: use 1280 to 65535", o.mtu)
 	}
+	if o.natRefresh < 0 || (o.natRefresh > 0 && o.natRefresh < time.Second) {
+		return o, fmt.Errorf("--nat-refresh-interval %v: use 0 (only on nat_tick) or at least 1s", o.natRefresh)
+	}
+	turn, err := turnFlags(o.turnServers, o.turnUsername, o.turnPasswordFile)
+	if err != nil {
+		return o, err
+	}
+	o.turn = turn
 	return o, nil
+}
+
+// turnFlags builds the TURN servers of --turn-server, --turn-username and
+// --turn-password-file. The password file must not be readable by group
+// or others: the password is a secret, and so is kept out of the command
+// line (where every user sees it) and out of every log.
+func turnFlags(servers []string, username, passwordFile string) ([]nat.TURNServer, error) {
+	if len(servers) == 0 {
+		if username != "" || passwordFile != "" {
+			return nil, errors.New("--turn-username and --turn-password-file need --turn-server")
+		}
+		return nil, nil
+	}
+	if username == "" || passwordFile == "" {
+		return nil, errors.New("--turn-server needs --turn-username and --turn-password-file (long-term credentials)")
+	}
+	password, err := readSecretFile(passwordFile)
+	if err != nil {
+		return nil, fmt.Errorf("--turn-password-file: %w", err)
+	}
+	out := make([]nat.TURNServer, 0, len(servers))
+	for _, s := range servers {
+		t := nat.TURNServer{Address: s, Username: username, Credential: password}
+		if err := t.Validate(); err != nil {
+			return nil, fmt.Errorf("--turn-server: %w", err)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+// readSecretFile reads a one-line secret from a regular file of mode 0600
+// or stricter.
+func readSecretFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%s is not a regular file", path)
+	}
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("%s is mode %04o; it holds a password, so group and others must have no access (chmod 600 %s)", path, fi.Mode().Perm(), path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", err
+	}
+	secret := strings.TrimRight(string(b), "\r\n")
+	if secret == "" || strings.ContainsAny(secret, "\r\n") {
+		return "", fmt.Errorf("%s must hold the password on one line", path)
+	}
+	return secret, nil
+}
+
+// natRefresh maps the flag (0: off) to the engine's setting (negative: off).
+func natRefresh(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func newLogger(level, format string, w io.Writer) (*slog.Logger, error) {
@@ -223,7 +308,7 @@ func serve(o options, log *slog.Logger) error {
 		ServiceBits:         o.servicePrefix,
 		ReconcileInterval:   o.reconcile,
 		HealthInterval:      o.health,
-		NAT:                 &engine.NATConfig{Servers: o.stun},
+		NAT:                 &engine.NATConfig{Servers: o.stun, TURN: o.turn, RefreshInterval: natRefresh(o.natRefresh)},
 		NodeConfigPath:      filepath.Join(o.dataDir, engine.NodeConfigFile),
 		ReferenceMarkerPath: filepath.Join(o.dataDir, engine.ReferenceMarkerFile),
 	}

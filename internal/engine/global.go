@@ -28,6 +28,7 @@ type globalRequest struct {
 	cluster, cluster2 netip.Prefix
 	slice, slice2     netip.Prefix // invalid: not sent
 	adopt             *wgtypes.Key // the request's private_key
+	turn              []store.TURNServer
 }
 
 // globalPlan is what a setup_global_overlay will do, decided from the
@@ -128,6 +129,9 @@ func (e *Engine) parseGlobalRequest(r protocol.SetupGlobalOverlay) (globalReques
 	if r.WGPort == 0 {
 		return req, errors.New("wg_port 0 is not a port; use 1-65535 (ZLayer's default is 51420)")
 	}
+	if req.turn, err = parseTURNServers(r.TURNServers); err != nil {
+		return req, err
+	}
 	if r.PrivateKey != "" {
 		k, err := wg.ParseKey(r.PrivateKey)
 		if err != nil {
@@ -208,6 +212,7 @@ func (e *Engine) planGlobal(req globalRequest) (globalPlan, error) {
 		NATEnabled:  req.NATEnabled,
 		Interface:   ifName("g", req.Deployment),
 		MTU:         e.cfg.MTU,
+		TURNServers: req.turn,
 	}
 	slice2 := netip.Prefix{}
 	if p.fam2 != nil {
@@ -302,7 +307,7 @@ func (e *Engine) planFamily(cluster, slice netip.Prefix, prev prevFamily, keep b
 func (e *Engine) bringUpGlobal(p globalPlan) (*device, error) {
 	spec := e.globalSpec(p.rec, p.key)
 	if p.fresh {
-		spec.bind = e.globalBind()
+		spec.bind = e.globalBind(p.rec)
 		dev, err := e.openDevice(spec)
 		if err != nil {
 			return nil, fmt.Errorf("bring up %s: %w", p.rec.Interface, err)
@@ -380,9 +385,7 @@ func (e *Engine) publishGlobal(p globalPlan, dev *device) {
 			"expected", truncate(exp), "device", p.key.PublicKey().String())
 	}
 	e.topologyChanged()
-	if p.rec.NATEnabled {
-		e.probeSoon()
-	}
+	e.natFollowGlobal()
 }
 
 // buildSlicePool makes the address pool of slice: the node IP, every
@@ -517,6 +520,7 @@ func (e *Engine) teardownGlobal(ctx context.Context) (protocol.Response, error) 
 	e.removeGlobalKernel(ctx, old)
 	e.log.Info("global overlay torn down", "interface", old.rec.Interface)
 	e.topologyChanged()
+	e.natFollowGlobal()
 	return protocol.OK{}, nil
 }
 

@@ -126,6 +126,8 @@ func (e *Engine) observePeers(now time.Time) []candidateSwitch {
 		}
 	})
 	seen := map[string]bool{}
+	endpoints := map[netip.AddrPort]bool{}
+	v := e.relayView()
 	var switches []candidateSwitch
 	for _, d := range devs {
 		snap, err := d.dev.wg.Snapshot()
@@ -136,7 +138,11 @@ func (e *Engine) observePeers(now time.Time) []candidateSwitch {
 		for _, p := range snap.Peers {
 			key := peerKey(d.scope, p.PublicKey.String())
 			seen[key] = true
-			if sw, ok := e.checkPeer(d, key, p, now); ok {
+			if p.Endpoint != nil {
+				ap := p.Endpoint.AddrPort()
+				endpoints[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = true
+			}
+			if sw, ok := e.checkPeer(d, key, p, now, v); ok {
 				switches = append(switches, sw)
 			}
 		}
@@ -158,6 +164,7 @@ func (e *Engine) observePeers(now time.Time) []candidateSwitch {
 			}
 		}
 	})
+	e.natAfterRound(seen, endpoints, v)
 	return switches
 }
 
@@ -168,11 +175,12 @@ type candidateSwitch struct {
 	peer      store.Peer
 	index     int
 	candidate string
+	relay     bool // through our TURN allocation
 	addr      netip.AddrPort
 	err       error
 }
 
-func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.Time) (candidateSwitch, bool) {
+func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.Time, v relayView) (candidateSwitch, bool) {
 	pub := p.PublicKey.String()
 	var healthy, was bool
 	var desired *store.Peer
@@ -207,23 +215,35 @@ func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.
 		return candidateSwitch{}, false
 	}
 	cur := ""
+	var curAP netip.AddrPort
 	if p.Endpoint != nil {
-		cur = p.Endpoint.AddrPort().String()
+		ap := p.Endpoint.AddrPort()
+		curAP = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		cur = ap.String()
 	}
 	cands := candidates(desired)
-	if !healthy && len(cands) > 1 {
+	// Each candidate directly, then (with a TURN allocation) through the
+	// relay.
+	trials := e.natTrials(d.scope, cands, v)
+	stale := d.scope == scopeGlobal && e.natStale(key, curAP, cands, p.LastHandshakeTime, v)
+	if (!healthy || stale) && len(trials) > 1 {
 		if tr != nil && now.Sub(tr.since) < candidateTrialAfter {
 			return candidateSwitch{}, false
 		}
 		next := 0
 		if tr != nil {
-			next = (tr.index + 1) % len(cands)
+			next = (tr.index + 1) % len(trials)
 		}
-		return candidateSwitch{d: d, key: key, peer: *desired, index: next, candidate: cands[next]}, true
+		return candidateSwitch{d: d, key: key, peer: *desired, index: next, candidate: trials[next].endpoint, relay: trials[next].relay}, true
+	}
+	relayed := false
+	if d.scope == scopeGlobal {
+		relayed = e.natPeerPath(key, pub, curAP, healthy, v.direct(cands), v)
 	}
 	// A handshake on an endpoint we did not configure: WireGuard learned
 	// it (the peer roamed, or a NAT rebound its port), or a candidate won.
-	if healthy && cur != "" && cur != desired.LearnedEndpoint && cur != configured {
+	// A relayed one is not kept: it lives as long as an allocation.
+	if healthy && !relayed && cur != "" && cur != desired.LearnedEndpoint && cur != configured {
 		e.learnEndpoint(d, desired, cur)
 	}
 	return candidateSwitch{}, false
@@ -253,13 +273,16 @@ func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
 	}
 	ka := time.Duration(max(sw.peer.Keepalive, 5)) * time.Second
 	pc := wgtypes.PeerConfig{PublicKey: mustKey(sw.peer.PublicKey), UpdateOnly: true, Endpoint: net.UDPAddrFromAddrPort(sw.addr), PersistentKeepaliveInterval: &ka}
+	if sw.d.scope == scopeGlobal {
+		e.natRoute(sw.addr, sw.relay)
+	}
 	// e.resolved keeps the requested endpoint: a candidate that wins is
 	// then told apart from it and reported like a learned endpoint.
 	if err := e.applyPeers(sw.d.dev, sw.d.scope, []wgtypes.PeerConfig{pc}, nil, nil); err != nil {
 		e.log.Warn("switching a peer to its next candidate", "peer", sw.peer.PublicKey, "err", err)
 		return
 	}
-	e.log.Debug("trying candidate endpoint", "peer", sw.peer.PublicKey, "candidate", sw.addr)
+	e.log.Debug("trying candidate endpoint", "peer", sw.peer.PublicKey, "candidate", sw.addr, "relay", sw.relay)
 }
 
 // learnEndpoint keeps an endpoint WireGuard is using that we did not

@@ -116,7 +116,7 @@ func (e *Engine) reconcileGlobal(changes *int) error {
 	}
 	if g.dev == nil {
 		spec := e.currentGlobalSpec()
-		spec.bind = e.globalBind()
+		spec.bind = e.globalBind(g.rec)
 		dev, err := e.openDevice(spec)
 		if err != nil {
 			return fmt.Errorf("restore %s: %w", g.rec.Interface, err)
@@ -124,9 +124,7 @@ func (e *Engine) reconcileGlobal(changes *int) error {
 		e.locked(func() { g.dev = dev })
 		*changes++
 		e.log.Info("global device restored", "interface", g.rec.Interface, "peers", len(spec.peers))
-		if g.rec.NATEnabled {
-			e.probeSoon()
-		}
+		e.natFollowGlobal()
 		return nil
 	}
 	n, err := e.syncDevice(g.dev, e.currentGlobalSpec)

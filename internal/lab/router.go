@@ -23,9 +23,24 @@ type Router struct {
 	nodes  int
 }
 
+// RouterOptions change how a router maps its LAN.
+type RouterOptions struct {
+	// FullyRandom picks a random source port for every new mapping
+	// (iptables' MASQUERADE --random-fully): an endpoint-dependent,
+	// "symmetric" NAT, through which no hole can be punched because the
+	// port a peer sees cannot be learned in advance.
+	FullyRandom bool
+}
+
 // AddRouter puts a router on the underlay at host number n with a LAN
 // bridge on lan (the router takes its first address).
 func (l *Lab) AddRouter(name string, n int, lan netip.Prefix) *Router {
+	l.t.Helper()
+	return l.AddRouterWith(name, n, lan, RouterOptions{})
+}
+
+// AddRouterWith is AddRouter with options.
+func (l *Lab) AddRouterWith(name string, n int, lan netip.Prefix, opts RouterOptions) *Router {
 	l.t.Helper()
 	r := &Router{lab: l, Name: name, NS: l.nsName(name), Public: l.underlayAddr(n).Addr(), LAN: lan.Masked(), gw: lan.Masked().Addr().Next()}
 	l.addNS(r.NS)
@@ -37,7 +52,11 @@ func (l *Lab) AddRouter(name string, n int, lan netip.Prefix) *Router {
 	nft := func(args ...string) { l.must(append([]string{"ip", "netns", "exec", r.NS, "nft"}, args...)...) }
 	nft("add", "table", "ip", "labnat")
 	nft("add", "chain", "ip", "labnat", "post", "{", "type", "nat", "hook", "postrouting", "priority", "100", ";", "}")
-	nft("add", "rule", "ip", "labnat", "post", "oifname", "wan", "ip", "saddr", r.LAN.String(), "masquerade")
+	masq := []string{"add", "rule", "ip", "labnat", "post", "oifname", "wan", "ip", "saddr", r.LAN.String(), "masquerade"}
+	if opts.FullyRandom {
+		masq = append(masq, "fully-random")
+	}
+	nft(masq...)
 	nft("add", "chain", "ip", "labnat", "in", "{", "type", "filter", "hook", "input", "priority", "0", ";", "}")
 	nft("add", "rule", "ip", "labnat", "in", "iifname", "wan", "ct", "state", "new", "drop")
 	return r

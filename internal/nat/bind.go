@@ -48,6 +48,20 @@ type Bind struct {
 	// unsolicited counts STUN packets taken off the WireGuard path that
 	// answered no pending request.
 	unsolicited atomic.Uint64
+
+	// TURN relaying (relaybind.go).
+	relay       atomic.Pointer[Relay]
+	relayIn     chan relayPacket
+	relayDrops  atomic.Uint64
+	relayRoutes map[netip.AddrPort]bool // guarded by mu; ParseEndpoint gives relayEndpoints for these
+	openDone    chan struct{}           // guarded by mu; closed by Close, ends the relay receive function
+	// probes maps a relayed target to the direct addresses that get
+	// copies of handshake initiations (copy-on-write, written under mu).
+	probes atomic.Pointer[map[netip.AddrPort]*probeSet]
+	// vias records, for addresses ever sent to through the relay, how the
+	// last packet to them left (netip.AddrPort -> *atomic.Uint32).
+	vias     sync.Map
+	tracking atomic.Bool // vias is not empty: direct sends are noted too
 }
 
 var (
@@ -65,17 +79,22 @@ func NewBind(inner conn.Bind, log *slog.Logger) *Bind {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Bind{
-		inner:   inner,
-		log:     log,
-		rto:     defaultRTO,
-		tries:   defaultTries,
-		pending: make(map[TransactionID]*transaction),
+	b := &Bind{
+		inner:       inner,
+		log:         log,
+		rto:         defaultRTO,
+		tries:       defaultTries,
+		pending:     make(map[TransactionID]*transaction),
+		relayIn:     make(chan relayPacket, relayQueue),
+		relayRoutes: map[netip.AddrPort]bool{},
 	}
+	b.probes.Store(&map[netip.AddrPort]*probeSet{})
+	return b
 }
 
 // Open opens the inner bind and wraps each of its receive functions with the
-// STUN filter.
+// STUN filter, and adds one receive function for what arrives through the
+// TURN relay.
 func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	fns, actual, err := b.inner.Open(port)
 	if err != nil {
@@ -92,8 +111,11 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 			wrapped[i] = b.receive(fn)
 		}
 	}
+	done := make(chan struct{})
+	wrapped = append(wrapped, b.receiveRelay(done))
 	b.mu.Lock()
 	b.open, b.port = true, actual
+	b.openDone = done
 	b.mu.Unlock()
 	return wrapped, actual, nil
 }
@@ -103,6 +125,10 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 func (b *Bind) Close() error {
 	b.mu.Lock()
 	b.open, b.port = false, 0
+	if b.openDone != nil {
+		close(b.openDone)
+		b.openDone = nil
+	}
 	for id, tx := range b.pending {
 		tx.finish(result{err: ErrNotOpen})
 		delete(b.pending, id)
@@ -123,12 +149,39 @@ func (b *Bind) Port() (uint16, bool) {
 // SetMark passes through to the inner bind.
 func (b *Bind) SetMark(mark uint32) error { return b.inner.SetMark(mark) }
 
-// Send passes through to the inner bind untouched, so its batching and UDP
-// segmentation offload stay in effect.
-func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error { return b.inner.Send(bufs, ep) }
+// Send sends through the relay to a relayed endpoint, and otherwise passes
+// through to the inner bind untouched, so its batching and UDP
+// segmentation offload stay in effect. Handshake initiations to a peer
+// on the relay are also copied to its direct addresses (see relaybind.go).
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	if re, ok := ep.(*relayEndpoint); ok {
+		b.noteSend(re.dst, viaRelay)
+		b.probe(bufs, re.dst, true)
+		return b.sendRelay(bufs, re.dst)
+	}
+	if b.tracking.Load() {
+		if ap, ok := addrOf(ep); ok {
+			b.noteSend(ap, viaDirect)
+			b.probe(bufs, ap, false)
+		}
+	}
+	return b.inner.Send(bufs, ep)
+}
 
-// ParseEndpoint passes through to the inner bind.
-func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) { return b.inner.ParseEndpoint(s) }
+// ParseEndpoint returns a relayed endpoint for an address UseRelay marked,
+// and passes through to the inner bind otherwise.
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		ap = unmapAP(ap)
+		b.mu.Lock()
+		relayed := b.relayRoutes[ap]
+		b.mu.Unlock()
+		if relayed {
+			return &relayEndpoint{dst: ap}, nil
+		}
+	}
+	return b.inner.ParseEndpoint(s)
+}
 
 // BatchSize passes through to the inner bind.
 func (b *Bind) BatchSize() int { return b.inner.BatchSize() }

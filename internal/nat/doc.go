@@ -1,5 +1,6 @@
 // Package nat finds the node's public (server-reflexive) WireGuard endpoint
-// with STUN and classifies the NAT in front of it.
+// with STUN, classifies the NAT in front of it, and relays WireGuard
+// traffic through a TURN server when no direct path works.
 //
 // The address that matters to peers is the mapping of the WireGuard socket
 // itself, not of some other socket: a NAT maps every local port separately,
@@ -20,6 +21,14 @@
 // reflexive address) and an endpoint-dependent one (they cannot, without a
 // relay). A Linux MASQUERADE router that keeps source ports is
 // endpoint-independent for this purpose; one with --random is not.
+//
+// Relay (relay.go) keeps a TURN allocation (RFC 8656, pion/turn's client
+// on a UDP socket of its own) for peers no direct path reaches: two nodes
+// behind endpoint-dependent NATs, say. The Bind sends WireGuard packets for
+// relayed endpoints through it and delivers what arrives through it with
+// relayed endpoints, so WireGuard needs to know nothing of relays
+// (relaybind.go has the details, and how a relayed peer is moved back to
+// a direct path once one works).
 //
 // wireguard-go starts its route listener (which drops a peer's cached
 // source address when the route to the peer moves to another interface)

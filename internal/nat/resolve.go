@@ -38,7 +38,7 @@ func ResolveServers(ctx context.Context, servers []string) ([]netip.AddrPort, er
 	errs := make([]error, len(servers))
 	var wg sync.WaitGroup
 	for i, s := range servers {
-		wg.Go(func() { addrs[i], errs[i] = resolveServer(ctx, s) })
+		wg.Go(func() { addrs[i], errs[i] = resolveServer(ctx, "STUN", s) })
 	}
 	wg.Wait()
 	var out []netip.AddrPort
@@ -50,26 +50,28 @@ func ResolveServers(ctx context.Context, servers []string) ([]netip.AddrPort, er
 	return out, errors.Join(errs...)
 }
 
-func resolveServer(ctx context.Context, s string) (netip.AddrPort, error) {
+// resolveServer resolves one server entry; kind ("STUN", "TURN") names it
+// in errors.
+func resolveServer(ctx context.Context, kind, s string) (netip.AddrPort, error) {
 	host, port, err := splitServer(strings.TrimSpace(s))
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("STUN server %q: %w", s, err)
+		return netip.AddrPort{}, fmt.Errorf("%s server %q: %w", kind, s, err)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		if ip.Zone() != "" {
-			return netip.AddrPort{}, fmt.Errorf("STUN server %q: a zoned (link-local) address cannot be a STUN server", s)
+			return netip.AddrPort{}, fmt.Errorf("%s server %q: a zoned (link-local) address cannot be a %s server", kind, s, kind)
 		}
 		return netip.AddrPortFrom(ip.Unmap(), port), nil
 	}
 	ips, err := serverResolver.LookupNetIP(ctx, "ip", host)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("STUN server %q: resolve %s: %w", s, host, err)
+		return netip.AddrPort{}, fmt.Errorf("%s server %q: resolve %s: %w", kind, s, host, err)
 	}
 	if i := slices.IndexFunc(ips, func(a netip.Addr) bool { return a.Unmap().Is4() }); i >= 0 {
 		return netip.AddrPortFrom(ips[i].Unmap(), port), nil
 	}
 	if len(ips) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("STUN server %q: %s has no addresses", s, host)
+		return netip.AddrPort{}, fmt.Errorf("%s server %q: %s has no addresses", kind, s, host)
 	}
 	return netip.AddrPortFrom(ips[0], port), nil
 }

@@ -51,7 +51,19 @@ type Global struct {
 	NATEnabled bool   `json:"nat_enabled"`
 	Interface  string `json:"interface"`
 	MTU        int    `json:"mtu"`
+	// TURNServers came with setup_global_overlay; they carry credentials,
+	// which is why they live in this 0600 file and nowhere else.
+	TURNServers []TURNServer `json:"turn_servers,omitempty"`
 }
+
+// TURNServer is a TURN server with long-term credentials.
+type TURNServer struct {
+	Address    string `json:"address"`
+	Username   string `json:"username"`
+	Credential string `json:"credential"`
+}
+
+func (t TURNServer) String() string { return t.Address }
 
 // Service is one per-service overlay network. Key: Name.
 type Service struct {
