@@ -71,7 +71,7 @@ import (
 )
 
 // Features are the capabilities a hello answer advertises.
-var Features = []string{"hello", "events", "persistent-state", "peer-upsert", "subnet", "private-key", "reconcile", "node-config-key", "dns-delegation", "list-dns", "backup"}
+var Features = []string{"hello", "events", "persistent-state", "peer-upsert", "subnet", "private-key", "reconcile", "node-config-key", "dns-delegation", "list-dns", "backup", "netns-handle", "dual-stack", "turn-relay"}
 
 // Config wires an Engine. Store is required; a nil Net or WG makes the
 // operations that need them fail with a clear error (pure-logic tests).
