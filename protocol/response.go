@@ -150,21 +150,26 @@ type StatusSnapshot struct {
 	// NodeIPs, OverlayCIDRs and SliceCIDRs list every family of a
 	// dual-stack cluster (node_ip, overlay_cidr and slice_cidr keep the
 	// first family's for reference clients); omitted with one family.
-	NodeIPs          []netip.Addr     `json:"node_ips,omitempty"`
-	OverlayCIDRs     []string         `json:"overlay_cidrs,omitempty"`
-	SliceCIDRs       []string         `json:"slice_cidrs,omitempty"`
-	Services         []ServiceStatus  `json:"services,omitempty"`
-	SlicePool        *PoolStatus      `json:"slice_pool,omitempty"`
-	Attachments      []AttachStatus   `json:"attachments,omitempty"`
-	DNS              *DNSStatus       `json:"dns,omitempty"`
-	NAT              *NATStatus       `json:"nat,omitempty"`
-	Firewall         *FirewallStatus  `json:"firewall,omitempty"`
-	EventsDropped    uint64           `json:"events_dropped,omitempty"`
-	LastReconcile    int64            `json:"last_reconcile_unix_secs,omitempty"`
-	ReconcileChanges uint64           `json:"reconcile_changes,omitempty"`
-	Warnings         []string         `json:"warnings,omitempty"`
-	Guests           []GuestStatus    `json:"guests,omitempty"`
-	ServicePeers     []ServicePeerSet `json:"service_peers,omitempty"`
+	NodeIPs          []netip.Addr    `json:"node_ips,omitempty"`
+	OverlayCIDRs     []string        `json:"overlay_cidrs,omitempty"`
+	SliceCIDRs       []string        `json:"slice_cidrs,omitempty"`
+	Services         []ServiceStatus `json:"services,omitempty"`
+	SlicePool        *PoolStatus     `json:"slice_pool,omitempty"`
+	Attachments      []AttachStatus  `json:"attachments,omitempty"`
+	DNS              *DNSStatus      `json:"dns,omitempty"`
+	NAT              *NATStatus      `json:"nat,omitempty"`
+	Firewall         *FirewallStatus `json:"firewall,omitempty"`
+	EventsDropped    uint64          `json:"events_dropped,omitempty"`
+	LastReconcile    int64           `json:"last_reconcile_unix_secs,omitempty"`
+	ReconcileChanges uint64          `json:"reconcile_changes,omitempty"`
+	// PeersRead is when the peers' handshakes, byte counters and
+	// endpoints were read from the global device (Unix milliseconds):
+	// status answers from the last read while it is at most
+	// Config.PeerStatsMaxAge old.
+	PeersRead    int64            `json:"peers_read_unix_ms,omitempty"`
+	Warnings     []string         `json:"warnings,omitempty"`
+	Guests       []GuestStatus    `json:"guests,omitempty"`
+	ServicePeers []ServicePeerSet `json:"service_peers,omitempty"`
 	// NetnsAttachments are the attachments of netns handles (CNI), apart
 	// from Attachments so that a client that does not know the platform
 	// still reads the rest.

@@ -129,9 +129,10 @@ func (c *rawConn) status(id uint64) (protocol.StatusSnapshot, error) {
 }
 
 // digest is the state a status shows, without what changes by itself
-// (traffic counters, handshakes, reconcile bookkeeping).
+// (traffic counters, handshakes, when the peers were read, reconcile
+// bookkeeping).
 func digest(s protocol.StatusSnapshot) string {
-	s.LastReconcile, s.ReconcileChanges, s.EventsDropped = 0, 0, 0
+	s.LastReconcile, s.ReconcileChanges, s.EventsDropped, s.PeersRead = 0, 0, 0, 0
 	for i := range s.Peers {
 		p := &s.Peers[i]
 		p.LastHandshakeUnixSecs, p.RxBytes, p.TxBytes, p.Healthy = 0, 0, 0, nil

@@ -25,9 +25,48 @@ import (
 type device struct {
 	mu sync.Mutex
 	wg wg.Device
+	// seen is the device as last read plus the changes written since:
+	// what status answers from.
+	seen reading
 }
 
 func (d *device) Name() string { return d.wg.Name() }
+
+// read reads the whole device and keeps the reading.
+func (d *device) read() (*wgtypes.Device, error) {
+	token := d.seen.begin()
+	at := time.Now()
+	snap, err := d.wg.Snapshot()
+	d.seen.finish(token, snap, at, time.Since(at))
+	return snap, err
+}
+
+// configure writes cfg to the device and to the reading; every change to
+// a device goes through here.
+func (d *device) configure(cfg wgtypes.Config) error {
+	if err := d.wg.Configure(cfg); err != nil {
+		d.seen.forget()
+		return err
+	}
+	d.seen.apply(cfg)
+	return nil
+}
+
+// recentOrRead is the device as of at most maxAge ago: for a big device
+// the reading when it is that recent, else a new read. It returns when
+// the counters were read.
+func (d *device) recentOrRead(maxAge time.Duration) (*wgtypes.Device, time.Time, error) {
+	now := time.Now()
+	if !d.seen.big() {
+		snap, err := d.read()
+		return snap, now, err
+	}
+	if snap, at, ok := d.seen.recent(maxAge, now); ok {
+		return snap, at, nil
+	}
+	snap, err := d.read()
+	return snap, now, err
+}
 
 // deviceSpec is everything one WireGuard device should be.
 type deviceSpec struct {
@@ -81,7 +120,7 @@ func (e *Engine) syncDevice(d *device, spec func() deviceSpec) (int, error) {
 	defer d.mu.Unlock()
 	sp := spec()
 	e.at("device.sync")
-	snap, err := d.wg.Snapshot()
+	snap, err := d.read()
 	if err != nil {
 		return 0, err
 	}
@@ -107,7 +146,7 @@ func (e *Engine) syncDevice(d *device, spec func() deviceSpec) (int, error) {
 	cfg.Peers = wg.PeerChanges(want, snap.Peers)
 	changes += len(cfg.Peers)
 	if cfg.PrivateKey != nil || cfg.ListenPort != nil || len(cfg.Peers) > 0 {
-		if err := d.wg.Configure(cfg); err != nil {
+		if err := d.configure(cfg); err != nil {
 			return 0, fmt.Errorf("configure %s: %w", sp.name, err)
 		}
 	}
@@ -131,7 +170,7 @@ func (e *Engine) applyPeers(d *device, scope string, peers []wgtypes.PeerConfig,
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(peers) > 0 {
-		if err := d.wg.Configure(wgtypes.Config{Peers: peers}); err != nil {
+		if err := d.configure(wgtypes.Config{Peers: peers}); err != nil {
 			return fmt.Errorf("configure %s: %w", d.Name(), err)
 		}
 	}

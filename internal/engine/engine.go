@@ -101,6 +101,14 @@ type Config struct {
 	// peer_health_changed and nat_endpoint_changed events (default 5 s;
 	// negative disables the monitor).
 	HealthInterval time.Duration
+	// PeerStatsMaxAge caps how old the handshakes, byte counters and
+	// endpoints status reports may be (default 5 s). Status answers from
+	// the last read of a device (the health monitor reads every device
+	// each HealthInterval) while that read is younger than 20 times what
+	// it took and than this, and reads the device again otherwise: live
+	// for a device of a few peers, up to about a second old at 5,000. The
+	// peers themselves and their configuration are always current.
+	PeerStatsMaxAge time.Duration
 	// RequestTimeout bounds one request, waiting for the resources it needs
 	// included (default 1 minute): a request stuck behind another gets an
 	// err saying which resource is busy instead of hanging its client.
@@ -207,6 +215,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.ReconcileInterval == 0 {
 		cfg.ReconcileInterval = 30 * time.Second
+	}
+	if cfg.PeerStatsMaxAge == 0 {
+		cfg.PeerStatsMaxAge = 5 * time.Second
 	}
 	if cfg.HealthInterval == 0 {
 		cfg.HealthInterval = 5 * time.Second

@@ -19,7 +19,7 @@ var layers = map[string]int{
 	// 0: desired state and the package's plumbing, memory only.
 	"state.go": 0, "names.go": 0, "validate.go": 0, "locks.go": 0, "deps.go": 0,
 	// 1: the device applier.
-	"device.go": 1,
+	"device.go": 1, "reading.go": 1,
 	// 2: the domains, one request's steps each.
 	"global.go": 2, "nodekey.go": 2, "service.go": 2, "attach.go": 2, "guest.go": 2, "windows.go": 2,
 	"peers.go": 2, "alloc.go": 2, "dnsint.go": 2, "fwint.go": 2, "natint.go": 2, "hooks.go": 2, "observe.go": 2, "takeover.go": 2,

@@ -130,7 +130,7 @@ func (e *Engine) observePeers(now time.Time) []candidateSwitch {
 	v := e.relayView()
 	var switches []candidateSwitch
 	for _, d := range devs {
-		snap, err := d.dev.wg.Snapshot()
+		snap, err := d.dev.read()
 		if err != nil {
 			e.log.Warn("reading peers for the health check", "device", d.dev.Name(), "err", err)
 			continue

@@ -39,9 +39,10 @@ func (e *Engine) status() protocol.Response {
 	sort.Slice(s.Guests, func(i, j int) bool { return s.Guests[i].ID < s.Guests[j].ID })
 
 	if v.global != nil {
-		if snap, err := v.global.wg.Snapshot(); err == nil {
+		if snap, at, err := v.global.recentOrRead(e.cfg.PeerStatsMaxAge); err == nil {
 			s.Peers = peerStatuses(snap, scopeGlobal, v.configured, v.health)
 			s.WGPort = uint16(snap.ListenPort)
+			s.PeersRead = at.UnixMilli()
 		} else {
 			s.Warnings = append(s.Warnings, "reading "+v.global.Name()+": "+err.Error())
 		}
@@ -49,7 +50,7 @@ func (e *Engine) status() protocol.Response {
 	s.PeerCount = uint32(len(s.Peers))
 	for _, d := range v.dedicated {
 		if d.dev != nil {
-			if snap, err := d.dev.wg.Snapshot(); err == nil {
+			if snap, _, err := d.dev.recentOrRead(e.cfg.PeerStatsMaxAge); err == nil {
 				peers := peerStatuses(snap, scopeService(d.name), v.configured, v.health)
 				d.svc.PeerCount = uint32(len(peers))
 				s.ServicePeers = append(s.ServicePeers, protocol.ServicePeerSet{Service: d.name, Peers: peers})
