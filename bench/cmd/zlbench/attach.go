@@ -45,7 +45,7 @@ func benchAttach() error {
 	}
 
 	oursNS := benchlib.NetNS("an")
-	ours := newDaemon(oursNS, filepath.Join(dir, "ours"), "--wireguard", "userspace", "--reconcile-interval", "1h", "--health-interval", "1h")
+	ours := newDaemon(oursNS, filepath.Join(dir, "ours"), "--wireguard", "userspace")
 	if err := ours.start(); err != nil {
 		return fmt.Errorf("%v\n%s", err, ours.log())
 	}

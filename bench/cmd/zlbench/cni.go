@@ -58,7 +58,7 @@ func benchCNI() error {
 	// out of the measurement) with a global overlay and the network's
 	// service set up, as on a node that already runs containers.
 	oursNS := benchlib.NetNS("kn")
-	ours := newDaemon(oursNS, filepath.Join(dir, "ours"), "--wireguard", "userspace", "--reconcile-interval", "1h", "--health-interval", "1h")
+	ours := newDaemon(oursNS, filepath.Join(dir, "ours"), "--wireguard", "userspace")
 	if err := ours.start(); err != nil {
 		return fmt.Errorf("%v\n%s", err, ours.log())
 	}

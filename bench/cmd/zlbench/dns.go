@@ -69,7 +69,8 @@ func benchDNS() error {
 	os.WriteFile(queries, []byte(q.String()), 0o644)
 
 	// Ours.
-	args := []string{"--dns-port", "5300", "--dns-zone", dnsZone, "--firewall=false", "--reconcile-interval", "1h", "--health-interval", "1h"}
+	// The defaults users get, but for where the zone is served.
+	args := []string{"--wireguard", "userspace", "--dns-port", "5300", "--dns-zone", dnsZone}
 	if *profile != "" {
 		args = append(args, "--pprof-listen", "127.0.0.1:16060")
 	}

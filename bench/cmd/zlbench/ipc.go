@@ -26,7 +26,8 @@ import (
 func benchIPC() error {
 	dir := benchlib.TempDir()
 	ns := benchlib.NetNS("ipc")
-	args := []string{"--dns=false", "--firewall=false", "--reconcile-interval", "1h", "--health-interval", "1h"}
+	// The defaults users get (userspace WireGuard, DNS, firewall, reconcile).
+	args := []string{"--wireguard", "userspace"}
 	if *profile != "" {
 		args = append(args, "--pprof-listen", "127.0.0.1:16060")
 	}

@@ -6,7 +6,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,19 +19,22 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
-// benchScale loads one daemon with 1,000 peers and 1,000 attached
-// containers and measures what an operator feels: resident memory, the
-// time a status answer takes, and the time from a crash (SIGKILL) to
-// ready again with every device, peer, link and route restored. There is
-// no peer tool to compare with; the goals are absolute.
+// benchScale loads one daemon with 5,000 peers and 1,000 attached
+// containers and measures what an operator feels: the time an add_peer
+// takes at that size, resident memory, the time a status answer takes,
+// and the time from a crash (SIGKILL) to ready again with every device,
+// peer, link and route restored. There is no peer tool to compare with;
+// the goals are absolute (issue 22).
 func benchScale() error {
-	n := 1000
+	n, containers := 5000, 1000
 	if *quick {
-		n = 200
+		n, containers = 500, 100
 	}
 	dir := benchlib.TempDir()
 	ns := benchlib.NetNS("sc")
-	args := []string{"--wireguard", "userspace", "--reconcile-interval", "1h", "--health-interval", "1h"}
+	// The defaults users get: reconcile and the health monitor run as they
+	// would on a node of this size.
+	args := []string{"--wireguard", "userspace"}
 	if *profile != "" {
 		args = append(args, "--pprof-listen", "127.0.0.1:16060")
 	}
@@ -49,25 +54,36 @@ func benchScale() error {
 		}
 	}
 	start := time.Now()
+	var last []float64 // the last tenth of the adds: the cost at this size
 	for i := range n {
 		k, _ := wgtypes.GeneratePrivateKey()
 		// Endpoints on loopback: nothing is sent without traffic or a
 		// keepalive, and if it were, it would stay on this host.
+		t0 := time.Now()
 		_, err := c.Call(ctx, protocol.AddPeer{PeerSpec: protocol.PeerSpec{
 			PublicKey:  k.PublicKey().String(),
-			Endpoint:   "127.0.0.1:" + strconv.Itoa(20000+i),
+			Endpoint:   "127.0.0.1:" + strconv.Itoa(20000+i%40000),
 			AllowedIPs: fmt.Sprintf("10.246.%d.%d/32", 128+i/250, i%250+1),
 		}})
 		if err != nil {
 			return fmt.Errorf("add_peer %d: %v", i, err)
 		}
+		if i >= n-n/10 {
+			last = append(last, ms(time.Since(t0)))
+		}
 	}
-	fmt.Printf("scale: %d peers added in %v (%.2f ms each)\n", n, time.Since(start).Round(time.Millisecond), ms(time.Since(start))/float64(n))
+	mean := 0.0
+	for _, v := range last {
+		mean += v
+	}
+	mean /= float64(len(last))
+	fmt.Printf("scale: %d peers added in %v (%.2f ms each; the last %d: mean %.2f ms, p99 %.2f ms)\n", n, time.Since(start).Round(time.Millisecond),
+		ms(time.Since(start))/float64(n), len(last), mean, benchlib.Percentile(sorted(last), 99))
 
 	// Containers: processes in a network namespace of their own.
 	start = time.Now()
-	pids := make([]int, 0, n)
-	for range n {
+	pids := make([]int, 0, containers)
+	for range containers {
 		p := benchlib.Start("", "unshare", "--net", "sleep", "3600")
 		pids = append(pids, p.Cmd.Process.Pid)
 	}
@@ -81,14 +97,14 @@ func benchScale() error {
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	fmt.Printf("scale: %d container processes started in %v\n", n, time.Since(start).Round(time.Millisecond))
+	fmt.Printf("scale: %d container processes started in %v\n", containers, time.Since(start).Round(time.Millisecond))
 	start = time.Now()
 	for _, pid := range pids {
 		if _, err := c.Call(ctx, protocol.AttachContainer{Handle: protocol.LinuxPID(uint32(pid)), Service: "web"}); err != nil {
 			return fmt.Errorf("attach %d: %v", pid, err)
 		}
 	}
-	fmt.Printf("scale: %d containers attached in %v (%.2f ms each)\n", n, time.Since(start).Round(time.Millisecond), ms(time.Since(start))/float64(n))
+	fmt.Printf("scale: %d containers attached in %v (%.2f ms each)\n", containers, time.Since(start).Round(time.Millisecond), ms(time.Since(start))/float64(containers))
 
 	measureStatus := func() (float64, error) {
 		var lat []float64
@@ -99,14 +115,15 @@ func benchScale() error {
 				return 0, err
 			}
 			lat = append(lat, ms(time.Since(t0)))
-			if len(st.Peers) != n || len(st.Attachments) != n {
-				return 0, fmt.Errorf("status shows %d peers and %d attachments, want %d each", len(st.Peers), len(st.Attachments), n)
+			if len(st.Peers) != n || len(st.Attachments) != containers {
+				return 0, fmt.Errorf("status shows %d peers and %d attachments, want %d and %d", len(st.Peers), len(st.Attachments), n, containers)
 			}
 		}
 		return benchlib.Summarize(lat).Median, nil
 	}
-	res, err := benchlib.Interleave(fmt.Sprintf("scale: %d peers + %d attachments (absolute goals)", n, n), *rounds, []benchlib.Metric{
+	res, err := benchlib.Interleave(fmt.Sprintf("scale: %d peers + %d attachments (absolute goals)", n, containers), *rounds, []benchlib.Metric{
 		{Name: "rss", Unit: "MB", Better: "lower"},
+		{Name: "dataplane_rss", Unit: "MB", Better: "lower"},
 		{Name: "status", Unit: "ms", Better: "lower"},
 		{Name: "restart_to_ready", Unit: "ms", Better: "lower"},
 	}, benchlib.Contender{Name: "zlayer-overlayd", Run: func(round int) (map[string]float64, error) {
@@ -126,6 +143,16 @@ func benchScale() error {
 		if err != nil {
 			return nil, err
 		}
+		// The userspace device runs in a data plane process of its own
+		// (wireguard-go holding every peer): counted apart, never hidden.
+		dpRSS := 0.0
+		for _, pid := range dataplanePIDs(ns) {
+			r, err := rssMB(pid)
+			if err != nil {
+				return nil, err
+			}
+			dpRSS += r
+		}
 		status, err := measureStatus()
 		if err != nil {
 			return nil, err
@@ -141,13 +168,13 @@ func benchScale() error {
 		if _, err := measureStatus(); err != nil {
 			return nil, fmt.Errorf("after restart: %v", err)
 		}
-		return map[string]float64{"rss": rss, "status": status, "restart_to_ready": ready}, nil
+		return map[string]float64{"rss": rss, "dataplane_rss": dpRSS, "status": status, "restart_to_ready": ready}, nil
 	}})
 	if res != nil {
 		res.Print(os.Stdout)
 		s := func(m string) float64 { return benchlib.Summarize(res.Samples["zlayer-overlayd"][m]).Median }
-		fmt.Printf("goals: RSS %.1f MB < 150: %s; status %.1f ms < 50: %s; restart to ready %.0f ms < 3000: %s\n",
-			s("rss"), met(s("rss") < 150), s("status"), met(s("status") < 50), s("restart_to_ready"), met(s("restart_to_ready") < 3000))
+		fmt.Printf("goals: daemon RSS %.1f MB < 200: %s (data plane %.1f MB beside it); status %.1f ms < 50: %s; restart to ready %.0f ms < 3000: %s; add_peer at size %.2f ms < 2: %s\n",
+			s("rss"), met(s("rss") < 200), s("dataplane_rss"), s("status"), met(s("status") < 50), s("restart_to_ready"), met(s("restart_to_ready") < 3000), mean, met(mean < 2))
 	}
 	return err
 }
@@ -157,6 +184,29 @@ func met(ok bool) string {
 		return "MET"
 	}
 	return "NOT MET"
+}
+
+func sorted(xs []float64) []float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s
+}
+
+// dataplanePIDs are the WireGuard data plane processes in ns.
+func dataplanePIDs(ns string) []int {
+	out, err := exec.Command("ip", "netns", "pids", ns).Output()
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
+		if strings.Contains(string(cmdline), "wg-dataplane") {
+			pid, _ := strconv.Atoi(f)
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }
 
 // rssMB is the resident set of a process, from /proc.

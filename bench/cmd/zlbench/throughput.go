@@ -19,9 +19,11 @@ import (
 
 // benchThroughput compares TCP throughput between two node namespaces
 // joined by a veth pair: through our overlay (each node runs
-// zlayer-overlayd, configured over its socket), through a standalone
-// wireguard-go of the module version we embed (configured by `wg`), and
-// over the raw veth. iperf3 -P1 and -P4.
+// zlayer-overlayd at its defaults, configured over its socket), through a
+// standalone wireguard-go of the module version we embed (configured by
+// `wg`) run as users run it — with its defaults, and with GOMAXPROCS=1,
+// which suits it better on small machines; the goal is against the better
+// of the two — and over the raw veth. iperf3 -P1 and -P4.
 func benchThroughput() error {
 	wgGo, err := tool("wireguard")
 	if err != nil {
@@ -55,7 +57,9 @@ func benchThroughput() error {
 		pub       string
 	}
 	nodes := []*node{{ns: a, slice: "10.243.1.0/24"}, {ns: b, slice: "10.243.2.0/24"}}
-	daemonArgs := []string{"--wireguard", "userspace", "--dns=false", "--reconcile-interval", "1h", "--health-interval", "1h"}
+	// The defaults users get; userspace is what auto picks without the
+	// kernel module, said explicitly so a host with it measures the same.
+	daemonArgs := []string{"--wireguard", "userspace"}
 	if *profile != "" {
 		daemonArgs = append(daemonArgs, "--pprof-listen", "127.0.0.1:16060")
 	}
@@ -85,36 +89,18 @@ func benchThroughput() error {
 		}
 	}
 
-	// Standalone wireguard-go configured by wg.
-	wgIP := map[string]string{a: "10.244.0.1", b: "10.244.0.2"}
-	keys := map[string]wgtypes.Key{}
-	devs := map[string]string{a: benchlib.Name("wa"), b: benchlib.Name("wb")}
-	for _, ns := range []string{a, b} {
-		k, _ := wgtypes.GeneratePrivateKey()
-		keys[ns] = k
-		dev := devs[ns]
-		benchlib.Start(filepath.Join(dir, dev+".log"), "ip", "netns", "exec", ns, "env", "LOG_LEVEL=error", wgGo, "-f", dev)
-		benchlib.Defer(func() { os.Remove("/var/run/wireguard/" + dev + ".sock") })
+	// Standalone wireguard-go configured by wg, as users run it.
+	wgIP, err := startWireguardGo(wgGo, dir, "w", nil, a, b, under, "51821", "10.244.0")
+	if err != nil {
+		return err
 	}
-	for _, ns := range []string{a, b} {
-		dev := devs[ns]
-		if err := waitFile("/var/run/wireguard/"+dev+".sock", 10*time.Second); err != nil {
-			return err
-		}
-		other := b
-		if ns == b {
-			other = a
-		}
-		kf := filepath.Join(dir, dev+".key")
-		os.WriteFile(kf, []byte(keys[ns].String()), 0o600)
-		benchlib.Must("ip", "netns", "exec", ns, "wg", "set", dev, "listen-port", "51821", "private-key", kf,
-			"peer", keys[other].PublicKey().String(), "endpoint", under[other]+":51821", "allowed-ips", wgIP[other]+"/32")
-		benchlib.Must("ip", "-n", ns, "addr", "add", wgIP[ns]+"/24", "dev", dev)
-		benchlib.Must("ip", "-n", ns, "link", "set", dev, "mtu", "1420", "up")
+	wgIP1, err := startWireguardGo(wgGo, dir, "p", []string{"GOMAXPROCS=1"}, a, b, under, "51822", "10.245.0")
+	if err != nil {
+		return err
 	}
 
 	iperf := benchlib.Start(filepath.Join(dir, "iperf3.log"), "ip", "netns", "exec", b, "iperf3", "-s")
-	targets := map[string]string{"zlayer-overlayd": overlayIP[b], "wireguard-go": wgIP[b], "raw-veth": under[b]}
+	targets := map[string]string{"zlayer-overlayd": overlayIP[b], "wireguard-go": wgIP[b], wgGo1: wgIP1[b], "raw-veth": under[b]}
 	for name, ip := range targets {
 		err := iperf.WaitFor("iperf3 via "+name, 20*time.Second, func() bool {
 			_, err := benchlib.Run("ip", "netns", "exec", a, "iperf3", "-c", ip, "-t", "1", "-J")
@@ -156,11 +142,12 @@ func benchThroughput() error {
 		}
 	}
 	res, err := benchlib.Interleave("overlay TCP throughput between two node namespaces, iperf3", *rounds, []benchlib.Metric{
-		{Name: "P1", Unit: "Gbit/s", Better: "higher", Goal: 1.2, GoalPeer: "wireguard-go"},
-		{Name: "P4", Unit: "Gbit/s", Better: "higher", Goal: 1.2, GoalPeer: "wireguard-go"},
+		{Name: "P1", Unit: "Gbit/s", Better: "higher", Goal: 1.2, GoalBestOf: []string{"wireguard-go", wgGo1}},
+		{Name: "P4", Unit: "Gbit/s", Better: "higher", Goal: 1.2, GoalBestOf: []string{"wireguard-go", wgGo1}},
 	},
 		benchlib.Contender{Name: "zlayer-overlayd", Run: run("zlayer-overlayd")},
 		benchlib.Contender{Name: "wireguard-go", Run: run("wireguard-go")},
+		benchlib.Contender{Name: wgGo1, Run: run(wgGo1)},
 		benchlib.Contender{Name: "raw-veth", Run: run("raw-veth")},
 	)
 	if res != nil {
@@ -168,6 +155,44 @@ func benchThroughput() error {
 		fmt.Println("(raw veth is the ceiling: no encryption, no TUN)")
 	}
 	return err
+}
+
+// wgGo1 is standalone wireguard-go with GOMAXPROCS=1.
+const wgGo1 = "wireguard-go GOMAXPROCS=1"
+
+// startWireguardGo runs a standalone wireguard-go in each of namespaces a
+// and b with env added to its environment, peers the two over the
+// underlay on port, and returns each side's tunnel address (subnet.1 and
+// subnet.2).
+func startWireguardGo(bin, dir, tag string, env []string, a, b string, under map[string]string, port, subnet string) (map[string]string, error) {
+	ips := map[string]string{a: subnet + ".1", b: subnet + ".2"}
+	keys := map[string]wgtypes.Key{}
+	devs := map[string]string{a: benchlib.Name(tag + "a"), b: benchlib.Name(tag + "b")}
+	for _, ns := range []string{a, b} {
+		k, _ := wgtypes.GeneratePrivateKey()
+		keys[ns] = k
+		dev := devs[ns]
+		argv := append(append([]string{"ip", "netns", "exec", ns, "env", "LOG_LEVEL=error"}, env...), bin, "-f", dev)
+		benchlib.Start(filepath.Join(dir, dev+".log"), argv...)
+		benchlib.Defer(func() { os.Remove("/var/run/wireguard/" + dev + ".sock") })
+	}
+	for _, ns := range []string{a, b} {
+		dev := devs[ns]
+		if err := waitFile("/var/run/wireguard/"+dev+".sock", 10*time.Second); err != nil {
+			return nil, err
+		}
+		other := b
+		if ns == b {
+			other = a
+		}
+		kf := filepath.Join(dir, dev+".key")
+		os.WriteFile(kf, []byte(keys[ns].String()), 0o600)
+		benchlib.Must("ip", "netns", "exec", ns, "wg", "set", dev, "listen-port", port, "private-key", kf,
+			"peer", keys[other].PublicKey().String(), "endpoint", under[other]+":"+port, "allowed-ips", ips[other]+"/32")
+		benchlib.Must("ip", "-n", ns, "addr", "add", ips[ns]+"/24", "dev", dev)
+		benchlib.Must("ip", "-n", ns, "link", "set", dev, "mtu", "1420", "up")
+	}
+	return ips, nil
 }
 
 // iperf3 runs one client test from namespace ns and returns the received

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -116,7 +117,18 @@ func Must(args ...string) string {
 func NetNS(suffix string) string {
 	name := Name(suffix)
 	Must("ip", "netns", "add", name)
-	Defer(func() { Run("ip", "netns", "delete", name) })
+	Defer(func() {
+		// A process left in the namespace (a WireGuard data plane outlives
+		// its daemon, by design) would keep it and its devices alive.
+		if out, err := exec.Command("ip", "netns", "pids", name).Output(); err == nil {
+			for _, f := range strings.Fields(string(out)) {
+				if pid, err := strconv.Atoi(f); err == nil {
+					syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		Run("ip", "netns", "delete", name)
+	})
 	Must("ip", "-n", name, "link", "set", "lo", "up")
 	return name
 }

@@ -56,3 +56,24 @@ func TestNamesFitAnInterface(t *testing.T) {
 		t.Fatalf("Name = %q", n)
 	}
 }
+
+// A goal against the best of several tunings of a peer compares with
+// whichever did best.
+func TestGoalAgainstTheBestOf(t *testing.T) {
+	mk := func(name string, v float64) Contender {
+		return Contender{Name: name, Run: func(int) (map[string]float64, error) { return map[string]float64{"rate": v}, nil }}
+	}
+	res, err := Interleave("t", 3, []Metric{{Name: "rate", Unit: "x", Better: "higher", Goal: 1.2, GoalBestOf: []string{"peer", "peer tuned"}}},
+		mk("ours", 120), mk("peer", 90), mk("peer tuned", 110))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if best, _ := res.Best(res.Metrics[0], []string{"peer", "peer tuned"}); best != "peer tuned" {
+		t.Fatalf("best %q", best)
+	}
+	var out bytes.Buffer
+	res.Print(&out)
+	if !strings.Contains(out.String(), "ours/best of (peer, peer tuned) = 1.091, the best being peer tuned  goal ≥ 1.20: NOT MET") {
+		t.Fatalf("printed:\n%s", out.String())
+	}
+}
