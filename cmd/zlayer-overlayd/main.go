@@ -110,7 +110,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.pipeAccount, "pipe-account", "", "Windows: the account or group that may open the pipe besides SYSTEM and Administrators (default: group zlayer when it exists); ignored elsewhere")
 	fs.StringVar(&o.wireguard, "wireguard", "auto", "WireGuard backend: auto (kernel when available), kernel or userspace (embedded wireguard-go)")
 	fs.StringVar(&o.dataplane, "dataplane", "process", "where userspace WireGuard devices run (Linux): process (each in a process of its own that outlives daemon restarts, so they lose no packet and keep their sessions) or daemon (inside the daemon; they die with it)")
-	fs.IntVar(&o.maxProcs, "max-procs", 0, "how many CPUs may run the daemon's Go code at once (GOMAXPROCS); 0: half the available CPUs (at least 1) with userspace WireGuard, all of them with kernel WireGuard. The GOMAXPROCS environment variable wins")
+	fs.IntVar(&o.maxProcs, "max-procs", 0, "how many CPUs may run the userspace WireGuard data path's Go code at once (GOMAXPROCS of each data plane process, or of the daemon with --dataplane daemon); 0: half the available CPUs (at least 1). The daemon itself, with the data path elsewhere, keeps the Go default. The GOMAXPROCS environment variable wins everywhere")
 	fs.IntVar(&o.mtu, "mtu", 1420, "MTU of the overlay devices, bridges and container links")
 	fs.IntVar(&o.slicePrefix, "slice-prefix", 0, "prefix length of a self-assigned node slice (default /28, /120 for IPv6)")
 	fs.IntVar(&o.servicePrefix, "service-prefix", 0, "prefix length of a service subnet the main daemon does not assign (default /28, /120 for IPv6)")

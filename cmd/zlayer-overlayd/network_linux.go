@@ -3,7 +3,6 @@ package main
 import (
 	"log/slog"
 	"path/filepath"
-	"runtime"
 
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
 	"github.com/zlayer/zlayer-overlayd/internal/firewall"
@@ -30,7 +29,7 @@ func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(),
 	if backend.Kind() == wg.KindUserspace && o.dataplane == "process" {
 		// Each device in a process of its own that outlives the daemon:
 		// restarts lose no packet. It runs with the Ps the data path wants.
-		n, _ := maxProcsFor(o.maxProcs, false, true, runtime.NumCPU())
+		n := dataplaneMaxProcs(o.maxProcs)
 		if backend, err = wg.NewDataplaneBackend(wg.DataplaneConfig{
 			StatePath: filepath.Join(o.dataDir, store.FileName),
 			LogDir:    o.dataDir,

@@ -9,7 +9,8 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 )
 
-// Why fewer Ps than CPUs when wireguard-go runs in this process: every
+// Why fewer Ps than CPUs where wireguard-go runs (a data plane process, or
+// the daemon with --dataplane daemon): every
 // packet batch passes through a chain of goroutines (TUN reader, encryption
 // or decryption worker, the peer's sequential sender or receiver, the UDP
 // or TUN writer). With a P per CPU, each hand-off to a parked goroutine
@@ -46,15 +47,31 @@ func maxProcsFor(flag int, envSet, userspace bool, current int) (n int, set bool
 // applyMaxProcs sets GOMAXPROCS once the WireGuard backend is known. With
 // the data plane in processes of its own (detached), the daemon runs only
 // the control plane and DNS, which are not tuned here, and --max-procs
-// applies to the data planes (network_linux.go).
+// applies to the data planes (dataplaneMaxProcs).
 func applyMaxProcs(flag int, backend wg.Backend, detached bool, log *slog.Logger) {
 	_, envSet := os.LookupEnv("GOMAXPROCS")
 	userspace := backend != nil && backend.Kind() == wg.KindUserspace && !detached
+	if detached {
+		flag = 0
+	}
 	n, set := maxProcsFor(flag, envSet, userspace, runtime.GOMAXPROCS(0))
 	if set {
 		runtime.GOMAXPROCS(n)
 	}
 	log.Debug("scheduler", "gomaxprocs", n, "cpus", runtime.NumCPU(), "source", maxProcsSource(flag, envSet, set))
+}
+
+// dataplaneMaxProcs is the GOMAXPROCS a data plane process is started
+// with: --max-procs, else half the CPUs available; 0 (the Go runtime's
+// choice) when GOMAXPROCS is in the environment, which the data plane
+// inherits and which wins there too.
+func dataplaneMaxProcs(flag int) int {
+	_, envSet := os.LookupEnv("GOMAXPROCS")
+	if envSet {
+		return 0
+	}
+	n, _ := maxProcsFor(flag, false, true, runtime.GOMAXPROCS(0))
+	return n
 }
 
 func maxProcsSource(flag int, envSet, set bool) string {

@@ -53,6 +53,16 @@ func TestApplyMaxProcs(t *testing.T) {
 	if got := runtime.GOMAXPROCS(0); got != before {
 		t.Errorf("detached data plane, %d Ps before: GOMAXPROCS = %d", before, got)
 	}
+	applyMaxProcs(3, backend, true, log)
+	if got := runtime.GOMAXPROCS(0); got != before {
+		t.Errorf("detached data plane, --max-procs 3 (the data planes'), %d Ps before: the daemon's GOMAXPROCS = %d", before, got)
+	}
+	if got, want := dataplaneMaxProcs(0), max(1, before/2); got != want {
+		t.Errorf("a data plane's GOMAXPROCS with %d Ps: %d, want %d", before, got, want)
+	}
+	if got := dataplaneMaxProcs(3); got != 3 {
+		t.Errorf("a data plane's GOMAXPROCS with --max-procs 3: %d", got)
+	}
 	applyMaxProcs(0, backend, false, log)
 	if got, want := runtime.GOMAXPROCS(0), max(1, before/2); got != want {
 		t.Errorf("userspace backend, %d Ps before: GOMAXPROCS = %d, want %d", before, got, want)
@@ -61,7 +71,10 @@ func TestApplyMaxProcs(t *testing.T) {
 	if got := runtime.GOMAXPROCS(0); got != 3 {
 		t.Errorf("--max-procs 3: GOMAXPROCS = %d", got)
 	}
-	t.Setenv("GOMAXPROCS", "3")
+	t.Setenv("GOMAXPROCS", "3") // as the runtime applied it: GOMAXPROCS is 3 from above
+	if got := dataplaneMaxProcs(1); got != 0 {
+		t.Errorf("with GOMAXPROCS in the environment, a data plane is started with GOMAXPROCS %d, not left to it", got)
+	}
 	applyMaxProcs(1, backend, false, log)
 	if got := runtime.GOMAXPROCS(0); got != 3 {
 		t.Errorf("with GOMAXPROCS in the environment, --max-procs 1 changed GOMAXPROCS to %d", got)

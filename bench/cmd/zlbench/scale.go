@@ -170,6 +170,9 @@ func benchScale() error {
 		}
 		return map[string]float64{"rss": rss, "dataplane_rss": dpRSS, "status": status, "restart_to_ready": ready}, nil
 	}})
+	if err == nil {
+		err = wireguardGoAtScale(n, dir)
+	}
 	if res != nil {
 		res.Print(os.Stdout)
 		s := func(m string) float64 { return benchlib.Summarize(res.Samples["zlayer-overlayd"][m]).Median }
@@ -177,6 +180,61 @@ func benchScale() error {
 			s("rss"), met(s("rss") < 200), s("dataplane_rss"), s("status"), met(s("status") < 50), s("restart_to_ready"), met(s("restart_to_ready") < 3000), mean, met(mean < 2))
 	}
 	return err
+}
+
+// wireguardGoAtScale is the reference for the data plane's numbers: a
+// standalone wireguard-go (the version we embed, at its defaults) holding
+// n peers with its device up, configured in one `wg setconf`; its memory,
+// and the time `wg show dump` takes to read it all.
+func wireguardGoAtScale(n int, dir string) error {
+	wgGo, err := tool("wireguard")
+	if err != nil {
+		return err
+	}
+	ns := benchlib.NetNS("sw")
+	dev := benchlib.Name("sw")
+	p := benchlib.Start(filepath.Join(dir, "wireguard-go.log"), "ip", "netns", "exec", ns, "env", "LOG_LEVEL=error", wgGo, "-f", dev)
+	benchlib.Defer(func() { os.Remove("/var/run/wireguard/" + dev + ".sock") })
+	if err := waitFile("/var/run/wireguard/"+dev+".sock", 10*time.Second); err != nil {
+		return err
+	}
+	var conf strings.Builder
+	k, _ := wgtypes.GeneratePrivateKey()
+	fmt.Fprintf(&conf, "[Interface]\nPrivateKey = %s\nListenPort = 51820\n", k)
+	for i := range n {
+		pk, _ := wgtypes.GeneratePrivateKey()
+		fmt.Fprintf(&conf, "[Peer]\nPublicKey = %s\nEndpoint = 127.0.0.1:%d\nAllowedIPs = 10.246.%d.%d/32\n", pk.PublicKey(), 20000+i%40000, 128+i/250, i%250+1)
+	}
+	cf := filepath.Join(dir, "wg-scale.conf")
+	if err := os.WriteFile(cf, []byte(conf.String()), 0o600); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	benchlib.Must("ip", "netns", "exec", ns, "wg", "setconf", dev, cf)
+	setconf := ms(time.Since(t0))
+	benchlib.Must("ip", "-n", ns, "addr", "add", "10.246.64.1/24", "dev", dev)
+	benchlib.Must("ip", "-n", ns, "link", "set", dev, "up")
+	var dumps []float64
+	for range 20 {
+		t0 := time.Now()
+		out := benchlib.Must("ip", "netns", "exec", ns, "wg", "show", dev, "dump")
+		dumps = append(dumps, ms(time.Since(t0)))
+		if lines := strings.Count(out, "\n"); lines != n+1 {
+			return fmt.Errorf("wg show dump has %d lines, want %d", lines, n+1)
+		}
+	}
+	var pid int
+	for _, f := range processesWith(ns, "wireguard") {
+		pid = f
+	}
+	rss, err := rssMB(pid)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("reference: standalone wireguard-go (defaults) holding %d peers, device up: RSS %.1f MB; wg setconf of all %.0f ms; wg show dump median %.1f ms\n",
+		n, rss, setconf, benchlib.Summarize(dumps).Median)
+	p.Stop()
+	return nil
 }
 
 func met(ok bool) string {
@@ -193,7 +251,10 @@ func sorted(xs []float64) []float64 {
 }
 
 // dataplanePIDs are the WireGuard data plane processes in ns.
-func dataplanePIDs(ns string) []int {
+func dataplanePIDs(ns string) []int { return processesWith(ns, "wg-dataplane") }
+
+// processesWith are the processes in ns whose command line has word.
+func processesWith(ns, word string) []int {
 	out, err := exec.Command("ip", "netns", "pids", ns).Output()
 	if err != nil {
 		return nil
@@ -201,7 +262,7 @@ func dataplanePIDs(ns string) []int {
 	var pids []int
 	for _, f := range strings.Fields(string(out)) {
 		cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
-		if strings.Contains(string(cmdline), "wg-dataplane") {
+		if strings.Contains(string(cmdline), word) {
 			pid, _ := strconv.Atoi(f)
 			pids = append(pids, pid)
 		}
