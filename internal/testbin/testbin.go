@@ -1,5 +1,9 @@
 // Package testbin builds the project's commands once per test process so
 // end-to-end tests run the real binaries, exactly as an operator would.
+//
+// Where there is no Go toolchain (the VM lab's guest, internal/lab/vm),
+// $ZLAYER_TESTBIN_DIR names a directory of commands built beforehand, and
+// Build returns those instead.
 package testbin
 
 import (
@@ -10,6 +14,11 @@ import (
 	"sync"
 	"testing"
 )
+
+// EnvDir names a directory of prebuilt commands (zlayer-overlayd,
+// overlayctl, zlayer-cni, and the tools BuildPackage names) that Build and
+// BuildPackage return instead of building.
+const EnvDir = "ZLAYER_TESTBIN_DIR"
 
 var (
 	once sync.Once
@@ -23,6 +32,9 @@ var (
 // run the binaries as other users.
 func Build(t testing.TB, name string) string {
 	t.Helper()
+	if pre := os.Getenv(EnvDir); pre != "" {
+		return prebuilt(t, pre, name)
+	}
 	once.Do(func() {
 		dir, err = os.MkdirTemp("", "zlayer-testbin-")
 		if err != nil {
@@ -55,9 +67,13 @@ var (
 // this one requires, such as github.com/containernetworking/cni/cnitool, at
 // the version go.mod pins — next to the project's commands (built without
 // the race detector: it is a peer, not code under test) and returns its
-// path.
+// path. Under $ZLAYER_TESTBIN_DIR it is the prebuilt command of that
+// base name.
 func BuildPackage(t testing.TB, pkg string) string {
 	t.Helper()
+	if pre := os.Getenv(EnvDir); pre != "" {
+		return prebuilt(t, pre, filepath.Base(pkg))
+	}
 	Build(t, "") // the directory
 	pkgMu.Lock()
 	defer pkgMu.Unlock()
@@ -74,7 +90,18 @@ func BuildPackage(t testing.TB, pkg string) string {
 	return p
 }
 
-// Cleanup removes the binaries; call it from TestMain after m.Run.
+func prebuilt(t testing.TB, dir, name string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	st, err := os.Stat(p)
+	if err != nil || !st.Mode().IsRegular() || st.Mode().Perm()&0o111 == 0 {
+		t.Fatalf("%s=%s has no executable %s: %v", EnvDir, dir, name, err)
+	}
+	return p
+}
+
+// Cleanup removes the binaries Build made (never prebuilt ones); call it
+// from TestMain after m.Run.
 func Cleanup() {
 	if dir != "" {
 		os.RemoveAll(dir)
