@@ -1,0 +1,300 @@
+//go:build linux
+
+// Package vm runs the project's privileged test suites inside a QEMU guest
+// booting a stock distribution kernel (Debian's cloud kernels), because
+// the machines we develop and test on have a kernel without WireGuard:
+// the kernel WireGuard backend, which `--wireguard auto` picks on every
+// stock distribution, can only be tested there.
+//
+// A run resolves the kernel through apt (ResolveKernel; the package is
+// cached), builds the commands and the suites' test binaries statically
+// on the host, and packs them with busybox, the host's observer tools
+// (ip, wg, nft, ping, dig, ... with their shared libraries) and the
+// kernel's networking modules into an initramfs. The guest's init
+// (init.sh) mounts what a host has, runs the suites one by one and reports
+// each one's output and exit code on a serial port between markers; Run
+// parses that into a Report. QEMU emulates the CPU (TCG): the machines'
+// /dev/kvm exists but hangs a guest, so KVM is used only when asked for.
+package vm
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Environment variables that tune the lab.
+const (
+	// EnvCache is the cache directory (default DefaultCacheDir).
+	EnvCache = "ZLAYER_VM_CACHE"
+	// EnvAccel is QEMU's accelerator: "tcg" (default) or "kvm".
+	EnvAccel = "ZLAYER_VM_ACCEL"
+	// EnvMemory is the guest's memory in MiB (default 3072).
+	EnvMemory = "ZLAYER_VM_MEMORY"
+)
+
+// DefaultCacheDir keeps downloaded kernels between runs.
+const DefaultCacheDir = "/var/cache/zlayer-vm"
+
+// CacheDir is where kernels are cached: $ZLAYER_VM_CACHE, else
+// DefaultCacheDir.
+func CacheDir() string {
+	if d := os.Getenv(EnvCache); d != "" {
+		return d
+	}
+	return DefaultCacheDir
+}
+
+// Host tools that go into the guest. The required ones are what the
+// kernel WireGuard suites observe with; without an optional one the
+// tests that use it skip in the guest, as they do on a host without it.
+var (
+	requiredTools = []string{"ip", "wg", "nft", "ping", "dig", "nsenter", "unshare", "mount", "umount"}
+	optionalTools = []string{"tcpdump", "iperf3", "conntrack", "iptables", "sysctl", "ss", "turnserver"}
+	// hostTools are what building the guest needs on the host; each is
+	// named with the Debian package that has it.
+	hostTools = [][2]string{
+		{"qemu-system-x86_64", "qemu-system-x86"},
+		{"busybox", "busybox-static"},
+		{"cpio", "cpio"},
+		{"depmod", "kmod"},
+		{"apt-get", "apt"},
+		{"dpkg-deb", "dpkg"},
+		{"ldd", "libc-bin"},
+		{"go", "a Go toolchain"},
+	}
+)
+
+// Check reports why the lab cannot run on this host, or nil.
+func Check() error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (apt cache, and the test binaries run as root in the guest)")
+	}
+	var missing []string
+	for _, t := range hostTools {
+		if _, err := exec.LookPath(t[0]); err != nil {
+			missing = append(missing, fmt.Sprintf("%s (%s)", t[0], t[1]))
+		}
+	}
+	for _, t := range requiredTools {
+		if _, err := exec.LookPath(t); err != nil {
+			missing = append(missing, t)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("needs %s on PATH; `make test-vm` installs them (as root)", strings.Join(missing, ", "))
+	}
+	bb, _ := exec.LookPath("busybox")
+	if dyn, err := isDynamic(bb); err != nil || dyn {
+		return fmt.Errorf("needs a static busybox (package busybox-static), %s is dynamically linked", bb)
+	}
+	return nil
+}
+
+// Config of a lab.
+type Config struct {
+	// ModuleRoot is the checkout whose commands and tests run.
+	ModuleRoot string
+	// CacheDir holds kernels; WorkDir is scratch space for one run.
+	CacheDir, WorkDir string
+	// MemoryMiB and CPUs size the guest (defaults 3072 and 2).
+	MemoryMiB, CPUs int
+	// Accel is "tcg" or "kvm" (default $ZLAYER_VM_ACCEL, else "tcg").
+	Accel string
+	// Logf receives progress: the kernel, building, each suite's end.
+	Logf func(format string, args ...any)
+}
+
+func (c Config) withDefaults() Config {
+	if c.CacheDir == "" {
+		c.CacheDir = CacheDir()
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 3072
+		if v := os.Getenv(EnvMemory); v != "" {
+			fmt.Sscan(v, &c.MemoryMiB)
+		}
+	}
+	if c.CPUs == 0 {
+		c.CPUs = 2
+	}
+	if c.Accel == "" {
+		c.Accel = os.Getenv(EnvAccel)
+	}
+	if c.Accel == "" {
+		c.Accel = "tcg"
+	}
+	if c.Logf == nil {
+		c.Logf = func(string, ...any) {}
+	}
+	return c
+}
+
+// Lab builds guests for one set of suites; Boot runs them on a kernel.
+type Lab struct {
+	cfg    Config
+	suites []Suite
+	base   string // cpio of everything but the kernel's modules and the run list
+}
+
+// New builds the payload and the kernel-independent part of the guest.
+func New(ctx context.Context, cfg Config, suites []Suite) (*Lab, error) {
+	cfg = cfg.withDefaults()
+	l := &Lab{cfg: cfg, suites: suites}
+	start := time.Now()
+	p, err := buildPayload(ctx, cfg.ModuleRoot, filepath.Join(cfg.WorkDir, "payload"), suites)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Logf("vm: built the commands and %d test binaries in %v", len(suites), time.Since(start).Round(time.Second))
+	r, err := newRoot(filepath.Join(cfg.WorkDir, "base"))
+	if err != nil {
+		return nil, err
+	}
+	if err := l.fillBase(ctx, r, p); err != nil {
+		return nil, err
+	}
+	l.base = filepath.Join(cfg.WorkDir, "base.cpio")
+	if err := r.writeCPIO(ctx, l.base); err != nil {
+		return nil, err
+	}
+	return l, os.RemoveAll(r.dir)
+}
+
+//go:embed init.sh
+var initScript string
+
+// fillBase puts busybox, the tools, the payload and a minimal /etc into
+// the root.
+func (l *Lab) fillBase(ctx context.Context, r *root, p *payload) error {
+	bb, _ := exec.LookPath("busybox")
+	if err := r.copyFile(bb, "/bin/busybox", 0o755); err != nil {
+		return err
+	}
+	if err := os.Symlink("busybox", r.path("/bin/sh")); err != nil {
+		return err
+	}
+	if err := r.writeFile("/init", initScript, 0o755); err != nil {
+		return err
+	}
+	if err := l.addTools(ctx, r); err != nil {
+		return err
+	}
+	for file, content := range etcFiles {
+		if err := r.writeFile(file, content, 0o644); err != nil {
+			return err
+		}
+	}
+	if err := r.addTree(filepath.Join(p.dir, "bin"), guestBin, nil); err != nil {
+		return err
+	}
+	if err := r.addTree(filepath.Join(p.dir, "tests"), guestTests, nil); err != nil {
+		return err
+	}
+	files, err := sourceFiles(ctx, l.cfg.ModuleRoot)
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		src := filepath.Join(l.cfg.ModuleRoot, f)
+		st, err := os.Stat(src)
+		if err != nil || !st.Mode().IsRegular() {
+			continue // deleted in the work tree, or not a file
+		}
+		if err := r.copyFile(src, filepath.Join(guestSource, f), st.Mode().Perm()); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// etcFiles are the guest's configuration: users the tests switch to,
+// name resolution that answers locally (no network in the guest).
+var etcFiles = map[string]string{
+	"/etc/passwd":        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+	"/etc/group":         "root:x:0:\nnogroup:x:65534:\n",
+	"/etc/hosts":         "127.0.0.1 localhost\n::1 localhost\n",
+	"/etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
+	"/etc/resolv.conf":   "nameserver 127.0.0.1\n",
+}
+
+// addTools copies the observer tools with their libraries, and the
+// modules iptables loads at run time.
+func (l *Lab) addTools(ctx context.Context, r *root) error {
+	for i, list := range [][]string{requiredTools, optionalTools} {
+		for _, tool := range list {
+			p, err := exec.LookPath(tool)
+			if err != nil {
+				if i == 0 {
+					return fmt.Errorf("vm: %s is not installed", tool)
+				}
+				l.cfg.Logf("vm: %s is not installed on the host; the guest's tests that use it will skip", tool)
+				continue
+			}
+			if err := r.addBinary(ctx, p); err != nil {
+				return err
+			}
+		}
+	}
+	xt, _ := filepath.Glob("/usr/lib/*-linux-gnu/xtables")
+	for _, dir := range xt {
+		exts, _ := filepath.Glob(filepath.Join(dir, "*.so"))
+		for _, so := range exts {
+			if err := r.addBinary(ctx, so); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// moduleTrees are the parts of a kernel's modules that go into the guest:
+// what netlink and netfilter requests load (networking, netfilter, TUN,
+// veth, bridge, WireGuard and their crypto and library dependencies).
+// Which modules a request needs is left to depmod and modprobe.
+var moduleTrees = []string{"kernel/net", "kernel/drivers/net", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/drivers/char", "kernel/drivers/virtio"}
+
+// kernelCPIO archives the kernel's modules (with a modules.dep depmod
+// computed for exactly them) and the suites to run.
+func (l *Lab) kernelCPIO(ctx context.Context, k *Kernel, suites []Suite, out string) error {
+	dir := filepath.Join(l.cfg.WorkDir, "kernel-"+k.Release)
+	os.RemoveAll(dir)
+	defer os.RemoveAll(dir)
+	r, err := newRoot(dir)
+	if err != nil {
+		return err
+	}
+	mods := "/lib/modules/" + k.Release
+	for _, f := range []string{"modules.order", "modules.builtin", "modules.builtin.modinfo"} {
+		if err := r.copyFile(filepath.Join(k.ModulesDir(), f), filepath.Join(mods, f), 0o644); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	for _, t := range moduleTrees {
+		src := filepath.Join(k.ModulesDir(), t)
+		if _, err := os.Stat(src); err != nil {
+			continue
+		}
+		if err := r.addTree(src, filepath.Join(mods, t), nil); err != nil {
+			return err
+		}
+	}
+	if out, err := exec.CommandContext(ctx, "depmod", "-b", r.dir, k.Release).CombinedOutput(); err != nil {
+		return fmt.Errorf("depmod -b %s %s: %v\n%s", r.dir, k.Release, err, out)
+	}
+	var script strings.Builder
+	for _, s := range suites {
+		script.WriteString(s.command() + "\n")
+	}
+	if err := r.writeFile("/zlvm/suites.sh", script.String(), 0o644); err != nil {
+		return err
+	}
+	return r.writeCPIO(ctx, out)
+}
