@@ -83,6 +83,11 @@ type payload struct {
 	dir string // bin/, tests/, src/
 }
 
+// peerCommands are the tools of required modules that tests build with
+// testbin.BuildPackage (cnitool drives zlayer-cni as a runtime would); in
+// the guest they come prebuilt from bin/ like the project's commands.
+var peerCommands = []string{"github.com/containernetworking/cni/cnitool"}
+
 func buildPayload(ctx context.Context, moduleRoot, dir string, suites []Suite) (*payload, error) {
 	p := &payload{dir: dir}
 	for _, d := range []string{"bin", "tests"} {
@@ -90,7 +95,7 @@ func buildPayload(ctx context.Context, moduleRoot, dir string, suites []Suite) (
 			return nil, err
 		}
 	}
-	if err := goTool(ctx, moduleRoot, "build", "-o", filepath.Join(dir, "bin")+"/", "./cmd/..."); err != nil {
+	if err := goTool(ctx, moduleRoot, append([]string{"build", "-o", filepath.Join(dir, "bin") + "/", "./cmd/..."}, peerCommands...)...); err != nil {
 		return nil, err
 	}
 	pkgs := map[string]bool{}
