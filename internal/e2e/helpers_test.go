@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,8 +42,16 @@ func newLab(t *testing.T, extraArgs ...string) *lab.Lab {
 		}
 	}
 	args := append([]string{"--reconcile-interval", "2s", "--health-interval", "1s"}, extraArgs...)
+	if mode := os.Getenv(envBackend); mode != "" && !slices.Contains(extraArgs, "--wireguard") {
+		args = append(args, "--wireguard", mode)
+	}
 	return lab.New(t, lab.Options{Daemon: testbin.Build(t, "zlayer-overlayd"), DaemonArgs: args})
 }
+
+// envBackend forces the daemons' --wireguard backend for the tests that do
+// not choose one themselves: the VM lab runs this package twice on a kernel
+// with WireGuard, once as `auto` picks (kernel) and once with userspace.
+const envBackend = "ZLAYER_E2E_WIREGUARD"
 
 // sliceOf is the explicit slice of node i (10.200.<i+1>.0/24).
 func sliceOf(i int) string { return fmt.Sprintf("10.200.%d.0/24", i+1) }
