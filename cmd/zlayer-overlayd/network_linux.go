@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"path/filepath"
 
@@ -22,8 +23,13 @@ func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(),
 	closers = append(closers, n.Close)
 	cfg.Net = n
 	cfg.EnableForwarding = linuxnet.NewForwarding(filepath.Join(o.dataDir, "forwarding-restore.json")).Sync
-	backend, err := wg.NewBackend(o.wireguard, log)
+	// STUN servers mean NAT traversal from the WireGuard port, which only
+	// the userspace backend can share (docs/operations.md).
+	backend, err := wg.NewBackendFor(o.wireguard, wg.Needs{OwnBind: len(o.stun) > 0}, log)
 	if err != nil {
+		if len(o.stun) > 0 {
+			err = fmt.Errorf("%w (NAT traversal is on because --stun-server is given)", err)
+		}
 		return closers, err
 	}
 	if backend.Kind() == wg.KindUserspace && o.dataplane == "process" {

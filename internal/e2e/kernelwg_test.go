@@ -519,3 +519,32 @@ func startFails(t *testing.T, n *lab.Node) string {
 	}
 	return string(out)
 }
+
+// NAT traversal sends STUN from the WireGuard port, which kernel WireGuard
+// keeps to itself: with STUN servers, auto runs userspace WireGuard and
+// status says so, and --wireguard kernel refuses to start, saying why.
+func TestKernelWGWithSTUNServersUsesUserspace(t *testing.T) {
+	l := newKernelLab(t)
+	stunServer := "172.31.0.100:3478"
+	a := l.AddNode("a", "--stun-server", stunServer)
+	setupGlobal(t, []*lab.Node{a})
+	if s := a.Status(); s.WGBackend != "userspace" {
+		t.Errorf("with STUN servers, status wg_backend is %q, want userspace", s.WGBackend)
+	}
+	if links := linksOf(t, a, "dev", globalDev); len(links) != 1 || links[0].LinkInfo.Kind != "tun" {
+		t.Errorf("with STUN servers, %s is not wireguard-go's TUN: %+v", globalDev, links)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", a.NS, testbin.Build(t, "zlayer-overlayd"),
+		"--data-dir", t.TempDir(), "--wireguard", "kernel", "--stun-server", stunServer).CombinedOutput()
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("--wireguard kernel --stun-server did not refuse to start: %v\n%s", err, out)
+	}
+	for _, want := range []string{`backend "kernel" requested`, "NAT traversal", "--stun-server"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the refusal does not say %q:\n%s", want, out)
+		}
+	}
+}

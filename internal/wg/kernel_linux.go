@@ -45,11 +45,15 @@ func (kernelBackend) Kind() string { return KindKernel }
 
 // Open creates a kernel wireguard link, or adopts one this package created
 // earlier for the same owner (a kernel device survives our restart, peers,
-// sessions and all). Options.Bind does not apply: the kernel owns the UDP
-// socket.
+// sessions and all). An Options.Bind is refused: the kernel owns the UDP
+// socket, so whatever the Bind was to carry besides WireGuard (STUN)
+// would silently never flow.
 func (kernelBackend) Open(name string, opts Options) (Device, error) {
 	if err := validateName(name); err != nil {
 		return nil, err
+	}
+	if opts.Bind != nil {
+		return nil, fmt.Errorf("kernel wireguard device %q cannot use a custom Bind: %w; open it with the userspace backend", name, errOwnBind)
 	}
 	opts, err := opts.withDefaults()
 	if err != nil {

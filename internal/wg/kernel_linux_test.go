@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -60,6 +61,32 @@ func TestNewBackendAuto(t *testing.T) {
 		}
 	default:
 		t.Skip("cannot tell independently whether this kernel has WireGuard")
+	}
+}
+
+// With a need for its own packets on the WireGuard port, auto picks
+// userspace, and says why when the kernel could have been used.
+func TestNewBackendAutoWithOwnBindPicksUserspace(t *testing.T) {
+	var logs bytes.Buffer
+	b, err := NewBackendFor("auto", Needs{OwnBind: true}, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("log: %s", strings.TrimSpace(logs.String()))
+	if b.Kind() != KindUserspace {
+		t.Fatalf("auto with a Bind of its own picked %q", b.Kind())
+	}
+	if has, _ := kernelHasWireGuard(t); has && !strings.Contains(logs.String(), "the kernel can create wireguard links, but NAT traversal") {
+		t.Errorf("log does not say why kernel WireGuard was passed over: %s", logs.String())
+	}
+}
+
+// The kernel backend refuses a Bind rather than ignore it: what the Bind
+// carries besides WireGuard (STUN) could never flow.
+func TestKernelOpenRefusesABind(t *testing.T) {
+	_, err := kernelBackend{}.Open("zltwbind", Options{Bind: conn.NewDefaultBind(), Logger: slog.New(slog.DiscardHandler)})
+	if err == nil || !strings.Contains(err.Error(), "cannot use a custom Bind") || !strings.Contains(err.Error(), "userspace backend") {
+		t.Fatalf("err = %v", err)
 	}
 }
 

@@ -115,10 +115,29 @@ type Device interface {
 	Close() error
 }
 
+// Needs are what a caller will ask of the devices a backend opens, so
+// that NewBackendFor picks a backend that can do it.
+type Needs struct {
+	// OwnBind: devices get an Options.Bind that carries the caller's own
+	// packets on the WireGuard port (STUN, for NAT traversal). The kernel
+	// owns a kernel device's UDP socket, so only userspace can.
+	OwnBind bool
+}
+
+// errOwnBind says why the kernel backend cannot meet Needs.OwnBind.
+var errOwnBind = errors.New("NAT traversal sends STUN from the WireGuard port, and kernel WireGuard keeps that UDP socket to itself (only embedded wireguard-go can share it)")
+
 // NewBackend picks a backend. mode is "kernel", "userspace" or "auto"
 // (kernel when the running kernel can create a wireguard link, else
 // userspace). The choice and its reason are logged.
 func NewBackend(mode string, log *slog.Logger) (Backend, error) {
+	return NewBackendFor(mode, Needs{}, log)
+}
+
+// NewBackendFor is NewBackend for a caller with needs: "auto" picks
+// userspace when the kernel backend cannot meet them (and logs why), and
+// "kernel" is refused with the reason.
+func NewBackendFor(mode string, needs Needs, log *slog.Logger) (Backend, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -131,6 +150,9 @@ func NewBackend(mode string, log *slog.Logger) (Backend, error) {
 		log.Info("wireguard backend selected", "backend", KindUserspace, "reason", "requested")
 		return b, nil
 	case KindKernel:
+		if needs.OwnBind {
+			return nil, fmt.Errorf("wireguard backend %q requested, but %w; use %q or %q instead", KindKernel, errOwnBind, KindUserspace, "auto")
+		}
 		b, err := probeKernel()
 		if err != nil {
 			return nil, fmt.Errorf("wireguard backend %q requested, but %w; use %q or %q instead", KindKernel, err, KindUserspace, "auto")
@@ -139,20 +161,30 @@ func NewBackend(mode string, log *slog.Logger) (Backend, error) {
 		return b, nil
 	case "auto", "":
 		kb, probeErr := probeKernel()
-		if probeErr == nil {
+		if probeErr == nil && !needs.OwnBind {
 			log.Info("wireguard backend selected", "backend", KindKernel, "reason", "auto: the kernel can create wireguard links")
 			return kb, nil
 		}
+		reason := "auto: kernel WireGuard is unavailable (" + errString(probeErr) + "); using embedded wireguard-go"
+		if probeErr == nil {
+			reason = "auto: the kernel can create wireguard links, but " + errOwnBind.Error() + "; using embedded wireguard-go"
+		}
 		b, err := newUserspaceBackend()
 		if err != nil {
-			return nil, fmt.Errorf("no wireguard backend is usable: %v, and %w", probeErr, err)
+			return nil, fmt.Errorf("no wireguard backend is usable: %s, and %w", strings.TrimPrefix(reason, "auto: "), err)
 		}
-		log.Info("wireguard backend selected", "backend", KindUserspace,
-			"reason", "auto: kernel WireGuard is unavailable ("+probeErr.Error()+"); using embedded wireguard-go")
+		log.Info("wireguard backend selected", "backend", KindUserspace, "reason", reason)
 		return b, nil
 	default:
 		return nil, fmt.Errorf("unknown wireguard backend %q: use %q, %q or %q", mode, KindKernel, KindUserspace, "auto")
 	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // GenerateKey returns a new, clamped Curve25519 private key.

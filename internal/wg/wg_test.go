@@ -129,6 +129,18 @@ func TestNewBackendUserspace(t *testing.T) {
 	}
 }
 
+// A caller that needs its own packets on the WireGuard port (NAT
+// traversal) cannot have the kernel backend, on any kernel: it is refused
+// before anything is probed.
+func TestNewBackendKernelRefusesOwnBind(t *testing.T) {
+	_, err := NewBackendFor("kernel", Needs{OwnBind: true}, slog.New(slog.DiscardHandler))
+	for _, want := range []string{`backend "kernel" requested`, "NAT traversal", "STUN", `use "userspace"`} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want it to say %q", err, want)
+		}
+	}
+}
+
 func TestOpenRejectsBadInputBeforeTouchingTheSystem(t *testing.T) {
 	b, err := NewBackend("userspace", slog.New(slog.DiscardHandler))
 	if err != nil {
