@@ -525,8 +525,17 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 	if a == nil {
 		return protocol.OK{}, nil
 	}
-	if _, err := e.detachAttachment(ctx, a); err != nil {
+	gone, err := e.detachAttachment(ctx, a)
+	if err != nil {
 		return nil, err
+	}
+	if a.Platform == protocol.PlatformNetns {
+		// A CNI runtime may ADD the interface again, or look for it, as
+		// soon as DEL returns; the main daemon does neither with a PID's.
+		select {
+		case <-gone:
+		case <-ctx.Done():
+		}
 	}
 	return protocol.OK{}, nil
 }

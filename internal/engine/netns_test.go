@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/engine/enginetest"
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
@@ -346,5 +347,28 @@ func TestNetnsDualStack(t *testing.T) {
 	h.e.bg.Wait()
 	if st := h.status(); len(st.NetnsAttachments) != 0 || len(h.net.Veths()) != 0 {
 		t.Fatalf("detach left %+v %v", st.NetnsAttachments, h.net.Veths())
+	}
+}
+
+// A CNI DEL (or GC) is a detach of a netns handle, and a runtime may ADD
+// the same interface again, or look, as soon as it returns: the answer
+// comes once the container's links are gone, not while the kernel still
+// deletes them. (linux_pid detaches answer first, the main daemon never
+// reuses a PID's interface at once, and a re-attach waits for the links.)
+func TestNetnsDetachAnswersOnceTheLinksAreGone(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	const path = "/var/run/netns/cni-slow"
+	h.procs.AddNetns(path)
+	att := h.ok(netnsAttach(path, "c1", "eth0", "web", true)).(protocol.Attached)
+	// Deleting a veth takes an RCU grace period in the kernel; here longer.
+	h.net.OnDetach(func(string) { time.Sleep(100 * time.Millisecond) })
+
+	h.ok(protocol.DetachContainer{Handle: protocol.Netns(path, "c1", "eth0")})
+	for _, i := range att.Interfaces {
+		if _, ok := h.net.Link(i.HostLink); ok {
+			t.Errorf("detach answered while %s still existed", i.HostLink)
+		}
 	}
 }
