@@ -45,7 +45,7 @@ func TestUserspaceRestartsLoseNoPacket(t *testing.T) {
 	if pid == 0 {
 		t.Fatalf("no data plane process serves a's device:\n%s", a.MustExec("ps", "-ef"))
 	}
-	handshake := handshakeOf(t, a, st[1].PublicKey)
+	handshake := strconv.FormatInt(youngSession(t, a, "zl-prod-g", st[1].PublicKey, func() { b.Ping(st[0].NodeIP, 1) }), 10)
 
 	for _, restart := range []struct {
 		name string
