@@ -23,12 +23,13 @@ func platformNetwork(cfg *engine.Config, o options, log *slog.Logger) ([]func(),
 	closers = append(closers, n.Close)
 	cfg.Net = n
 	cfg.EnableForwarding = linuxnet.NewForwarding(filepath.Join(o.dataDir, "forwarding-restore.json")).Sync
-	// STUN servers mean NAT traversal from the WireGuard port, which only
-	// the userspace backend can share (docs/operations.md).
-	backend, err := wg.NewBackendFor(o.wireguard, wg.Needs{OwnBind: len(o.stun) > 0}, log)
+	// STUN and TURN servers mean NAT traversal from the WireGuard port,
+	// which only the userspace backend can share (docs/operations.md).
+	ownBind := len(o.stun) > 0 || len(o.turn) > 0
+	backend, err := wg.NewBackendFor(o.wireguard, wg.Needs{OwnBind: ownBind}, log)
 	if err != nil {
-		if len(o.stun) > 0 {
-			err = fmt.Errorf("%w (NAT traversal is on because --stun-server is given)", err)
+		if ownBind {
+			err = fmt.Errorf("%w (NAT traversal is on because --stun-server or --turn-server is given)", err)
 		}
 		return closers, err
 	}

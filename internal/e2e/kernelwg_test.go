@@ -554,3 +554,39 @@ func TestKernelWGWithSTUNServersUsesUserspace(t *testing.T) {
 		}
 	}
 }
+
+// TURN relays share the WireGuard port too: turn_servers sent to a daemon
+// running kernel WireGuard are answered with an error that says what to
+// do, and the device, its peers and traffic stay as they were.
+func TestKernelWGRefusesTURNServersInSetup(t *testing.T) {
+	l := newKernelLab(t)
+	nodes := []*lab.Node{l.AddNode("a"), l.AddNode("b")}
+	st := setupGlobal(t, nodes)
+	meshPeers(t, nodes, st, nil)
+	if err := nodes[0].Ping(st[1].NodeIP, 2); err != nil {
+		t.Fatalf("no traffic before the refused setup: %v", err)
+	}
+	before := linksOf(t, nodes[0], "dev", globalDev)
+
+	msg := errMessage(nodes[0].Do(protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: "a", ClusterCIDR: cluster,
+		SliceCIDR: sliceOf(0), WGPort: 51820, NATEnabled: true,
+		TURNServers: []protocol.TURNServerConfig{{Address: "172.31.0.100:3478", Username: "u", Credential: "p"}}}))
+	if msg == "" {
+		t.Fatal("turn_servers on kernel WireGuard were accepted")
+	}
+	for _, want := range []string{"TURN", "--wireguard userspace"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("the error does not say %q: %s", want, msg)
+		}
+	}
+	after := linksOf(t, nodes[0], "dev", globalDev)
+	if len(after) != 1 || after[0].LinkInfo.Kind != "wireguard" || len(before) != 1 || after[0].Index != before[0].Index {
+		t.Errorf("the refused setup changed the device: before %+v, after %+v", before, after)
+	}
+	if s := nodes[0].Status(); len(s.Peers) != 1 || s.NAT != nil && len(s.NAT.TURNServers) > 0 {
+		t.Errorf("the refused setup left state behind or lost the peer: peers %d, nat %+v", len(s.Peers), s.NAT)
+	}
+	if err := nodes[0].Ping(st[1].NodeIP, 2); err != nil {
+		t.Errorf("no traffic after the refused setup: %v", err)
+	}
+}

@@ -40,11 +40,16 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness { return newHarnessWith(t, nil) }
 
+// Kernel devices outlive the engine's Close; crash takes them down the
+// way a SIGKILL takes userspace ones.
 func newHarnessWith(t *testing.T, tweak func(*Config)) *harness {
+	return newHarnessOn(t, wg.KindKernel, tweak)
+}
+
+// newHarnessOn runs the engine on a fake WireGuard backend of that kind.
+func newHarnessOn(t *testing.T, kind string, tweak func(*Config)) *harness {
 	h := &harness{t: t, dir: t.TempDir(), net: enginetest.NewNet(), procs: enginetest.NewProcs(), tweak: tweak}
-	// Kernel devices outlive the engine's Close; crash takes them down
-	// the way a SIGKILL takes userspace ones.
-	h.wg = enginetest.NewWG(h.net, wg.KindKernel)
+	h.wg = enginetest.NewWG(h.net, kind)
 	h.start()
 	t.Cleanup(h.stop)
 	return h

@@ -16,6 +16,7 @@ import (
 
 	"github.com/pion/turn/v4"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
+	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
@@ -73,7 +74,7 @@ func (s *syncBuffer) String() string {
 func TestTURNServersOfTheRequestAllocateAndStaySecret(t *testing.T) {
 	server := startTURNServer(t)
 	logs := &syncBuffer{}
-	h := newHarnessWith(t, func(c *Config) {
+	h := newHarnessOn(t, wg.KindUserspace, func(c *Config) {
 		c.NAT = &NATConfig{}
 		c.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	})
@@ -212,5 +213,34 @@ func TestNATTrialsGoDirectThenThroughTheRelay(t *testing.T) {
 	}
 	if d := v.direct(cands); len(d) != 1 || d[0].String() != "198.51.100.7:40000" {
 		t.Fatalf("direct addresses %v", d)
+	}
+}
+
+// Kernel WireGuard keeps the port's UDP socket to itself, so a relay could
+// never run on it: turn_servers are refused, whether the device is new or
+// already up (where it would otherwise be kept and the relay silently never
+// run), and nothing of the request is kept.
+func TestTURNServersOnKernelWireGuardAreRefused(t *testing.T) {
+	h := newHarnessWith(t, func(c *Config) { c.NAT = &NATConfig{} })
+	req := protocol.SetupGlobalOverlay{Deployment: "prod", InstanceID: "1", ClusterCIDR: "10.200.0.0/16", SliceCIDR: "10.200.3.0/24", WGPort: 51820, NATEnabled: true,
+		TURNServers: []protocol.TURNServerConfig{{Address: "192.0.2.1:3478", Username: testTURNUser, Credential: testTURNSecret}}}
+	h.fails(req, "turn_servers", "--wireguard userspace")
+	if d := h.wg.Devices(); len(d) != 0 {
+		t.Fatalf("a refused setup opened %d devices", len(d))
+	}
+
+	plain := req
+	plain.TURNServers = nil
+	h.ok(plain)
+	h.fails(req, "turn_servers", "--wireguard userspace")
+	if st := h.status(); st.NAT != nil && len(st.NAT.TURNServers) > 0 {
+		t.Fatalf("the refused turn_servers are in status: %+v", st.NAT)
+	}
+	raw, err := os.ReadFile(filepath.Join(h.dir, store.FileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(testTURNSecret)) {
+		t.Fatal("the refused credential was stored")
 	}
 }

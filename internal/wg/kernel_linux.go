@@ -53,7 +53,7 @@ func (kernelBackend) Open(name string, opts Options) (Device, error) {
 		return nil, err
 	}
 	if opts.Bind != nil {
-		return nil, fmt.Errorf("kernel wireguard device %q cannot use a custom Bind: %w; open it with the userspace backend", name, errOwnBind)
+		return nil, fmt.Errorf("kernel wireguard device %q cannot use a custom Bind: %w; run zlayer-overlayd with --wireguard userspace (or auto without --stun-server and --turn-server) to use it", name, ErrOwnBind)
 	}
 	opts, err := opts.withDefaults()
 	if err != nil {

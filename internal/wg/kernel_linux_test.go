@@ -82,10 +82,10 @@ func TestNewBackendAutoWithOwnBindPicksUserspace(t *testing.T) {
 }
 
 // The kernel backend refuses a Bind rather than ignore it: what the Bind
-// carries besides WireGuard (STUN) could never flow.
+// carries besides WireGuard (STUN, TURN) could never flow.
 func TestKernelOpenRefusesABind(t *testing.T) {
 	_, err := kernelBackend{}.Open("zltwbind", Options{Bind: conn.NewDefaultBind(), Logger: slog.New(slog.DiscardHandler)})
-	if err == nil || !strings.Contains(err.Error(), "cannot use a custom Bind") || !strings.Contains(err.Error(), "userspace backend") {
+	if err == nil || !strings.Contains(err.Error(), "cannot use a custom Bind") || !strings.Contains(err.Error(), "--wireguard userspace") {
 		t.Fatalf("err = %v", err)
 	}
 }

@@ -124,8 +124,9 @@ type Needs struct {
 	OwnBind bool
 }
 
-// errOwnBind says why the kernel backend cannot meet Needs.OwnBind.
-var errOwnBind = errors.New("NAT traversal sends STUN from the WireGuard port, and kernel WireGuard keeps that UDP socket to itself (only embedded wireguard-go can share it)")
+// ErrOwnBind says why the kernel backend cannot meet Needs.OwnBind, nor
+// carry NAT traversal configured later.
+var ErrOwnBind = errors.New("NAT traversal sends STUN and TURN from the WireGuard port, and kernel WireGuard keeps that UDP socket to itself (only embedded wireguard-go can share it)")
 
 // NewBackend picks a backend. mode is "kernel", "userspace" or "auto"
 // (kernel when the running kernel can create a wireguard link, else
@@ -151,7 +152,7 @@ func NewBackendFor(mode string, needs Needs, log *slog.Logger) (Backend, error) 
 		return b, nil
 	case KindKernel:
 		if needs.OwnBind {
-			return nil, fmt.Errorf("wireguard backend %q requested, but %w; use %q or %q instead", KindKernel, errOwnBind, KindUserspace, "auto")
+			return nil, fmt.Errorf("wireguard backend %q requested, but %w; use %q or %q instead", KindKernel, ErrOwnBind, KindUserspace, "auto")
 		}
 		b, err := probeKernel()
 		if err != nil {
@@ -167,7 +168,7 @@ func NewBackendFor(mode string, needs Needs, log *slog.Logger) (Backend, error) 
 		}
 		reason := "auto: kernel WireGuard is unavailable (" + errString(probeErr) + "); using embedded wireguard-go"
 		if probeErr == nil {
-			reason = "auto: the kernel can create wireguard links, but " + errOwnBind.Error() + "; using embedded wireguard-go"
+			reason = "auto: the kernel can create wireguard links, but " + ErrOwnBind.Error() + "; using embedded wireguard-go"
 		}
 		b, err := newUserspaceBackend()
 		if err != nil {

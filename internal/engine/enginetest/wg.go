@@ -41,6 +41,10 @@ func (b *WG) Open(name string, opts wg.Options) (wg.Device, error) {
 	if b.devs[name] != nil {
 		return nil, fmt.Errorf("device %s is already open", name)
 	}
+	if b.kind == wg.KindKernel && opts.Bind != nil {
+		// As the real kernel backend: the kernel owns the UDP socket.
+		return nil, fmt.Errorf("kernel wireguard device %q cannot use a custom Bind: %w", name, wg.ErrOwnBind)
+	}
 	d := &Device{backend: b, name: name, peers: map[wgtypes.Key]*wgtypes.Peer{}, owner: map[string]wgtypes.Key{}}
 	b.devs[name] = d
 	kind := "wireguard"
