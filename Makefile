@@ -4,6 +4,9 @@
 #   make test    vet, the Windows/macOS cross builds, every test under the race detector
 #                (privileged suites run as root), fuzz seed corpora, the chaos suites short
 #   make soak    the chaos suites long, then every fuzz target for FUZZTIME each
+#   make test-vm every privileged suite in QEMU guests booting Debian's stock
+#                kernels (kernel WireGuard); `make test` runs the kernel
+#                WireGuard part on Debian 12's kernel
 #   make cross   build and vet every package for Windows and macOS
 #
 # See README.md.
@@ -22,7 +25,7 @@ CHAOS_TEST ?= -chaos.ops=150 -chaos.kills=5 -chaos.requests=200
 CHAOS_SOAK ?= -chaos.ops=1000 -chaos.kills=20 -chaos.requests=1000
 FUZZTIME   ?= 2m
 
-.PHONY: all build run demo test test-short soak vet fmt cross clean
+.PHONY: all build run demo test test-short test-vm vm-tools soak vet fmt cross clean
 
 all: build
 
@@ -61,10 +64,26 @@ cross:
 	done
 
 # Every test, race detector on. As root this includes the suites that build
-# real namespaces, devices and tunnels; as another user they skip and say why.
+# real namespaces, devices and tunnels, and (last, alone: it emulates a
+# 2-CPU machine) the kernel WireGuard suites in a VM on Debian 12's kernel;
+# as another user they skip and say why.
 test: vet cross
-	$(GO) test -race -count=1 -timeout 60m $$($(GO) list ./... | grep -v '/internal/chaos$$')
+	$(GO) test -race -count=1 -timeout 60m $$($(GO) list ./... | grep -v -e '/internal/chaos$$' -e '/internal/lab/vm$$')
 	$(GO) test -race -count=1 -timeout 30m ./internal/chaos $(CHAOS_TEST)
+	$(GO) test -race -count=1 -timeout 60m ./internal/lab/vm
+
+# Every privileged suite in QEMU guests booting Debian 12's kernel and the
+# newest bookworm-backports kernel (docs/operations.md, "Tested kernels").
+# As root; installs the Debian packages it needs first. VM_FLAGS narrows it,
+# e.g. VM_FLAGS='-vm.kernels=^bookworm$$ -vm.suites=^e2e'.
+VM_FLAGS ?=
+
+test-vm: vm-tools
+	$(GO) test -count=1 -v -timeout 300m -run '^TestVM$$' ./internal/lab/vm -vm.all $(VM_FLAGS)
+
+vm-tools:
+	@if [ "$$(id -u)" != 0 ]; then echo "make test-vm: needs root (apt-get, and the guest runs the privileged suites): sudo make test-vm"; exit 1; fi
+	bash internal/lab/vm/install.sh
 
 # The long version: a 1,000-operation crash workload with 20 SIGKILLs and
 # the full 64 × 1,000 load, under the race detector; then every fuzz target

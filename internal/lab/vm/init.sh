@@ -16,6 +16,9 @@
 
 /bin/busybox mkdir -p /zlvm/bb
 /bin/busybox --install -s /zlvm/bb
+for tool in $(/bin/busybox cat /zlvm/tools); do
+	/bin/busybox rm -f "/zlvm/bb/$tool"
+done
 # The host's tools first; busybox fills in the rest (sh, modprobe, ...).
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/zlvm/bb
 export HOME=/root TMPDIR=/tmp LC_ALL=C

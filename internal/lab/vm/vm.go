@@ -57,7 +57,7 @@ func CacheDir() string {
 // tests that use it skip in the guest, as they do on a host without it.
 var (
 	requiredTools = []string{"ip", "wg", "nft", "ping", "dig", "nsenter", "unshare", "mount", "umount"}
-	optionalTools = []string{"tcpdump", "iperf3", "conntrack", "iptables", "sysctl", "ss", "turnserver"}
+	optionalTools = []string{"tcpdump", "iperf3", "conntrack", "iptables", "iptables-legacy", "sysctl", "ss", "ethtool", "setpriv", "turnserver"}
 	// hostTools are what building the guest needs on the host; each is
 	// named with the Debian package that has it.
 	hostTools = [][2]string{
@@ -218,18 +218,24 @@ func (l *Lab) fillBase(ctx context.Context, r *root, p *payload) error {
 // etcFiles are the guest's configuration: users the tests switch to,
 // name resolution that answers locally (no network in the guest).
 var etcFiles = map[string]string{
-	"/etc/passwd":        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-	"/etc/group":         "root:x:0:\nnogroup:x:65534:\n",
+	// tcpdump drops its privileges to user tcpdump once it has opened
+	// the capture.
+	"/etc/passwd":        "root:x:0:0:root:/root:/bin/sh\ntcpdump:x:100:100::/nonexistent:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+	"/etc/group":         "root:x:0:\ntcpdump:x:100:\nnogroup:x:65534:\n",
 	"/etc/hosts":         "127.0.0.1 localhost\n::1 localhost\n",
 	"/etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files dns\n",
 	"/etc/resolv.conf":   "nameserver 127.0.0.1\n",
 }
 
 // addTools copies the observer tools with their libraries, and the
-// modules iptables loads at run time.
+// modules iptables loads at run time. /zlvm/tools names every tool, so
+// that init removes busybox's look-alike of one the host lacks: a test
+// must skip for a missing tool, not run busybox's version of it.
 func (l *Lab) addTools(ctx context.Context, r *root) error {
+	var names []string
 	for i, list := range [][]string{requiredTools, optionalTools} {
 		for _, tool := range list {
+			names = append(names, tool)
 			p, err := exec.LookPath(tool)
 			if err != nil {
 				if i == 0 {
@@ -242,6 +248,9 @@ func (l *Lab) addTools(ctx context.Context, r *root) error {
 				return err
 			}
 		}
+	}
+	if err := r.writeFile("/zlvm/tools", strings.Join(names, "\n")+"\n", 0o644); err != nil {
+		return err
 	}
 	xt, _ := filepath.Glob("/usr/lib/*-linux-gnu/xtables")
 	for _, dir := range xt {
