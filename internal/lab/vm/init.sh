@@ -20,7 +20,12 @@ for tool in $(/bin/busybox cat /zlvm/tools); do
 	/bin/busybox rm -f "/zlvm/bb/$tool"
 done
 # The host's tools first; busybox fills in the rest (sh, modprobe, ...).
+# This shell itself runs its applets without a PATH search (Debian's
+# busybox-static prefers them), so the host's ip is called by path.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/zlvm/bb
+for IP in /usr/sbin/ip /sbin/ip /usr/bin/ip /bin/ip; do
+	[ -x "$IP" ] && break
+done
 export HOME=/root TMPDIR=/tmp LC_ALL=C
 
 mount -t proc proc /proc
@@ -41,7 +46,7 @@ echo /zlvm/bb/modprobe > /proc/sys/kernel/modprobe
 # is what the tests (and wireguard-go) do, so load it up front.
 modprobe tun
 hostname zlvm
-ip link set lo up
+"$IP" link set lo up
 
 exec 3>/dev/ttyS1
 stty -F /dev/ttyS1 raw -echo 2>/dev/null
@@ -50,8 +55,8 @@ report() { echo "=== ZLVM $*" >&3; }
 # snapshot lists what suites must not leave behind: namespaces and links
 # of the root namespace.
 snapshot() {
-	ip netns list 2>&1 | sed 's/ (id.*//' | sort | sed 's/^/netns /'
-	ip -o link show 2>&1 | awk -F': ' '{ split($2, n, "@"); print "link " n[1] }' | sort
+	"$IP" netns list 2>&1 | sed 's/ (id.*//' | sort | sed 's/^/netns /'
+	"$IP" -o link show 2>&1 | awk -F': ' '{ split($2, n, "@"); print "link " n[1] }' | sort
 }
 snapshot > /tmp/zlvm-baseline
 
@@ -64,8 +69,10 @@ suite() {
 	rc=$?
 	report "END $name rc=$rc seconds=$(($(date +%s) - start))"
 	snapshot > /tmp/zlvm-now
-	left=$(comm -13 /tmp/zlvm-baseline /tmp/zlvm-now | tr '\n' ' ')
+	left=$(grep -vxF -f /tmp/zlvm-baseline /tmp/zlvm-now | tr '\n' ' ')
 	[ -n "$left" ] && report "LEFTOVER $name $left"
+	# Each suite answers only for what it left.
+	mv /tmp/zlvm-now /tmp/zlvm-baseline
 }
 
 report "BOOTED $(uname -r) cpus=$(nproc) mem_kb=$(awk '/MemTotal/ { print $2 }' /proc/meminfo)"

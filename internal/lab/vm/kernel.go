@@ -24,6 +24,9 @@ type Dist struct {
 	// Sources are sources.list lines, written to a private file: the
 	// host's /etc/apt is never read for sources nor modified.
 	Sources []string
+	// CPU is QEMU's -cpu for this kernel; empty means "max", every
+	// feature the emulator has.
+	CPU string
 }
 
 const (
@@ -48,7 +51,15 @@ var (
 		debSource("http://deb.debian.org/debian-security", "bookworm-security"),
 	}}
 	// BookwormBackports is the newest kernel Debian 12 users can install.
-	BookwormBackports = Dist{Name: "bookworm-backports", Sources: []string{
+	//
+	// Under Debian 12's QEMU 7.2 with -cpu max, its 6.12 kernel crashes
+	// within a minute, at boot or in the first suite: EFLAGS with reserved
+	// bits and TF set right after SLUB's `cmpxchg16b %gs:(%rsi)` fast
+	// path, then a WARN in exc_debug_kernel, NULL dereferences and double
+	// faults, with single-threaded TCG and mitigations=off too. Without
+	// CX16 in the emulated CPU, SLUB takes its locked path instead and the
+	// kernel runs clean; 6.1 runs clean with it.
+	BookwormBackports = Dist{Name: "bookworm-backports", CPU: "max,-cx16", Sources: []string{
 		debSource(debianMirror, "bookworm-backports"),
 	}}
 )
@@ -56,6 +67,7 @@ var (
 // Kernel is a kernel package unpacked in the cache.
 type Kernel struct {
 	Dist    string
+	CPU     string // QEMU's -cpu, from the Dist
 	Package string // e.g. linux-image-6.1.0-57-cloud-amd64
 	Version string // the package version, e.g. 6.1.192-3
 	Release string // uname -r, e.g. 6.1.0-57-cloud-amd64
@@ -71,7 +83,7 @@ func (k *Kernel) Vmlinuz() string { return filepath.Join(k.Root, "boot", "vmlinu
 func (k *Kernel) ModulesDir() string { return filepath.Join(k.Root, "lib", "modules", k.Release) }
 
 func (k *Kernel) String() string {
-	return fmt.Sprintf("%s %s (%s, Debian %s)", k.Package, k.Version, k.Release, k.Dist)
+	return fmt.Sprintf("%s %s (%s, Debian %s, QEMU -cpu %s)", k.Package, k.Version, k.Release, k.Dist, k.CPU)
 }
 
 // listsMaxAge is how old downloaded package lists may be before a run
@@ -124,16 +136,20 @@ func resolveAndFetch(ctx context.Context, a *aptEnv, cacheDir string, dist Dist,
 			return nil, err
 		}
 	}
-	return loadKernel(dist.Name, pkg, version, root)
+	return loadKernel(dist, pkg, version, root)
 }
 
 // loadKernel reads what the unpacked package holds.
-func loadKernel(dist, pkg, version, root string) (*Kernel, error) {
+func loadKernel(dist Dist, pkg, version, root string) (*Kernel, error) {
 	images, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
 	if len(images) != 1 {
 		return nil, fmt.Errorf("%s: want exactly one boot/vmlinuz-* in the package, found %d", pkg, len(images))
 	}
-	k := &Kernel{Dist: dist, Package: pkg, Version: version, Root: root,
+	cpu := dist.CPU
+	if cpu == "" {
+		cpu = "max"
+	}
+	k := &Kernel{Dist: dist.Name, CPU: cpu, Package: pkg, Version: version, Root: root,
 		Release: strings.TrimPrefix(filepath.Base(images[0]), "vmlinuz-")}
 	if _, err := os.Stat(k.ModulesDir()); err != nil {
 		return nil, fmt.Errorf("%s has no modules for %s: %w", pkg, k.Release, err)
@@ -157,7 +173,7 @@ func lastResolved(cacheDir string, dist Dist) (*Kernel, error) {
 	if len(f) != 2 {
 		return nil, fmt.Errorf("malformed %s.resolved", dist.Name)
 	}
-	return loadKernel(dist.Name, f[0], f[1], filepath.Join(cacheDir, "kernels", f[0]+"_"+f[1]))
+	return loadKernel(dist, f[0], f[1], filepath.Join(cacheDir, "kernels", f[0]+"_"+f[1]))
 }
 
 // aptEnv runs apt with a private configuration: its own sources, lists

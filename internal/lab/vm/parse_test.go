@@ -129,3 +129,18 @@ func TestKernelProblems(t *testing.T) {
 		t.Fatalf("kernelProblems of a clean console = %q", got)
 	}
 }
+
+func TestIsFatal(t *testing.T) {
+	for _, line := range []string{
+		"[    8.810213] BUG: kernel NULL pointer dereference, address: 0000000000000000",
+		"[    8.811]  Oops: Oops: 0010 [#1] PREEMPT SMP NOPTI",
+		"[   36.1] Kernel panic - not syncing: Fatal exception",
+	} {
+		if !isFatal(line) {
+			t.Errorf("not fatal: %q", line)
+		}
+	}
+	if isFatal("[    6.241948] WARNING: CPU: 0 PID: 189 at arch/x86/kernel/traps.c:1120") {
+		t.Error("a warning stopped the guest; it only fails the run at the end")
+	}
+}

@@ -5,6 +5,7 @@ package vm
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -19,39 +20,63 @@ import (
 // unpacking the initramfs, and power-off, all emulated.
 const bootMargin = 5 * time.Minute
 
-// Boot runs the lab's suites in a guest booting k and returns what the
-// guest reported. An error means the run itself broke (no boot, no end,
-// a kernel oops); a suite's failure is in its SuiteResult.
-func (l *Lab) Boot(ctx context.Context, k *Kernel) (Report, error) {
+// Boot runs suites (some of those the lab was built for) in a guest
+// booting k and returns what the guest reported. An error means the run
+// itself broke (no boot, no end, a kernel oops); a suite's failure is in
+// its SuiteResult.
+func (l *Lab) Boot(ctx context.Context, k *Kernel, suites []Suite) (Report, error) {
+	for _, s := range suites {
+		if !l.built[s.Package] {
+			return Report{}, fmt.Errorf("suite %s: the lab has no test binary of %s", s.Name, s.Package)
+		}
+	}
 	dir := filepath.Join(l.cfg.WorkDir, "boot-"+k.Release)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Report{}, err
 	}
 	initrd := filepath.Join(dir, "initrd.cpio")
-	if err := l.initrd(ctx, k, initrd); err != nil {
+	if err := l.initrd(ctx, k, suites, initrd); err != nil {
 		return Report{}, err
 	}
 	console, report := filepath.Join(dir, "console.log"), filepath.Join(dir, "report.log")
 	limit := bootMargin
-	for _, s := range l.suites {
+	for _, s := range suites {
 		limit += s.Timeout
 	}
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", l.qemuArgs(k, initrd, console, report)...)
+	// A kernel oops leaves the guest running with the suite's process
+	// dead or stuck; stop it then instead of at the timeout.
+	crashCtx, crashed := context.WithCancelCause(ctx)
+	defer crashed(nil)
+	cmd := exec.CommandContext(crashCtx, "qemu-system-x86_64", l.qemuArgs(k, initrd, console, report)...)
 	var qemuOut strings.Builder
 	cmd.Stdout, cmd.Stderr = &qemuOut, &qemuOut
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		return Report{}, err
 	}
-	stopTail := l.follow(report, start)
+	stopReport := follow(report, func(line string) {
+		if strings.HasPrefix(line, markerPrefix) {
+			l.cfg.Logf("vm: [%v] %s", time.Since(start).Round(time.Second), strings.TrimPrefix(line, markerPrefix))
+		}
+	})
+	stopConsole := follow(console, func(line string) {
+		if isFatal(line) {
+			// Let the trace that follows reach the file first.
+			time.AfterFunc(3*time.Second, func() { crashed(errors.New(strings.TrimSpace(line))) })
+		}
+	})
 	err := cmd.Wait()
-	stopTail()
+	stopReport()
+	stopConsole()
 	raw, _ := os.ReadFile(report)
 	rep, perr := parseReport(string(raw))
 	cons, _ := os.ReadFile(console)
+	rep.Console = string(cons)
 	switch {
+	case context.Cause(crashCtx) != nil && ctx.Err() == nil:
+		return rep, fmt.Errorf("the guest kernel crashed (%v); console:\n%s", context.Cause(crashCtx), tail(string(cons), 80))
 	case ctx.Err() != nil:
 		return rep, fmt.Errorf("the guest did not finish within %v; console:\n%s", limit, tail(string(cons), 60))
 	case err != nil:
@@ -71,9 +96,9 @@ func (l *Lab) Boot(ctx context.Context, k *Kernel) (Report, error) {
 
 // initrd is the base archive followed by the kernel's: the kernel unpacks
 // concatenated cpio archives one over the other.
-func (l *Lab) initrd(ctx context.Context, k *Kernel, out string) error {
+func (l *Lab) initrd(ctx context.Context, k *Kernel, suites []Suite, out string) error {
 	kc := out + ".kernel"
-	if err := l.kernelCPIO(ctx, k, l.suites, kc); err != nil {
+	if err := l.kernelCPIO(ctx, k, suites, kc); err != nil {
 		return err
 	}
 	defer os.Remove(kc)
@@ -97,7 +122,11 @@ func (l *Lab) initrd(ctx context.Context, k *Kernel, out string) error {
 }
 
 func (l *Lab) qemuArgs(k *Kernel, initrd, console, report string) []string {
-	accel := []string{"-accel", "tcg", "-cpu", "max"}
+	cpu := k.CPU
+	if c := os.Getenv(EnvCPU); c != "" {
+		cpu = c
+	}
+	accel := []string{"-accel", l.cfg.Accel, "-cpu", cpu}
 	if l.cfg.Accel == "kvm" {
 		accel = []string{"-accel", "kvm", "-cpu", "host"}
 	}
@@ -107,53 +136,80 @@ func (l *Lab) qemuArgs(k *Kernel, initrd, console, report string) []string {
 		"-kernel", k.Vmlinuz(), "-initrd", initrd,
 		// panic=-1: a panic reboots at once, and -no-reboot turns that
 		// into QEMU exiting rather than hanging until the timeout.
-		"-append", "console=ttyS0 panic=-1 quiet",
+		// loglevel=5: warnings and worse reach the console, where
+		// kernelProblems looks for them.
+		"-append", "console=ttyS0 panic=-1 loglevel=5",
 		"-serial", "file:"+console,
 		"-serial", "file:"+report,
 	)
 }
 
-// follow logs the markers the guest writes while it runs, so a long run
-// shows its progress; the returned func stops it.
-func (l *Lab) follow(path string, start time.Time) func() {
+// follow calls onLine with each line appended to the file at path (which
+// may not exist yet) until the returned func is called; that func reads
+// what is left before it returns.
+func follow(path string, onLine func(string)) func() {
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)
-		var f *os.File
-		var r *bufio.Reader
-		var partial string
+		t := &tailer{path: path, onLine: onLine}
+		defer t.close()
 		for {
 			select {
 			case <-done:
-				if f != nil {
-					f.Close()
-				}
+				t.read()
 				return
 			case <-time.After(time.Second):
-			}
-			if f == nil {
-				var err error
-				if f, err = os.Open(path); err != nil {
-					continue
-				}
-				r = bufio.NewReader(f)
-			}
-			for {
-				chunk, err := r.ReadString('\n')
-				partial += chunk
-				if err != nil {
-					break
-				}
-				line := strings.TrimRight(partial, "\r\n")
-				partial = ""
-				if strings.HasPrefix(line, markerPrefix) {
-					l.cfg.Logf("vm: [%v] %s", time.Since(start).Round(time.Second), strings.TrimPrefix(line, markerPrefix))
-				}
+				t.read()
 			}
 		}
 	}()
 	return func() { close(done); <-stopped }
+}
+
+// tailer reads whole lines appended to a file.
+type tailer struct {
+	path    string
+	onLine  func(string)
+	f       *os.File
+	r       *bufio.Reader
+	partial string
+}
+
+func (t *tailer) read() {
+	if t.f == nil {
+		f, err := os.Open(t.path)
+		if err != nil {
+			return
+		}
+		t.f, t.r = f, bufio.NewReader(f)
+	}
+	for {
+		chunk, err := t.r.ReadString('\n')
+		t.partial += chunk
+		if err != nil {
+			return
+		}
+		t.onLine(strings.TrimRight(t.partial, "\r\n"))
+		t.partial = ""
+	}
+}
+
+func (t *tailer) close() {
+	if t.f != nil {
+		t.f.Close()
+	}
+}
+
+// isFatal tells a console line that means the kernel is broken from here
+// on: an oops or a panic.
+func isFatal(line string) bool {
+	for _, sign := range []string{"BUG:", "Oops", "Kernel panic", "general protection fault"} {
+		if strings.Contains(line, sign) {
+			return true
+		}
+	}
+	return false
 }
 
 // kernelProblems returns the console lines that say the kernel itself

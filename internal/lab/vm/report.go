@@ -23,6 +23,8 @@ type Report struct {
 	Modules []string
 	// Done is true when init got through every suite.
 	Done bool
+	// Console is what the kernel (and init, on errors) wrote on ttyS0.
+	Console string
 }
 
 // SuiteResult is one suite's outcome in the guest.

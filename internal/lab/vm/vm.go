@@ -34,10 +34,13 @@ import (
 const (
 	// EnvCache is the cache directory (default DefaultCacheDir).
 	EnvCache = "ZLAYER_VM_CACHE"
-	// EnvAccel is QEMU's accelerator: "tcg" (default) or "kvm".
+	// EnvAccel is QEMU's -accel: "tcg" (default), "kvm", or any other
+	// value QEMU takes ("tcg,thread=single").
 	EnvAccel = "ZLAYER_VM_ACCEL"
 	// EnvMemory is the guest's memory in MiB (default 3072).
 	EnvMemory = "ZLAYER_VM_MEMORY"
+	// EnvCPU overrides QEMU's -cpu for TCG (default: the Dist's).
+	EnvCPU = "ZLAYER_VM_CPU"
 )
 
 // DefaultCacheDir keeps downloaded kernels between runs.
@@ -137,23 +140,28 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Lab builds guests for one set of suites; Boot runs them on a kernel.
+// Lab builds guests for a set of suites; Boot runs some of them on a
+// kernel.
 type Lab struct {
-	cfg    Config
-	suites []Suite
-	base   string // cpio of everything but the kernel's modules and the run list
+	cfg   Config
+	built map[string]bool // packages with a test binary in the payload
+	base  string          // cpio of everything but the kernel's modules and the run list
 }
 
-// New builds the payload and the kernel-independent part of the guest.
+// New builds the payload for suites and the kernel-independent part of
+// the guest.
 func New(ctx context.Context, cfg Config, suites []Suite) (*Lab, error) {
 	cfg = cfg.withDefaults()
-	l := &Lab{cfg: cfg, suites: suites}
+	l := &Lab{cfg: cfg, built: map[string]bool{}}
+	for _, s := range suites {
+		l.built[s.Package] = true
+	}
 	start := time.Now()
 	p, err := buildPayload(ctx, cfg.ModuleRoot, filepath.Join(cfg.WorkDir, "payload"), suites)
 	if err != nil {
 		return nil, err
 	}
-	cfg.Logf("vm: built the commands and %d test binaries in %v", len(suites), time.Since(start).Round(time.Second))
+	cfg.Logf("vm: built the commands and %d test binaries in %v", len(l.built), time.Since(start).Round(time.Second))
 	r, err := newRoot(filepath.Join(cfg.WorkDir, "base"))
 	if err != nil {
 		return nil, err
@@ -270,6 +278,47 @@ func (l *Lab) addTools(ctx context.Context, r *root) error {
 // Which modules a request needs is left to depmod and modprobe.
 var moduleTrees = []string{"kernel/net", "kernel/drivers/net", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/drivers/char", "kernel/drivers/virtio"}
 
+// decompressors are the tools that unpack compressed modules in place, by
+// suffix. Newer Debian kernels ship .ko.xz; busybox's modprobe would hand
+// the kernel the compressed file first (which it rejects with "Invalid ELF
+// header magic") and then decompress it in the emulated CPU.
+var decompressors = map[string][]string{
+	".ko.xz":  {"xz", "-d", "-q"},
+	".ko.zst": {"zstd", "-d", "-q", "--rm"},
+	".ko.gz":  {"gzip", "-d", "-q"},
+}
+
+// decompressModules unpacks every compressed module under dir, so the
+// guest loads plain .ko files.
+func decompressModules(ctx context.Context, dir string) error {
+	found := map[string][]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		for suffix := range decompressors {
+			if strings.HasSuffix(p, suffix) {
+				found[suffix] = append(found[suffix], p)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for suffix, files := range found {
+		tool := decompressors[suffix]
+		for len(files) > 0 {
+			n := min(len(files), 500)
+			if out, err := exec.CommandContext(ctx, tool[0], append(tool[1:], files[:n]...)...).CombinedOutput(); err != nil {
+				return fmt.Errorf("decompress %s modules with %s: %v\n%s", suffix, tool[0], err, out)
+			}
+			files = files[n:]
+		}
+	}
+	return nil
+}
+
 // kernelCPIO archives the kernel's modules (with a modules.dep depmod
 // computed for exactly them) and the suites to run.
 func (l *Lab) kernelCPIO(ctx context.Context, k *Kernel, suites []Suite, out string) error {
@@ -294,6 +343,9 @@ func (l *Lab) kernelCPIO(ctx context.Context, k *Kernel, suites []Suite, out str
 		if err := r.addTree(src, filepath.Join(mods, t), nil); err != nil {
 			return err
 		}
+	}
+	if err := decompressModules(ctx, r.path(mods)); err != nil {
+		return err
 	}
 	if out, err := exec.CommandContext(ctx, "depmod", "-b", r.dir, k.Release).CombinedOutput(); err != nil {
 		return fmt.Errorf("depmod -b %s %s: %v\n%s", r.dir, k.Release, err, out)
