@@ -49,6 +49,7 @@ var allSuites = append(append([]Suite{}, kernelWGSuites...),
 	Suite{Name: "ipc", Package: "internal/ipc", Timeout: 10 * time.Minute},
 	Suite{Name: "lab", Package: "internal/lab", Timeout: 10 * time.Minute},
 	Suite{Name: "daemon", Package: "cmd/zlayer-overlayd", Timeout: 15 * time.Minute},
+	Suite{Name: "overlayctl", Package: "cmd/overlayctl", Timeout: 5 * time.Minute},
 	Suite{Name: "packaging", Package: "packaging", Timeout: 10 * time.Minute},
 )
 
