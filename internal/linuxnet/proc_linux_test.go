@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // statLine builds a /proc/<pid>/stat line with the given comm and starttime; every other
@@ -64,7 +65,17 @@ func TestProcessStartTimeOddComm(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	if got, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid)); strings.TrimSpace(string(got)) != comm {
+	// Start returns when the exec has begun: the kernel releases the
+	// parent before it sets the new comm, so a slow machine can still
+	// show the parent's for a moment.
+	var got []byte
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got, _ = os.ReadFile(fmt.Sprintf("/proc/%d/comm", cmd.Process.Pid))
+		if strings.TrimSpace(string(got)) == comm || time.Now().After(deadline) {
+			break
+		}
+	}
+	if strings.TrimSpace(string(got)) != comm {
 		t.Fatalf("child comm = %q, want %q", got, comm)
 	}
 	start, err := ProcessStartTime(cmd.Process.Pid)
