@@ -117,3 +117,24 @@ func errMessage(resp protocol.Response, err error) string {
 }
 
 func errf(format string, args ...any) error { return fmt.Errorf(format, args...) }
+
+// peerDedicated makes the two nodes' dedicated "db" devices peers of each
+// other and waits until node 0 pings node 1 over them.
+func peerDedicated(t *testing.T, nodes []*lab.Node, ded [2]protocol.ServiceOverlay) {
+	t.Helper()
+	for i, n := range nodes {
+		j := 1 - i
+		n.Call(protocol.AddPeer{
+			PeerSpec: protocol.PeerSpec{PublicKey: ded[j].WGPublicKey, Endpoint: netip.AddrPortFrom(nodes[j].Underlay, ded[j].WGPort).String(),
+				AllowedIPs: ded[j].Subnet, PersistentKeepaliveSecs: 25},
+			Scope: protocol.ServiceScope("db"),
+		})
+	}
+	lab.Eventually(t, 15*time.Second, "ping over the dedicated device", func() error {
+		out, err := nodes[0].Exec("ping", "-c", "1", "-W", "1", "-I", ded[0].OverlayIP.String(), ded[1].OverlayIP.String())
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
+}

@@ -282,21 +282,7 @@ func TestKernelWGDedicatedDevices(t *testing.T) {
 		ded[i] = n.Call(protocol.SetupServiceOverlay{Service: "db", Mode: "dedicated"}).(protocol.ServiceOverlay)
 		kernelLink(t, n, ded[i].Name)
 	}
-	for i, n := range nodes {
-		j := 1 - i
-		n.Call(protocol.AddPeer{
-			PeerSpec: protocol.PeerSpec{PublicKey: ded[j].WGPublicKey, Endpoint: netip.AddrPortFrom(nodes[j].Underlay, ded[j].WGPort).String(),
-				AllowedIPs: ded[j].Subnet, PersistentKeepaliveSecs: 25},
-			Scope: protocol.ServiceScope("db"),
-		})
-	}
-	lab.Eventually(t, 15*time.Second, "ping over the dedicated device", func() error {
-		out, err := a.Exec("ping", "-c", "1", "-W", "1", "-I", ded[0].OverlayIP.String(), ded[1].OverlayIP.String())
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	})
+	peerDedicated(t, nodes, ded)
 	d := wgDump(t, a, ded[0].Name)
 	p, ok := d.Peers[ded[1].WGPublicKey]
 	if d.Port != ded[0].WGPort || !ok || p.Handshake == 0 || p.Rx == 0 || p.Tx == 0 || !strings.HasSuffix(p.Endpoint, fmt.Sprintf(":%d", ded[1].WGPort)) {

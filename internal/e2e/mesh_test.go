@@ -131,21 +131,7 @@ func TestDedicatedServiceTunnel(t *testing.T) {
 	if ded[0].Subnet == ded[1].Subnet {
 		t.Fatalf("both nodes placed db at %s", ded[0].Subnet)
 	}
-	for i, n := range nodes {
-		j := 1 - i
-		n.Call(protocol.AddPeer{
-			PeerSpec: protocol.PeerSpec{PublicKey: ded[j].WGPublicKey, Endpoint: netip.AddrPortFrom(nodes[j].Underlay, ded[j].WGPort).String(),
-				AllowedIPs: ded[j].Subnet, PersistentKeepaliveSecs: 25},
-			Scope: protocol.ServiceScope("db"),
-		})
-	}
-	lab.Eventually(t, 15*time.Second, "ping over the dedicated device", func() error {
-		out, err := a.Exec("ping", "-c", "1", "-W", "1", "-I", ded[0].OverlayIP.String(), ded[1].OverlayIP.String())
-		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
-		}
-		return nil
-	})
+	peerDedicated(t, nodes, ded)
 	out := a.MustExec("wg", "show", ded[0].Name)
 	if !strings.Contains(out, fmt.Sprintf("listening port: %d", ded[0].WGPort)) || !strings.Contains(out, "latest handshake") || !strings.Contains(out, fmt.Sprintf(":%d", ded[1].WGPort)) {
 		t.Fatalf("the dedicated device did not carry the traffic on its own port:\n%s", out)

@@ -148,21 +148,9 @@ func (e *Engine) observePeers(now time.Time) []candidateSwitch {
 		}
 	}
 	e.locked(func() {
-		for k := range e.health {
-			if !seen[k] {
-				delete(e.health, k)
-			}
-		}
-		for k := range e.trials {
-			if !seen[k] {
-				delete(e.trials, k)
-			}
-		}
-		for k := range e.rx {
-			if !seen[k] {
-				delete(e.rx, k)
-			}
-		}
+		keepOnly(e.health, seen)
+		keepOnly(e.trials, seen)
+		keepOnly(e.rx, seen)
 	})
 	e.natAfterRound(seen, endpoints, v)
 	return switches

@@ -627,21 +627,9 @@ func (e *Engine) natAfterRound(seen map[string]bool, endpoints map[netip.AddrPor
 	}
 	n := e.nat
 	n.mu.Lock()
-	for k := range n.paths {
-		if !seen[k] {
-			delete(n.paths, k)
-		}
-	}
-	for k := range n.allocs {
-		if !seen[k] {
-			delete(n.allocs, k)
-		}
-	}
-	for k := range n.retry {
-		if !seen[k] {
-			delete(n.retry, k)
-		}
-	}
+	keepOnly(n.paths, seen)
+	keepOnly(n.allocs, seen)
+	keepOnly(n.retry, seen)
 	n.mu.Unlock()
 	if v.bind != nil {
 		v.bind.PruneProbes(func(ap netip.AddrPort) bool { return endpoints[ap] })

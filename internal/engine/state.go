@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -694,4 +695,10 @@ func (s *state) wantedLinks() map[string]bool {
 		}
 	}
 	return want
+}
+
+// keepOnly drops the entries of m whose keys a round did not see: state
+// of peers that are gone.
+func keepOnly[V any](m map[string]V, seen map[string]bool) {
+	maps.DeleteFunc(m, func(k string, _ V) bool { return !seen[k] })
 }
