@@ -318,7 +318,16 @@ func TestTURNRelayGivesWayToADirectPath(t *testing.T) {
 		n.Call(req)
 	}
 	relayA, relayB := tl.relayOf(t, a, 20*time.Second, ""), tl.relayOf(t, b, 20*time.Second, "")
-	stA, stB := a.Status(), b.Status()
+	// STUN and TURN run side by side: the reflexive address may come
+	// after the relayed one (on the VM lab's emulated CPU it did).
+	var stA, stB protocol.StatusSnapshot
+	lab.Eventually(t, 20*time.Second, "reflexive addresses", func() error {
+		stA, stB = a.Status(), b.Status()
+		if len(stA.NAT.ReflexiveAddrs) == 0 || len(stB.NAT.ReflexiveAddrs) == 0 {
+			return errf("reflexive: a %v, b %v", stA.NAT.ReflexiveAddrs, stB.NAT.ReflexiveAddrs)
+		}
+		return nil
+	})
 	for _, st := range []protocol.StatusSnapshot{stA, stB} {
 		if len(st.NAT.ReflexiveAddrs) == 0 || !strings.HasSuffix(st.NAT.ReflexiveAddrs[0], ":51820") {
 			t.Fatalf("a port-preserving router should give a reflexive :51820, got %v", st.NAT.ReflexiveAddrs)
