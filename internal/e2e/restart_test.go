@@ -45,7 +45,7 @@ func TestUserspaceRestartsLoseNoPacket(t *testing.T) {
 	if pid == 0 {
 		t.Fatalf("no data plane process serves a's device:\n%s", a.MustExec("ps", "-ef"))
 	}
-	handshake := strconv.FormatInt(youngSession(t, a, "zl-prod-g", st[1].PublicKey, func() { b.Ping(st[0].NodeIP, 1) }), 10)
+	handshake := youngSession(t, a, globalDev, st[1].PublicKey, func() { b.Ping(st[0].NodeIP, 1) })
 
 	for _, restart := range []struct {
 		name string
@@ -65,8 +65,8 @@ func TestUserspaceRestartsLoseNoPacket(t *testing.T) {
 			t.Fatalf("after a %s the data plane is process %d, was %d: it was recreated, not adopted", restart.name, got, pid)
 		}
 	}
-	if got := handshakeOf(t, a, st[1].PublicKey); got != handshake {
-		t.Fatalf("the session was renewed across the restarts (handshake %s, was %s)", got, handshake)
+	if got := wgDump(t, a, globalDev).Peers[st[1].PublicKey].Handshake; got != handshake {
+		t.Fatalf("the session was renewed across the restarts (handshake %d, was %d)", got, handshake)
 	}
 	// Torn down, the data plane goes with the device.
 	a.Call(protocol.TeardownGlobalOverlay{})

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -61,13 +62,7 @@ type plan []struct {
 
 // without returns suites less the one named.
 func without(suites []Suite, name string) []Suite {
-	var out []Suite
-	for _, s := range suites {
-		if s.Name != name {
-			out = append(out, s)
-		}
-	}
-	return out
+	return slices.DeleteFunc(slices.Clone(suites), func(s Suite) bool { return s.Name == name })
 }
 
 var (
