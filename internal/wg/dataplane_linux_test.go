@@ -38,14 +38,18 @@ func testDataplaneBackend(logDir string, log *slog.Logger) (Backend, error) {
 	})
 }
 
-// killNetnsProcs ends every process left in ns (a data plane outlives the
-// node process that started it, by design) before the namespace goes.
-func killNetnsProcs(ns string) {
+// killDataplanes ends every process left in ns (a data plane outlives the
+// node process that started it, by design) before the namespace goes, and
+// removes the UAPI sockets of devs, which a SIGKILLed data plane leaves.
+func killDataplanes(ns string, devs ...string) {
 	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
 	for _, f := range strings.Fields(string(out)) {
 		if pid, err := strconv.Atoi(f); err == nil {
 			exec.Command("kill", "-9", strconv.Itoa(pid)).Run()
 		}
+	}
+	for _, dev := range devs {
+		os.Remove(uapiSocketPath(dev))
 	}
 }
 
@@ -72,7 +76,8 @@ func TestDataplaneOutlivesItsOpener(t *testing.T) {
 	nsA, nsB := "zltw-"+r+"-a", "zltw-"+r+"-b"
 	newNetns(t, nsA)
 	newNetns(t, nsB)
-	t.Cleanup(func() { killNetnsProcs(nsA) })
+	devA, devB := "zltw"+r+"a", "zltw"+r+"b"
+	t.Cleanup(func() { killDataplanes(nsA, devA) })
 	vethA, vethB := "zltw"+r+"va", "zltw"+r+"vb"
 	run(t, "ip", "link", "add", vethA, "netns", nsA, "type", "veth", "peer", "name", vethB, "netns", nsB)
 	run(t, "ip", "-n", nsA, "addr", "add", "10.201.0.1/24", "dev", vethA)
@@ -81,7 +86,6 @@ func TestDataplaneOutlivesItsOpener(t *testing.T) {
 	run(t, "ip", "-n", nsB, "link", "set", vethB, "up")
 	keyA, _ := GenerateKey()
 	keyB, _ := GenerateKey()
-	devA, devB := "zltw"+r+"a", "zltw"+r+"b"
 	logDir := t.TempDir()
 
 	openA := func() *node {
@@ -179,8 +183,8 @@ func TestDataplaneOfAnotherOwnerIsRefused(t *testing.T) {
 	r := randHex(t, 6)
 	ns := "zltw-" + r + "-o"
 	newNetns(t, ns)
-	t.Cleanup(func() { killNetnsProcs(ns) })
 	dev := "zltw" + r + "o"
+	t.Cleanup(func() { killDataplanes(ns, dev) })
 	n := startNode(t, ns)
 	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
 	run(t, "ip", "-n", ns, "link", "set", dev, "alias", otherOwner+kernelLabel+dev)

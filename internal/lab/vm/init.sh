@@ -53,10 +53,12 @@ stty -F /dev/ttyS1 raw -echo 2>/dev/null
 report() { echo "=== ZLVM $*" >&3; }
 
 # snapshot lists what suites must not leave behind: namespaces and links
-# of the root namespace.
+# of the root namespace, and WireGuard UAPI sockets (a data plane killed
+# without its socket removed leaves one that wg(8) then lists).
 snapshot() {
 	"$IP" netns list 2>&1 | sed 's/ (id.*//' | sort | sed 's/^/netns /'
 	"$IP" -o link show 2>&1 | awk -F': ' '{ split($2, n, "@"); print "link " n[1] }' | sort
+	ls /run/wireguard | sort | sed 's/^/uapi /'
 }
 snapshot > /tmp/zlvm-baseline
 

@@ -33,8 +33,8 @@ type SuiteResult struct {
 	ExitCode int
 	Duration time.Duration
 	Output   string
-	// Leftover lists the namespaces and links of the root namespace
-	// the suite created and did not remove.
+	// Leftover lists the namespaces, links of the root namespace and
+	// UAPI sockets the suite created and did not remove.
 	Leftover string
 	// Finished is false when the guest stopped in the middle of it.
 	Finished bool

@@ -4,6 +4,7 @@ package vm
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"reflect"
@@ -26,6 +27,14 @@ func TestGuestHelper(t *testing.T) {
 		if out, err := exec.Command("ip", "netns", "add", leakedNetns).CombinedOutput(); err != nil {
 			t.Fatalf("%v: %s", err, out)
 		}
+		// What a SIGKILLed data plane leaves: its socket file, nobody
+		// listening.
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: "/run/wireguard/" + leakedNetns + ".sock", Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.SetUnlinkOnClose(false)
+		ln.Close()
 	case "fail":
 		t.Fatal("failing on purpose")
 	case "skip":
@@ -70,8 +79,8 @@ func TestVMReportsWhatTheGuestSaw(t *testing.T) {
 		}
 	}()
 	leak, fail, skip := rep.Suites[0], rep.Suites[1], rep.Suites[2]
-	if leak.ExitCode != 0 || leak.Passed() || !strings.Contains(leak.Leftover, "netns "+leakedNetns) {
-		t.Errorf("a suite that leaves a namespace behind: exit %d, leftover %q, passed %v", leak.ExitCode, leak.Leftover, leak.Passed())
+	if leak.ExitCode != 0 || leak.Passed() || !strings.Contains(leak.Leftover, "netns "+leakedNetns) || !strings.Contains(leak.Leftover, "uapi "+leakedNetns+".sock") {
+		t.Errorf("a suite that leaves a namespace and a UAPI socket behind: exit %d, leftover %q, passed %v", leak.ExitCode, leak.Leftover, leak.Passed())
 	}
 	if fail.ExitCode != 1 || fail.Passed() || !reflect.DeepEqual(fail.Failed(), []string{"TestGuestHelper"}) || !strings.Contains(fail.Output, "failing on purpose") {
 		t.Errorf("a failing suite: exit %d, failed %v\n%s", fail.ExitCode, fail.Failed(), fail.Output)

@@ -139,7 +139,7 @@ func judge(t *testing.T, s Suite, rep Report) {
 		t.Errorf("failed (exit %d, finished %v, failed tests %v)\n%s", res.ExitCode, res.Finished, res.Failed(), res.Output)
 	}
 	if res.Leftover != "" {
-		t.Errorf("left behind in the guest's root namespace: %s", res.Leftover)
+		t.Errorf("left behind in the guest (root namespace, UAPI sockets): %s", res.Leftover)
 	}
 	if skipped := res.Skipped(); len(skipped) > 0 {
 		t.Logf("skipped in the guest: %s", strings.Join(skipped, " "))
