@@ -109,11 +109,12 @@ clean:
 # Benchmarks (issue 9; docs/benchmarks.md). As root, `make bench` installs
 # the pinned peers and runs every side-by-side comparison; bench-ipc,
 # bench-attach, bench-dns, bench-throughput, bench-scale and bench-cni run
-# one each.
+# one each. bench-wg-variants measures wireguard-go's data-path constants
+# against itself (PROFILE=1 adds a whole-machine perf profile).
 # Each interleaves ours and the peer for BENCH_ROUNDS rounds (at least 5)
 # and prints medians, min/max and ratios. BENCH_FLAGS=-quick shortens every
 # measurement for a smoke run.
-.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-cni bench-micro
+.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-cni bench-micro bench-wg-variants
 
 BENCH_TOOLS  ?= /var/tmp/zlayer-bench/bin
 BENCH_ROUNDS ?= 5
@@ -143,6 +144,9 @@ bench-scale: bench-tools
 
 bench-cni: bench-tools
 	$(ZLBENCH) cni
+
+bench-wg-variants: bench-tools
+	GO=$(GO) bash bench/wg-variants.sh $(BENCH_ROUNDS)
 
 # Go micro-benchmarks of the hot paths (codec, dispatch, IPAM, DNS zone
 # lookup, peer upsert, metrics).
