@@ -101,7 +101,7 @@ func (b *dataplaneBackend) Open(name string, opts Options) (Device, error) {
 		log.Info("wireguard data plane adopted from a previous run", "pid", d.pid())
 		return d, nil
 	}
-	if err := prepareUAPI(name, log); err != nil {
+	if err := freeUAPI(name, log); err != nil {
 		return nil, err
 	}
 	if err := checkLinkFree(name); err != nil {
@@ -363,6 +363,12 @@ func (d *processDevice) Close() error {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	// A process killed before Close (OOM killer, kill -9) could not remove
+	// its socket, and wg show would list a device nobody serves.
+	if err := freeUAPI(d.name, d.log); err != nil {
+		d.log.Warn("wireguard data plane stopped, but its UAPI socket is not free", "err", err)
+		return nil
 	}
 	d.log.Info("wireguard data plane stopped")
 	return nil

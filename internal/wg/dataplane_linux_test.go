@@ -1,14 +1,17 @@
 package wg
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -196,6 +199,41 @@ func TestDataplaneOfAnotherOwnerIsRefused(t *testing.T) {
 	}
 	if dataplanePIDIn(ns) == 0 {
 		t.Fatal("the other identity's data plane was stopped")
+	}
+}
+
+// A data plane killed under the daemon (the OOM killer, an operator's
+// kill -9) leaves its UAPI socket; closing the device afterwards must not
+// leave it too, or wg show lists a device nobody serves.
+func TestDataplaneKilledThenClosedLeavesNoSocket(t *testing.T) {
+	requireRoot(t)
+	r := randHex(t, 6)
+	ns := "zltw-" + r + "-k"
+	newNetns(t, ns)
+	dev := "zltw" + r + "k"
+	t.Cleanup(func() { killDataplanes(ns, dev) })
+	n := startNode(t, ns)
+	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
+	pid := dataplanePIDIn(ns)
+	if pid == 0 {
+		t.Fatal("no data plane process after open")
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for dataplanePIDIn(ns) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the data plane survived SIGKILL")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.Lstat(uapiSocketPath(dev)); err != nil {
+		t.Fatalf("SIGKILL was expected to leave the socket (else this test proves nothing): %v", err)
+	}
+	n.must(nodeRequest{Op: "close"})
+	if _, err := os.Lstat(uapiSocketPath(dev)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the dead data plane's socket is still there after Close: %v", err)
 	}
 }
 

@@ -23,10 +23,10 @@ const uapiDir = "/var/run/wireguard"
 
 func uapiSocketPath(name string) string { return filepath.Join(uapiDir, name+".sock") }
 
-// prepareUAPI makes sure the device's UAPI socket path is free: a socket
+// freeUAPI makes sure the device's UAPI socket path is free: a socket
 // nobody listens on (left by a crash) is removed; one that accepts
 // connections belongs to a running device and is an error.
-func prepareUAPI(name string, log *slog.Logger) error {
+func freeUAPI(name string, log *slog.Logger) error {
 	path := uapiSocketPath(name)
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {

@@ -16,10 +16,10 @@ func uapiPipePath(name string) string {
 	return `\\.\pipe\ProtectedPrefix\Administrators\WireGuard\` + name
 }
 
-// prepareUAPI refuses a name whose pipe is being served by another process.
+// freeUAPI refuses a name whose pipe is being served by another process.
 // Unlike a Unix socket file, a pipe cannot outlive its server, so there is
 // never anything stale to remove.
-func prepareUAPI(name string, _ *slog.Logger) error {
+func freeUAPI(name string, _ *slog.Logger) error {
 	path := uapiPipePath(name)
 	c, err := namedpipe.DialTimeout(path, time.Second)
 	if err == nil {

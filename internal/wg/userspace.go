@@ -42,7 +42,7 @@ func (userspaceBackend) Open(name string, opts Options) (Device, error) {
 	// process owns the name (possibly in another network namespace, since
 	// UAPI sockets live in the filesystem), and TUNSETIFF on an existing
 	// persistent TUN would silently attach to it.
-	if err := prepareUAPI(name, log); err != nil {
+	if err := freeUAPI(name, log); err != nil {
 		return nil, err
 	}
 	if err := checkLinkFree(name); err != nil {
