@@ -69,6 +69,32 @@ func dataplanePIDIn(ns string) int {
 	return 0
 }
 
+// waitNoDataplane fails the test with why unless the data plane in ns is
+// gone within 10 s.
+func waitNoDataplane(t *testing.T, ns, why string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for dataplanePIDIn(ns) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal(why)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// openDataplane starts a node process in a namespace of its own and opens
+// a data plane device there; both names end in tag.
+func openDataplane(t *testing.T, tag string) (n *node, ns, dev string) {
+	t.Helper()
+	r := randHex(t, 6)
+	ns, dev = "zltw-"+r+"-"+tag, "zltw"+r+tag
+	newNetns(t, ns)
+	t.Cleanup(func() { killDataplanes(ns, dev) })
+	n = startNode(t, ns)
+	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
+	return n, ns, dev
+}
+
 // A device opened with the detached backend keeps carrying packets and
 // its session when the process that opened it dies; the next opener adopts
 // it, reads it back exactly as the in-process backend would, configures
@@ -168,13 +194,7 @@ func TestDataplaneOutlivesItsOpener(t *testing.T) {
 	}
 	// Close ends the data plane and its link.
 	a.must(nodeRequest{Op: "close"})
-	deadline := time.Now().Add(10 * time.Second)
-	for dataplanePIDIn(nsA) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the data plane still runs after Close")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitNoDataplane(t, nsA, "the data plane still runs after Close")
 	if _, err := linkIn(nsA, devA); err == nil {
 		t.Error("the data plane's link is still there after Close")
 	}
@@ -183,13 +203,7 @@ func TestDataplaneOutlivesItsOpener(t *testing.T) {
 // A data plane labelled by another identity is not adopted.
 func TestDataplaneOfAnotherOwnerIsRefused(t *testing.T) {
 	requireRoot(t)
-	r := randHex(t, 6)
-	ns := "zltw-" + r + "-o"
-	newNetns(t, ns)
-	dev := "zltw" + r + "o"
-	t.Cleanup(func() { killDataplanes(ns, dev) })
-	n := startNode(t, ns)
-	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
+	n, ns, dev := openDataplane(t, "o")
 	run(t, "ip", "-n", ns, "link", "set", dev, "alias", otherOwner+kernelLabel+dev)
 	n.CallUntilExit("crash", nodeRequest{Op: "crash"}, 10*time.Second)
 	n = startNode(t, ns)
@@ -207,13 +221,7 @@ func TestDataplaneOfAnotherOwnerIsRefused(t *testing.T) {
 // leave it too, or wg show lists a device nobody serves.
 func TestDataplaneKilledThenClosedLeavesNoSocket(t *testing.T) {
 	requireRoot(t)
-	r := randHex(t, 6)
-	ns := "zltw-" + r + "-k"
-	newNetns(t, ns)
-	dev := "zltw" + r + "k"
-	t.Cleanup(func() { killDataplanes(ns, dev) })
-	n := startNode(t, ns)
-	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
+	n, ns, dev := openDataplane(t, "k")
 	pid := dataplanePIDIn(ns)
 	if pid == 0 {
 		t.Fatal("no data plane process after open")
@@ -221,13 +229,7 @@ func TestDataplaneKilledThenClosedLeavesNoSocket(t *testing.T) {
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for dataplanePIDIn(ns) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the data plane survived SIGKILL")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitNoDataplane(t, ns, "the data plane survived SIGKILL")
 	if _, err := os.Lstat(uapiSocketPath(dev)); err != nil {
 		t.Fatalf("SIGKILL was expected to leave the socket (else this test proves nothing): %v", err)
 	}
