@@ -385,15 +385,32 @@ func (cc *conn) write(ctx context.Context, f protocol.Frame) error {
 		_ = cc.nc.SetWriteDeadline(time.Time{})
 	}
 	if _, err := cc.nc.Write(cc.wbuf); err != nil {
-		// A partial frame would desynchronise the stream: drop the
-		// connection so the next request starts clean.
-		cc.nc.Close()
+		cc.dropAfterWriteFailure()
 		return err
 	}
 	if cap(cc.wbuf) > 1<<20 {
 		cc.wbuf = nil
 	}
 	return nil
+}
+
+// drainAfterWriteFailure bounds how long the read loop may still read
+// after a failed write.
+const drainAfterWriteFailure = time.Second
+
+// dropAfterWriteFailure ends the connection after a failed write: a
+// partial frame would desynchronise the stream. Only the write side is shut
+// at once, because a write usually fails when the daemon hung up, and what
+// it sent before that, its reason for refusing the connection above all,
+// is still to be read; the read loop ends at the daemon's EOF or after
+// drainAfterWriteFailure.
+func (cc *conn) dropAfterWriteFailure() {
+	hw, ok := cc.nc.(interface{ CloseWrite() error })
+	if !ok || hw.CloseWrite() != nil {
+		cc.nc.Close()
+		return
+	}
+	_ = cc.nc.SetReadDeadline(time.Now().Add(drainAfterWriteFailure))
 }
 
 func (cc *conn) readLoop() {

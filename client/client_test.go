@@ -255,6 +255,53 @@ func TestRawRequestReachesServerVerbatim(t *testing.T) {
 	}
 }
 
+// The daemon writes its refusal and hangs up; when the client's request
+// hits the closed socket before the read loop has read that refusal (a
+// slow CPU makes this the common order), the reason must still be what
+// the client reports, not "use of closed network connection".
+func TestRefusalSurvivesAFailedWrite(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "d.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	refused := make(chan error, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err == nil {
+			err = ipc.WriteFrame(nc, protocol.ResponseFrame(0, protocol.Err{Message: "permission denied: uid 1234"}))
+			nc.Close()
+		}
+		refused <- err
+	}()
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-refused; err != nil {
+		t.Fatal(err)
+	}
+	c := New(path)
+	defer c.Close()
+	cc := &conn{client: c, nc: nc, pending: map[uint64]chan protocol.Response{}, dead: make(chan struct{})}
+	// Write until the closed peer makes it fail (the first write may still
+	// land in the socket buffer).
+	for i := 0; ; i++ {
+		if err := cc.write(context.Background(), protocol.RequestFrame(1, protocol.Status{})); err != nil {
+			break
+		}
+		if i == 100 {
+			t.Fatal("writes to a socket whose peer hung up kept succeeding")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	cc.readLoop()
+	if err := cc.failure(); err == nil || !strings.Contains(err.Error(), "refused the connection: permission denied: uid 1234") {
+		t.Fatalf("failure after the refusal: %v", err)
+	}
+}
+
 func TestRefusedConnectionExplainsWhy(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "d.sock")
 	ln, err := ipc.Listen(path, nil)
