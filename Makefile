@@ -110,11 +110,13 @@ clean:
 # the pinned peers and runs every side-by-side comparison; bench-ipc,
 # bench-attach, bench-dns, bench-throughput, bench-scale and bench-cni run
 # one each. bench-wg-variants measures wireguard-go's data-path constants
-# against itself (PROFILE=1 adds a whole-machine perf profile).
+# against itself (PROFILE=1 adds a whole-machine perf profile);
+# bench-crypto compares the ChaCha20-Poly1305 in our data path (x/crypto)
+# with OpenSSL's at the overlay's packet size.
 # Each interleaves ours and the peer for BENCH_ROUNDS rounds (at least 5)
 # and prints medians, min/max and ratios. BENCH_FLAGS=-quick shortens every
 # measurement for a smoke run.
-.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-cni bench-micro bench-wg-variants
+.PHONY: bench bench-tools bench-ipc bench-attach bench-dns bench-throughput bench-scale bench-cni bench-micro bench-wg-variants bench-crypto
 
 BENCH_TOOLS  ?= /var/tmp/zlayer-bench/bin
 BENCH_ROUNDS ?= 5
@@ -147,6 +149,17 @@ bench-cni: bench-tools
 
 bench-wg-variants: bench-tools
 	GO=$(GO) bash bench/wg-variants.sh $(BENCH_ROUNDS)
+
+# 1350 bytes is x/crypto's own size nearest the overlay's 1420-byte MTU;
+# -aead makes OpenSSL seal whole messages (key, nonce, tag) as we do.
+bench-crypto: bench-tools
+	$(GO) test -run '^$$' -bench 'Chacha20Poly1305/(Seal|Open)-(1350|8192)$$' -count $(BENCH_ROUNDS) golang.org/x/crypto/chacha20poly1305
+	for n in 1350 8192; do \
+		printf 'openssl seal %5s B, 1000s of bytes/s: ' $$n; \
+		openssl speed -aead -evp chacha20-poly1305 -bytes $$n -seconds 3 2>/dev/null | tail -1; \
+		printf 'openssl open %5s B, 1000s of bytes/s: ' $$n; \
+		openssl speed -aead -decrypt -evp chacha20-poly1305 -bytes $$n -seconds 3 2>/dev/null | tail -1; \
+	done
 
 # Go micro-benchmarks of the hot paths (codec, dispatch, IPAM, DNS zone
 # lookup, peer upsert, metrics).

@@ -3,7 +3,8 @@
 # on a fresh Debian 12 machine (run as root; `make bench` calls it).
 #
 #   Debian:  dnsperf, dnsmasq (the dnsmasq-base package: the binary without
-#            the system service), iperf3, wireguard-tools (wg), iproute2
+#            the system service), iperf3, wireguard-tools (wg), iproute2,
+#            openssl (bench-crypto's reference ChaCha20-Poly1305)
 #   Go:      CNI plugins bridge + host-local, CoreDNS, wireguard-go (the
 #            module version zlayer-overlayd embeds, read from go.mod),
 #            cnitool (the CNI library version zlayer-cni uses, from go.mod)
@@ -22,6 +23,7 @@ APT_PINS=(
 	wireguard-tools=1.0.20210914-1+b1
 	iproute2
 	util-linux
+	openssl
 )
 
 cd "$(dirname "$0")/.."
