@@ -138,17 +138,27 @@ func (a *attachment) run() error {
 // build performs the attach steps in order, registering an undo for each one that leaves
 // something behind.
 func (a *attachment) build() error {
+	if err := a.createVeth(); err != nil {
+		return err
+	}
+	if err := a.configureContainerEnd(); err != nil {
+		return err
+	}
+	return a.configureHostEnd()
+}
+
+// createVeth creates the pair with its container end already inside the container's
+// namespace under its final name, so the container never sees a temporary name.
+func (a *attachment) createVeth() error {
 	spec := a.spec
 	n := a.n
-
-	// The peer is created directly inside the container namespace under its final name.
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = spec.HostName
 	attrs.MTU = spec.MTU // the library applies it to the peer as well
 	veth := netlink.NewVeth(attrs)
 	veth.PeerName = spec.IfName
 	veth.PeerNamespace = netlink.NsFd(a.ns)
-	if err := a.step(stepCreateVeth, spec.HostName+" <-> "+spec.IfName, func() error {
+	return a.step(stepCreateVeth, spec.HostName+" <-> "+spec.IfName, func() error {
 		if err := n.h.LinkAdd(veth); err != nil {
 			return a.explainCreateError(err)
 		}
@@ -167,10 +177,12 @@ func (a *attachment) build() error {
 		}
 		a.peer = peer
 		return nil
-	}); err != nil {
-		return err
-	}
+	})
+}
 
+// configureContainerEnd gives the container its addresses, links and routes.
+func (a *attachment) configureContainerEnd() error {
+	spec := a.spec
 	for _, addr := range spec.addrs() {
 		if err := a.step(stepContainerAddr, addr.String()+" on "+spec.IfName, func() error {
 			return a.ch.AddrAdd(a.peer, netlinkAddr(addr))
@@ -210,7 +222,14 @@ func (a *attachment) build() error {
 			return err
 		}
 	}
+	return nil
+}
 
+// configureHostEnd labels the host end, puts it on the bridge, brings it up and routes the
+// container's addresses to it.
+func (a *attachment) configureHostEnd() error {
+	spec := a.spec
+	n := a.n
 	// The kernel ignores IFLA_IFALIAS when it creates a link, so the label
 	// takes a request of its own.
 	if spec.HostAlias != "" {
