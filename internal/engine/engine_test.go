@@ -876,3 +876,56 @@ func TestCarveBits(t *testing.T) {
 		t.Errorf("--service-prefix not honoured: %d", got)
 	}
 }
+
+// A refused service setup names what is wrong and leaves no service, bridge
+// or address behind, so the same name can be set up properly afterwards.
+func TestServiceSetupRefusalsNameTheProblemAndLeaveNothing(t *testing.T) {
+	before := newHarness(t)
+	for _, c := range []struct {
+		req  protocol.SetupServiceOverlay
+		want string
+	}{
+		{protocol.SetupServiceOverlay{Service: "web", Mode: "dedicated"}, "setup_global_overlay first"},
+		{protocol.SetupServiceOverlay{Service: "web", Mode: "shared"}, "setup_global_overlay first"},
+	} {
+		before.fails(c.req, c.want)
+	}
+	if s := before.status(); s.ServiceCount != 0 || len(s.Services) != 0 {
+		t.Fatalf("a refused setup left a service: %+v", s.Services)
+	}
+
+	h := newHarness(t)
+	h.ok(globalReq(""))
+	linksBefore, err := h.net.Links("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		req  protocol.SetupServiceOverlay
+		want string
+	}{
+		{protocol.SetupServiceOverlay{Service: "", Mode: "shared"}, "service is empty"},
+		{protocol.SetupServiceOverlay{Service: "web", Mode: "private"}, `mode "private" is not auto, shared or dedicated`},
+		{protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.200.9.0"}, "10.200.9.0"},
+		{protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.200.9.0/31"}, "10.200.9.0/31 is too small"},
+		{protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "fd00:9::/127"}, "fd00:9::/127 is too small"},
+		{protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.200.9.0/24,10.200.10.0/24"}, "two prefixes of one family"},
+	} {
+		h.fails(c.req, c.want)
+	}
+	if s := h.status(); s.ServiceCount != 0 || len(s.Services) != 0 {
+		t.Fatalf("a refused setup left a service: %+v", s.Services)
+	}
+	linksAfter, err := h.net.Links("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(linksAfter) != len(linksBefore) {
+		t.Fatalf("refused setups left links: before %+v, after %+v", linksBefore, linksAfter)
+	}
+	// The name is still free: the same service comes up when asked properly.
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.200.9.0/24"})
+	if s := h.status(); s.ServiceCount != 1 {
+		t.Fatalf("service count %d after a good setup", s.ServiceCount)
+	}
+}

@@ -56,21 +56,9 @@ func resolveMode(mode string) (string, error) {
 // Steps: validate, place (reserving the subnet and port against setups
 // running beside it), build the kernel side, commit, publish.
 func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverlay) (protocol.Response, error) {
-	if err := validName("service", r.Service); err != nil {
-		return nil, err
-	}
-	mode, err := resolveMode(r.Mode)
+	mode, explicit, explicit2, err := parseServiceRequest(r)
 	if err != nil {
 		return nil, err
-	}
-	explicit, explicit2, err := parseCIDRPair("subnet", r.Subnet)
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range []netip.Prefix{explicit, explicit2} {
-		if _, ok := ipam.FirstUsable(p); p.IsValid() && (!ok || p.Bits() >= p.Addr().BitLen()-1) {
-			return nil, fmt.Errorf("subnet %s is too small for a gateway and containers", p)
-		}
 	}
 	if e.cfg.Net == nil {
 		return nil, errNoBackend
@@ -87,26 +75,9 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 	if existing != nil {
 		return e.adoptService(existing, mode, explicit)
 	}
-	if explicit.IsValid() {
-		// The request's subnets go to the cluster's families in order.
-		var first netip.Prefix
-		e.locked(func() { first = e.st.cluster })
-		if first.IsValid() && explicit.Addr().Is4() != first.Addr().Is4() {
-			explicit, explicit2 = explicit2, explicit
-		}
-	}
-	legacy, adopt := e.legacyDedicatedFor(r.Service)
-	adopt = adopt && mode == protocol.ModeDedicated
-	if adopt && !explicit.IsValid() && g != nil && legacy.subnet.IsValid() && g.clusterContains(legacy.subnet) {
-		// The other nodes route this subnet to us already.
-		explicit = legacy.subnet
-	}
-	if g == nil && (mode == protocol.ModeDedicated || !explicit.IsValid()) {
-		return nil, fmt.Errorf("no global overlay yet: call setup_global_overlay first (a shared service with an explicit subnet can come earlier)")
-	}
-	var adopted *legacyDedicated
-	if adopt {
-		adopted = &legacy
+	explicit, explicit2, adopted, err := e.chooseServiceSubnet(r.Service, mode, explicit, explicit2, g)
+	if err != nil {
+		return nil, err
 	}
 	svc, err := e.placeService(r.Service, mode, explicit, explicit2, g, adopted)
 	if err != nil {
@@ -118,36 +89,92 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 		e.unplaceService(svc)
 		return nil, err
 	}
+	if err := e.commitService(svc); err != nil {
+		e.removeServiceKernel(svc)
+		e.unplaceService(svc)
+		return nil, err
+	}
+	e.log.Info("service overlay up", "service", r.Service, "mode", mode, "subnet", svc.subnet, "source", svc.rec.SubnetSource,
+		"bridge", svc.rec.Bridge, "gateway", svc.gateway)
+	e.topologyChanged()
+	return serviceAnswer(svc), nil
+}
+
+// parseServiceRequest checks what a setup asks for before anything is locked or built.
+func parseServiceRequest(r protocol.SetupServiceOverlay) (mode string, explicit, explicit2 netip.Prefix, err error) {
+	if err := validName("service", r.Service); err != nil {
+		return "", netip.Prefix{}, netip.Prefix{}, err
+	}
+	if mode, err = resolveMode(r.Mode); err != nil {
+		return "", netip.Prefix{}, netip.Prefix{}, err
+	}
+	if explicit, explicit2, err = parseCIDRPair("subnet", r.Subnet); err != nil {
+		return "", netip.Prefix{}, netip.Prefix{}, err
+	}
+	for _, p := range []netip.Prefix{explicit, explicit2} {
+		if _, ok := ipam.FirstUsable(p); p.IsValid() && (!ok || p.Bits() >= p.Addr().BitLen()-1) {
+			return "", netip.Prefix{}, netip.Prefix{}, fmt.Errorf("subnet %s is too small for a gateway and containers", p)
+		}
+	}
+	return mode, explicit, explicit2, nil
+}
+
+// chooseServiceSubnet settles which subnets a new service gets: the request's, in the
+// cluster's family order, or the one a legacy dedicated service already had and the other
+// nodes route to us. adopted is that legacy service when it is being taken over.
+func (e *Engine) chooseServiceSubnet(service, mode string, explicit, explicit2 netip.Prefix, g *globalState) (netip.Prefix, netip.Prefix, *legacyDedicated, error) {
+	if explicit.IsValid() {
+		// The request's subnets go to the cluster's families in order.
+		var first netip.Prefix
+		e.locked(func() { first = e.st.cluster })
+		if first.IsValid() && explicit.Addr().Is4() != first.Addr().Is4() {
+			explicit, explicit2 = explicit2, explicit
+		}
+	}
+	legacy, adopt := e.legacyDedicatedFor(service)
+	adopt = adopt && mode == protocol.ModeDedicated
+	if adopt && !explicit.IsValid() && g != nil && legacy.subnet.IsValid() && g.clusterContains(legacy.subnet) {
+		// The other nodes route this subnet to us already.
+		explicit = legacy.subnet
+	}
+	if g == nil && (mode == protocol.ModeDedicated || !explicit.IsValid()) {
+		return netip.Prefix{}, netip.Prefix{}, nil, fmt.Errorf("no global overlay yet: call setup_global_overlay first (a shared service with an explicit subnet can come earlier)")
+	}
+	if !adopt {
+		return explicit, explicit2, nil, nil
+	}
+	return explicit, explicit2, &legacy, nil
+}
+
+// commitService records a built service and its gateway addresses, first in the store and
+// then in memory: nothing answers from a service a restart would not find.
+func (e *Engine) commitService(svc *serviceState) error {
 	gateways := []netip.Addr{svc.gateway}
 	if svc.second != nil {
 		gateways = append(gateways, svc.second.gateway)
 	}
+	pool := servicePool(svc.rec.Name)
 	if err := e.store.Update(func(tx *store.Tx) error {
 		if err := tx.PutService(svc.rec); err != nil {
 			return err
 		}
 		for _, gw := range gateways {
-			if err := tx.PutAllocation(store.Allocation{Pool: servicePool(r.Service), Addr: gw.String(), Owner: ownerGW}); err != nil {
+			if err := tx.PutAllocation(store.Allocation{Pool: pool, Addr: gw.String(), Owner: ownerGW}); err != nil {
 				return err
 			}
 		}
 		return nil
 	}); err != nil {
-		e.removeServiceKernel(svc)
-		e.unplaceService(svc)
-		return nil, err
+		return err
 	}
 	e.locked(func() {
-		e.st.services[r.Service] = svc
+		e.st.services[svc.rec.Name] = svc
 		for _, gw := range gateways {
-			e.st.owners[allocKey(servicePool(r.Service), gw)] = ownerGW
+			e.st.owners[allocKey(pool, gw)] = ownerGW
 		}
 		e.unpendLocked(svc)
 	})
-	e.log.Info("service overlay up", "service", r.Service, "mode", mode, "subnet", svc.subnet, "source", svc.rec.SubnetSource,
-		"bridge", svc.rec.Bridge, "gateway", svc.gateway)
-	e.topologyChanged()
-	return serviceAnswer(svc), nil
+	return nil
 }
 
 // adoptService answers a setup of a service that exists: the same mode and
