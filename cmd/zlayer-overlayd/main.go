@@ -298,20 +298,7 @@ func serve(o options, log *slog.Logger) error {
 	defer st.Close()
 
 	srv := &ipc.Server{Log: log, EventQueue: 1024}
-	cfg := engine.Config{
-		Store:               st,
-		Log:                 log,
-		Publish:             srv.Broadcast,
-		EventsDropped:       srv.EventsDropped,
-		MTU:                 o.mtu,
-		SliceBits:           o.slicePrefix,
-		ServiceBits:         o.servicePrefix,
-		ReconcileInterval:   o.reconcile,
-		HealthInterval:      o.health,
-		NAT:                 &engine.NATConfig{Servers: o.stun, TURN: o.turn, RefreshInterval: natRefresh(o.natRefresh)},
-		NodeConfigPath:      filepath.Join(o.dataDir, engine.NodeConfigFile),
-		ReferenceMarkerPath: filepath.Join(o.dataDir, engine.ReferenceMarkerFile),
-	}
+	cfg := engineConfig(o, st, srv, log)
 	closers, err := platformNetwork(&cfg, o, log)
 	defer func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -344,40 +331,18 @@ func serve(o options, log *slog.Logger) error {
 	defer eng.Close()
 	srv.Handler = eng
 	access := ipc.Access{PipeAccount: o.pipeAccount}
-	policy, err := access.Policy()
-	if err != nil {
+	if err := guardCallers(srv, access); err != nil {
 		return err
-	}
-	srv.Authorize = func(c net.Conn) error {
-		caller, err := ipc.PeerCaller(c)
-		if err != nil {
-			return fmt.Errorf("cannot identify the caller: %w", err)
-		}
-		return policy.Allow(caller)
-	}
-	// Root and the daemon's own user may ask for what holds private keys
-	// (a backup of the state file); members of group zlayer may not.
-	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
-		if caller, err := ipc.PeerCaller(c); err == nil && policy.Privileged(caller) {
-			return engine.WithPrivilegedCaller(ctx)
-		}
-		return ctx
 	}
 
 	ln, err := access.Listen(o.socket, log)
 	if err != nil {
 		return err
 	}
-	// Everything is put back before the first request is read: the main
-	// daemon never sees a half-restored overlay.
 	note := notifier{log: log}
-	note.status("restoring the overlay from %s", st.Path())
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	err = eng.Start(ctx)
-	cancel()
-	if err != nil {
+	if err := restore(eng, st, note); err != nil {
 		ln.Close()
-		return fmt.Errorf("restore state: %w", err)
+		return err
 	}
 	log.Info("zlayer-overlayd serving", "version", version.Version, "socket", o.socket, "data_dir", o.dataDir, "pid", os.Getpid())
 	if o.ready != nil {
@@ -404,23 +369,99 @@ func serve(o options, log *slog.Logger) error {
 	defer close(stopWatchdog)
 	go note.watchdog(eng, stopWatchdog)
 
-	var cause string
-	select {
-	case s := <-sigs:
-		cause = "signal " + s.String()
-		eng.Stop()
-	case cause = <-o.stop:
-		eng.Stop()
-	case <-eng.ShutdownRequested():
-		cause = "shutdown request"
-	case err := <-served:
+	cause, err := waitForStop(eng, sigs, o.stop, served)
+	if err != nil {
 		return err
 	}
+	return shutdown(srv, served, cause, note, log)
+}
+
+// engineConfig is the engine's configuration from the command line; the
+// platform's network backends and DNS are added by the caller.
+func engineConfig(o options, st *store.Store, srv *ipc.Server, log *slog.Logger) engine.Config {
+	return engine.Config{
+		Store:               st,
+		Log:                 log,
+		Publish:             srv.Broadcast,
+		EventsDropped:       srv.EventsDropped,
+		MTU:                 o.mtu,
+		SliceBits:           o.slicePrefix,
+		ServiceBits:         o.servicePrefix,
+		ReconcileInterval:   o.reconcile,
+		HealthInterval:      o.health,
+		NAT:                 &engine.NATConfig{Servers: o.stun, TURN: o.turn, RefreshInterval: natRefresh(o.natRefresh)},
+		NodeConfigPath:      filepath.Join(o.dataDir, engine.NodeConfigFile),
+		ReferenceMarkerPath: filepath.Join(o.dataDir, engine.ReferenceMarkerFile),
+	}
+}
+
+// guardCallers makes the server refuse callers the socket's access policy
+// does not admit, and marks the privileged ones: root and the daemon's own
+// user may ask for what holds private keys (a backup of the state file);
+// members of group zlayer may not.
+func guardCallers(srv *ipc.Server, access ipc.Access) error {
+	policy, err := access.Policy()
+	if err != nil {
+		return err
+	}
+	srv.Authorize = func(c net.Conn) error {
+		caller, err := ipc.PeerCaller(c)
+		if err != nil {
+			return fmt.Errorf("cannot identify the caller: %w", err)
+		}
+		return policy.Allow(caller)
+	}
+	srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+		if caller, err := ipc.PeerCaller(c); err == nil && policy.Privileged(caller) {
+			return engine.WithPrivilegedCaller(ctx)
+		}
+		return ctx
+	}
+	return nil
+}
+
+// restore puts the whole overlay back before the first request is read: the
+// main daemon never sees a half-restored overlay.
+func restore(eng *engine.Engine, st *store.Store, note notifier) error {
+	note.status("restoring the overlay from %s", st.Path())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := eng.Start(ctx); err != nil {
+		return fmt.Errorf("restore state: %w", err)
+	}
+	return nil
+}
+
+// waitForStop blocks until something ends the daemon and says what: a
+// signal, the service manager's stop (handled exactly like SIGTERM), or a
+// shutdown request. A server that stops serving ends it with an error.
+func waitForStop(eng *engine.Engine, sigs <-chan os.Signal, stop <-chan string, served <-chan error) (string, error) {
+	select {
+	case s := <-sigs:
+		eng.Stop()
+		return "signal " + s.String(), nil
+	case cause := <-stop:
+		eng.Stop()
+		return cause, nil
+	case <-eng.ShutdownRequested():
+		return "shutdown request", nil
+	case err := <-served:
+		if err == nil {
+			// Serve returns nil only after Shutdown, which nothing has called yet.
+			err = errors.New("the socket's server stopped on its own")
+		}
+		return "", err
+	}
+}
+
+// shutdown lets the connections in flight finish (10 s at most) and waits
+// for the server to return.
+func shutdown(srv *ipc.Server, served <-chan error, cause string, note notifier, log *slog.Logger) error {
 	log.Info("stopping", "cause", cause)
 	note.stopping(cause)
-	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer scancel()
-	if err := srv.Shutdown(sctx); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
 		log.Warn("connections did not finish in time", "err", err)
 	}
 	if err := <-served; err != nil {
