@@ -59,167 +59,206 @@ type ruleset struct {
 
 // build turns a normalized spec into the objects Apply installs.
 func build(d desired) (ruleset, error) {
-	t := &nftables.Table{Name: d.table, Family: nftables.TableFamilyINet}
-	rs := ruleset{
-		present:  true,
-		table:    t,
-		rules:    map[string][]ruleImage{},
-		nftElems: map[string][]nftables.SetElement{},
+	b := newRulesetBuilder(d.table)
+	b.addSets(d)
+	if d.masquerade {
+		b.masqueradeChain()
 	}
+	b.forwardChain(d)
+	if len(d.dns4)+len(d.dns6) > 0 {
+		b.dnsInputChain(d)
+	}
+	if d.clampMSS {
+		b.clampChain()
+	}
+	return b.finish()
+}
 
+// rulesetBuilder accumulates a ruleset's sets, chains and rules in the
+// order Apply sends them.
+type rulesetBuilder struct {
+	rs   ruleset
+	sets map[string]*nftables.Set
+}
+
+// The statements end rules; each rule gets its own, as builds may run
+// concurrently.
+func counter() []expr.Any { return []expr.Any{&expr.Counter{}} }
+func accept() []expr.Any  { return []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}} }
+func drop() []expr.Any    { return []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}} }
+
+func newRulesetBuilder(table string) *rulesetBuilder {
+	return &rulesetBuilder{
+		rs: ruleset{
+			present:  true,
+			table:    &nftables.Table{Name: table, Family: nftables.TableFamilyINet},
+			rules:    map[string][]ruleImage{},
+			nftElems: map[string][]nftables.SetElement{},
+		},
+		sets: map[string]*nftables.Set{},
+	}
+}
+
+func (b *rulesetBuilder) addSets(d desired) {
+	b.addSet(setOverlay, nftables.TypeIFName, false, ifnameElements(d.overlay))
+	b.addSet(setGlobal, nftables.TypeIFName, false, ifnameElements(d.global))
+	b.addSet(setBridges, nftables.TypeIFName, false, ifnameElements(d.bridges))
+	b.addSet(setPaths, typePath, false, pathElements(d.paths))
+	b.addSet(setSources4, nftables.TypeIPAddr, true, intervalElements(d.sources4, 4))
+	b.addSet(setSources6, nftables.TypeIP6Addr, true, intervalElements(d.sources6, 16))
+	b.addSet(setCluster4, nftables.TypeIPAddr, true, intervalElements(d.cluster4, 4))
+	b.addSet(setCluster6, nftables.TypeIP6Addr, true, intervalElements(d.cluster6, 16))
+	if d.clampMSS {
+		b.addSet(setClamp, nftables.TypeIFName, false, ifnameElements(d.clamp))
+	}
+	if len(d.dns4)+len(d.dns6) > 0 {
+		b.addSet(setDNS4, typeDNS4, false, listenerElements(d.dns4))
+		b.addSet(setDNS6, typeDNS6, false, listenerElements(d.dns6))
+	}
+}
+
+func (b *rulesetBuilder) addSet(name string, keyType nftables.SetDatatype, interval bool, elems []nftables.SetElement) {
 	// Set IDs only link lookups to sets created in the same batch. We
 	// assign them ourselves: the library's automatic allocation uses an
 	// unsynchronised package counter, which would race between concurrent
 	// calls.
-	sets := map[string]*nftables.Set{}
-	addSet := func(name string, keyType nftables.SetDatatype, interval bool, elems []nftables.SetElement) {
-		s := &nftables.Set{
-			Table:    t,
-			ID:       uint32(len(rs.nftSets) + 1),
-			Name:     name,
-			KeyType:  keyType,
-			Interval: interval,
-		}
-		if keyType.Name == nftables.TypeIFName.Name {
-			// nft prints interface names only when the set says its
-			// key is in host byte order, as nft itself records it.
-			s.KeyByteOrder = binaryutil.NativeEndian
-		}
-		rs.nftSets = append(rs.nftSets, s)
-		rs.nftElems[name] = elems
-		rs.sets = append(rs.sets, imageOfSet(s, elems))
-		sets[name] = s
+	s := &nftables.Set{
+		Table:    b.rs.table,
+		ID:       uint32(len(b.rs.nftSets) + 1),
+		Name:     name,
+		KeyType:  keyType,
+		Interval: interval,
 	}
-	addSet(setOverlay, nftables.TypeIFName, false, ifnameElements(d.overlay))
-	addSet(setGlobal, nftables.TypeIFName, false, ifnameElements(d.global))
-	addSet(setBridges, nftables.TypeIFName, false, ifnameElements(d.bridges))
-	addSet(setPaths, typePath, false, pathElements(d.paths))
-	addSet(setSources4, nftables.TypeIPAddr, true, intervalElements(d.sources4, 4))
-	addSet(setSources6, nftables.TypeIP6Addr, true, intervalElements(d.sources6, 16))
-	addSet(setCluster4, nftables.TypeIPAddr, true, intervalElements(d.cluster4, 4))
-	addSet(setCluster6, nftables.TypeIP6Addr, true, intervalElements(d.cluster6, 16))
-	if d.clampMSS {
-		addSet(setClamp, nftables.TypeIFName, false, ifnameElements(d.clamp))
+	if keyType.Name == nftables.TypeIFName.Name {
+		// nft prints interface names only when the set says its
+		// key is in host byte order, as nft itself records it.
+		s.KeyByteOrder = binaryutil.NativeEndian
 	}
-	if len(d.dns4)+len(d.dns6) > 0 {
-		addSet(setDNS4, typeDNS4, false, listenerElements(d.dns4))
-		addSet(setDNS6, typeDNS6, false, listenerElements(d.dns6))
-	}
+	b.rs.nftSets = append(b.rs.nftSets, s)
+	b.rs.nftElems[name] = elems
+	b.rs.sets = append(b.rs.sets, imageOfSet(s, elems))
+	b.sets[name] = s
+}
 
+func (b *rulesetBuilder) addChain(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
 	accept := nftables.ChainPolicyAccept
-	addChain := func(name string, typ nftables.ChainType, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
-		c := &nftables.Chain{Name: name, Table: t, Type: typ, Hooknum: hook, Priority: prio, Policy: &accept}
-		rs.chains = append(rs.chains, c)
-		return c
-	}
-	addRule := func(c *nftables.Chain, comment string, exprs ...[]expr.Any) {
-		var all []expr.Any
-		for _, e := range exprs {
-			all = append(all, e...)
-		}
-		rs.nftRules = append(rs.nftRules, &nftables.Rule{
-			Table:    t,
-			Chain:    c,
-			Exprs:    all,
-			UserData: userdata.AppendString(nil, userdata.TypeComment, comment),
-		})
-	}
-	in := func(key expr.MetaKey, set string) []expr.Any { return ifaceLookup(key, sets[set], false) }
-	notIn := func(key expr.MetaKey, set string) []expr.Any { return ifaceLookup(key, sets[set], true) }
-	counter := []expr.Any{&expr.Counter{}}
-	acceptVerdict := []expr.Any{&expr.Verdict{Kind: expr.VerdictAccept}}
+	c := &nftables.Chain{Name: name, Table: b.rs.table, Type: typ, Hooknum: hook, Priority: prio, Policy: &accept}
+	b.rs.chains = append(b.rs.chains, c)
+	return c
+}
 
-	// Masquerade container egress that leaves through anything but our own
-	// devices (the uplink, typically), unless it is headed into the cluster:
-	// cluster peers must see real container addresses.
-	if d.masquerade {
-		nat := addChain(chainNAT, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
-		masq := []expr.Any{&expr.Masq{}}
-		addRule(nat, "masquerade IPv4 container egress",
-			nfproto(unix.NFPROTO_IPV4),
-			addrLookup(4, true, sets[setSources4], false),
-			addrLookup(4, false, sets[setCluster4], true),
-			notIn(expr.MetaKeyOIFNAME, setOverlay),
-			notIn(expr.MetaKeyOIFNAME, setBridges),
-			counter, masq)
-		addRule(nat, "masquerade IPv6 container egress",
-			nfproto(unix.NFPROTO_IPV6),
-			addrLookup(16, true, sets[setSources6], false),
-			addrLookup(16, false, sets[setCluster6], true),
-			notIn(expr.MetaKeyOIFNAME, setOverlay),
-			notIn(expr.MetaKeyOIFNAME, setBridges),
-			counter, masq)
-	}
+func (b *rulesetBuilder) addRule(c *nftables.Chain, comment string, exprs ...[]expr.Any) {
+	b.rs.nftRules = append(b.rs.nftRules, &nftables.Rule{
+		Table:    b.rs.table,
+		Chain:    c,
+		Exprs:    slices.Concat(exprs...),
+		UserData: userdata.AppendString(nil, userdata.TypeComment, comment),
+	})
+}
 
-	// The forward chain counts our traffic classes and, with isolation on,
-	// decides what may enter a container: a bridge or a container link
-	// (join_global) is entered only by what comes from the overlay, from
-	// the same bridge, from a container's own join_global link, or belongs
-	// to a connection already established. Everything else, above all
-	// what arrives from the underlay of a host that routes the cluster
-	// CIDR via this node, is dropped here, in our own table. The node's
-	// own traffic never passes this hook (output, not forward).
-	fwd := addChain(chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
-	dropVerdict := []expr.Any{&expr.Verdict{Kind: expr.VerdictDrop}}
-	addRule(fwd, "established and related", ctEstablishedOrRelated(), counter, acceptVerdict)
-	addRule(fwd, "bridge to overlay", in(expr.MetaKeyIIFNAME, setBridges), in(expr.MetaKeyOIFNAME, setOverlay), counter, acceptVerdict)
-	addRule(fwd, "overlay or same bridge to bridge", pathLookup(sets[setPaths]), counter, acceptVerdict)
+func (b *rulesetBuilder) in(key expr.MetaKey, set string) []expr.Any {
+	return ifaceLookup(key, b.sets[set], false)
+}
+
+func (b *rulesetBuilder) notIn(key expr.MetaKey, set string) []expr.Any {
+	return ifaceLookup(key, b.sets[set], true)
+}
+
+// masqueradeChain masquerades container egress that leaves through anything
+// but our own devices (the uplink, typically), unless it is headed into the
+// cluster: cluster peers must see real container addresses.
+func (b *rulesetBuilder) masqueradeChain() {
+	nat := b.addChain(chainNAT, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
+	masq := []expr.Any{&expr.Masq{}}
+	b.addRule(nat, "masquerade IPv4 container egress",
+		nfproto(unix.NFPROTO_IPV4),
+		addrLookup(4, true, b.sets[setSources4], false),
+		addrLookup(4, false, b.sets[setCluster4], true),
+		b.notIn(expr.MetaKeyOIFNAME, setOverlay),
+		b.notIn(expr.MetaKeyOIFNAME, setBridges),
+		counter(), masq)
+	b.addRule(nat, "masquerade IPv6 container egress",
+		nfproto(unix.NFPROTO_IPV6),
+		addrLookup(16, true, b.sets[setSources6], false),
+		addrLookup(16, false, b.sets[setCluster6], true),
+		b.notIn(expr.MetaKeyOIFNAME, setOverlay),
+		b.notIn(expr.MetaKeyOIFNAME, setBridges),
+		counter(), masq)
+}
+
+// forwardChain counts our traffic classes and, with isolation on, decides
+// what may enter a container: a bridge or a container link (join_global)
+// is entered only by what comes from the overlay, from the same bridge,
+// from a container's own join_global link, or belongs to a connection
+// already established. Everything else, above all what arrives from the
+// underlay of a host that routes the cluster CIDR via this node, is dropped
+// here, in our own table. The node's own traffic never passes this hook
+// (output, not forward).
+func (b *rulesetBuilder) forwardChain(d desired) {
+	fwd := b.addChain(chainForward, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityFilter)
+	b.addRule(fwd, "established and related", ctEstablishedOrRelated(), counter(), accept())
+	b.addRule(fwd, "bridge to overlay", b.in(expr.MetaKeyIIFNAME, setBridges), b.in(expr.MetaKeyOIFNAME, setOverlay), counter(), accept())
+	b.addRule(fwd, "overlay or same bridge to bridge", pathLookup(b.sets[setPaths]), counter(), accept())
 	// A name prefix, not a set: container links come and go with every
 	// attach, and the table is rebuilt only when services change. The
 	// exclusions keep a bridge or overlay device whose name shares the
 	// prefix what it is.
 	link := func(key expr.MetaKey) []expr.Any {
-		return slices.Concat(namePrefix(key, d.links, false), notIn(key, setBridges), notIn(key, setOverlay))
+		return slices.Concat(namePrefix(key, d.links, false), b.notIn(key, setBridges), b.notIn(key, setOverlay))
 	}
 	if d.links != "" {
-		addRule(fwd, "container link to bridge", link(expr.MetaKeyIIFNAME), in(expr.MetaKeyOIFNAME, setBridges), counter, acceptVerdict)
+		b.addRule(fwd, "container link to bridge", link(expr.MetaKeyIIFNAME), b.in(expr.MetaKeyOIFNAME, setBridges), counter(), accept())
 	}
 	if d.isolate {
-		addRule(fwd, "anything else into a bridge", in(expr.MetaKeyOIFNAME, setBridges), counter, dropVerdict)
+		b.addRule(fwd, "anything else into a bridge", b.in(expr.MetaKeyOIFNAME, setBridges), counter(), drop())
 	}
 	if d.links != "" {
-		addRule(fwd, "global overlay to container link", in(expr.MetaKeyIIFNAME, setGlobal), link(expr.MetaKeyOIFNAME), counter, acceptVerdict)
-		addRule(fwd, "container link to container link", link(expr.MetaKeyIIFNAME), link(expr.MetaKeyOIFNAME), counter, acceptVerdict)
+		b.addRule(fwd, "global overlay to container link", b.in(expr.MetaKeyIIFNAME, setGlobal), link(expr.MetaKeyOIFNAME), counter(), accept())
+		b.addRule(fwd, "container link to container link", link(expr.MetaKeyIIFNAME), link(expr.MetaKeyOIFNAME), counter(), accept())
 		if d.isolate {
-			addRule(fwd, "anything else into a container link", link(expr.MetaKeyOIFNAME), counter, dropVerdict)
+			b.addRule(fwd, "anything else into a container link", link(expr.MetaKeyOIFNAME), counter(), drop())
 		}
 	}
+}
 
-	// DNS listeners take queries only from the interfaces containers,
-	// peers and the node itself use. The server checks the arrival
-	// interface itself; this rule keeps the packets away from it.
-	if len(d.dns4)+len(d.dns6) > 0 {
-		input := addChain(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter)
-		var ours []expr.Any
-		ours = append(ours, namePrefix(expr.MetaKeyIIFNAME, "lo\x00", true)...)
-		ours = append(ours, notIn(expr.MetaKeyIIFNAME, setBridges)...)
-		ours = append(ours, notIn(expr.MetaKeyIIFNAME, setOverlay)...)
-		if d.links != "" {
-			ours = append(ours, namePrefix(expr.MetaKeyIIFNAME, d.links, true)...)
-		}
-		addRule(input, "DNS to our listeners from elsewhere (IPv4)", nfproto(unix.NFPROTO_IPV4), listenerLookup(4, sets[setDNS4]), ours, counter, dropVerdict)
-		addRule(input, "DNS to our listeners from elsewhere (IPv6)", nfproto(unix.NFPROTO_IPV6), listenerLookup(16, sets[setDNS6]), ours, counter, dropVerdict)
+// dnsInputChain lets DNS listeners take queries only from the interfaces
+// containers, peers and the node itself use. The server checks the arrival
+// interface itself; this rule keeps the packets away from it.
+func (b *rulesetBuilder) dnsInputChain(d desired) {
+	input := b.addChain(chainInput, nftables.ChainTypeFilter, nftables.ChainHookInput, nftables.ChainPriorityFilter)
+	ours := slices.Concat(
+		namePrefix(expr.MetaKeyIIFNAME, "lo\x00", true),
+		b.notIn(expr.MetaKeyIIFNAME, setBridges),
+		b.notIn(expr.MetaKeyIIFNAME, setOverlay))
+	if d.links != "" {
+		ours = append(ours, namePrefix(expr.MetaKeyIIFNAME, d.links, true)...)
 	}
+	b.addRule(input, "DNS to our listeners from elsewhere (IPv4)", nfproto(unix.NFPROTO_IPV4), listenerLookup(4, b.sets[setDNS4]), ours, counter(), drop())
+	b.addRule(input, "DNS to our listeners from elsewhere (IPv6)", nfproto(unix.NFPROTO_IPV6), listenerLookup(16, b.sets[setDNS6]), ours, counter(), drop())
+}
 
-	// Clamp the MSS of forwarded SYN and SYN-ACK segments to the route MTU
-	// whenever they enter or leave one of our devices, so that a 1500-byte
-	// container talking through a 1420-byte tunnel (or a low-MTU uplink)
-	// never depends on ICMP "fragmentation needed" getting through. The
-	// kernel only ever lowers an MSS here. The second rule skips packets
-	// the first already clamped so each SYN is counted once.
-	if d.clampMSS {
-		clamp := addChain(chainClamp, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityMangle)
-		addRule(clamp, "clamp MSS leaving our devices", in(expr.MetaKeyOIFNAME, setClamp), tcpSyn(), counter, setMSSToRouteMTU())
-		addRule(clamp, "clamp MSS entering from our devices", in(expr.MetaKeyIIFNAME, setClamp), notIn(expr.MetaKeyOIFNAME, setClamp), tcpSyn(), counter, setMSSToRouteMTU())
-	}
-	for _, r := range rs.nftRules {
-		img, err := imageOfRule(t.Family, r)
+// clampChain clamps the MSS of forwarded SYN and SYN-ACK segments to the
+// route MTU whenever they enter or leave one of our devices, so that a
+// 1500-byte container talking through a 1420-byte tunnel (or a low-MTU
+// uplink) never depends on ICMP "fragmentation needed" getting through. The
+// kernel only ever lowers an MSS here. The second rule skips packets the
+// first already clamped so each SYN is counted once.
+func (b *rulesetBuilder) clampChain() {
+	clamp := b.addChain(chainClamp, nftables.ChainTypeFilter, nftables.ChainHookForward, nftables.ChainPriorityMangle)
+	b.addRule(clamp, "clamp MSS leaving our devices", b.in(expr.MetaKeyOIFNAME, setClamp), tcpSyn(), counter(), setMSSToRouteMTU())
+	b.addRule(clamp, "clamp MSS entering from our devices", b.in(expr.MetaKeyIIFNAME, setClamp), b.notIn(expr.MetaKeyOIFNAME, setClamp), tcpSyn(), counter(), setMSSToRouteMTU())
+}
+
+// finish adds the images Drifted compares with the kernel's.
+func (b *rulesetBuilder) finish() (ruleset, error) {
+	for _, r := range b.rs.nftRules {
+		img, err := imageOfRule(b.rs.table.Family, r)
 		if err != nil {
 			return ruleset{}, err
 		}
-		rs.rules[r.Chain.Name] = append(rs.rules[r.Chain.Name], img)
+		b.rs.rules[r.Chain.Name] = append(b.rs.rules[r.Chain.Name], img)
 	}
-	return rs, nil
+	return b.rs, nil
 }
 
 // ifnameElements encodes names the way the kernel compares them: a
