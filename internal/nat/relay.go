@@ -411,13 +411,54 @@ func (r *Relay) allocateOn(i int) (*allocation, netip.AddrPort, error) {
 	if err != nil {
 		return nil, netip.AddrPort{}, err
 	}
+	pc, client, err := r.connectTURN(s, addr)
+	if err != nil {
+		return nil, addr, err
+	}
+	conn, err := r.requestRelayed(ctx, client)
+	if err != nil {
+		client.Close()
+		pc.Close()
+		return nil, addr, fmt.Errorf("TURN server %s: allocate: %w", s.Address, describeTURNError(err))
+	}
+	ua, ok := conn.LocalAddr().(*net.UDPAddr)
+	if !ok {
+		conn.Close()
+		client.Close()
+		pc.Close()
+		return nil, addr, fmt.Errorf("TURN server %s: relayed address %v is not UDP", s.Address, conn.LocalAddr())
+	}
+	relayed := ua.AddrPort()
+	relayed = netip.AddrPortFrom(relayed.Addr().Unmap(), relayed.Port())
+	a := &allocation{
+		server:    s,
+		index:     i,
+		addr:      addr,
+		udpAddr:   net.UDPAddrFromAddrPort(addr),
+		pc:        pc,
+		client:    client,
+		conn:      conn,
+		relayed:   relayed,
+		realm:     client.Realm(),
+		installed: map[netip.Addr]time.Time{},
+		warm:      make(chan warmPacket, 64),
+		closed:    make(chan struct{}),
+	}
+	go a.readLoop(r.deliver)
+	go a.warmLoop(r.log)
+	return a, addr, nil
+}
+
+// connectTURN opens the UDP socket a TURN server is talked to over and a
+// listening client on it.
+func (r *Relay) connectTURN(s TURNServer, addr netip.AddrPort) (net.PacketConn, *turn.Client, error) {
 	network := "udp4"
 	if addr.Addr().Is6() {
 		network = "udp6"
 	}
 	pc, err := net.ListenPacket(network, ":0")
 	if err != nil {
-		return nil, addr, fmt.Errorf("open a UDP socket for TURN server %s: %w", s.Address, err)
+		return nil, nil, fmt.Errorf("open a UDP socket for TURN server %s: %w", s.Address, err)
 	}
 	client, err := turn.NewClient(&turn.ClientConfig{
 		STUNServerAddr: addr.String(),
@@ -430,13 +471,20 @@ func (r *Relay) allocateOn(i int) (*allocation, netip.AddrPort, error) {
 	})
 	if err != nil {
 		pc.Close()
-		return nil, addr, fmt.Errorf("TURN server %s: %w", s.Address, err)
+		return nil, nil, fmt.Errorf("TURN server %s: %w", s.Address, err)
 	}
 	if err := client.Listen(); err != nil {
 		client.Close()
 		pc.Close()
-		return nil, addr, fmt.Errorf("TURN server %s: %w", s.Address, err)
+		return nil, nil, fmt.Errorf("TURN server %s: %w", s.Address, err)
 	}
+	return pc, client, nil
+}
+
+// requestRelayed asks for a relayed address and gives up when ctx ends or the
+// relay closes. The caller closes the client on an error: that fails the
+// Allocate still running, whose late result is then dropped here.
+func (r *Relay) requestRelayed(ctx context.Context, client *turn.Client) (net.PacketConn, error) {
 	type allocated struct {
 		conn net.PacketConn
 		err  error
@@ -446,52 +494,24 @@ func (r *Relay) allocateOn(i int) (*allocation, netip.AddrPort, error) {
 		c, err := client.Allocate()
 		ch <- allocated{c, err}
 	}()
-	var res allocated
+	var err error
 	select {
-	case res = <-ch:
+	case res := <-ch:
+		if res.err == nil {
+			return res.conn, nil
+		}
+		return nil, res.err
 	case <-ctx.Done():
-		res.err = fmt.Errorf("no answer within %v", r.cfg.Timeout)
+		err = fmt.Errorf("no answer within %v", r.cfg.Timeout)
 	case <-r.stop:
-		res.err = errors.New("relay closed")
+		err = errors.New("relay closed")
 	}
-	if res.err != nil {
-		// Closing the client fails its pending transactions, which ends
-		// the Allocate still running (its late result is dropped).
-		client.Close()
-		pc.Close()
-		go func() {
-			if late := <-ch; late.conn != nil {
-				late.conn.Close()
-			}
-		}()
-		return nil, addr, fmt.Errorf("TURN server %s: allocate: %w", s.Address, describeTURNError(res.err))
-	}
-	ua, ok := res.conn.LocalAddr().(*net.UDPAddr)
-	if !ok {
-		res.conn.Close()
-		client.Close()
-		pc.Close()
-		return nil, addr, fmt.Errorf("TURN server %s: relayed address %v is not UDP", s.Address, res.conn.LocalAddr())
-	}
-	relayed := ua.AddrPort()
-	relayed = netip.AddrPortFrom(relayed.Addr().Unmap(), relayed.Port())
-	a := &allocation{
-		server:    s,
-		index:     i,
-		addr:      addr,
-		udpAddr:   net.UDPAddrFromAddrPort(addr),
-		pc:        pc,
-		client:    client,
-		conn:      res.conn,
-		relayed:   relayed,
-		realm:     client.Realm(),
-		installed: map[netip.Addr]time.Time{},
-		warm:      make(chan warmPacket, 64),
-		closed:    make(chan struct{}),
-	}
-	go a.readLoop(r.deliver)
-	go a.warmLoop(r.log)
-	return a, addr, nil
+	go func() {
+		if late := <-ch; late.conn != nil {
+			late.conn.Close()
+		}
+	}()
+	return nil, err
 }
 
 // describeTURNError words pion's errors for a log reader.
