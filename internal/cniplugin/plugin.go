@@ -312,16 +312,30 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 // checkAttachment compares the daemon's attachment, the ADD's result and
 // the namespace.
 func checkAttachment(conf *NetConf, args *skel.CmdArgs, prev *current.Result, att *protocol.AttachStatus, inspect func(string, string) (linuxnet.NetnsLink, bool, error)) error {
-	fail := func(format string, a ...any) error {
-		return types.NewError(ErrCheckFailed, fmt.Sprintf(format, a...), "")
-	}
 	if att.Service != conf.Service {
-		return fail("container %s interface %s is attached to service %s, not %s", args.ContainerID, args.IfName, att.Service, conf.Service)
+		return checkFailed("container %s interface %s is attached to service %s, not %s", args.ContainerID, args.IfName, att.Service, conf.Service)
 	}
 	if att.Handle.Path != args.Netns {
-		return fail("container %s interface %s is attached in network namespace %s, not %s", args.ContainerID, args.IfName, att.Handle.Path, args.Netns)
+		return checkFailed("container %s interface %s is attached in network namespace %s, not %s", args.ContainerID, args.IfName, att.Handle.Path, args.Netns)
 	}
-	// The namespace's interfaces the ADD reported.
+	links, err := checkInterfaces(args, prev, inspect)
+	if err != nil {
+		return err
+	}
+	if err := checkAddresses(args, prev, att, links); err != nil {
+		return err
+	}
+	return checkRoutes(args, prev, links)
+}
+
+func checkFailed(format string, a ...any) error {
+	return types.NewError(ErrCheckFailed, fmt.Sprintf(format, a...), "")
+}
+
+// checkInterfaces finds the namespace's interfaces the ADD reported as it
+// made them (up veths with the reported MAC) and returns them by their index
+// in prevResult.
+func checkInterfaces(args *skel.CmdArgs, prev *current.Result, inspect func(string, string) (linuxnet.NetnsLink, bool, error)) (map[int]linuxnet.NetnsLink, error) {
 	links := map[int]linuxnet.NetnsLink{}
 	for idx, i := range prev.Interfaces {
 		if i.Sandbox != args.Netns {
@@ -329,22 +343,28 @@ func checkAttachment(conf *NetConf, args *skel.CmdArgs, prev *current.Result, at
 		}
 		l, found, err := inspect(args.Netns, i.Name)
 		if err != nil {
-			return types.NewError(types.ErrInvalidNetNS, "cannot look into network namespace "+args.Netns, err.Error())
+			return nil, types.NewError(types.ErrInvalidNetNS, "cannot look into network namespace "+args.Netns, err.Error())
 		}
 		if !found {
-			return fail("interface %s is missing from network namespace %s", i.Name, args.Netns)
+			return nil, checkFailed("interface %s is missing from network namespace %s", i.Name, args.Netns)
 		}
 		if l.Kind != "veth" || !l.Up {
-			return fail("interface %s in %s is a %s link that is %s; the ADD made an up veth", i.Name, args.Netns, l.Kind, upDown(l.Up))
+			return nil, checkFailed("interface %s in %s is a %s link that is %s; the ADD made an up veth", i.Name, args.Netns, l.Kind, upDown(l.Up))
 		}
 		if i.Mac != "" && l.MAC.String() != i.Mac {
-			return fail("interface %s in %s has MAC %s, not %s as the ADD reported", i.Name, args.Netns, l.MAC, i.Mac)
+			return nil, checkFailed("interface %s in %s has MAC %s, not %s as the ADD reported", i.Name, args.Netns, l.MAC, i.Mac)
 		}
 		links[idx] = l
 	}
 	if !slices.ContainsFunc(prev.Interfaces, func(i *current.Interface) bool { return i.Name == args.IfName && i.Sandbox == args.Netns }) {
-		return fail("prevResult has no interface %s in %s", args.IfName, args.Netns)
+		return nil, checkFailed("prevResult has no interface %s in %s", args.IfName, args.Netns)
 	}
+	return links, nil
+}
+
+// checkAddresses holds prevResult's addresses and the daemon's for the
+// attachment to be the same set, each carried by its interface.
+func checkAddresses(args *skel.CmdArgs, prev *current.Result, att *protocol.AttachStatus, links map[int]linuxnet.NetnsLink) error {
 	held := append([]netip.Addr{att.IP}, att.IPs...)
 	if att.GlobalIP.IsValid() {
 		held = append(held, att.GlobalIP)
@@ -363,34 +383,40 @@ func checkAttachment(conf *NetConf, args *skel.CmdArgs, prev *current.Result, at
 		}
 		addr, err := prefixOf(ipc.Address)
 		if err != nil {
-			return fail("prevResult address %s: %v", ipc.Address.String(), err)
+			return checkFailed("prevResult address %s: %v", ipc.Address.String(), err)
 		}
 		if !slices.Contains(held, addr.Addr()) {
-			return fail("prevResult has %s, but zlayer-overlayd holds %v for this attachment", addr, held)
+			return checkFailed("prevResult has %s, but zlayer-overlayd holds %v for this attachment", addr, held)
 		}
 		if !l.HasAddr(addr) {
-			return fail("interface %s in %s does not carry %s (it has %v)", l.Name, args.Netns, addr, l.Addrs)
+			return checkFailed("interface %s in %s does not carry %s (it has %v)", l.Name, args.Netns, addr, l.Addrs)
 		}
 		reported = append(reported, addr.Addr())
 	}
 	for _, a := range held {
 		if !slices.Contains(reported, a) {
-			return fail("zlayer-overlayd holds %s for this attachment, which prevResult does not report", a)
+			return checkFailed("zlayer-overlayd holds %s for this attachment, which prevResult does not report", a)
 		}
 	}
+	return nil
+}
+
+// checkRoutes finds every route prevResult reports on one of the
+// namespace's interfaces.
+func checkRoutes(args *skel.CmdArgs, prev *current.Result, links map[int]linuxnet.NetnsLink) error {
 	for _, r := range prev.Routes {
 		dst, err := prefixOf(r.Dst)
 		if err != nil {
-			return fail("prevResult route %s: %v", r.Dst.String(), err)
+			return checkFailed("prevResult route %s: %v", r.Dst.String(), err)
 		}
 		var via netip.Addr
 		if r.GW != nil {
 			if via, err = addrOf(r.GW); err != nil {
-				return fail("prevResult route %s via %s: %v", dst, r.GW, err)
+				return checkFailed("prevResult route %s via %s: %v", dst, r.GW, err)
 			}
 		}
 		if !slices.ContainsFunc(mapValues(links), func(l linuxnet.NetnsLink) bool { return l.HasRoute(dst, via) }) {
-			return fail("network namespace %s has no route to %s via %s", args.Netns, dst, via)
+			return checkFailed("network namespace %s has no route to %s via %s", args.Netns, dst, via)
 		}
 	}
 	return nil
