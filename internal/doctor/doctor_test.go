@@ -13,15 +13,17 @@ import (
 )
 
 type fakeHost struct {
-	sysctls  map[string]string
-	modules  map[string]bool
-	tun      bool
-	mtus     map[string]int
-	route    map[netip.Addr]int // endpoint -> underlay MTU via eth0
-	defDev   string
-	nft      []Chain
-	legacy   []Chain
-	dnsRcode map[netip.AddrPort]string
+	sysctls   map[string]string
+	modules   map[string]bool
+	tun       bool
+	mtus      map[string]int
+	route     map[netip.Addr]int // endpoint -> underlay MTU via eth0
+	defDev    string
+	nft       []Chain
+	legacy    []Chain
+	nftErr    error // what reading nftables fails with, if set
+	legacyErr error
+	dnsRcode  map[netip.AddrPort]string
 }
 
 func (h *fakeHost) Sysctl(name string) (string, error) {
@@ -50,8 +52,11 @@ func (h *fakeHost) RouteTo(dst netip.Addr) (string, int, error) {
 	return "eth0", m, nil
 }
 func (h *fakeHost) DefaultRouteDevice(bool) (string, error) { return h.defDev, nil }
-func (h *fakeHost) NFTables() ([]Chain, error)              { return h.nft, nil }
+func (h *fakeHost) NFTables() ([]Chain, error)              { return h.nft, h.nftErr }
 func (h *fakeHost) LegacyIPTables(v6 bool) ([]Chain, error) {
+	if h.legacyErr != nil {
+		return nil, h.legacyErr
+	}
 	if v6 {
 		return nil, nil
 	}
@@ -201,6 +206,27 @@ func TestForwardFirewallRulesAndScope(t *testing.T) {
 	h.nft = append(h.nft, Chain{View: "nftables", Family: "ip", Table: "filter", Name: "FORWARD", Hook: "forward", Policy: "accept", Rules: []Rule{{Out: "eth0", Verdict: "reject", Text: "-o eth0 -j REJECT"}}})
 	if r := ForwardFirewall(h, s); r.Status != Fail || !strings.Contains(r.Message, "to the outside") {
 		t.Fatalf("egress: %+v", r)
+	}
+}
+
+// What cannot be read is said, with what to do, and never passes for "no drop".
+func TestForwardFirewallUnreadable(t *testing.T) {
+	for _, c := range []struct {
+		name              string
+		nftErr, legacyErr error
+		status            Status
+		message, fix      string
+	}{
+		{"no netfilter", ErrUnsupported, nil, Skip, "cannot read netfilter on this platform", ""},
+		{"not root", errors.New("operation not permitted"), nil, Fail, "cannot read nftables: operation not permitted", "as root"},
+		{"no iptables-legacy-save", nil, errors.New("executable file not found"), Warn, "cannot read iptables-legacy rules: executable file not found", "install iptables"},
+	} {
+		s, h := healthy()
+		h.nftErr, h.legacyErr = c.nftErr, c.legacyErr
+		r := ForwardFirewall(h, s)
+		if r.Check != "firewall" || r.Status != c.status || r.Message != c.message || !strings.Contains(r.Fix, c.fix) {
+			t.Errorf("%s: %+v", c.name, r)
+		}
 	}
 }
 

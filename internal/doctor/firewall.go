@@ -3,6 +3,7 @@ package doctor
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/zlayer/zlayer-overlayd/protocol"
@@ -181,33 +182,9 @@ func ForwardFirewall(h Host, s protocol.StatusSnapshot) Result {
 		r.Status, r.Message = OK, "no service bridges yet: nothing of ours is forwarded"
 		return r
 	}
-	chains, err := h.NFTables()
-	if errors.Is(err, ErrUnsupported) {
-		r.Status, r.Message = Skip, "cannot read netfilter on this platform"
-		return r
-	}
-	if err != nil {
-		r.Status, r.Message = Fail, "cannot read nftables: "+err.Error()
-		r.Fix = "run overlayctl doctor as root"
-		return r
-	}
-	views := []string{"nftables"}
-	for _, fam := range []struct {
-		need, v6 bool
-	}{{v4, false}, {v6, true}} {
-		if !fam.need {
-			continue
-		}
-		legacy, err := h.LegacyIPTables(fam.v6)
-		if err != nil {
-			r.Status, r.Message = Warn, "cannot read iptables-legacy rules: "+err.Error()
-			r.Fix = "install iptables (iptables-legacy-save) so the doctor can read them, or check `iptables-legacy -S FORWARD` by hand"
-			return r
-		}
-		if len(legacy) > 0 {
-			chains = append(chains, legacy...)
-			views = append(views, "iptables-legacy")
-		}
+	chains, views, unread := readChains(h, v4, v6)
+	if unread != nil {
+		return *unread
 	}
 	table := "zlayer_overlay"
 	if s.Firewall != nil && s.Firewall.Table != "" {
@@ -219,9 +196,55 @@ func ForwardFirewall(h Host, s protocol.StatusSnapshot) Result {
 		r.Message = fmt.Sprintf("no forward chain outside table inet %s drops our traffic (%s read)", table, strings.Join(dedupe(views), ", "))
 		return r
 	}
+	var policy bool
+	r.Status = Fail
+	r.Message, policy = describeDrops(drops)
+	r.Fix = fixForDrops(chains, drops, policy)
+	return r
+}
+
+// readChains reads every base chain the kernel evaluates: nftables (which
+// shows iptables-nft too) and, per family in use, iptables-legacy. views
+// names what was read; unread is the check's result when something could
+// not be.
+func readChains(h Host, v4, v6 bool) (chains []Chain, views []string, unread *Result) {
+	r := Result{Check: "firewall"}
+	chains, err := h.NFTables()
+	if errors.Is(err, ErrUnsupported) {
+		r.Status, r.Message = Skip, "cannot read netfilter on this platform"
+		return nil, nil, &r
+	}
+	if err != nil {
+		r.Status, r.Message = Fail, "cannot read nftables: "+err.Error()
+		r.Fix = "run overlayctl doctor as root"
+		return nil, nil, &r
+	}
+	views = []string{"nftables"}
+	for _, fam := range []struct {
+		need, v6 bool
+	}{{v4, false}, {v6, true}} {
+		if !fam.need {
+			continue
+		}
+		legacy, err := h.LegacyIPTables(fam.v6)
+		if err != nil {
+			r.Status, r.Message = Warn, "cannot read iptables-legacy rules: "+err.Error()
+			r.Fix = "install iptables (iptables-legacy-save) so the doctor can read them, or check `iptables-legacy -S FORWARD` by hand"
+			return nil, nil, &r
+		}
+		if len(legacy) > 0 {
+			chains = append(chains, legacy...)
+			views = append(views, "iptables-legacy")
+		}
+	}
+	return chains, views, nil
+}
+
+// describeDrops says where each flow is dropped, once per distinct message,
+// and whether a chain's policy (rather than a rule) is among the droppers.
+func describeDrops(drops []Drop) (msg string, policy bool) {
 	var msgs []string
 	seen := map[string]bool{}
-	policy := false
 	for _, d := range drops {
 		where := fmt.Sprintf("%s table %s %s chain %s", d.Chain.View, d.Chain.Family, d.Chain.Table, d.Chain.Name)
 		how := "by its policy DROP"
@@ -236,30 +259,31 @@ func ForwardFirewall(h Host, s protocol.StatusSnapshot) Result {
 			msgs = append(msgs, m)
 		}
 	}
-	r.Status = Fail
-	r.Message = strings.Join(msgs, "; ")
-	docker := false
-	for _, c := range chains {
-		if strings.HasPrefix(c.Name, "DOCKER") {
-			docker = true
-		}
+	return strings.Join(msgs, "; "), policy
+}
+
+// fixForDrops is the command that lets our traffic through the first
+// dropping chain, in the tool that owns it; with Docker present, in the
+// chain Docker leaves to the user.
+func fixForDrops(chains []Chain, drops []Drop, policy bool) string {
+	first := drops[0].Chain
+	if first.View == "nftables" && first.Name != "FORWARD" {
+		return fmt.Sprintf("add accept rules for iifname \"zl-*\" to %s %s chain %s before the drop (zlayer-overlayd never edits tables it does not own)", first.Family, first.Table, first.Name)
 	}
+	docker := slices.ContainsFunc(chains, func(c Chain) bool { return strings.HasPrefix(c.Name, "DOCKER") })
 	cmd := "iptables"
-	if drops[0].Chain.View == "iptables-legacy" {
+	if first.View == "iptables-legacy" {
 		cmd = "iptables-legacy"
 	}
-	chain := drops[0].Chain.Name
+	chain := first.Name
 	if docker {
 		chain = "DOCKER-USER"
 	}
-	r.Fix = fmt.Sprintf("allow our interfaces in that chain (zlayer-overlayd never edits tables it does not own): %s -I %s -i zl-+ -j ACCEPT && %s -I %s -o zl-+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", cmd, chain, cmd, chain)
+	fix := fmt.Sprintf("allow our interfaces in that chain (zlayer-overlayd never edits tables it does not own): %s -I %s -i zl-+ -j ACCEPT && %s -I %s -o zl-+ -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", cmd, chain, cmd, chain)
 	if docker {
-		r.Fix += " (Docker sets FORWARD's policy to DROP and leaves DOCKER-USER to you)"
+		fix += " (Docker sets FORWARD's policy to DROP and leaves DOCKER-USER to you)"
 	} else if policy {
-		r.Fix += "; or, if nothing needs it, " + cmd + " -P " + drops[0].Chain.Name + " ACCEPT"
+		fix += "; or, if nothing needs it, " + cmd + " -P " + first.Name + " ACCEPT"
 	}
-	if drops[0].Chain.View == "nftables" && drops[0].Chain.Name != "FORWARD" {
-		r.Fix = fmt.Sprintf("add accept rules for iifname \"zl-*\" to %s %s chain %s before the drop (zlayer-overlayd never edits tables it does not own)", drops[0].Chain.Family, drops[0].Chain.Table, drops[0].Chain.Name)
-	}
-	return r
+	return fix
 }
