@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -43,6 +44,7 @@ func (l *Lab) Boot(ctx context.Context, k *Kernel, suites []Suite) (Report, erro
 	for _, s := range suites {
 		limit += s.Timeout
 	}
+	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	// A kernel oops leaves the guest running with the suite's process
@@ -50,6 +52,9 @@ func (l *Lab) Boot(ctx context.Context, k *Kernel, suites []Suite) (Report, erro
 	crashCtx, crashed := context.WithCancelCause(ctx)
 	defer crashed(nil)
 	cmd := exec.CommandContext(crashCtx, "qemu-system-x86_64", l.qemuArgs(k, initrd, console, report)...)
+	// A caller killed outright (go test's SIGKILL, the OOM killer) runs no
+	// cleanup; the guest must not go on running without it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var qemuOut strings.Builder
 	cmd.Stdout, cmd.Stderr = &qemuOut, &qemuOut
 	start := time.Now()
@@ -77,6 +82,8 @@ func (l *Lab) Boot(ctx context.Context, k *Kernel, suites []Suite) (Report, erro
 	switch {
 	case context.Cause(crashCtx) != nil && ctx.Err() == nil:
 		return rep, fmt.Errorf("the guest kernel crashed (%v); console:\n%s", context.Cause(crashCtx), tail(string(cons), 80))
+	case caller.Err() != nil:
+		return rep, fmt.Errorf("stopped the guest before it finished: %v; console:\n%s", context.Cause(caller), tail(string(cons), 60))
 	case ctx.Err() != nil:
 		return rep, fmt.Errorf("the guest did not finish within %v; console:\n%s", limit, tail(string(cons), 60))
 	case err != nil:

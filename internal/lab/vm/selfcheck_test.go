@@ -3,7 +3,6 @@
 package vm
 
 import (
-	"context"
 	"net"
 	"os"
 	"os/exec"
@@ -39,6 +38,10 @@ func TestGuestHelper(t *testing.T) {
 		t.Fatal("failing on purpose")
 	case "skip":
 		t.Skip("skipping on purpose")
+	case "hang":
+		for {
+			time.Sleep(time.Hour)
+		}
 	}
 }
 
@@ -51,7 +54,7 @@ func TestVMReportsWhatTheGuestSaw(t *testing.T) {
 	if err := Check(); err != nil {
 		t.Skip("VM lab: " + err.Error())
 	}
-	ctx := context.Background()
+	ctx := labContext(t)
 	k, err := ResolveKernel(ctx, CacheDir(), Bookworm, t.Logf)
 	if err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ package vm
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -91,7 +92,7 @@ func TestVM(t *testing.T) {
 		p = fullPlan
 	}
 	p = filterPlan(t, p)
-	ctx := context.Background()
+	ctx := labContext(t)
 	kernels := make([]*Kernel, len(p))
 	var union []Suite
 	for i, step := range p {
@@ -192,6 +193,24 @@ func filterPlan(t *testing.T, p plan) plan {
 		t.Skip("-vm.suites / -vm.kernels select nothing")
 	}
 	return out
+}
+
+// labDeadlineMargin is what the lab keeps of go test's -timeout to stop a
+// guest, report it and remove its files.
+const labDeadlineMargin = 30 * time.Second
+
+// labContext ends a little before go test's -timeout does: a guest still
+// running then is stopped and reported by the lab, which cleans up after
+// it, instead of the test binary panicking with QEMU left running.
+func labContext(t *testing.T) context.Context {
+	d, ok := t.Deadline()
+	if !ok {
+		return context.Background()
+	}
+	ctx, cancel := context.WithDeadlineCause(context.Background(), d.Add(-labDeadlineMargin),
+		fmt.Errorf("go test's -timeout ends this run at %s; the VM lab needs more (make test gives it 60m, make test-vm 300m)", d.Format(time.TimeOnly)))
+	t.Cleanup(cancel)
+	return ctx
 }
 
 func moduleRoot(t *testing.T) string {
