@@ -53,7 +53,9 @@ func (l *Lab) Boot(ctx context.Context, k *Kernel, suites []Suite) (Report, erro
 	defer crashed(nil)
 	cmd := exec.CommandContext(crashCtx, "qemu-system-x86_64", l.qemuArgs(k, initrd, console, report)...)
 	// A caller killed outright (go test's SIGKILL, the OOM killer) runs no
-	// cleanup; the guest must not go on running without it.
+	// cleanup; the guest must not go on running without it. The signal
+	// follows the thread that started QEMU, and Go ends a thread only when
+	// a goroutine locked to it exits, which nothing here does.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var qemuOut strings.Builder
 	cmd.Stdout, cmd.Stderr = &qemuOut, &qemuOut
