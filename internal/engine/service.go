@@ -84,12 +84,11 @@ func (e *Engine) setupService(ctx context.Context, r protocol.SetupServiceOverla
 		return nil, err
 	}
 	e.at("service.placed")
-	if err := e.ensureService(svc); err != nil {
-		e.removeServiceKernel(svc)
-		e.unplaceService(svc)
-		return nil, err
+	err = e.ensureService(svc)
+	if err == nil {
+		err = e.commitService(svc)
 	}
-	if err := e.commitService(svc); err != nil {
+	if err != nil {
 		e.removeServiceKernel(svc)
 		e.unplaceService(svc)
 		return nil, err

@@ -170,20 +170,23 @@ func (b *rulesetBuilder) notIn(key expr.MetaKey, set string) []expr.Any {
 func (b *rulesetBuilder) masqueradeChain() {
 	nat := b.addChain(chainNAT, nftables.ChainTypeNAT, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
 	masq := []expr.Any{&expr.Masq{}}
-	b.addRule(nat, "masquerade IPv4 container egress",
-		nfproto(unix.NFPROTO_IPV4),
-		addrLookup(4, true, b.sets[setSources4], false),
-		addrLookup(4, false, b.sets[setCluster4], true),
-		b.notIn(expr.MetaKeyOIFNAME, setOverlay),
-		b.notIn(expr.MetaKeyOIFNAME, setBridges),
-		counter(), masq)
-	b.addRule(nat, "masquerade IPv6 container egress",
-		nfproto(unix.NFPROTO_IPV6),
-		addrLookup(16, true, b.sets[setSources6], false),
-		addrLookup(16, false, b.sets[setCluster6], true),
-		b.notIn(expr.MetaKeyOIFNAME, setOverlay),
-		b.notIn(expr.MetaKeyOIFNAME, setBridges),
-		counter(), masq)
+	for _, f := range []struct {
+		family           string
+		proto            byte
+		addrLen          int
+		sources, cluster string
+	}{
+		{"IPv4", unix.NFPROTO_IPV4, 4, setSources4, setCluster4},
+		{"IPv6", unix.NFPROTO_IPV6, 16, setSources6, setCluster6},
+	} {
+		b.addRule(nat, "masquerade "+f.family+" container egress",
+			nfproto(f.proto),
+			addrLookup(f.addrLen, true, b.sets[f.sources], false),
+			addrLookup(f.addrLen, false, b.sets[f.cluster], true),
+			b.notIn(expr.MetaKeyOIFNAME, setOverlay),
+			b.notIn(expr.MetaKeyOIFNAME, setBridges),
+			counter(), masq)
+	}
 }
 
 // forwardChain counts our traffic classes and, with isolation on, decides

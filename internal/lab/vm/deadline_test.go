@@ -5,6 +5,7 @@ package vm
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"os"
@@ -30,6 +31,16 @@ func TestGuestThatOutlivesItsTest(t *testing.T) {
 		t.Skip("run by TestVMStopsTheGuestBeforeGoTestTimesOut and TestVMGuestDiesWithItsTest")
 	}
 	ctx := labContext(t)
+	k, l := hangLab(t, ctx)
+	if _, err := l.Boot(ctx, k, []Suite{hangSuite}); err != nil {
+		t.Fatal(err)
+	}
+	t.Fatal("a suite that never ends ended")
+}
+
+// hangLab resolves the guest's kernel and builds a lab for hangSuite.
+func hangLab(t *testing.T, ctx context.Context) (*Kernel, *Lab) {
+	t.Helper()
 	k, err := ResolveKernel(ctx, CacheDir(), Bookworm, t.Logf)
 	if err != nil {
 		t.Fatal(err)
@@ -38,10 +49,7 @@ func TestGuestThatOutlivesItsTest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Boot(ctx, k, []Suite{hangSuite}); err != nil {
-		t.Fatal(err)
-	}
-	t.Fatal("a suite that never ends ended")
+	return k, l
 }
 
 // outliving runs TestGuestThatOutlivesItsTest in a child test binary whose
@@ -58,13 +66,7 @@ func outliving(t *testing.T, timeout time.Duration) (*exec.Cmd, *bufio.Reader, s
 	}
 	// The kernel download and the guest's test binary are made here, out
 	// of the child's -timeout, so a cold cache cannot eat it.
-	ctx := labContext(t)
-	if _, err := ResolveKernel(ctx, CacheDir(), Bookworm, t.Logf); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := New(ctx, Config{ModuleRoot: moduleRoot(t), WorkDir: t.TempDir(), Logf: t.Logf}, []Suite{hangSuite}); err != nil {
-		t.Fatal(err)
-	}
+	hangLab(t, labContext(t))
 	tmp := t.TempDir()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestGuestThatOutlivesItsTest$", "-test.v", "-test.count=1",
 		"-test.timeout="+timeout.String())
