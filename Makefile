@@ -2,7 +2,8 @@
 #
 #   make run     build and run the daemon as root, state in ./.data
 #   make test    vet, the Windows/macOS cross builds, every test under the race detector
-#                (privileged suites run as root), fuzz seed corpora, the chaos suites short
+#                (privileged suites run as root; our wireguard-go fork's own tests too),
+#                fuzz seed corpora, the chaos suites short
 #   make soak    the chaos suites long, then every fuzz target for FUZZTIME each
 #   make test-vm every privileged suite in QEMU guests booting Debian's stock
 #                kernels (kernel WireGuard); `make test` runs the kernel
@@ -25,7 +26,7 @@ CHAOS_TEST ?= -chaos.ops=150 -chaos.kills=5 -chaos.requests=200
 CHAOS_SOAK ?= -chaos.ops=1000 -chaos.kills=20 -chaos.requests=1000
 FUZZTIME   ?= 2m
 
-.PHONY: all build run demo test test-short test-vm vm-tools soak vet fmt cross clean
+.PHONY: all build run demo test test-short test-vm vm-tools soak vet fmt cross clean wireguard-fork
 
 all: build
 
@@ -67,10 +68,16 @@ cross:
 # real namespaces, devices and tunnels, and (last, alone: it emulates a
 # 2-CPU machine) the kernel WireGuard suites in a VM on Debian 12's kernel;
 # as another user they skip and say why.
-test: vet cross
+test: vet cross wireguard-fork
 	$(GO) test -race -count=1 -timeout 60m $$($(GO) list ./... | grep -v -e '/internal/chaos$$' -e '/internal/lab/vm$$')
 	$(GO) test -race -count=1 -timeout 30m ./internal/chaos $(CHAOS_TEST)
 	$(GO) test -race -count=1 -timeout 60m ./internal/lab/vm
+
+# Our fork of wireguard-go (third_party/README.md): the tree must be
+# upstream at go.mod's version plus its patches, and its own tests pass.
+wireguard-fork:
+	GO=$(GO) bash third_party/sync-wireguard.sh --check
+	cd third_party/wireguard && $(GO) test -race -count=1 ./...
 
 # Every privileged suite in QEMU guests booting Debian 12's kernel and the
 # newest bookworm-backports kernel (docs/operations.md, "Tested kernels").

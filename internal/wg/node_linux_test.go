@@ -7,11 +7,15 @@ package wg
 // under "ip netns exec", driven over its stdin/stdout with JSON lines.
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -36,11 +40,68 @@ type nodeRequest struct {
 	// its process logging to LogDir.
 	Dataplane bool   `json:"dataplane,omitempty"`
 	LogDir    string `json:"log_dir,omitempty"`
+	// Addr, Bytes and Seed are for the bulk transfer ops: "sink" accepts
+	// one TCP connection on Addr and hashes what arrives, "source" sends
+	// Bytes from a ChaCha8 stream seeded with Seed to Addr, "sunk" waits
+	// for the sink's result.
+	Addr  string `json:"addr,omitempty"`
+	Bytes int64  `json:"bytes,omitempty"`
+	Seed  uint64 `json:"seed,omitempty"`
 }
 
 type nodeResponse struct {
 	Err    string          `json:"err,omitempty"`
 	Device *wgtypes.Device `json:"device,omitempty"`
+	// SHA256 and Bytes say what a "source" sent or a "sunk" sink received.
+	SHA256 string `json:"sha256,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
+}
+
+// transfer is what one side of a bulk TCP transfer saw.
+type transfer struct {
+	sum   string
+	bytes int64
+	err   error
+}
+
+// sink accepts one connection on addr and reports the hash and length of
+// everything it received.
+func sink(addr string) (<-chan transfer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	done := make(chan transfer, 1)
+	go func() {
+		defer ln.Close()
+		conn, err := ln.Accept()
+		if err != nil {
+			done <- transfer{err: err}
+			return
+		}
+		defer conn.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, conn)
+		done <- transfer{sum: hex.EncodeToString(h.Sum(nil)), bytes: n, err: err}
+	}()
+	return done, nil
+}
+
+// source sends n bytes of a seeded ChaCha8 stream to addr and reports
+// their hash.
+func source(addr string, n int64, seed uint64) transfer {
+	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return transfer{err: err}
+	}
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
+	h := sha256.New()
+	sent, err := io.CopyN(io.MultiWriter(conn, h), rand.NewChaCha8(key), n)
+	if cerr := conn.Close(); err == nil {
+		err = cerr
+	}
+	return transfer{sum: hex.EncodeToString(h.Sum(nil)), bytes: sent, err: err}
 }
 
 // TestHelperProcess is not a test: it is the node process the privileged
@@ -62,6 +123,7 @@ func runNode(in io.Reader, out io.Writer) {
 		}
 	}()
 	baseline := 0
+	var sunk <-chan transfer
 	dec, enc := json.NewDecoder(in), json.NewEncoder(out)
 	for {
 		var req nodeRequest
@@ -111,6 +173,25 @@ func runNode(in io.Reader, out io.Writer) {
 				d, err := dev.Snapshot()
 				resp.Device = d
 				return err
+			case "sink":
+				var err error
+				sunk, err = sink(req.Addr)
+				return err
+			case "sunk":
+				if sunk == nil {
+					return errors.New("no sink")
+				}
+				select {
+				case r := <-sunk:
+					resp.SHA256, resp.Bytes = r.sum, r.bytes
+					return r.err
+				case <-time.After(50 * time.Second):
+					return errors.New("the sink received nothing for 50 s")
+				}
+			case "source":
+				r := source(req.Addr, req.Bytes, req.Seed)
+				resp.SHA256, resp.Bytes = r.sum, r.bytes
+				return r.err
 			case "crash":
 				// Gone without closing anything, as a SIGKILL leaves it.
 				os.Exit(3)
