@@ -116,8 +116,9 @@ clean:
 # Benchmarks (issue 9; docs/benchmarks.md). As root, `make bench` installs
 # the pinned peers and runs every side-by-side comparison; bench-ipc,
 # bench-attach, bench-dns, bench-throughput, bench-scale and bench-cni run
-# one each. bench-wg-variants measures wireguard-go's data-path constants
-# against itself (PROFILE=1 adds a whole-machine perf profile);
+# one each. bench-wg-variants measures our wireguard-go fork's patches,
+# dropped candidates and changed constants against upstream wireguard-go
+# (VARIANTS= picks some; PROFILE=1 adds a whole-machine perf profile);
 # bench-crypto compares the ChaCha20-Poly1305 in our data path (x/crypto)
 # with OpenSSL's at the overlay's packet size.
 # Each interleaves ours and the peer for BENCH_ROUNDS rounds (at least 5)
@@ -155,7 +156,7 @@ bench-cni: bench-tools
 	$(ZLBENCH) cni
 
 bench-wg-variants: bench-tools
-	GO=$(GO) bash bench/wg-variants.sh $(BENCH_ROUNDS)
+	GO=$(GO) VARIANTS="$(VARIANTS)" bash bench/wg-variants.sh $(BENCH_ROUNDS)
 
 # 1350 bytes is x/crypto's own size nearest the overlay's 1420-byte MTU;
 # -aead makes OpenSSL seal whole messages (key, nonce, tag) as we do.

@@ -1,18 +1,22 @@
 #!/bin/bash
-# wg-variants.sh measures wireguard-go's data-path knobs against wireguard-go
-# itself: the command at the version in our go.mod, built once as it is and
-# once per changed constant (batch size, socket buffers), each pair of nodes
-# run as our data plane runs it on 2 CPUs (GOMAXPROCS=1) over one veth, with
-# iperf3 -P1 and -P4 interleaved round by round. Our data plane is that same
-# wireguard-go code, so a knob that moves this moves us. With PROFILE=1 it
-# also records a whole-machine `perf record -a` of the unchanged pair under
-# -P1 and -P4 into PROFILE_DIR (default /tmp; docs/benchmarks.md, "Goals
-# not met", reads them).
+# wg-variants.sh measures changes to wireguard-go's data path against
+# wireguard-go itself: the command at the version in our go.mod, built once
+# as upstream has it and once per variant (our fork's patches, candidates
+# measured and dropped, changed constants: batch size, socket buffers), each
+# pair of nodes run as our data plane runs it on 2 CPUs (GOMAXPROCS=1) over
+# one veth, with iperf3 -P1 and -P4 interleaved round by round. Beside the
+# rate it reports the CPU time per GB moved, of the whole machine and of the
+# two wireguard-go processes: the work per byte, which moves less from run
+# to run than the rate. Every variant first moves 64 MiB over TCP whose hash
+# must arrive unchanged. With PROFILE=1 it also records a whole-machine
+# `perf record -a` of the first variant's pair under -P1 and -P4 into
+# PROFILE_DIR (default /tmp; docs/benchmarks.md, "Goals not met", reads
+# them). VARIANTS="base fork" picks variants; base must be among them.
 #
 #   sudo bench/wg-variants.sh [ROUNDS]        # default 5
 #
-# Needs root, Go, iperf3, wg (bench/install.sh), and perf (linux-perf) for
-# PROFILE=1. make bench-wg-variants runs it.
+# Needs root, Go, iperf3, wg (bench/install.sh), python3, and perf
+# (linux-perf) for PROFILE=1. make bench-wg-variants runs it.
 set -euo pipefail
 umask 077 # wg genkey's keys
 
@@ -39,18 +43,43 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# name → (file, old text, new text) of the one constant it changes.
-variants=(base batch64 batch256 sockbuf1m sockbuf32m)
+# name → the patches applied, in order: fork is our fork's
+# (third_party/wireguard-patches), fork-NNNN its patches up to NNNN, and
+# the fork-scatter ones candidates measured on top of its first two and
+# dropped (bench/wg-patches, docs/benchmarks.md); then name → (file, old
+# text, new text) of the one constant it changes.
+variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork fork-scatter fork-scatter-tunread})
+forkpatches=("$root"/third_party/wireguard-patches/*.patch)
+upto() { # NNNN → our fork's patches up to NNNN
+	local p
+	for p in "${forkpatches[@]}"; do
+		[[ $(basename "$p") > "$1-~" ]] || echo "$p"
+	done
+}
+declare -A diff=(
+	[fork]="${forkpatches[*]}"
+	[fork-scatter]="$(upto 0002) $root/bench/wg-patches/scatter.patch"
+	[fork-scatter-tunread]="$(upto 0002) $root/bench/wg-patches/scatter.patch $root/bench/wg-patches/tunread.patch"
+)
+for v in "${variants[@]}"; do
+	[[ $v =~ ^fork-([0-9]{4})$ ]] && diff[$v]="$(upto "${BASH_REMATCH[1]}")"
+done
 declare -A patch=(
 	[batch64]="conn/conn.go|IdealBatchSize = 128|IdealBatchSize = 64"
 	[batch256]="conn/conn.go|IdealBatchSize = 128|IdealBatchSize = 256"
 	[sockbuf1m]="conn/controlfns.go|socketBufferSize = 7 << 20|socketBufferSize = 1 << 20"
 	[sockbuf32m]="conn/controlfns.go|socketBufferSize = 7 << 20|socketBufferSize = 32 << 20"
 )
-src=$(cd "$root" && $go mod download -json golang.zx2c4.com/wireguard@"$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+# Upstream's module, downloaded outside ours (go.mod replaces it with our
+# fork, third_party/wireguard; the patches of bench/wg-patches measure
+# changes to upstream, as the fork's did before it took them).
+src=$(cd "$work" && GOFLAGS= $go mod download -json golang.zx2c4.com/wireguard@"$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
 for v in "${variants[@]}"; do
 	cp -r "$src" "$work/$v"
 	chmod -R u+w "$work/$v"
+	for d in ${diff[$v]:-}; do
+		patch -s -d "$work/$v" -p1 <"$d"
+	done
 	if [ -n "${patch[$v]:-}" ]; then
 		IFS='|' read -r file old new <<<"${patch[$v]}"
 		grep -qF "$old" "$work/$v/$file" || { echo "$v: '$old' not in $file at $version" >&2; exit 1; }
@@ -91,13 +120,57 @@ for v in "${variants[@]}"; do
 		ip -n $p$n link set $p$i$n mtu 1420 up
 	done
 done
+# A variant that changes how bytes are moved must move them unchanged
+# (iperf3 never looks at them): 64 MiB of random bytes cross each pair over
+# TCP and are hashed on arrival.
+cat >"$work/sink.py" <<'PY'
+import hashlib, socket, sys
+srv = socket.create_server((sys.argv[1], 5999))
+conn, _ = srv.accept()
+h = hashlib.sha256()
+while chunk := conn.recv(1 << 20):
+    h.update(chunk)
+print(h.hexdigest())
+PY
+head -c 64M /dev/urandom >"$work/blob"
+want=$(sha256sum <"$work/blob" | cut -d' ' -f1)
+i=0
+for v in "${variants[@]}"; do
+	i=$((i + 1))
+	ip netns exec ${p}b timeout 60 python3 "$work/sink.py" 10.199.$i.2 >"$work/got" &
+	sink=$!
+	for _ in $(seq 50); do ip netns exec ${p}b ss -Hltn 'sport = 5999' | grep -q . && break; sleep 0.1; done
+	ip netns exec ${p}a python3 -c 'import socket, sys
+s = socket.create_connection((sys.argv[1], 5999))
+s.sendall(open(sys.argv[2], "rb").read())' 10.199.$i.2 "$work/blob"
+	wait $sink || true
+	[ "$(cat "$work/got")" = "$want" ] || { echo "$v: 64 MiB crossed the overlay changed (sha256 $(cat "$work/got"), sent $want)" >&2; exit 1; }
+done
+echo "every variant moved 64 MiB unchanged"
 ip netns exec ${p}b iperf3 -s -D
 sleep 0.5
 for i in $(seq ${#variants[@]}); do
 	ip netns exec ${p}a iperf3 -c 10.199.$i.2 -t 1 >/dev/null # first handshake, out of the timings
 done
 
-gbps() { python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e9)'; }
+# Work per byte, beside the rate: the machine's busy CPU time (/proc/stat,
+# everything but idle and iowait: iperf3, both nodes and the kernel) and the
+# two wireguard-go processes' own (utime+stime, their system calls included),
+# in jiffies, read before and after each iperf3 run.
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+wgcpu() {
+	local t=0 pid
+	for pid in $(pgrep -f "^$work/wg-$1 "); do
+		t=$((t + $(awk '{print $14+$15}' /proc/$pid/stat)))
+	done
+	echo $t
+}
+measure() { # variant index P → "Gbit/s GB machine-jiffies wg-jiffies"
+	local b0 w0 out
+	b0=$(busy) w0=$(wgcpu "$1")
+	out=$(ip netns exec ${p}a iperf3 -c 10.199.$2.2 -t 5 -P$3 -J)
+	echo "$(python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(e["bits_per_second"]/1e9, e["bytes"]/1e9)' <<<"$out") $(($(busy) - b0)) $(($(wgcpu "$1") - w0))"
+}
 
 if [ "${PROFILE:-}" = 1 ]; then
 	for P in 1 4; do
@@ -106,7 +179,7 @@ if [ "${PROFILE:-}" = 1 ]; then
 		sleep 2
 		perf record -a -g -o "${PROFILE_DIR:-/tmp}/wg-variants-P$P.perf" -- sleep 5 >/dev/null 2>&1
 		wait $client
-		echo "profile of the unchanged pair under -P$P: ${PROFILE_DIR:-/tmp}/wg-variants-P$P.perf"
+		echo "profile of ${variants[0]} under -P$P: ${PROFILE_DIR:-/tmp}/wg-variants-P$P.perf"
 	done
 fi
 
@@ -115,7 +188,7 @@ for r in $(seq "$rounds"); do
 	for v in "${variants[@]}"; do
 		i=$((i + 1))
 		for P in 1 4; do
-			echo "$v P$P $(ip netns exec ${p}a iperf3 -c 10.199.$i.2 -t 5 -P$P -J | gbps)" >>"$work/results"
+			echo "$v P$P $(measure "$v" $i $P)" >>"$work/results"
 		done
 	done
 done
@@ -123,14 +196,23 @@ done
 python3 - "$work/results" <<'EOF'
 import collections, statistics, sys
 runs = collections.defaultdict(list)
+machine = collections.defaultdict(list)  # CPU seconds per GB moved
+wg = collections.defaultdict(list)
+hz = 100  # USER_HZ: /proc/stat and /proc/PID/stat count in 1/100 s
 for line in open(sys.argv[1]):
-    v, P, bps = line.split()
-    runs[(v, P)].append(float(bps))
-print("variant      P   median Gbit/s (min-max)   ratio to base")
+    v, P, gbps, gb, busy, wgj = line.split()
+    runs[(v, P)].append(float(gbps))
+    machine[(v, P)].append(int(busy) / hz / float(gb))
+    wg[(v, P)].append(int(wgj) / hz / float(gb))
+print("variant        P   median Gbit/s (min-max)   ratio   CPU s/GB: machine (ratio)  wireguard-go (ratio)")
 for P in ("P1", "P4"):
     base = statistics.median(runs[("base", P)])
+    mbase = statistics.median(machine[("base", P)])
+    wbase = statistics.median(wg[("base", P)])
     for (v, q), xs in runs.items():
         if q == P:
             m = statistics.median(xs)
-            print(f"{v:<12} {P}  {m:5.2f} ({min(xs):.2f}-{max(xs):.2f})        {m / base:.3f}")
+            mc = statistics.median(machine[(v, P)])
+            wc = statistics.median(wg[(v, P)])
+            print(f"{v:<14} {P}  {m:5.2f} ({min(xs):.2f}-{max(xs):.2f})        {m / base:.3f}   {mc:.3f} ({mc / mbase:.3f})          {wc:.3f} ({wc / wbase:.3f})")
 EOF
