@@ -61,7 +61,10 @@ func benchThroughput() error {
 	// kernel module, said explicitly so a host with it measures the same.
 	daemonArgs := []string{"--wireguard", "userspace"}
 	if *profile != "" {
-		daemonArgs = append(daemonArgs, "--pprof-listen", "127.0.0.1:16060")
+		// The data path runs in a process of its own by default, which
+		// the daemon's pprof does not see: profile it inside the daemon,
+		// where it is the same code (the PGO profile, docs/benchmarks.md).
+		daemonArgs = append(daemonArgs, "--pprof-listen", "127.0.0.1:16060", "--dataplane", "daemon")
 	}
 	for i, n := range nodes {
 		n.d = newDaemon(n.ns, filepath.Join(dir, "ours"+strconv.Itoa(i)), daemonArgs...)
