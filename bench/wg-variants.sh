@@ -53,6 +53,8 @@ forkpatches=("$root"/third_party/wireguard-patches/*.patch)
 upto() { # NNNN → our fork's patches up to NNNN
 	local p
 	for p in "${forkpatches[@]}"; do
+		# NNNN-<subject>.patch: "~" sorts after every character of a
+		# subject, so the names up to "NNNN-~" are patches 1 to NNNN.
 		[[ $(basename "$p") > "$1-~" ]] || echo "$p"
 	done
 }
