@@ -348,32 +348,16 @@ func TestBulkTCPArrivesIntact(t *testing.T) {
 	const size = 64 << 20
 	tn.a.must(nodeRequest{Op: "sink", Addr: "10.202.0.1:5201"})
 	tn.b.must(nodeRequest{Op: "sink", Addr: "10.202.0.2:5201"})
-	type result struct {
-		from, to *node
-		r        nodeResponse
-	}
-	sent := make(chan result, 2)
-	go func() {
-		sent <- result{tn.a, tn.b, tn.a.call(nodeRequest{Op: "source", Addr: "10.202.0.2:5201", Bytes: size, Seed: 1})}
-	}()
-	go func() {
-		sent <- result{tn.b, tn.a, tn.b.call(nodeRequest{Op: "source", Addr: "10.202.0.1:5201", Bytes: size, Seed: 2})}
-	}()
-	// Each node runs one request at a time: ask for what arrived only
-	// once both have sent.
-	results := []result{<-sent, <-sent}
-	for _, s := range results {
-		if s.r.Err != "" || s.r.Bytes != size {
-			t.Fatalf("%s sent %d of %d bytes: %s", s.from.ns, s.r.Bytes, size, s.r.Err)
+	tn.a.must(nodeRequest{Op: "source", Addr: "10.202.0.2:5201", Bytes: size, Seed: 1})
+	tn.b.must(nodeRequest{Op: "source", Addr: "10.202.0.1:5201", Bytes: size, Seed: 2})
+	for _, dir := range []struct{ from, to *node }{{tn.a, tn.b}, {tn.b, tn.a}} {
+		sent := dir.from.must(nodeRequest{Op: "sent"})
+		got := dir.to.must(nodeRequest{Op: "sunk"})
+		if sent.Bytes != size || got.Bytes != size {
+			t.Fatalf("%s sent %d bytes of %d, %s received %d", dir.from.ns, sent.Bytes, size, dir.to.ns, got.Bytes)
 		}
-	}
-	for _, s := range results {
-		got := s.to.call(nodeRequest{Op: "sunk"})
-		if got.Err != "" || got.Bytes != size {
-			t.Fatalf("%s received %d of %d bytes: %s", s.to.ns, got.Bytes, size, got.Err)
-		}
-		if got.SHA256 != s.r.SHA256 {
-			t.Errorf("the 64 MiB %s received differ from what %s sent (sha256 %s, sent %s)", s.to.ns, s.from.ns, got.SHA256, s.r.SHA256)
+		if got.SHA256 != sent.SHA256 {
+			t.Errorf("the 64 MiB %s received differ from what %s sent (sha256 %s, sent %s)", dir.to.ns, dir.from.ns, got.SHA256, sent.SHA256)
 		}
 	}
 }

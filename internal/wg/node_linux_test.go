@@ -40,10 +40,11 @@ type nodeRequest struct {
 	// its process logging to LogDir.
 	Dataplane bool   `json:"dataplane,omitempty"`
 	LogDir    string `json:"log_dir,omitempty"`
-	// Addr, Bytes and Seed are for the bulk transfer ops: "sink" accepts
-	// one TCP connection on Addr and hashes what arrives, "source" sends
-	// Bytes from a ChaCha8 stream seeded with Seed to Addr, "sunk" waits
-	// for the sink's result.
+	// Addr, Bytes and Seed are for the bulk transfer ops, which run in
+	// the background so both nodes can send at once: "sink" accepts one
+	// TCP connection on Addr and hashes what arrives, "source" sends Bytes
+	// from a ChaCha8 stream seeded with Seed to Addr; "sunk" and "sent"
+	// wait for their results.
 	Addr  string `json:"addr,omitempty"`
 	Bytes int64  `json:"bytes,omitempty"`
 	Seed  uint64 `json:"seed,omitempty"`
@@ -52,7 +53,7 @@ type nodeRequest struct {
 type nodeResponse struct {
 	Err    string          `json:"err,omitempty"`
 	Device *wgtypes.Device `json:"device,omitempty"`
-	// SHA256 and Bytes say what a "source" sent or a "sunk" sink received.
+	// SHA256 and Bytes say what a source sent or a sink received.
 	SHA256 string `json:"sha256,omitempty"`
 	Bytes  int64  `json:"bytes,omitempty"`
 }
@@ -64,8 +65,8 @@ type transfer struct {
 	err   error
 }
 
-// sink accepts one connection on addr and reports the hash and length of
-// everything it received.
+// sink accepts one connection on addr and reports, once, the hash and
+// length of everything it received.
 func sink(addr string) (<-chan transfer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -87,9 +88,15 @@ func sink(addr string) (<-chan transfer, error) {
 	return done, nil
 }
 
-// source sends n bytes of a seeded ChaCha8 stream to addr and reports
-// their hash.
-func source(addr string, n int64, seed uint64) transfer {
+// source sends n bytes of a seeded ChaCha8 stream to addr in the
+// background and reports, once, their hash.
+func source(addr string, n int64, seed uint64) <-chan transfer {
+	done := make(chan transfer, 1)
+	go func() { done <- sendStream(addr, n, seed) }()
+	return done
+}
+
+func sendStream(addr string, n int64, seed uint64) transfer {
 	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
 	if err != nil {
 		return transfer{err: err}
@@ -123,7 +130,20 @@ func runNode(in io.Reader, out io.Writer) {
 		}
 	}()
 	baseline := 0
-	var sunk <-chan transfer
+	var sunk, sent <-chan transfer
+	// await is the result of a background transfer, into resp.
+	await := func(ch <-chan transfer, what string, resp *nodeResponse) error {
+		if ch == nil {
+			return errors.New("no " + what)
+		}
+		select {
+		case r := <-ch:
+			resp.SHA256, resp.Bytes = r.sum, r.bytes
+			return r.err
+		case <-time.After(50 * time.Second):
+			return errors.New("the " + what + " did not finish in 50 s")
+		}
+	}
 	dec, enc := json.NewDecoder(in), json.NewEncoder(out)
 	for {
 		var req nodeRequest
@@ -178,20 +198,12 @@ func runNode(in io.Reader, out io.Writer) {
 				sunk, err = sink(req.Addr)
 				return err
 			case "sunk":
-				if sunk == nil {
-					return errors.New("no sink")
-				}
-				select {
-				case r := <-sunk:
-					resp.SHA256, resp.Bytes = r.sum, r.bytes
-					return r.err
-				case <-time.After(50 * time.Second):
-					return errors.New("the sink received nothing for 50 s")
-				}
+				return await(sunk, "sink", &resp)
 			case "source":
-				r := source(req.Addr, req.Bytes, req.Seed)
-				resp.SHA256, resp.Bytes = r.sum, r.bytes
-				return r.err
+				sent = source(req.Addr, req.Bytes, req.Seed)
+				return nil
+			case "sent":
+				return await(sent, "source", &resp)
 			case "crash":
 				// Gone without closing anything, as a SIGKILL leaves it.
 				os.Exit(3)
