@@ -5,8 +5,9 @@
 #   Debian:  dnsperf, dnsmasq (the dnsmasq-base package: the binary without
 #            the system service), iperf3, wireguard-tools (wg), iproute2,
 #            openssl (bench-crypto's reference ChaCha20-Poly1305)
-#   Go:      CNI plugins bridge + host-local, CoreDNS, wireguard-go (the
-#            module version zlayer-overlayd embeds, read from go.mod),
+#   Go:      CNI plugins bridge + host-local, CoreDNS, upstream wireguard-go
+#            (the version go.mod requires, which our fork in
+#            third_party/wireguard patches),
 #            cnitool (the CNI library version zlayer-cni uses, from go.mod)
 #
 # Go tools go to $BENCH_TOOLS (default /var/tmp/zlayer-bench/bin) and are

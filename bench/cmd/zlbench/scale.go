@@ -183,7 +183,7 @@ func benchScale() error {
 }
 
 // wireguardGoAtScale is the reference for the data plane's numbers: a
-// standalone wireguard-go (the version we embed, at its defaults) holding
+// standalone upstream wireguard-go (the version our fork is of, at its defaults) holding
 // n peers with its device up, configured in one `wg setconf`; its memory,
 // and the time `wg show dump` takes to read it all.
 func wireguardGoAtScale(n int, dir string) error {

@@ -20,7 +20,7 @@ import (
 // benchThroughput compares TCP throughput between two node namespaces
 // joined by a veth pair: through our overlay (each node runs
 // zlayer-overlayd at its defaults, configured over its socket), through a
-// standalone wireguard-go of the module version we embed (configured by
+// standalone upstream wireguard-go of the version our fork is of (configured by
 // `wg`) run as users run it — with its defaults, and with GOMAXPROCS=1,
 // which suits it better on small machines; the goal is against the better
 // of the two — and over the raw veth. iperf3 -P1 and -P4.
