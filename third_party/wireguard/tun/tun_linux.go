@@ -49,9 +49,13 @@ type NativeTun struct {
 	readOpMu sync.Mutex                    // readOpMu guards readBuff
 	readBuff [virtioNetHdrLen + 65535]byte // if vnetHdr every read() is prefixed by virtioNetHdr
 
-	writeOpMu   sync.Mutex // writeOpMu guards toWrite, tcpGROTable
+	writeOpMu   sync.Mutex // writeOpMu guards toWrite, tcpGROTable and writeGathered's fields
 	toWrite     []int
-	iovecs      [][]byte
+	iovecs      [][]byte // writeGathered's, with the fields below
+	writevConn  syscall.RawConn
+	writev      func(fd uintptr) bool
+	writevN     int
+	writevErr   error
 	tcpGROTable *tcpGROTable
 	udpGROTable *udpGROTable
 }
@@ -667,22 +671,26 @@ func CreateUnmonitoredTUNFromFD(fd int) (Device, string, error) {
 }
 
 // writeGathered writes head and its tails as one packet with one writev.
+// The raw conn and the callback are made once, on the first gathered
+// write, and reused: this is the path of every coalesced packet.
 func (tun *NativeTun) writeGathered(head []byte, tails [][]byte) (int, error) {
+	if tun.writevConn == nil {
+		rc, err := tun.tunFile.SyscallConn()
+		if err != nil {
+			return 0, err
+		}
+		tun.writevConn = rc
+		tun.writev = func(fd uintptr) bool {
+			tun.writevN, tun.writevErr = unix.Writev(int(fd), tun.iovecs)
+			return tun.writevErr != unix.EAGAIN
+		}
+	}
 	tun.iovecs = append(tun.iovecs[:0], head)
 	tun.iovecs = append(tun.iovecs, tails...)
-	rc, err := tun.tunFile.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var n int
-	var werr error
-	err = rc.Write(func(fd uintptr) bool {
-		n, werr = unix.Writev(int(fd), tun.iovecs)
-		return werr != unix.EAGAIN
-	})
+	err := tun.writevConn.Write(tun.writev)
 	clear(tun.iovecs)
 	if err != nil {
-		return n, err
+		return tun.writevN, err
 	}
-	return n, werr
+	return tun.writevN, tun.writevErr
 }
