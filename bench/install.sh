@@ -37,7 +37,9 @@ need_apt=()
 for spec in "${APT_PINS[@]}"; do
 	pkg=${spec%%=*}
 	want=${spec#*=}
-	have=$(dpkg-query -W -f='${Status} ${Version}' "$pkg" 2>/dev/null | sed -n 's/^install ok installed //p')
+	# dpkg-query fails for a package it has never seen: on a fresh machine
+	# that is "not installed", not a reason for set -e to stop here.
+	have=$(dpkg-query -W -f='${Status} ${Version}' "$pkg" 2>/dev/null | sed -n 's/^install ok installed //p' || true)
 	if [ -z "$have" ] || { [ "$want" != "$spec" ] && [ "$have" != "$want" ]; }; then
 		need_apt+=("$spec")
 	fi
