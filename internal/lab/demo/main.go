@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -45,7 +46,7 @@ func step(format string, args ...any) { fmt.Printf("\n==> "+format+"\n", args...
 func main() {
 	daemon := flag.String("daemon", "bin/zlayer-overlayd", "zlayer-overlayd binary")
 	flag.Parse()
-	if err := lab.Check(); err != nil {
+	if err := checkTools(); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
@@ -60,7 +61,31 @@ func main() {
 	}()
 	defer tb.cleanup()
 
-	l := lab.New(tb, lab.Options{Daemon: *daemon})
+	run(tb, *daemon)
+
+	step("cleaning up: daemons, containers, namespaces and files")
+	tb.cleanup()
+	fmt.Println("\ndone: nothing of the demo is left on this machine")
+}
+
+// checkTools says what the demo needs and the machine lacks, before it
+// creates anything: the lab's tools, and ping and wg, which it shows.
+func checkTools() error {
+	if err := lab.Check(); err != nil {
+		return err
+	}
+	for _, t := range []struct{ bin, pkg string }{{"ping", "iputils-ping"}, {"wg", "wireguard-tools"}} {
+		if _, err := exec.LookPath(t.bin); err != nil {
+			return fmt.Errorf("needs %s on PATH (Debian: apt-get install %s)", t.bin, t.pkg)
+		}
+	}
+	return nil
+}
+
+// run is the demo's story; every step fails through tb, whose cleanups
+// remove what the lab made.
+func run(tb lab.TB, daemon string) {
+	l := lab.New(tb, lab.Options{Daemon: daemon})
 	step("two nodes on an underlay switch, each running zlayer-overlayd")
 	a, b := l.AddNode("a"), l.AddNode("b")
 	nodes := []*lab.Node{a, b}
@@ -121,16 +146,13 @@ func main() {
 	lab.Eventually(tb, 15*time.Second, "container ping back", func() error { return cs[1].Ping(ips[0], 1) })
 
 	step("overlayctl status of node a")
-	ctl := strings.TrimSuffix(*daemon, "zlayer-overlayd") + "overlayctl"
+	ctl := strings.TrimSuffix(daemon, "zlayer-overlayd") + "overlayctl"
 	if st, err := os.Stat(ctl); err == nil && !st.IsDir() {
 		if out, err := runCmd(ctl, "--socket", a.Socket, "status"); err == nil {
 			fmt.Print(indent(out))
 		}
 	}
 
-	step("cleaning up: daemons, containers, namespaces and files")
-	tb.cleanup()
-	fmt.Println("\ndone: nothing of the demo is left on this machine")
 }
 
 func indent(s string) string {
