@@ -25,6 +25,7 @@ var (
 	rounds   = flag.Int("rounds", 5, "interleaved rounds per comparison (at least 5)")
 	toolsDir = flag.String("tools", "/var/tmp/zlayer-bench/bin", "where bench/install.sh put the peers (CNI plugins, cnitool, coredns, wireguard-go)")
 	quick    = flag.Bool("quick", false, "shorter measurements (for a smoke run; numbers are noisier)")
+	tcpCC    = flag.String("tcp-cc", "", "throughput: the TCP congestion control iperf3 uses for every contender (iperf3 -C; default: the namespace's, net.ipv4.tcp_congestion_control)")
 	profile  = flag.String("cpuprofile", "", "ipc, dns, scale, throughput: write CPU profiles of zlayer-overlayd under load (first round) to FILE-<comparison>.pprof (uses --pprof-listen; throughput runs the data path inside the daemon, --dataplane daemon, so the profile holds it)")
 )
 

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/zlayer/zlayer-overlayd/bench/internal/benchlib"
@@ -45,6 +47,26 @@ func benchThroughput() error {
 	for ns, link := range map[string]string{a: va, b: vb} {
 		benchlib.Must("ip", "-n", ns, "addr", "add", under[ns]+"/24", "dev", link)
 		benchlib.Must("ip", "-n", ns, "link", "set", link, "up")
+	}
+
+	// The sender's congestion control shapes the result as much as the
+	// data path does (docs/benchmarks.md, "What limits the overlay's rate
+	// here"): say which one every contender ran under.
+	if *tcpCC != "" {
+		avail, err := benchlib.Run("ip", "netns", "exec", a, "cat", "/proc/sys/net/ipv4/tcp_available_congestion_control")
+		if err != nil {
+			return fmt.Errorf("reading the available TCP congestion controls: %v", err)
+		}
+		if !slices.Contains(strings.Fields(avail), *tcpCC) {
+			return fmt.Errorf("-tcp-cc %s: not available on this kernel (available: %s)", *tcpCC, strings.TrimSpace(avail))
+		}
+		fmt.Printf("throughput: every contender's iperf3 TCP uses congestion control %s (-tcp-cc)\n", *tcpCC)
+	} else {
+		cc, err := benchlib.Run("ip", "netns", "exec", a, "cat", "/proc/sys/net/ipv4/tcp_congestion_control")
+		if err != nil {
+			return fmt.Errorf("reading the TCP congestion control: %v", err)
+		}
+		fmt.Printf("throughput: every contender's iperf3 TCP uses congestion control %s (the namespaces' default, net.ipv4.tcp_congestion_control; -tcp-cc picks another)\n", strings.TrimSpace(cc))
 	}
 
 	// Ours: a daemon per node, each the other's peer.
@@ -201,7 +223,11 @@ func startWireguardGo(bin, dir, tag string, env []string, a, b string, under map
 // iperf3 runs one client test from namespace ns and returns the received
 // bits per second.
 func iperf3(ns, target, secs, parallel string) (float64, error) {
-	out, err := benchlib.Run("ip", "netns", "exec", ns, "iperf3", "-c", target, "-t", secs, "-P", parallel, "-J")
+	args := []string{"ip", "netns", "exec", ns, "iperf3", "-c", target, "-t", secs, "-P", parallel, "-J"}
+	if *tcpCC != "" {
+		args = append(args, "-C", *tcpCC)
+	}
+	out, err := benchlib.Run(args...)
 	if err != nil {
 		return 0, err
 	}
