@@ -46,9 +46,10 @@ trap 'exit 130' INT TERM
 # name → the patches applied, in order: fork is our fork's
 # (third_party/wireguard-patches), fork-NNNN its patches up to NNNN, and
 # the fork-scatter ones candidates measured on top of its first two and
-# dropped (bench/wg-patches, docs/benchmarks.md); then name → (file, old
+# dropped, fork-pseudoheader one on top of all three (bench/wg-patches,
+# docs/benchmarks.md); then name → (file, old
 # text, new text) of the one constant it changes.
-variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork fork-scatter fork-scatter-tunread})
+variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork fork-scatter fork-scatter-tunread fork-pseudoheader})
 forkpatches=("$root"/third_party/wireguard-patches/*.patch)
 upto() { # NNNN → our fork's patches up to NNNN
 	local p
@@ -62,6 +63,7 @@ declare -A diff=(
 	[fork]="${forkpatches[*]}"
 	[fork-scatter]="$(upto 0002) $root/bench/wg-patches/scatter.patch"
 	[fork-scatter-tunread]="$(upto 0002) $root/bench/wg-patches/scatter.patch $root/bench/wg-patches/tunread.patch"
+	[fork-pseudoheader]="${forkpatches[*]} $root/bench/wg-patches/pseudoheader.patch"
 )
 for v in "${variants[@]}"; do
 	[[ $v =~ ^fork-([0-9]{4})$ ]] && diff[$v]="$(upto "${BASH_REMATCH[1]}")"
