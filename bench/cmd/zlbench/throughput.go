@@ -50,8 +50,8 @@ func benchThroughput() error {
 	}
 
 	// The sender's congestion control shapes the result as much as the
-	// data path does (docs/benchmarks.md, "What limits the overlay's rate
-	// here"): say which one every contender ran under.
+	// data path does (docs/benchmarks.md, "What limits the rate on this
+	// lab"): say which one every contender ran under.
 	if *tcpCC != "" {
 		avail, err := benchlib.Run("ip", "netns", "exec", a, "cat", "/proc/sys/net/ipv4/tcp_available_congestion_control")
 		if err != nil {

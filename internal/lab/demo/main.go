@@ -152,7 +152,6 @@ func run(tb lab.TB, daemon string) {
 			fmt.Print(indent(out))
 		}
 	}
-
 }
 
 func indent(s string) string {
