@@ -103,7 +103,7 @@ func TestOrphanDataplaneEnds(t *testing.T) {
 }
 
 // A TCP stream at 20 Mbit/s for 40 s across five restarts of the daemon
-// completes, with no second below 5 Mbit/s.
+// completes, with no second below 2 Mbit/s (no stall).
 func TestTCPStreamThroughRestarts(t *testing.T) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Skip("needs iperf3")
@@ -141,6 +141,7 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 		Intervals []struct {
 			Sum struct {
 				BitsPerSecond float64 `json:"bits_per_second"`
+				Retransmits   int     `json:"retransmits"`
 			} `json:"sum"`
 		} `json:"intervals"`
 		Error string `json:"error"`
@@ -148,9 +149,21 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &res); err != nil || res.Error != "" || len(res.Intervals) < 39 {
 		t.Fatalf("iperf3 did not complete (%v, %q):\n%s", err, res.Error, out)
 	}
+	// Every second's rate and retransmissions, so a slow second can be
+	// told apart from a lost one.
+	var series strings.Builder
 	for i, iv := range res.Intervals {
-		if iv.Sum.BitsPerSecond < 5e6 {
-			t.Fatalf("second %d carried %.1f Mbit/s", i+1, iv.Sum.BitsPerSecond/1e6)
+		fmt.Fprintf(&series, " %d:%.1f/%d", i+1, iv.Sum.BitsPerSecond/1e6, iv.Sum.Retransmits)
+	}
+	t.Logf("second:Mbit/s/retransmits, a restart about every 7 s from the 6th:%s", series.String())
+	// A restart that interrupts the tunnel stalls the stream for whole
+	// seconds while TCP backs off. The floor is far below the paced rate:
+	// in an emulated guest the rate of a second swings between 4 and 31
+	// Mbit/s with no retransmission at all (the CPU, not the restarts),
+	// and a floor near 20 measured that.
+	for i, iv := range res.Intervals {
+		if iv.Sum.BitsPerSecond < 2e6 {
+			t.Fatalf("second %d carried %.1f Mbit/s: the stream stalled", i+1, iv.Sum.BitsPerSecond/1e6)
 		}
 	}
 }
