@@ -32,6 +32,12 @@ func freeUAPI(name string, log *slog.Logger) error {
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
+	if errors.Is(err, fs.ErrPermission) {
+		// wg(8) and wireguard-go make the directory root's alone, so an
+		// unprivileged user stops here, before the TUN device would have
+		// said what is missing: say it here.
+		return fmt.Errorf("wireguard device %q: cannot inspect its UAPI socket %s: %w (only root may use %s; %s)", name, path, err, uapiDir, tunHint)
+	}
 	if err != nil {
 		return fmt.Errorf("inspect UAPI socket %s: %w", path, err)
 	}
