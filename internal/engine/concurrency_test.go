@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -282,5 +283,46 @@ func TestServiceGrowsBeyondItsFirstRange(t *testing.T) {
 	h.crash()
 	if s := h.status(); len(s.Attachments) != 60 {
 		t.Fatalf("after a restart %d attachments", len(s.Attachments))
+	}
+}
+
+// 12. Two requests claiming a prefix nobody holds yet: WireGuard gives it
+// to one peer, the last written, and the store must say the same — each
+// request saw no holder, so neither took the prefix from the other's
+// record and the store kept both.
+func TestConcurrentClaimsOfAFreePrefixLeaveOneHolder(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	const contended = "10.251.0.0/24"
+	first, second := newKey(t), newKey(t)
+	h.ok(globalPeer(second, "10.250.2.0/24"))
+	var secondResp protocol.Response
+	wait := during(t, h.e, "peer.commit", func() {
+		secondResp = h.do(protocol.AddAllowedIP{Pubkey: second.String(), CIDR: contended})
+	})
+	h.ok(globalPeer(first, "10.250.1.0/24,"+contended))
+	wait()
+	if _, ok := secondResp.(protocol.OK); !ok {
+		t.Fatalf("add_allowed_ip: %+v", secondResp)
+	}
+	loaded, err := h.st.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var inStore []string
+	for _, p := range loaded.Peers {
+		if slices.Contains(p.AllowedIPs, contended) {
+			inStore = append(inStore, p.PublicKey)
+		}
+	}
+	dev := h.wg.Device("zl-prod-g")
+	var onDevice []string
+	for _, k := range []wgtypes.Key{first, second} {
+		if slices.ContainsFunc(dev.Peer(k).AllowedIPs, func(n net.IPNet) bool { return n.String() == contended }) {
+			onDevice = append(onDevice, k.String())
+		}
+	}
+	if len(inStore) != 1 || !slices.Equal(inStore, onDevice) {
+		t.Fatalf("%s is held by %v in the store and by %v on the device: want the same one peer", contended, inStore, onDevice)
 	}
 }

@@ -31,7 +31,8 @@
 //     Nothing slow that is not kernel work (no name resolution) happens
 //     under it.
 //  2. Resource locks (e.locks, locks.go): "node", "service:<name>",
-//     "handle:<attachment>", "peer:<scope>|<key>", "dns:<name>". A request
+//     "handle:<attachment>", "peer:<scope>|<key>", "claim:<scope>|<prefix>"
+//     (an allowed IP a request gives a peer), "dns:<name>". A request
 //     takes all it needs in one call, holds them until it answers, and takes
 //     no more meanwhile. Requests on one resource run one after another;
 //     requests on different resources in parallel. Reconcile takes the same

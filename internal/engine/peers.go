@@ -28,9 +28,9 @@ func peerScopeName(ps protocol.PeerScope) string {
 
 // lockPeers takes what a peer request on pub needs: the topology and the
 // service (for a service scope) so the device cannot go away, the peer,
-// and every other peer of the scope that holds one of claims (WireGuard
-// gives a prefix to the last peer that claims it, so their records change
-// too). It returns the scope's device.
+// every prefix of claims, and every other peer of the scope that holds one
+// of them (WireGuard gives a prefix to the last peer that claims it, so
+// their records change too). It returns the scope's device.
 func (e *Engine) lockPeers(ctx context.Context, ps protocol.PeerScope, pub string, claims []string) (*device, string, func(), error) {
 	scope := peerScopeName(ps)
 	for {
@@ -41,6 +41,9 @@ func (e *Engine) lockPeers(ctx context.Context, ps protocol.PeerScope, pub strin
 		}
 		for _, h := range holders {
 			keys = append(keys, peerLock(scope, h))
+		}
+		for _, c := range claims {
+			keys = append(keys, claimLock(scope, c))
 		}
 		release, err := e.hold(ctx, keys...)
 		if err != nil {
@@ -120,6 +123,7 @@ type peerChange struct {
 
 // commitPeerChange writes c to the store and the desired state.
 func (e *Engine) commitPeerChange(c peerChange) error {
+	e.at("peer.commit")
 	if err := e.store.Update(func(tx *store.Tx) error { return writePeers(tx, c.scope, c.pub, c.next, c.losersAfter) }); err != nil {
 		return err
 	}
