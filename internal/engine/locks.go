@@ -46,12 +46,12 @@ func nodeLock() string                  { return "node" }
 func serviceLock(name string) string    { return "service:" + name }
 func handleLock(key string) string      { return "handle:" + key }
 func peerLock(scope, pub string) string { return "peer:" + peerKey(scope, pub) }
+func dnsLock(name string) string        { return "dns:" + name }
 
 // claimLock serialises the requests that give one prefix to a peer: each
 // takes it from whoever holds it, and two that find no holder would both
 // keep it (WireGuard keeps it on one peer only).
 func claimLock(scope, prefix string) string { return "claim:" + peerKey(scope, prefix) }
-func dnsLock(name string) string            { return "dns:" + name }
 
 // lock takes the locks of keys and returns the function that releases
 // them. When ctx ends first it releases what it took and says which
