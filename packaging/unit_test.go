@@ -12,11 +12,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/testbin"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 const unitPath = "systemd/zlayer-overlayd.service"
 

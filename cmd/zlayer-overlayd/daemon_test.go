@@ -22,11 +22,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // daemon is a zlayer-overlayd process started by a test.
 type daemon struct {

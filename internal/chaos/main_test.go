@@ -5,7 +5,6 @@ package chaos
 import (
 	"flag"
 	"math/rand/v2"
-	"os"
 	"testing"
 	"time"
 
@@ -19,12 +18,7 @@ var (
 	reqsFlag  = flag.Int("chaos.requests", 1000, "requests per client of the load suites (64 clients)")
 )
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // newRand returns the generator of a randomized test and logs its seed, so
 // a failure can be replayed exactly with -chaos.seed.

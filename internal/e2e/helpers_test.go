@@ -21,11 +21,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 const cluster = "10.200.0.0/16"
 

@@ -11,11 +11,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/testbin"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // The harness itself: nodes come up with their own daemon, reach each other
 // on the underlay, containers get their own namespace, and Close leaves

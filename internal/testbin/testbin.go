@@ -108,6 +108,15 @@ func Cleanup() {
 	}
 }
 
+// Main is the TestMain of a package whose tests Build: it runs them and
+// removes what Build made, which t.Cleanup cannot (the binaries are shared
+// by every test of the process).
+func Main(m *testing.M) {
+	code := m.Run()
+	Cleanup()
+	os.Exit(code)
+}
+
 func moduleRoot() string {
 	_, file, _, _ := runtime.Caller(0)
 	return filepath.Join(filepath.Dir(file), "..", "..")

@@ -3,17 +3,12 @@
 package main
 
 import (
-	"os"
 	"testing"
 
 	"github.com/zlayer/zlayer-overlayd/internal/testbin"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testbin.Cleanup()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m) }
 
 // make demo is the README's way to see the overlay work; its story must
 // keep working as the daemon changes: two nodes, a mesh, pings through it
