@@ -92,7 +92,7 @@ func (e *Engine) attachLinux(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, errNoBackend
 	}
 	key := handleKey(r.Handle)
-	release, err := e.hold(ctx, serviceLock(r.Service), handleLock(key))
+	release, existing, err := e.holdHandle(ctx, r.Service, key, key)
 	if err != nil {
 		return nil, err
 	}
@@ -103,8 +103,7 @@ func (e *Engine) attachLinux(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, err
 	}
 	var svc *serviceState
-	var existing *store.Attachment
-	e.locked(func() { svc, existing = e.st.services[r.Service], e.st.attach[key] })
+	e.locked(func() { svc = e.st.services[r.Service] })
 	if svc == nil {
 		return nil, fmt.Errorf("service %s has no overlay on this node; call setup_service_overlay first", r.Service)
 	}
@@ -145,6 +144,7 @@ func (e *Engine) attachLinux(ctx context.Context, r protocol.AttachContainer) (p
 // (idempotent: links repaired, addresses kept) or a conflict. A recycled
 // PID's old attachment is forgotten and the attach goes on.
 func (e *Engine) settleExisting(ctx context.Context, existing *store.Attachment, id procIdentity, r protocol.AttachContainer, svc *serviceState) (done bool, resp protocol.Response, err error) {
+	e.at("attach.settle")
 	switch {
 	case existing.StartTime != id.start || existing.NetnsInode != id.netns:
 		// The PID was recycled: the old container is gone.
@@ -507,21 +507,15 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 		return nil, fmt.Errorf("unknown handle platform %q", r.Handle.Platform)
 	}
 	key := handleKey(r.Handle)
-	var a *store.Attachment
-	e.locked(func() { a = e.st.attach[key] })
-	if a == nil {
-		return protocol.OK{}, nil
-	}
 	lockKey := key
-	if a.Platform == protocol.PlatformWindowsContainer {
+	if r.Handle.Platform == protocol.PlatformWindowsContainer {
 		lockKey = "windows:" + r.Handle.ContainerID
 	}
-	release, err := e.hold(ctx, serviceLock(a.Service), handleLock(lockKey))
+	release, a, err := e.holdHandle(ctx, "", key, lockKey)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-	e.locked(func() { a = e.st.attach[key] })
 	if a == nil {
 		return protocol.OK{}, nil
 	}
@@ -538,6 +532,34 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 		}
 	}
 	return protocol.OK{}, nil
+}
+
+// holdHandle takes the locks of a request on the attachment of handle key
+// (locked as lockKey): the handle's, those of service (unless empty), and
+// those of the service the handle's attachment belongs to now, which may
+// be another: a teardown of that service forgets its members holding only
+// its own lock, and must not forget this one too. It returns the
+// attachment as it stands under the locks (nil: none).
+func (e *Engine) holdHandle(ctx context.Context, service, key, lockKey string) (release func(), existing *store.Attachment, err error) {
+	for {
+		var seen *store.Attachment
+		e.locked(func() { seen = e.st.attach[key] })
+		keys := []string{handleLock(lockKey)}
+		if service != "" {
+			keys = append(keys, serviceLock(service))
+		}
+		if seen != nil && seen.Service != service {
+			keys = append(keys, serviceLock(seen.Service))
+		}
+		if release, err = e.hold(ctx, keys...); err != nil {
+			return nil, nil, err
+		}
+		e.locked(func() { existing = e.st.attach[key] })
+		if existing == seen {
+			return release, existing, nil
+		}
+		release() // it changed before we had the locks: look again
+	}
 }
 
 // detachAttachment forgets an attachment and removes its kernel side. The

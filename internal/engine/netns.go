@@ -228,7 +228,7 @@ func (e *Engine) attachNetns(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, errNoBackend
 	}
 	key := handleKey(h)
-	release, err := e.hold(ctx, serviceLock(r.Service), handleLock(key))
+	release, existing, err := e.holdHandle(ctx, r.Service, key, key)
 	if err != nil {
 		return nil, err
 	}
@@ -239,8 +239,7 @@ func (e *Engine) attachNetns(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, err
 	}
 	var svc *serviceState
-	var existing *store.Attachment
-	e.locked(func() { svc, existing = e.st.services[r.Service], e.st.attach[key] })
+	e.locked(func() { svc = e.st.services[r.Service] })
 	if svc == nil {
 		return nil, fmt.Errorf("service %s has no overlay on this node; call setup_service_overlay first", r.Service)
 	}

@@ -1,0 +1,83 @@
+package engine
+
+import (
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/zlayer/zlayer-overlayd/protocol"
+)
+
+// An attach of a recycled PID forgets the dead process's attachment, which
+// may belong to another service; a teardown of that service forgets its
+// members. Both forgetting one record released its addresses twice: the
+// second release freed the node-slice address the new attach had just been
+// given, and allocate_ip handed it out again. The attach must hold the old
+// service's lock, so the two take turns and the second finds nothing.
+func TestRecycledPIDAndTeardownDoNotFreeAnAddressTwice(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "a", Mode: "shared"})
+	h.ok(protocol.SetupServiceOverlay{Service: "b", Mode: "shared"})
+	h.procs.Add(300)
+	old := h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(300), Service: "a", JoinGlobal: true}).(protocol.Attached)
+	h.procs.Kill(300)
+	h.procs.Add(300) // the PID is recycled: a new process
+	sliceFree := func(a netip.Addr) (free bool) {
+		h.e.locked(func() { free = !h.e.st.slicePool.IsAllocated(a) })
+		return free
+	}
+	// The teardown runs at the attach's settle step and its release goes
+	// through; the attach's own release of the same record (if it makes
+	// one) is held until the attach has taken its new addresses.
+	blockSecond := make(chan struct{})
+	var phase atomic.Int32
+	torn := make(chan protocol.Response, 1)
+	h.e.testHook = func(p string) {
+		switch {
+		case p == "attach.settle" && phase.CompareAndSwap(0, 1):
+			go func() { torn <- h.do(protocol.TeardownServiceOverlay{Service: "a"}) }()
+			// Unless it waits for the attach's locks, the teardown
+			// releases the old address within this time.
+			for deadline := time.Now().Add(200 * time.Millisecond); !sliceFree(old.GlobalIP) && time.Now().Before(deadline); {
+				time.Sleep(time.Millisecond)
+			}
+			h.net.OnDetach(func(string) { <-blockSecond })
+		case p == "attach.allocate" && phase.CompareAndSwap(1, 2):
+			close(blockSecond)
+		}
+	}
+	resp := h.do(protocol.AttachContainer{Handle: protocol.LinuxPID(300), Service: "b", JoinGlobal: true})
+	h.e.testHook = nil
+	if phase.CompareAndSwap(1, 2) {
+		close(blockSecond)
+	}
+	att, ok := resp.(protocol.Attached)
+	if !ok {
+		t.Fatalf("attach: %+v", resp)
+	}
+	var tornResp protocol.Response
+	select {
+	case tornResp = <-torn:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the teardown never finished: deadlock")
+	}
+	h.e.bg.Wait()
+	h.net.OnDetach(nil)
+	if _, ok := tornResp.(protocol.OK); !ok {
+		t.Fatalf("teardown: %+v", tornResp)
+	}
+	if sliceFree(att.GlobalIP) {
+		t.Fatalf("the new attach holds global IP %s (the old one was %s), and the node slice has it free to hand out again", att.GlobalIP, old.GlobalIP)
+	}
+	for range 300 {
+		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
+		if !ok {
+			break
+		}
+		if ip.IP == att.GlobalIP {
+			t.Fatalf("allocate_ip handed out %s, the global IP of the attached container", ip.IP)
+		}
+	}
+}
