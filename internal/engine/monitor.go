@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/store"
@@ -106,6 +108,7 @@ func (e *Engine) checkPeers(now time.Time) {
 	}
 	e.topology.RLock()
 	defer e.topology.RUnlock()
+	e.at("monitor.switch")
 	for _, sw := range switches {
 		e.switchCandidate(sw, now)
 	}
@@ -252,14 +255,29 @@ func candidates(p *store.Peer) []string {
 }
 
 // switchCandidate moves an unhealthy peer to its next candidate endpoint,
-// which gets its chance to handshake before the one after it.
+// which gets its chance to handshake before the one after it. The switch
+// was decided on the record checkPeer read, with no lock held since: it is
+// made only if the peer still has that record, or it would overwrite an
+// endpoint an add_peer set meanwhile and was answered ok for.
 func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
+	unlock, ok := e.lockObserved(sw.d.scope, sw.peer.PublicKey)
+	if !ok {
+		return // a request is changing the peer; the next round decides again
+	}
+	defer unlock()
+	cur := e.currentPeer(sw.d.scope, sw.peer.PublicKey)
+	if cur == nil || cur.Endpoint != sw.peer.Endpoint || !slices.Equal(cur.Candidates, sw.peer.Candidates) {
+		// The trial's index counts the old record's candidates; the new
+		// record's are tried from its first.
+		e.locked(func() { delete(e.trials, sw.key) })
+		return
+	}
 	e.locked(func() { e.trials[sw.key] = &trial{index: sw.index, since: now} })
 	if sw.err != nil {
 		e.log.Warn("candidate endpoint unusable", "peer", sw.peer.PublicKey, "candidate", sw.candidate, "err", sw.err)
 		return
 	}
-	ka := time.Duration(max(sw.peer.Keepalive, 5)) * time.Second
+	ka := time.Duration(max(cur.Keepalive, 5)) * time.Second
 	pc := wgtypes.PeerConfig{PublicKey: mustKey(sw.peer.PublicKey), UpdateOnly: true, Endpoint: net.UDPAddrFromAddrPort(sw.addr), PersistentKeepaliveInterval: &ka}
 	if sw.d.scope == scopeGlobal {
 		e.natRoute(sw.addr, sw.relay)
@@ -273,15 +291,29 @@ func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
 	e.log.Debug("trying candidate endpoint", "peer", sw.peer.PublicKey, "candidate", sw.addr, "relay", sw.relay)
 }
 
+// lockObserved takes what the monitor needs to write a peer it looked at
+// earlier: the peer, and for a service peer the service, because
+// teardown_service_overlay removes the service's peers holding only the
+// service. The caller holds the topology. A peer busy past the timeout is
+// left to the next round, so one slow request does not stall the monitor.
+func (e *Engine) lockObserved(scope, pub string) (unlock func(), ok bool) {
+	keys := []string{peerLock(scope, pub)}
+	if name, isSvc := strings.CutPrefix(scope, "service:"); isSvc {
+		keys = append(keys, serviceLock(name))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	unlock, err := e.locks.lock(ctx, keys...)
+	return unlock, err == nil
+}
+
 // learnEndpoint keeps an endpoint WireGuard is using that we did not
 // configure, so neither a reconcile nor an add_peer repeating the old
 // endpoint fights it, and tells the main daemon.
 func (e *Engine) learnEndpoint(d scopedDevice, p *store.Peer, endpoint string) {
 	scope := d.scope
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	unlock, err := e.locks.lock(ctx, peerLock(scope, p.PublicKey))
-	if err != nil {
+	unlock, ok := e.lockObserved(scope, p.PublicKey)
+	if !ok {
 		return // a request is changing the peer; the next round looks again
 	}
 	defer unlock()
@@ -289,6 +321,7 @@ func (e *Engine) learnEndpoint(d scopedDevice, p *store.Peer, endpoint string) {
 	if cur == nil || cur.Endpoint != p.Endpoint {
 		return // changed by a request meanwhile
 	}
+	e.at("learn.commit")
 	next := *cur
 	next.LearnedEndpoint = endpoint
 	if err := e.store.Update(func(tx *store.Tx) error { return tx.PutPeer(next) }); err != nil {

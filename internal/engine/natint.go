@@ -350,7 +350,12 @@ func (e *Engine) setRelay(b *nat.Bind, r *nat.Relay, servers []nat.TURNServer) {
 	}
 }
 
+// natBind is nil without NAT traversal (Config.NAT nil) too: a candidate
+// switch routes through it whether or not NAT is configured.
 func (e *Engine) natBind() *nat.Bind {
+	if e.nat == nil {
+		return nil
+	}
 	e.nat.mu.Lock()
 	defer e.nat.mu.Unlock()
 	return e.nat.bind
