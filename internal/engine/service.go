@@ -361,7 +361,9 @@ func (e *Engine) placeSecondLocked(svc *serviceState, explicit netip.Prefix) err
 }
 
 // overlapsServiceLocked refuses an explicit subnet that overlaps one of
-// another service, committed or being set up. Called with e.mu held.
+// another service, committed, being set up or grown, or being given back.
+// Those ranges are all out of the slice pool already, so its Exclude would
+// not refuse them. Called with e.mu held.
 func (e *Engine) overlapsServiceLocked(name string, p netip.Prefix) error {
 	for other, svc := range e.st.services {
 		for _, sub := range svc.allSubnets() {
@@ -373,8 +375,13 @@ func (e *Engine) overlapsServiceLocked(name string, p netip.Prefix) error {
 	for other, subs := range e.st.pendingSubnets {
 		for _, sub := range subs {
 			if other != name && sub.Overlaps(p) {
-				return fmt.Errorf("subnet %s overlaps %s of service %s, which is being set up", p, sub, other)
+				return fmt.Errorf("subnet %s overlaps %s of service %s, which is being set up or grown", p, sub, other)
 			}
+		}
+	}
+	for sub, other := range e.st.returning {
+		if sub.Overlaps(p) {
+			return fmt.Errorf("subnet %s overlaps %s, which torn-down service %s is still giving back to the node slice; retry once its containers' links are gone", p, sub, other)
 		}
 	}
 	return nil
@@ -560,17 +567,25 @@ func (e *Engine) growService(svc *serviceState) error {
 		}
 		if err != nil {
 			st.slicePool.Include(p)
+			return
 		}
+		// Until the commit the range is in no record: an explicit setup
+		// must find it taken.
+		st.pendingSubnets[svc.rec.Name] = []netip.Prefix{p}
 	})
 	if err != nil {
 		return err
 	}
+	e.at("service.grow")
 	rec := svc.rec
 	rec.Ranges = append(slices.Clone(rec.Ranges), r.subnet.String())
 	grown := *svc
 	grown.rec, grown.extra = rec, append(slices.Clone(svc.extra), r)
 	undo := func() {
-		e.locked(func() { e.st.slicePool.Include(r.subnet) })
+		e.locked(func() {
+			delete(e.st.pendingSubnets, svc.rec.Name)
+			e.st.slicePool.Include(r.subnet)
+		})
 		if !e.cfg.Caps.NoBridges {
 			var spec linuxnet.BridgeSpec
 			e.locked(func() { spec = e.bridgeSpec(svc) })
@@ -597,6 +612,7 @@ func (e *Engine) growService(svc *serviceState) error {
 	e.locked(func() {
 		svc.rec, svc.extra = rec, grown.extra
 		e.st.owners[allocKey(servicePool(rec.Name), r.gateway)] = ownerGW
+		delete(e.st.pendingSubnets, rec.Name)
 	})
 	e.log.Info("service grew by a range", "service", rec.Name, "range", r.subnet, "gateway", r.gateway, "ranges", len(grown.extra)+1)
 	e.topologyChanged()
@@ -689,7 +705,9 @@ func (e *Engine) teardownService(ctx context.Context, r protocol.TeardownService
 }
 
 // forgetService commits the removal of a service, its allocations and its
-// peers, and drops it from the desired state.
+// peers, and drops it from the desired state. Its carved ranges pass to
+// the returning set in the same step, so no setup finds them free before
+// returnRangesWhenGone gives them back.
 func (e *Engine) forgetService(svc *serviceState) error {
 	name, scope := svc.rec.Name, scopeService(svc.rec.Name)
 	var allocs []string
@@ -720,6 +738,11 @@ func (e *Engine) forgetService(svc *serviceState) error {
 	}
 	e.locked(func() {
 		delete(e.st.services, name)
+		for _, sub := range svc.allSubnets() {
+			if e.carvedFromSliceLocked(sub) {
+				e.st.returning[sub] = name
+			}
+		}
 		for _, a := range allocs {
 			delete(e.st.owners, servicePool(name)+"|"+a)
 		}
@@ -746,12 +769,15 @@ func (e *Engine) returnRangesWhenGone(svc *serviceState, gone []<-chan struct{})
 				e.log.Warn("a container link of a torn-down service is still there after a minute", "service", svc.rec.Name)
 			}
 		}
+		// No service can hold a returning range, not even a new one of the
+		// same name: setups refuse it (overlapsServiceLocked) and carving
+		// skips it. So it is ours to give back.
 		e.locked(func() {
-			if e.st.services[svc.rec.Name] != nil {
-				return
-			}
 			for _, sub := range svc.allSubnets() {
-				e.includeInSliceLocked(sub)
+				if _, ok := e.st.returning[sub]; ok {
+					delete(e.st.returning, sub)
+					e.includeInSliceLocked(sub)
+				}
 			}
 		})
 	}()

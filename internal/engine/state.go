@@ -60,9 +60,15 @@ type state struct {
 	owners map[string]string
 
 	// pending are the subnets and dedicated ports of services being set up
-	// right now, not yet committed: placements of other setups avoid them.
+	// (or grown) right now, not yet committed: placements of other setups
+	// avoid them.
 	pendingSubnets map[string][]netip.Prefix // service -> its subnets
 	pendingPorts   map[uint16]string         // port -> service
+	// returning are the carved ranges of torn-down services whose
+	// containers' links are still being deleted: they stay out of the slice
+	// pool until then, and no other setup may take them meanwhile (the
+	// return would give them back from under it).
+	returning map[netip.Prefix]string // range -> service that gave it up
 }
 
 // clusterContains reports whether p lies in one of the cluster's prefixes
@@ -232,6 +238,7 @@ func loadState(st *store.State) (*state, error) {
 		owners:         map[string]string{},
 		pendingSubnets: map[string][]netip.Prefix{},
 		pendingPorts:   map[uint16]string{},
+		returning:      map[netip.Prefix]string{},
 	}
 	if st.Node.PrivateKey != "" {
 		k, err := wg.ParseKey(st.Node.PrivateKey)
@@ -513,8 +520,8 @@ func (s *state) slices() []netip.Prefix {
 
 // takenPrefixes lists every prefix this node already uses or knows to be
 // used by others, so new placements avoid them: our service ranges
-// (committed and being set up), our slice, and every peer's allowed IPs
-// (other nodes' slices and subnets).
+// (committed, being set up and being given back), our slice, and every
+// peer's allowed IPs (other nodes' slices and subnets).
 func (s *state) takenPrefixes() []netip.Prefix {
 	var out []netip.Prefix
 	if s.slice.IsValid() {
@@ -528,6 +535,9 @@ func (s *state) takenPrefixes() []netip.Prefix {
 	}
 	for _, ps := range s.pendingSubnets {
 		out = append(out, ps...)
+	}
+	for p := range s.returning {
+		out = append(out, p)
 	}
 	for _, p := range s.peers {
 		for _, c := range p.AllowedIPs {
