@@ -92,7 +92,7 @@ func (e *Engine) attachLinux(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, errNoBackend
 	}
 	key := handleKey(r.Handle)
-	release, existing, err := e.holdHandle(ctx, r.Service, key, key)
+	release, existing, err := e.holdHandle(ctx, r.Service, key)
 	if err != nil {
 		return nil, err
 	}
@@ -506,19 +506,14 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 	default:
 		return nil, fmt.Errorf("unknown handle platform %q", r.Handle.Platform)
 	}
-	key := handleKey(r.Handle)
-	lockKey := key
-	if r.Handle.Platform == protocol.PlatformWindowsContainer {
-		lockKey = "windows:" + r.Handle.ContainerID
-	}
-	release, a, err := e.holdHandle(ctx, "", key, lockKey)
+	a, release, err := e.lockDetach(ctx, r.Handle)
 	if err != nil {
 		return nil, err
 	}
-	defer release()
 	if a == nil {
 		return protocol.OK{}, nil
 	}
+	defer release()
 	gone, err := e.detachAttachment(ctx, a)
 	if err != nil {
 		return nil, err
@@ -534,20 +529,17 @@ func (e *Engine) detach(ctx context.Context, r protocol.DetachContainer) (protoc
 	return protocol.OK{}, nil
 }
 
-// holdHandle takes the locks of a request on the attachment of handle key
-// (locked as lockKey): the handle's, those of service (unless empty), and
-// those of the service the handle's attachment belongs to now, which may
-// be another: a teardown of that service forgets its members holding only
-// its own lock, and must not forget this one too. It returns the
-// attachment as it stands under the locks (nil: none).
-func (e *Engine) holdHandle(ctx context.Context, service, key, lockKey string) (release func(), existing *store.Attachment, err error) {
+// holdHandle takes the locks of an attach of handle key to service: the
+// handle's, the service's, and those of the service the handle's current
+// attachment belongs to, which may be another (a recycled PID's): a
+// teardown of that service forgets its members holding only its own lock,
+// and must not forget this one too. It returns the attachment as it
+// stands under the locks (nil: none).
+func (e *Engine) holdHandle(ctx context.Context, service, key string) (release func(), existing *store.Attachment, err error) {
 	for {
 		var seen *store.Attachment
 		e.locked(func() { seen = e.st.attach[key] })
-		keys := []string{handleLock(lockKey)}
-		if service != "" {
-			keys = append(keys, serviceLock(service))
-		}
+		keys := []string{handleLock(key), serviceLock(service)}
 		if seen != nil && seen.Service != service {
 			keys = append(keys, serviceLock(seen.Service))
 		}
@@ -560,6 +552,41 @@ func (e *Engine) holdHandle(ctx context.Context, service, key, lockKey string) (
 		}
 		release() // it changed before we had the locks: look again
 	}
+}
+
+// lockDetach takes what a detach of h needs and returns h's attachment
+// (nil: none, and nothing held). Which locks those are shows only in the
+// attachment, read before they are taken, so it is read again after: one
+// replaced meanwhile (a guest's new key) means taking its locks instead.
+func (e *Engine) lockDetach(ctx context.Context, h protocol.AttachHandle) (*store.Attachment, func(), error) {
+	key := handleKey(h)
+	for {
+		var a *store.Attachment
+		e.locked(func() { a = e.st.attach[key] })
+		if a == nil {
+			return nil, nil, nil
+		}
+		keys := detachLocks(a, h)
+		release, err := e.hold(ctx, keys...)
+		if err != nil {
+			return nil, nil, err
+		}
+		e.locked(func() { a = e.st.attach[key] })
+		if a != nil && slices.Equal(detachLocks(a, h), keys) {
+			return a, release, nil
+		}
+		release()
+	}
+}
+
+// detachLocks are the locks a detach of a holds: its service and handle,
+// and a guest's peer and claims (see guestLocks).
+func detachLocks(a *store.Attachment, h protocol.AttachHandle) []string {
+	lockKey := handleKey(h)
+	if a.Platform == protocol.PlatformWindowsContainer {
+		lockKey = "windows:" + h.ContainerID
+	}
+	return append(guestLocks(a), serviceLock(a.Service), handleLock(lockKey))
 }
 
 // detachAttachment forgets an attachment and removes its kernel side. The

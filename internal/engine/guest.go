@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,22 +18,27 @@ import (
 // guest as a global peer.
 
 // guestChange is one guest attach: the attachment and peer before (nil on
-// a first attach) and after.
+// a first attach) and after, and the other peers that held the guest's
+// addresses, before and after they lose them.
 type guestChange struct {
-	prev     *store.Attachment
-	prevPeer *store.Peer
-	next     *store.Attachment
-	peer     store.Peer
-	key      wgtypes.Key // the guest's private key: answered, never stored
-	newAddr  bool        // the address was allocated by this attach
+	prev         *store.Attachment
+	prevPeer     *store.Peer
+	next         *store.Attachment
+	peer         store.Peer
+	losersBefore []store.Peer
+	losersAfter  []store.Peer
+	key          wgtypes.Key // the guest's private key: answered, never stored
+	newAddr      bool        // the address was allocated by this attach
 }
+
+var errGuestNeedsGlobal = errUnprefixed{"guest-managed attach requires the global overlay to be set up first (call setup_global_overlay)"}
 
 func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (protocol.Response, error) {
 	if err := validName("guest id", r.Handle.ID); err != nil {
 		return nil, err
 	}
-	key := handleKey(r.Handle)
-	release, err := e.hold(ctx, serviceLock(r.Service), handleLock(key))
+	var c guestChange
+	release, err := e.holdLooking(func() (func(), error) { return e.lockGuest(ctx, handleKey(r.Handle), r, &c) })
 	if err != nil {
 		return nil, err
 	}
@@ -41,24 +47,7 @@ func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (p
 	var g *globalState
 	var nodeKey wgtypes.Key
 	var clusters []netip.Prefix
-	var c guestChange
-	e.locked(func() {
-		g, nodeKey, clusters = e.st.global, e.st.key, e.st.clusters()
-		if a := e.st.attach[key]; a != nil {
-			cp := *a
-			c.prev = &cp
-			if p := e.st.peers[peerKey(scopeGlobal, a.GuestPubkey)]; p != nil {
-				pp := *p
-				c.prevPeer = &pp
-			}
-		}
-	})
-	if g == nil || g.dev == nil {
-		return nil, errUnprefixed{"guest-managed attach requires the global overlay to be set up first (call setup_global_overlay)"}
-	}
-	if err := e.planGuest(&c, key, r); err != nil {
-		return nil, err
-	}
+	e.locked(func() { g, nodeKey, clusters = e.st.global, e.st.key, e.st.clusters() })
 	if err := e.commitGuest(c); err != nil {
 		e.releaseGuestAddr(c)
 		return nil, err
@@ -93,6 +82,89 @@ func (e *Engine) attachGuest(ctx context.Context, r protocol.AttachContainer) (p
 	return gc, nil
 }
 
+// lockGuest plans a guest attach into c and takes what it needs: the
+// service and the handle, the guest's peer before and after (a repeated
+// attach replaces the key), and the claims of its addresses (lockClaims),
+// so a request giving one of them to another peer never writes back a
+// guest peer this attach replaced, and a peer holding one loses it in this
+// attach's commit. A first attach's claims are the addresses it allocates,
+// so it allocates before it has the locks, and plans again when the guest
+// was attached or detached meanwhile. The caller holds the topology.
+func (e *Engine) lockGuest(ctx context.Context, key string, r protocol.AttachContainer, c *guestChange) (func(), error) {
+	for {
+		*c = guestChange{}
+		e.locked(func() { c.prev, c.prevPeer = e.guestLocked(key) })
+		if err := e.planGuest(c, key, r); err != nil {
+			return nil, err
+		}
+		keys := append(guestLocks(c.prev), serviceLock(r.Service), handleLock(key), peerLock(scopeGlobal, c.peer.PublicKey))
+		unlock, err := e.lockClaims(ctx, scopeGlobal, c.peer.PublicKey, c.peer.AllowedIPs, keys...)
+		if err != nil {
+			e.releaseGuestAddr(*c)
+			return nil, err
+		}
+		var now *store.Attachment
+		e.locked(func() { now, c.prevPeer = e.guestLocked(key) })
+		if (now == nil) == (c.prev == nil) && (now == nil || *now == *c.prev) {
+			e.takeGuestClaims(c)
+			return unlock, nil
+		}
+		unlock()
+		e.releaseGuestAddr(*c)
+	}
+}
+
+// guestLocked is a copy of the guest attachment at key and of its peer, or
+// nils. Called with e.mu held.
+func (e *Engine) guestLocked(key string) (*store.Attachment, *store.Peer) {
+	a := e.st.attach[key]
+	if a == nil {
+		return nil, nil
+	}
+	cp := *a
+	p := e.st.peers[peerKey(scopeGlobal, a.GuestPubkey)]
+	if p == nil {
+		return &cp, nil
+	}
+	pp := *p
+	pp.AllowedIPs = slices.Clone(p.AllowedIPs)
+	return &cp, &pp
+}
+
+// takeGuestClaims records in c the peers that hold the guest's addresses,
+// as they are and without them. The guest's own replaced peer is not one:
+// it goes.
+func (e *Engine) takeGuestClaims(c *guestChange) {
+	c.losersAfter = e.claimLosers(scopeGlobal, c.peer.PublicKey, c.peer.AllowedIPs)
+	if c.prev != nil {
+		c.losersAfter = slices.DeleteFunc(c.losersAfter, func(p store.Peer) bool { return p.PublicKey == c.prev.GuestPubkey })
+	}
+	c.losersBefore = e.peersNamed(scopeGlobal, c.losersAfter)
+}
+
+// guestLocks are the locks of a guest's peer and of its addresses' claims
+// (nil for an attachment that is not a guest's): a request giving one of
+// those addresses to another peer takes them and rewrites the guest's peer.
+func guestLocks(a *store.Attachment) []string {
+	if a == nil || a.Platform != protocol.PlatformGuestManaged {
+		return nil
+	}
+	keys := []string{peerLock(scopeGlobal, a.GuestPubkey)}
+	for _, p := range guestPrefixes(a) {
+		keys = append(keys, claimLock(scopeGlobal, p))
+	}
+	return keys
+}
+
+// guestPrefixes are the allowed IPs of a guest's peer: its addresses.
+func guestPrefixes(a *store.Attachment) []string {
+	var out []string
+	for _, x := range guestAddrs(a) {
+		out = append(out, netip.PrefixFrom(x.addr, x.addr.BitLen()).String())
+	}
+	return out
+}
+
 // guestAddrs are the addresses a guest holds in the node slices.
 func guestAddrs(a *store.Attachment) []pooledAddr {
 	var out []pooledAddr
@@ -114,6 +186,10 @@ func (e *Engine) planGuest(c *guestChange, key string, r protocol.AttachContaine
 	var ip, ip2 netip.Addr
 	var slice netip.Prefix
 	e.locked(func() {
+		if g := e.st.global; g == nil || g.dev == nil {
+			err = errGuestNeedsGlobal
+			return
+		}
 		slice = e.st.slice
 		if c.prev != nil {
 			ip, err = netip.ParseAddr(c.prev.IP)
@@ -135,20 +211,14 @@ func (e *Engine) planGuest(c *guestChange, key string, r protocol.AttachContaine
 	if err != nil {
 		return exhausted(err, slice, poolSlice)
 	}
-	c.peer = store.Peer{
-		Scope:      scopeGlobal,
-		PublicKey:  guestKey.PublicKey().String(),
-		AllowedIPs: []string{netip.PrefixFrom(ip, ip.BitLen()).String()},
-		Guest:      true,
-	}
 	c.next = &store.Attachment{
 		Key: key, Platform: r.Handle.Platform, GuestID: r.Handle.ID, Service: r.Service, IP: ip.String(),
-		GuestPubkey: c.peer.PublicKey, DNSDomain: r.DNSDomain, CreatedUnix: time.Now().Unix(),
+		GuestPubkey: guestKey.PublicKey().String(), DNSDomain: r.DNSDomain, CreatedUnix: time.Now().Unix(),
 	}
 	if ip2.IsValid() {
 		c.next.IP2 = ip2.String()
-		c.peer.AllowedIPs = append(c.peer.AllowedIPs, netip.PrefixFrom(ip2, ip2.BitLen()).String())
 	}
+	c.peer = store.Peer{Scope: scopeGlobal, PublicKey: c.next.GuestPubkey, AllowedIPs: guestPrefixes(c.next), Guest: true}
 	c.key = guestKey
 	if r.DNSServer.IsValid() {
 		c.next.DNSServer = r.DNSServer.String()
@@ -156,9 +226,10 @@ func (e *Engine) planGuest(c *guestChange, key string, r protocol.AttachContaine
 	return nil
 }
 
-// commitGuest writes the guest's new peer and record, and drops the old
-// peer of a repeated attach, in one transaction: there is never a moment
-// without a committed record of the guest.
+// commitGuest writes the guest's new peer and record, drops the old peer
+// of a repeated attach and takes the guest's addresses from the peers
+// that held them, in one transaction: there is never a moment without a
+// committed record of the guest, nor one with two holders of an address.
 func (e *Engine) commitGuest(c guestChange) error {
 	err := e.store.Update(func(tx *store.Tx) error {
 		if c.prev != nil {
@@ -171,7 +242,7 @@ func (e *Engine) commitGuest(c guestChange) error {
 				return err
 			}
 		}
-		if err := tx.PutPeer(c.peer); err != nil {
+		if err := writePeers(tx, scopeGlobal, c.peer.PublicKey, &c.peer, c.losersAfter); err != nil {
 			return err
 		}
 		return tx.PutAttachment(*c.next)
@@ -179,7 +250,12 @@ func (e *Engine) commitGuest(c guestChange) error {
 	if err != nil {
 		return err
 	}
-	e.locked(func() { e.setGuestLocked(c.prev, c.next, &c.peer) })
+	e.locked(func() {
+		e.setGuestLocked(c.prev, c.next, &c.peer)
+		for _, p := range c.losersAfter {
+			e.st.putPeer(p)
+		}
+	})
 	return nil
 }
 
@@ -217,7 +293,7 @@ func (e *Engine) applyGuest(dev *device, c guestChange) error {
 // and the state, and puts the device back as it was.
 func (e *Engine) undoGuest(dev *device, c guestChange) {
 	err := e.store.Update(func(tx *store.Tx) error {
-		if err := tx.DeletePeer(scopeGlobal, c.peer.PublicKey); err != nil {
+		if err := writePeers(tx, scopeGlobal, c.peer.PublicKey, nil, c.losersBefore); err != nil {
 			return err
 		}
 		if c.prev == nil {
@@ -241,6 +317,9 @@ func (e *Engine) undoGuest(dev *device, c guestChange) {
 	}
 	e.locked(func() {
 		e.setGuestLocked(c.next, c.prev, c.prevPeer)
+		for _, p := range c.losersBefore {
+			e.st.putPeer(p)
+		}
 		if c.prev == nil {
 			for _, a := range guestAddrs(c.next) {
 				delete(e.st.owners, allocKey(a.pool, a.addr))
@@ -249,8 +328,12 @@ func (e *Engine) undoGuest(dev *device, c guestChange) {
 	})
 	e.releaseGuestAddr(c)
 	peers := []wgtypes.PeerConfig{{PublicKey: mustKey(c.peer.PublicKey), Remove: true}}
+	restore := c.losersBefore
 	if c.prevPeer != nil {
-		if pc, err := e.peerConfig(*c.prevPeer, true); err == nil {
+		restore = append(slices.Clone(restore), *c.prevPeer)
+	}
+	for _, p := range restore {
+		if pc, err := e.peerConfig(p, true); err == nil {
 			peers = append(peers, pc)
 		}
 	}

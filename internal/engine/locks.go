@@ -135,6 +135,21 @@ func (e *Engine) hold(ctx context.Context, keys ...string) (release func(), err 
 	return func() { unlock(); e.topology.RUnlock() }, nil
 }
 
+// holdLooking is hold for a request that learns which resource locks it
+// needs by looking at the desired state: take looks, takes them in one
+// call, and looks again. The topology is held from the first look on, so
+// what it saw of the global overlay (the slice pool a guest's address comes
+// from) is still so once the locks are taken.
+func (e *Engine) holdLooking(take func() (unlock func(), err error)) (release func(), err error) {
+	e.topology.RLock()
+	unlock, err := take()
+	if err != nil {
+		e.topology.RUnlock()
+		return nil, err
+	}
+	return func() { unlock(); e.topology.RUnlock() }, nil
+}
+
 // holdExclusive is hold for requests that change the global overlay: no
 // other request or pass runs meanwhile.
 func (e *Engine) holdExclusive(ctx context.Context, keys ...string) (release func(), err error) {

@@ -228,7 +228,7 @@ func (e *Engine) attachNetns(ctx context.Context, r protocol.AttachContainer) (p
 		return nil, errNoBackend
 	}
 	key := handleKey(h)
-	release, existing, err := e.holdHandle(ctx, r.Service, key, key)
+	release, existing, err := e.holdHandle(ctx, r.Service, key)
 	if err != nil {
 		return nil, err
 	}

@@ -28,37 +28,47 @@ func peerScopeName(ps protocol.PeerScope) string {
 
 // lockPeers takes what a peer request on pub needs: the topology and the
 // service (for a service scope) so the device cannot go away, the peer,
-// every prefix of claims, and every other peer of the scope that holds one
-// of them (WireGuard gives a prefix to the last peer that claims it, so
-// their records change too). It returns the scope's device.
+// and the claims (see lockClaims). It returns the scope's device.
 func (e *Engine) lockPeers(ctx context.Context, ps protocol.PeerScope, pub string, claims []string) (*device, string, func(), error) {
 	scope := peerScopeName(ps)
+	keys := []string{peerLock(scope, pub)}
+	if !ps.IsGlobal() {
+		keys = append(keys, serviceLock(ps.Service))
+	}
+	release, err := e.holdLooking(func() (func(), error) { return e.lockClaims(ctx, scope, pub, claims, keys...) })
+	if err != nil {
+		return nil, "", nil, err
+	}
+	dev, err := e.deviceFor(ps)
+	if err != nil {
+		release()
+		return nil, "", nil, err
+	}
+	return dev, scope, release, nil
+}
+
+// lockClaims takes keys with what giving claims to peer pub of scope
+// needs: every prefix of claims, and every other peer of the scope that
+// holds one of them (WireGuard gives a prefix to the last peer that claims
+// it, so their records change too). The caller holds the topology.
+func (e *Engine) lockClaims(ctx context.Context, scope, pub string, claims []string, keys ...string) (func(), error) {
 	for {
 		holders := e.claimHolders(scope, pub, claims)
-		keys := []string{peerLock(scope, pub)}
-		if !ps.IsGlobal() {
-			keys = append(keys, serviceLock(ps.Service))
-		}
+		all := slices.Clone(keys)
 		for _, h := range holders {
-			keys = append(keys, peerLock(scope, h))
+			all = append(all, peerLock(scope, h))
 		}
 		for _, c := range claims {
-			keys = append(keys, claimLock(scope, c))
+			all = append(all, claimLock(scope, c))
 		}
-		release, err := e.hold(ctx, keys...)
+		unlock, err := e.locks.lock(ctx, all...)
 		if err != nil {
-			return nil, "", nil, err
+			return nil, err
 		}
-		if again := e.claimHolders(scope, pub, claims); !slices.Equal(again, holders) {
-			release() // a holder changed before we had its lock: look again
-			continue
+		if again := e.claimHolders(scope, pub, claims); slices.Equal(again, holders) {
+			return unlock, nil
 		}
-		dev, err := e.deviceFor(ps)
-		if err != nil {
-			release()
-			return nil, "", nil, err
-		}
-		return dev, scope, release, nil
+		unlock() // a holder changed before we had its lock: look again
 	}
 }
 
