@@ -152,3 +152,32 @@ func TestGuestAttachTakesItsAddressFromThePeerHoldingIt(t *testing.T) {
 		t.Fatalf("%s is held by %v in the store and by %v on the device: want the same one peer", contended, inStore, onDevice)
 	}
 }
+
+// The same with a teardown of the guest's service, which detaches the
+// guest among its members: the guest's peer must stay gone.
+func TestClaimOfAGuestAddressDoesNotResurrectATornDownGuest(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	gc := h.ok(protocol.AttachContainer{Handle: protocol.GuestManaged("vm-1"), Service: "web"}).(protocol.GuestConfig)
+	other := newKey(t)
+	h.ok(globalPeer(other, "10.200.9.0/24"))
+	var torn protocol.Response
+	wait := during(t, h.e, "peer.commit", func() {
+		torn = h.do(protocol.TeardownServiceOverlay{Service: "web"})
+	})
+	h.ok(protocol.AddAllowedIP{Pubkey: other.String(), CIDR: gc.OverlayIP.String() + "/32"})
+	wait()
+	if _, ok := torn.(protocol.OK); !ok {
+		t.Fatalf("teardown: %+v", torn)
+	}
+	loaded, err := h.st.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range loaded.Peers {
+		if p.PublicKey == gc.PublicKey {
+			t.Fatalf("the torn-down service's guest peer is back in the store: %+v", p)
+		}
+	}
+}

@@ -667,22 +667,11 @@ func (e *Engine) teardownService(ctx context.Context, r protocol.TeardownService
 	if err := validName("service", r.Service); err != nil {
 		return nil, err
 	}
-	release, err := e.hold(ctx, serviceLock(r.Service))
+	svc, members, release, err := e.lockTeardown(ctx, r.Service)
 	if err != nil {
 		return nil, err
 	}
 	defer release()
-
-	var svc *serviceState
-	var members []*store.Attachment
-	e.locked(func() {
-		svc = e.st.services[r.Service]
-		for _, a := range e.st.attach {
-			if a.Service == r.Service {
-				members = append(members, a)
-			}
-		}
-	})
 	if svc == nil {
 		return protocol.OK{}, nil
 	}
@@ -702,6 +691,42 @@ func (e *Engine) teardownService(ctx context.Context, r protocol.TeardownService
 	e.log.Info("service overlay torn down", "service", r.Service, "subnet", svc.subnet, "members_detached", len(members))
 	e.topologyChanged()
 	return protocol.OK{}, nil
+}
+
+// lockTeardown takes what a teardown of service needs and returns the
+// service and its members under those locks: the service's lock, and for
+// each VM guest among the members its peer's and claims' (a request giving
+// a guest's address to another peer rewrites the guest's peer, and must
+// not write it back once the teardown removed it). Which guests those are
+// shows only in the members, read before the locks are taken, so they are
+// read again after, and the locks taken again if they changed.
+func (e *Engine) lockTeardown(ctx context.Context, service string) (*serviceState, []*store.Attachment, func(), error) {
+	look := func() (svc *serviceState, members []*store.Attachment, keys []string) {
+		keys = []string{serviceLock(service)}
+		e.locked(func() {
+			svc = e.st.services[service]
+			for _, a := range e.st.attach {
+				if a.Service == service {
+					members = append(members, a)
+					keys = append(keys, guestLocks(a)...)
+				}
+			}
+		})
+		slices.Sort(keys[1:])
+		return svc, members, keys
+	}
+	for {
+		_, _, keys := look()
+		release, err := e.hold(ctx, keys...)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		svc, members, now := look()
+		if slices.Equal(now, keys) {
+			return svc, members, release, nil
+		}
+		release() // a guest came or went before we had the locks: look again
+	}
 }
 
 // forgetService commits the removal of a service, its allocations and its
