@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -927,5 +928,59 @@ func TestServiceSetupRefusalsNameTheProblemAndLeaveNothing(t *testing.T) {
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.200.9.0/24"})
 	if s := h.status(); s.ServiceCount != 1 {
 		t.Fatalf("service count %d after a good setup", s.ServiceCount)
+	}
+}
+
+// A service set up with an explicit subnet inside the node slice takes it
+// out of the slice pool; after a restart allocate_ip must still not hand
+// out its addresses.
+func TestExplicitSubnetInTheSliceStaysOutOfThePoolAfterRestart(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	subnet := netip.MustParsePrefix("10.200.3.128/26")
+	h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "shared", Subnet: subnet.String()})
+	h.crash()
+	for range 256 {
+		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
+		if !ok {
+			break
+		}
+		if subnet.Contains(ip.IP) {
+			t.Fatalf("after a restart allocate_ip handed out %s, inside %s, the subnet of service api", ip.IP, subnet)
+		}
+	}
+}
+
+// A node whose store holds a slice address inside such a subnet (handed
+// out by an older version after a restart) still starts, keeps the
+// allocation (its holder may use it), and never hands the address out
+// again.
+func TestSliceAllocationInsideAnExplicitSubnetSurvivesTheUpgrade(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	subnet := netip.MustParsePrefix("10.200.3.128/26")
+	h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "shared", Subnet: subnet.String()})
+	stale := netip.MustParseAddr("10.200.3.130")
+	if err := h.st.Update(func(tx *store.Tx) error {
+		return tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: stale.String(), Owner: ownerAPI})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.crash()
+	for range 256 {
+		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
+		if !ok {
+			break
+		}
+		if subnet.Contains(ip.IP) {
+			t.Fatalf("allocate_ip handed out %s, inside %s, the subnet of service api", ip.IP, subnet)
+		}
+	}
+	loaded, err := h.st.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(loaded.Allocations, func(a store.Allocation) bool { return a.Pool == poolSlice && a.Addr == stale.String() }) {
+		t.Fatalf("the start dropped the stored allocation of %s", stale)
 	}
 }

@@ -338,10 +338,10 @@ func (s *state) loadServices(recs map[string]store.Service) error {
 		if err != nil {
 			return fmt.Errorf("stored service %s: %w", name, err)
 		}
-		carved := svc.extra
-		if rec.SubnetSource == "slice" {
-			carved = svc.ranges()
-		}
+		// Every range inside the slice was carved out of it, an explicit
+		// subnet as much as one the slice gave (setupService excludes
+		// both): the slice pool must not hand out their addresses.
+		carved := svc.ranges()
 		if svc.second != nil {
 			carved = append(carved, *svc.second)
 		}
@@ -383,6 +383,14 @@ func (s *state) loadAllocations(stored []store.Allocation) error {
 		if pool == nil {
 			// The pool is gone (a service torn down while the daemon
 			// died, or a slice that moved); reconcile drops the record.
+			s.owners[allocKey(a.Pool, addr)] = a.Owner
+			continue
+		}
+		if slice, ok := pool.(*ipam.Pool); ok && slice.IsExcluded(addr) {
+			// Handed out before a service's range covering it was carved
+			// back out at start (versions before 2026-12-06 did not for
+			// an explicit subnet): its owner keeps it, and the pool never
+			// hands out an excluded address a second time.
 			s.owners[allocKey(a.Pool, addr)] = a.Owner
 			continue
 		}
