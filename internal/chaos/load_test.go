@@ -365,7 +365,7 @@ func endsClean(steps []loadStep) bool {
 // checkPeersLeft compares the peers the device holds (status) with the
 // store's and with what the requests left: the same keys, each with the
 // same allowed IPs in both, its own prefix on it, and every contended
-// prefix on at most one peer.
+// prefix on at most one peer in each.
 func checkPeersLeft(t *testing.T, s protocol.StatusSnapshot, stored []store.Peer, want map[string]bool) {
 	t.Helper()
 	device := map[string][]string{}
@@ -386,7 +386,6 @@ func checkPeersLeft(t *testing.T, s protocol.StatusSnapshot, stored []store.Peer
 	if len(device) != len(want) || len(inStore) != len(want) {
 		t.Errorf("%d peers on the device, %d in the store, %d left by the requests", len(device), len(inStore), len(want))
 	}
-	holders := map[string][]string{}
 	for key := range want {
 		if !slices.Equal(device[key], inStore[key]) {
 			t.Errorf("peer %s: allowed IPs %v on the device, %v in the store", key, device[key], inStore[key])
@@ -394,13 +393,24 @@ func checkPeersLeft(t *testing.T, s protocol.StatusSnapshot, stored []store.Peer
 		if len(device[key]) == 0 || !strings.HasPrefix(device[key][0], "172.16.") {
 			t.Errorf("peer %s lacks its own prefix: %v", key, device[key])
 		}
-		for _, ip := range device[key] {
+	}
+	checkOneHolder(t, "on the device", device)
+	checkOneHolder(t, "in the store", inStore)
+}
+
+// checkOneHolder checks no prefix is held by two peers.
+func checkOneHolder(t *testing.T, where string, peers map[string][]string) {
+	t.Helper()
+	holders := map[string][]string{}
+	for key, ips := range peers {
+		for _, ip := range ips {
 			holders[ip] = append(holders[ip], key)
 		}
 	}
 	for ip, keys := range holders {
 		if len(keys) > 1 {
-			t.Errorf("%s is held by %d peers: %v", ip, len(keys), keys)
+			slices.Sort(keys)
+			t.Errorf("%s is held by %d peers %s: %v", ip, len(keys), where, keys)
 		}
 	}
 }
