@@ -162,6 +162,8 @@ bench-wg-variants: bench-tools
 # -aead makes OpenSSL seal whole messages (key, nonce, tag) as we do.
 bench-crypto: bench-tools
 	$(GO) test -run '^$$' -bench 'Chacha20Poly1305/(Seal|Open)-(1350|8192)$$' -count $(BENCH_ROUNDS) golang.org/x/crypto/chacha20poly1305
+	@echo "Poly1305 alone (x/crypto's scalar MAC; the AEAD above runs it beside its AVX2 ChaCha20):"
+	$(GO) test -run '^$$' -bench '^Benchmark(1K|2M)$$' -count $(BENCH_ROUNDS) golang.org/x/crypto/internal/poly1305
 	for n in 1350 8192; do \
 		printf 'openssl seal %5s B, 1000s of bytes/s: ' $$n; \
 		openssl speed -aead -evp chacha20-poly1305 -bytes $$n -seconds 3 2>/dev/null | tail -1; \
