@@ -124,3 +124,47 @@ func TestGrowingServiceAndExplicitSetupDoNotShareARange(t *testing.T) {
 		t.Fatalf("api was set up on %s while web grew by it (web's last container got %s): %+v", grown, last.IP, second)
 	}
 }
+
+// While a torn-down service's range waits for its containers' links to go,
+// nothing else may hand out its addresses: not a repeated
+// setup_global_overlay, which rebuilds the slice pool (the main daemon
+// repeats it at every start), and not a setup of the same service again,
+// which the main daemon does on a redeploy and which must keep working
+// (the range is the service's own again, and is not given back under it).
+func TestGivingARangeBackSurvivesGlobalRepeatAndSameNameSetup(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	web := h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: "10.200.3.128/26"}).(protocol.ServiceOverlay)
+	subnet := netip.MustParsePrefix(web.Subnet)
+	h.procs.Add(100)
+	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(100), Service: "web"})
+	detaching, release := make(chan struct{}), make(chan struct{})
+	letGo := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(letGo) // a failure must not leave the engine's Close waiting on the link
+	var once sync.Once
+	h.net.OnDetach(func(string) {
+		once.Do(func() { close(detaching) })
+		<-release
+	})
+	h.ok(protocol.TeardownServiceOverlay{Service: "web"})
+	<-detaching
+	h.ok(globalReq("10.200.3.0/24"))
+	for range 256 {
+		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
+		if !ok {
+			break
+		}
+		if subnet.Contains(ip.IP) {
+			t.Fatalf("after a repeated setup_global_overlay, allocate_ip handed out %s inside %s, which torn-down web's container still has", ip.IP, subnet)
+		}
+	}
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: web.Subnet})
+	letGo()
+	h.e.bg.Wait()
+	h.net.OnDetach(nil)
+	var inPool bool
+	h.e.locked(func() { inPool = !h.e.st.slicePool.IsExcluded(subnet.Addr().Next()) })
+	if inPool {
+		t.Fatalf("the return of torn-down web's %s put it back into the slice pool under the new web", subnet)
+	}
+}

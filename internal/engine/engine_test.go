@@ -983,4 +983,18 @@ func TestSliceAllocationInsideAnExplicitSubnetSurvivesTheUpgrade(t *testing.T) {
 	if !slices.ContainsFunc(loaded.Allocations, func(a store.Allocation) bool { return a.Pool == poolSlice && a.Addr == stale.String() }) {
 		t.Fatalf("the start dropped the stored allocation of %s", stale)
 	}
+	// The main daemon repeats the global setup at every start, and the
+	// service may go: the kept address stays taken through both.
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.TeardownServiceOverlay{Service: "api"})
+	h.e.bg.Wait()
+	for range 256 {
+		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
+		if !ok {
+			break
+		}
+		if ip.IP == stale {
+			t.Fatalf("allocate_ip handed out %s a second time once api was torn down", stale)
+		}
+	}
 }

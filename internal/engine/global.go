@@ -410,6 +410,15 @@ func (e *Engine) buildSlicePool(slice netip.Prefix, nodeIP netip.Addr, poolName 
 			}
 		}
 	}
+	// A torn-down service's range stays out until its containers' links
+	// are gone (returnRangesWhenGone gives it back).
+	for sub, name := range e.st.returning {
+		if slice.Contains(sub.Addr()) {
+			if err := pool.Exclude(sub); err != nil {
+				return nil, fmt.Errorf("torn-down service %s range %s inside slice %s: %w", name, sub, slice, err)
+			}
+		}
+	}
 	if err := pool.AllocateSpecific(nodeIP); err != nil {
 		return nil, fmt.Errorf("node IP %s: %w", nodeIP, err)
 	}
@@ -419,8 +428,8 @@ func (e *Engine) buildSlicePool(slice netip.Prefix, nodeIP netip.Addr, poolName 
 			continue
 		}
 		a, err := netip.ParseAddr(addr)
-		if err != nil || !slice.Contains(a) {
-			continue
+		if err != nil || !slice.Contains(a) || pool.IsExcluded(a) {
+			continue // an excluded one is kept as loadAllocations keeps it
 		}
 		if err := pool.AllocateSpecific(a); err != nil {
 			return nil, fmt.Errorf("address %s (%s): %w", a, owner, err)

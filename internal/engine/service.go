@@ -380,7 +380,9 @@ func (e *Engine) overlapsServiceLocked(name string, p netip.Prefix) error {
 		}
 	}
 	for sub, other := range e.st.returning {
-		if sub.Overlaps(p) {
+		// The same service set up again takes its range back (a
+		// redeploy); the return then leaves it out of the pool.
+		if other != name && sub.Overlaps(p) {
 			return fmt.Errorf("subnet %s overlaps %s, which torn-down service %s is still giving back to the node slice; retry once its containers' links are gone", p, sub, other)
 		}
 	}
@@ -398,15 +400,24 @@ func (e *Engine) carvedFromSliceLocked(p netip.Prefix) bool {
 }
 
 // includeInSliceLocked gives a carved range back to its slice's pool.
+// Addresses of the slice inside it that someone still holds (kept from a
+// store an older version wrote, see loadAllocations) stay taken.
 func (e *Engine) includeInSliceLocked(p netip.Prefix) {
 	if !e.carvedFromSliceLocked(p) {
 		return
 	}
+	pool, name := e.st.slicePool, poolSlice
 	if f := e.st.fam2; f != nil && p.Addr().Is4() == f.slice.Addr().Is4() {
-		f.pool.Include(p)
-		return
+		pool, name = f.pool, poolSlice2
 	}
-	e.st.slicePool.Include(p)
+	pool.Include(p)
+	for k := range e.st.owners {
+		if pname, addr, _ := cut(k); pname == name {
+			if a, err := netip.ParseAddr(addr); err == nil && p.Contains(a) {
+				_ = pool.AllocateSpecific(a)
+			}
+		}
+	}
 }
 
 // unplaceService gives up what placeService reserved, after a setup failed.
@@ -794,13 +805,17 @@ func (e *Engine) returnRangesWhenGone(svc *serviceState, gone []<-chan struct{})
 				e.log.Warn("a container link of a torn-down service is still there after a minute", "service", svc.rec.Name)
 			}
 		}
-		// No service can hold a returning range, not even a new one of the
-		// same name: setups refuse it (overlapsServiceLocked) and carving
-		// skips it. So it is ours to give back.
+		// Only the same service, set up again, can hold a returning range
+		// now: other setups refuse it (overlapsServiceLocked) and carving
+		// skips it.
 		e.locked(func() {
+			again := e.st.services[svc.rec.Name]
 			for _, sub := range svc.allSubnets() {
-				if _, ok := e.st.returning[sub]; ok {
-					delete(e.st.returning, sub)
+				if _, ok := e.st.returning[sub]; !ok {
+					continue
+				}
+				delete(e.st.returning, sub)
+				if again == nil || !slices.ContainsFunc(again.allSubnets(), sub.Overlaps) {
 					e.includeInSliceLocked(sub)
 				}
 			}
