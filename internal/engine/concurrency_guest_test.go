@@ -181,3 +181,31 @@ func TestClaimOfAGuestAddressDoesNotResurrectATornDownGuest(t *testing.T) {
 		}
 	}
 }
+
+// A repeated attach of a guest whose peer the main daemon removed, which
+// the device then refuses, puts the guest's record back as it was: the
+// undo must not assume the old peer still exists.
+func TestRefusedReattachOfAGuestWithoutItsPeerIsUndone(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	gc := h.ok(protocol.AttachContainer{Handle: protocol.GuestManaged("vm-1"), Service: "web"}).(protocol.GuestConfig)
+	h.ok(protocol.RemovePeer{Pubkey: gc.PublicKey})
+	h.wg.Device("zl-prod-g").Close() // the next write to it fails
+	var resp protocol.Response
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				t.Fatalf("the refused re-attach panicked: %v", r)
+			}
+		}()
+		resp = h.do(protocol.AttachContainer{Handle: protocol.GuestManaged("vm-1"), Service: "web"})
+	}()
+	if _, ok := resp.(protocol.Err); !ok {
+		t.Fatalf("re-attach on a closed device answered %+v, want an err", resp)
+	}
+	var kept bool
+	h.e.locked(func() { kept = h.e.st.attach[handleKey(protocol.GuestManaged("vm-1"))] != nil })
+	if !kept {
+		t.Fatal("the refused re-attach dropped the guest's attachment")
+	}
+}

@@ -260,7 +260,8 @@ func (e *Engine) commitGuest(c guestChange) error {
 }
 
 // setGuestLocked replaces a guest's record and peer in the state (next nil:
-// the guest is gone). Called with e.mu held.
+// the guest is gone; peer nil: it has none, the main daemon removed it).
+// Called with e.mu held.
 func (e *Engine) setGuestLocked(prev, next *store.Attachment, peer *store.Peer) {
 	if prev != nil {
 		e.st.dropPeer(scopeGlobal, prev.GuestPubkey)
@@ -271,7 +272,9 @@ func (e *Engine) setGuestLocked(prev, next *store.Attachment, peer *store.Peer) 
 		for _, a := range guestAddrs(next) {
 			e.st.owners[allocKey(a.pool, a.addr)] = guestOwner + next.GuestID
 		}
-		e.st.putPeer(*peer)
+		if peer != nil {
+			e.st.putPeer(*peer)
+		}
 	}
 }
 
