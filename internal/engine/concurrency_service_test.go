@@ -55,14 +55,8 @@ func TestReturnedRangeIsNotGivenBackWhileAnotherServiceHoldsIt(t *testing.T) {
 		h.ok(api) // the range is back: the retry gets it
 	}
 	subnet := netip.MustParsePrefix(web.Subnet)
-	for range 300 {
-		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
-		if !ok {
-			break
-		}
-		if subnet.Contains(ip.IP) {
-			t.Fatalf("allocate_ip handed out %s from the node slice, inside %s, the subnet of service api", ip.IP, subnet)
-		}
+	if ip, handed := h.drainSlice(subnet.Contains); handed {
+		t.Fatalf("allocate_ip handed out %s from the node slice, inside %s, the subnet of service api", ip, subnet)
 	}
 }
 
@@ -149,14 +143,8 @@ func TestGivingARangeBackSurvivesGlobalRepeatAndSameNameSetup(t *testing.T) {
 	h.ok(protocol.TeardownServiceOverlay{Service: "web"})
 	<-detaching
 	h.ok(globalReq("10.200.3.0/24"))
-	for range 256 {
-		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
-		if !ok {
-			break
-		}
-		if subnet.Contains(ip.IP) {
-			t.Fatalf("after a repeated setup_global_overlay, allocate_ip handed out %s inside %s, which torn-down web's container still has", ip.IP, subnet)
-		}
+	if ip, handed := h.drainSlice(subnet.Contains); handed {
+		t.Fatalf("after a repeated setup_global_overlay, allocate_ip handed out %s inside %s, which torn-down web's container still has", ip, subnet)
 	}
 	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared", Subnet: web.Subnet})
 	letGo()

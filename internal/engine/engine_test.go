@@ -116,6 +116,23 @@ func (h *harness) crash() {
 	h.start()
 }
 
+// drainSlice takes addresses with allocate_ip until the node slice gives
+// no more (at most 300), and returns the first one wrong says must not be
+// handed out.
+func (h *harness) drainSlice(wrong func(netip.Addr) bool) (netip.Addr, bool) {
+	h.t.Helper()
+	for range 300 {
+		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
+		if !ok {
+			break
+		}
+		if wrong(ip.IP) {
+			return ip.IP, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
 func (h *harness) do(req protocol.Request) protocol.Response {
 	h.t.Helper()
 	return h.e.Handle(context.Background(), req)
@@ -940,14 +957,8 @@ func TestExplicitSubnetInTheSliceStaysOutOfThePoolAfterRestart(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.200.3.128/26")
 	h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "shared", Subnet: subnet.String()})
 	h.crash()
-	for range 256 {
-		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
-		if !ok {
-			break
-		}
-		if subnet.Contains(ip.IP) {
-			t.Fatalf("after a restart allocate_ip handed out %s, inside %s, the subnet of service api", ip.IP, subnet)
-		}
+	if ip, handed := h.drainSlice(subnet.Contains); handed {
+		t.Fatalf("after a restart allocate_ip handed out %s, inside %s, the subnet of service api", ip, subnet)
 	}
 }
 
@@ -967,14 +978,8 @@ func TestSliceAllocationInsideAnExplicitSubnetSurvivesTheUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.crash()
-	for range 256 {
-		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
-		if !ok {
-			break
-		}
-		if subnet.Contains(ip.IP) {
-			t.Fatalf("allocate_ip handed out %s, inside %s, the subnet of service api", ip.IP, subnet)
-		}
+	if ip, handed := h.drainSlice(subnet.Contains); handed {
+		t.Fatalf("allocate_ip handed out %s, inside %s, the subnet of service api", ip, subnet)
 	}
 	loaded, err := h.st.Load()
 	if err != nil {
@@ -988,13 +993,7 @@ func TestSliceAllocationInsideAnExplicitSubnetSurvivesTheUpgrade(t *testing.T) {
 	h.ok(globalReq("10.200.3.0/24"))
 	h.ok(protocol.TeardownServiceOverlay{Service: "api"})
 	h.e.bg.Wait()
-	for range 256 {
-		ip, ok := h.do(protocol.AllocateIP{Service: "elsewhere"}).(protocol.IP)
-		if !ok {
-			break
-		}
-		if ip.IP == stale {
-			t.Fatalf("allocate_ip handed out %s a second time once api was torn down", stale)
-		}
+	if _, handed := h.drainSlice(func(a netip.Addr) bool { return a == stale }); handed {
+		t.Fatalf("allocate_ip handed out %s a second time once api was torn down", stale)
 	}
 }
