@@ -206,7 +206,7 @@ func deleteLink(name string) error {
 	if err != nil {
 		return err
 	}
-	return netlink.LinkDel(link)
+	return removeLink(link)
 }
 
 // processDevice is a data plane in another process, configured over its

@@ -228,7 +228,7 @@ func (d *kernelDevice) Close() error {
 		d.log.Warn("not deleting link: it is no longer ours", "err", err)
 		return nil
 	}
-	if err := netlink.LinkDel(link); err != nil {
+	if err := removeLink(link); err != nil {
 		return fmt.Errorf("delete wireguard link %q: %w", d.name, err)
 	}
 	d.log.Info("wireguard device closed")

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // checkLinkFree refuses a name that is already taken by a link in this
@@ -19,4 +20,15 @@ func checkLinkFree(name string) error {
 		return nil
 	}
 	return fmt.Errorf("look up link %q: %w", name, err)
+}
+
+// removeLink deletes link. A link that vanished after it was looked up
+// counts as removed: a data plane's TUN goes with its process, so one
+// killed just before Close can take the link away between the lookup and
+// the delete.
+func removeLink(link netlink.Link) error {
+	if err := netlink.LinkDel(link); err != nil && !errors.Is(err, unix.ENODEV) {
+		return err
+	}
+	return nil
 }
