@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -94,5 +95,42 @@ func TestCandidateSwitchWithoutNAT(t *testing.T) {
 	h.e.checkPeers(now.Add(7 * time.Second)) // candidate 0 had its chance
 	if ep := h.wg.Device("zl-prod-g").Peer(pk).Endpoint.String(); ep != "192.0.2.11:51820" {
 		t.Fatalf("the peer was not moved to its candidate 192.0.2.11:51820: the device has %s", ep)
+	}
+}
+
+// A reconcile pass resolves a peer's host-name endpoint with no lock held,
+// while an add_peer may move the peer to another endpoint and be answered
+// ok. The pass must not record its answer for the endpoint the peer no
+// longer has: the monitor compares the device's endpoint with what the
+// requested one resolved to, and would take the acknowledged endpoint for
+// one WireGuard learned, pinning the address so it is no longer looked up.
+func TestResolvingPassDoesNotOutdateAnAcknowledgedEndpoint(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	pk := newKey(t)
+	spec := protocol.PeerSpec{PublicKey: pk.String(), Endpoint: "localhost:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}
+	h.ok(protocol.AddPeer{PeerSpec: spec})
+	// As after a restart: nothing is resolved yet, so the pass looks the
+	// name up.
+	h.e.locked(func() { delete(h.e.resolved, peerKey(scopeGlobal, pk.String())) })
+	spec.Endpoint = "localhost:51821"
+	var resp protocol.Response
+	wait := during(t, h.e, "resolve.note", func() { resp = h.do(protocol.AddPeer{PeerSpec: spec}) })
+	if _, err := h.e.reconcilePass(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
+	wait()
+	if _, ok := resp.(protocol.OK); !ok {
+		t.Fatalf("add_peer: %+v", resp)
+	}
+	dev := h.wg.Device("zl-prod-g")
+	if ep := dev.Peer(pk).Endpoint.String(); ep != "127.0.0.1:51821" {
+		t.Fatalf("the device has endpoint %s; add_peer set localhost:51821", ep)
+	}
+	now := time.Now()
+	dev.Handshake(pk, now, "127.0.0.1:51821")
+	h.e.checkPeers(now)
+	if p := h.e.currentPeer(scopeGlobal, pk.String()); p == nil || p.LearnedEndpoint != "" {
+		t.Fatalf("the peer is at the address its requested endpoint resolves to, yet the monitor recorded a learned endpoint: %+v", p)
 	}
 }

@@ -354,14 +354,22 @@ func (e *Engine) endpointOf(scope, pub, endpoint string) (ap netip.AddrPort, ok 
 			}
 			return
 		}
-		e.resolved[key] = resolvedEndpoint{endpoint, ap}
+		e.noteResolvedLocked(key, endpoint, ap)
 	})
 	return ap, ok
 }
 
-// noteResolved records what a peer's requested endpoint resolved to.
-func (e *Engine) noteResolved(scope, pub, endpoint string, ap netip.AddrPort) {
-	e.locked(func() { e.resolved[peerKey(scope, pub)] = resolvedEndpoint{endpoint, ap} })
+// noteResolvedLocked records what a peer's requested endpoint resolved to,
+// but only while the peer still requests that endpoint: callers looked the
+// record up earlier, with no lock held, and an add_peer that moved the peer
+// since recorded its own endpoint's address when it committed (see
+// setPeersLocked). Without the check an older address would stand for the
+// acknowledged endpoint, and the health monitor would take the device's
+// endpoint for one WireGuard learned. Called with e.mu held.
+func (e *Engine) noteResolvedLocked(key, endpoint string, ap netip.AddrPort) {
+	if p := e.st.peers[key]; p != nil && p.Endpoint == endpoint {
+		e.resolved[key] = resolvedEndpoint{endpoint, ap}
+	}
 }
 
 // resolveEndpoints resolves the host-name endpoints of peers that have no
@@ -383,6 +391,7 @@ func (e *Engine) resolveEndpoints(ctx context.Context, peers []store.Peer) {
 			e.log.Warn("peer endpoint unresolved; waiting for the peer to reach us", "peer", p.PublicKey, "err", err)
 			continue
 		}
-		e.noteResolved(p.Scope, p.PublicKey, p.Endpoint, ap)
+		e.at("resolve.note")
+		e.locked(func() { e.noteResolvedLocked(peerKey(p.Scope, p.PublicKey), p.Endpoint, ap) })
 	}
 }

@@ -137,7 +137,15 @@ func (e *Engine) commitPeerChange(c peerChange) error {
 	if err := e.store.Update(func(tx *store.Tx) error { return writePeers(tx, c.scope, c.pub, c.next, c.losersAfter) }); err != nil {
 		return err
 	}
-	e.locked(func() { e.setPeersLocked(c.scope, c.pub, c.next, c.losersAfter) })
+	e.locked(func() {
+		e.setPeersLocked(c.scope, c.pub, c.next, c.losersAfter)
+		// In the same critical section as the record: a reconcile pass
+		// that resolved the old endpoint then sees the new one and keeps
+		// its answer to itself.
+		if c.next != nil && c.endpoint.IsValid() {
+			e.noteResolvedLocked(peerKey(c.scope, c.pub), c.next.Endpoint, c.endpoint)
+		}
+	})
 	return nil
 }
 
@@ -295,7 +303,6 @@ func (e *Engine) addPeer(ctx context.Context, r protocol.AddPeer) (protocol.Resp
 	c.next = &next
 	if endpointChanged && ep.IsValid() {
 		c.endpoint = ep
-		e.noteResolved(scope, pub, r.Endpoint, ep)
 	}
 	c.losersAfter = e.claimLosers(scope, pub, allowed)
 	c.losersBefore = e.peersNamed(scope, c.losersAfter)
