@@ -94,7 +94,7 @@ func (e *Engine) releaseIP(ctx context.Context, r protocol.ReleaseIP) (protocol.
 	}
 	a = a.Unmap()
 	var poolName string
-	e.locked(func() { poolName, _ = e.st.poolFor(a) })
+	e.locked(func() { poolName, _, _ = e.st.allocationOf(a) })
 	keys := []string{}
 	svc, isSvc := strings.CutPrefix(poolName, "service:")
 	if isSvc {
@@ -108,10 +108,7 @@ func (e *Engine) releaseIP(ctx context.Context, r protocol.ReleaseIP) (protocol.
 
 	var pool addrPool
 	var owner string
-	e.locked(func() {
-		poolName, pool = e.st.poolFor(a)
-		owner = e.st.owners[allocKey(poolName, a)]
-	})
+	e.locked(func() { poolName, pool, owner = e.st.allocationOf(a) })
 	switch {
 	case pool == nil:
 		return nil, fmt.Errorf("%s is in none of this node's pools (node slice or service subnets)", a)
@@ -129,6 +126,9 @@ func (e *Engine) releaseIP(ctx context.Context, r protocol.ReleaseIP) (protocol.
 	}
 	e.locked(func() {
 		delete(e.st.owners, allocKey(poolName, a))
+		if sp, ok := pool.(*ipam.Pool); ok && sp.IsExcluded(a) {
+			return // kept from an older store: the pool never had it
+		}
 		err = pool.Release(a)
 	})
 	if err != nil {

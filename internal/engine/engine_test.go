@@ -997,3 +997,35 @@ func TestSliceAllocationInsideAnExplicitSubnetSurvivesTheUpgrade(t *testing.T) {
 		t.Fatalf("allocate_ip handed out %s a second time once api was torn down", stale)
 	}
 }
+
+// The holder of such a kept allocation gives it back with release_ip like
+// any other: the address lies in the service's range, but the allocation
+// is the slice's, and once the service is gone the slice hands it out
+// again instead of holding it for nobody.
+func TestKeptSliceAllocationInsideAnExplicitSubnetCanBeReleased(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	subnet := netip.MustParsePrefix("10.200.3.128/26")
+	h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "shared", Subnet: subnet.String()})
+	stale := netip.MustParseAddr("10.200.3.130")
+	if err := h.st.Update(func(tx *store.Tx) error {
+		return tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: stale.String(), Owner: ownerAPI})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.crash()
+	h.ok(protocol.ReleaseIP{IP: stale})
+	loaded, err := h.st.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(loaded.Allocations, func(a store.Allocation) bool { return a.Addr == stale.String() }) {
+		t.Fatalf("release_ip answered ok but the store still holds %s", stale)
+	}
+	h.fails(protocol.ReleaseIP{IP: stale}, "never allocated here")
+	h.ok(protocol.TeardownServiceOverlay{Service: "api"})
+	h.e.bg.Wait()
+	if _, handed := h.drainSlice(func(a netip.Addr) bool { return a == stale }); !handed {
+		t.Fatalf("%s was released and its service torn down, yet the slice never hands it out again", stale)
+	}
+}

@@ -500,6 +500,25 @@ func (s *state) poolFor(a netip.Addr) (string, addrPool) {
 	return "", nil
 }
 
+// allocationOf is the pool an address belongs to and its owner there ("":
+// none). An address of a service range inside the node slice belongs to the
+// service, unless the slice handed it out before the range was carved out
+// (a store an older version wrote, see loadAllocations): that allocation
+// stays the slice's until it is released.
+func (s *state) allocationOf(a netip.Addr) (poolName string, pool addrPool, owner string) {
+	poolName, pool = s.poolFor(a)
+	owner = s.owners[allocKey(poolName, a)]
+	if owner != "" || !strings.HasPrefix(poolName, "service:") {
+		return poolName, pool, owner
+	}
+	if name, slice := s.slicePoolOf(a); slice != nil && slice.IsExcluded(a) {
+		if kept := s.owners[allocKey(name, a)]; kept != "" {
+			return name, slice, kept
+		}
+	}
+	return poolName, pool, owner
+}
+
 // slicePoolOf is the name and pool of the node slice of a's family.
 func (s *state) slicePoolOf(a netip.Addr) (string, *ipam.Pool) {
 	if s.fam2 != nil && a.Is4() == s.fam2.slice.Addr().Is4() {
