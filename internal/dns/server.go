@@ -208,12 +208,27 @@ func (s *Server) SetReversePrefixes(prefixes []netip.Prefix) error {
 // CanonicalName returns the lower-case FQDN a name maps to in the current
 // zone, validating it like Register does.
 func (s *Server) CanonicalName(name string) (string, error) {
-	origin := s.Zone()
-	rel, err := relativeName(name, origin)
+	rel, zone, err := s.RelativeName(name)
 	if err != nil {
 		return "", err
 	}
-	return rel + "." + origin, nil
+	return rel + "." + zone, nil
+}
+
+// RelativeName validates a name like Register does and returns it relative
+// to the current zone (lower-case, the form Records returns), together with
+// that zone as a lower-case FQDN. Both come from one reading of the zone:
+// deriving the relative name from CanonicalName and Zone called one after
+// the other is wrong across a SetZone, which can land between them. One
+// load of the snapshot is that single reading, so writers holding mu never
+// delay it.
+func (s *Server) RelativeName(name string) (rel, zone string, err error) {
+	origin := s.Zone()
+	rel, err = relativeName(name, origin)
+	if err != nil {
+		return "", "", err
+	}
+	return rel, origin, nil
 }
 
 // cleanAddr validates an address for a record.

@@ -356,7 +356,12 @@ func (e *Engine) noteDNSDomain(domain string) {
 }
 
 // relativeDNSName validates a register/unregister name and returns it
-// relative to the zone (the store key, so records follow zone changes).
+// relative to the zone (the store key, so records follow zone changes). The
+// server makes it relative under one view of the zone: the main daemon's
+// dns_domain can move the zone at any moment (noteDNSDomain), and a name
+// canonicalised in one zone but trimmed against the next kept its old zone
+// in the key ("web.prod" after prod.zlayer.local became zlayer.local), or
+// was refused as outside the zone.
 func (e *Engine) relativeDNSName(name string) (string, error) {
 	if e.dns == nil {
 		return "", errors.New("the embedded DNS server is disabled")
@@ -365,11 +370,8 @@ func (e *Engine) relativeDNSName(name string) (string, error) {
 		// Checked here so the message does not quote it whole.
 		return "", fmt.Errorf("name %q is %d bytes long; a DNS name has at most 253 characters", truncate(name), len(name))
 	}
-	fqdn, err := e.dns.cfg.Server.CanonicalName(name)
-	if err != nil {
-		return "", err
-	}
-	return strings.TrimSuffix(fqdn, "."+e.dns.cfg.Server.Zone()), nil
+	rel, _, err := e.dns.cfg.Server.RelativeName(name)
+	return rel, err
 }
 
 // registerDNS adds an address to a name. A main daemon that registers
