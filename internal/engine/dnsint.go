@@ -146,15 +146,27 @@ func (e *Engine) zoneName() string {
 	return "zlayer.local"
 }
 
+// updateDNSZone applies zoneName to the server. Its callers race: a
+// topology change (updateDNS) can derive the zone, then an attach stores a
+// new dns_domain and applies it (noteDNSDomain), then the first applies its
+// older zone last; later attaches with the same dns_domain change nothing,
+// so the stale zone would stay until some topology change. Deriving again
+// after each change until the server agrees leaves the current zone applied
+// by whoever finishes last, without making attaches wait on each other.
 func (e *Engine) updateDNSZone() {
-	zone := e.zoneName()
 	srv := e.dns.cfg.Server
-	if strings.TrimSuffix(srv.Zone(), ".") != strings.ToLower(strings.TrimSuffix(zone, ".")) {
-		if err := srv.SetZone(zone); err != nil {
-			e.log.Warn("cannot use DNS zone", "zone", zone, "err", err)
-		} else {
-			e.log.Info("DNS zone", "zone", srv.Zone())
+	for {
+		zone := e.zoneName()
+		e.at("dns.zone")
+		if strings.TrimSuffix(srv.Zone(), ".") == strings.ToLower(strings.TrimSuffix(zone, ".")) {
+			return
 		}
+		if err := srv.SetZone(zone); err != nil {
+			// Nothing changed: trying again would fail the same way.
+			e.log.Warn("cannot use DNS zone", "zone", zone, "err", err)
+			return
+		}
+		e.log.Info("DNS zone", "zone", zone)
 	}
 }
 

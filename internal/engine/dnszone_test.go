@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	mdns "github.com/miekg/dns"
@@ -213,5 +214,36 @@ func TestRelativeDNSNameWhileTheZoneMoves(t *testing.T) {
 		if rel, err := e.relativeDNSName("Web"); err != nil || rel != "web" {
 			t.Fatalf("relativeDNSName(Web) = %q, %v; want \"web\" in every zone", rel, err)
 		}
+	}
+}
+
+// A topology change derives the zone, an attach's new dns_domain is stored
+// and applied, then the topology change applies what it derived: the
+// main daemon's dns_domain must still be the zone when both are done, as
+// the next attaches, sending the same dns_domain, change nothing.
+func TestDNSZoneFromAnAttachIsNotUndoneByAnOlderDerivation(t *testing.T) {
+	h := newDNSHarness(t, NodeListenersOff)
+	h.e.noteDNSDomain("old.local")
+	reached, release := make(chan struct{}), make(chan struct{})
+	var hits atomic.Int32
+	h.e.testHook = func(p string) {
+		if p == "dns.zone" && hits.Add(1) == 1 {
+			close(reached)
+			<-release
+		}
+	}
+	topology := make(chan struct{})
+	go func() { defer close(topology); h.e.updateDNS() }()
+	<-reached // it has derived old.local
+	h.e.noteDNSDomain("new.local")
+	close(release)
+	<-topology
+	h.e.testHook = nil
+	if z := h.e.dns.cfg.Server.Zone(); z != "new.local." {
+		t.Fatalf("zone %s; the main daemon's dns_domain is new.local", z)
+	}
+	h.e.noteDNSDomain("new.local")
+	if z := h.status().DNS.Zone; z != "new.local." {
+		t.Fatalf("status zone %s after the next attach; want new.local.", z)
 	}
 }
