@@ -158,12 +158,19 @@ func (e *Engine) updateDNSZone() {
 	for {
 		zone := e.zoneName()
 		e.at("dns.zone")
-		if strings.TrimSuffix(srv.Zone(), ".") == strings.ToLower(strings.TrimSuffix(zone, ".")) {
+		applied := srv.Zone()
+		if strings.TrimSuffix(applied, ".") == strings.ToLower(strings.TrimSuffix(zone, ".")) {
 			return
 		}
 		if err := srv.SetZone(zone); err != nil {
 			// Nothing changed: trying again would fail the same way.
 			e.log.Warn("cannot use DNS zone", "zone", zone, "err", err)
+			return
+		}
+		if srv.Zone() == applied {
+			// The server took it for the zone it has: the two differ
+			// only in a form the comparison above does not know, and
+			// looping would never end.
 			return
 		}
 		e.log.Info("DNS zone", "zone", zone)
