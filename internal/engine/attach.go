@@ -625,6 +625,20 @@ func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) 
 	if err != nil {
 		return nil, err
 	}
+	// The links are marked as being deleted before the state forgets the
+	// attachment: a request that finds the handle free from then on (an
+	// attach of the same container to another service, while a teardown
+	// holding only this one's service lock forgets it) must also find its
+	// links pending, and wait for them (waitDetached) before it builds its
+	// own under the same names, or the deletion below removes those.
+	links := []string{a.HostLink}
+	if a.HostLinkGlobal != "" {
+		links = append(links, a.HostLinkGlobal)
+	}
+	done := make(chan struct{})
+	for _, l := range links {
+		e.detaching.Store(l, done)
+	}
 	// The pools as they are now: one replaced meanwhile (a service torn
 	// down and set up again) must not get these addresses back.
 	pools := make([]addrPool, len(addrs))
@@ -635,15 +649,8 @@ func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) 
 			pools[i] = e.st.pool(x.pool)
 		}
 	})
+	e.at("attach.forgotten")
 
-	links := []string{a.HostLink}
-	if a.HostLinkGlobal != "" {
-		links = append(links, a.HostLinkGlobal)
-	}
-	done := make(chan struct{})
-	for _, l := range links {
-		e.detaching.Store(l, done)
-	}
 	e.bg.Add(1)
 	go func() {
 		defer e.bg.Done()
