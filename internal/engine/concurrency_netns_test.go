@@ -1,7 +1,10 @@
 package engine
 
 import (
+	"context"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
@@ -11,6 +14,18 @@ import (
 // another's gap). A host link belongs to one attachment: no request, and no
 // reconcile pass, may build over or delete the link of an attachment that
 // was, or is about to be, acknowledged.
+
+// Two CNI container ids whose host link names collide: netnsVethName keeps
+// 40 bits of FNV-1a, so about one pair in a trillion does; these were found
+// by search.
+const collideA, collideB = "c1471479", "c1963013"
+
+func checkCollision(t *testing.T) {
+	t.Helper()
+	if netnsVethName(collideA, "eth0", 0, 0) != netnsVethName(collideB, "eth0", 0, 0) {
+		t.Fatal("the test's container ids no longer give the same host link name")
+	}
+}
 
 // hostLinkHolds fails unless the attachment's host link is there with its
 // address (the fake Net replaces a link built again under its name, as
@@ -24,6 +39,90 @@ func hostLinkHolds(t *testing.T, h *harness, what string, att protocol.Attached)
 	if len(att.Interfaces) > 0 && held[0] != att.Interfaces[0].HostLink {
 		t.Fatalf("%s was answered with host link %s, but %s carries its address %s", what, att.Interfaces[0].HostLink, held[0], att.IP)
 	}
+}
+
+// Two netns attaches in different services (no lock in common) whose host
+// link names collide: each looked at the committed attachments, found the
+// name free, and took it; the second built its pair over the first's,
+// and both were answered with one host link.
+func TestParallelNetnsAttachesDoNotShareAHostLink(t *testing.T) {
+	checkCollision(t)
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "a", Mode: "shared"})
+	h.ok(protocol.SetupServiceOverlay{Service: "b", Mode: "shared"})
+	h.procs.AddNetns("/var/run/netns/a")
+	h.procs.AddNetns("/var/run/netns/b")
+	var second protocol.Response
+	wait := during(t, h.e, "netns.wired", func() {
+		second = h.do(netnsAttach("/var/run/netns/b", collideB, "eth0", "b", false))
+	})
+	first := h.ok(netnsAttach("/var/run/netns/a", collideA, "eth0", "a", false)).(protocol.Attached)
+	wait()
+	b, ok := second.(protocol.Attached)
+	if !ok {
+		t.Fatalf("second attach: %+v", second)
+	}
+	if first.Interfaces[0].HostLink == b.Interfaces[0].HostLink {
+		t.Fatalf("two attachments were answered with host link %s", b.Interfaces[0].HostLink)
+	}
+	hostLinkHolds(t, h, collideA, first)
+	hostLinkHolds(t, h, collideB, b)
+}
+
+// A reconcile pass lists the links, and judges each one after: a link it
+// listed with the label of an attachment detached meanwhile was deleted
+// once that attachment's lock was free, even when a netns attach of another
+// handle had built a link of the same name since and was about to commit
+// it. The attach was answered ok without its link.
+func TestReconcileKeepsALinkANetnsAttachIsBuilding(t *testing.T) {
+	checkCollision(t)
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "a", Mode: "shared"})
+	h.ok(protocol.SetupServiceOverlay{Service: "b", Mode: "shared"})
+	pa, pb := "/var/run/netns/a", "/var/run/netns/b"
+	h.procs.AddNetns(pa)
+	h.procs.AddNetns(pb)
+	h.ok(netnsAttach(pa, collideA, "eth0", "a", false))
+
+	wired, release := make(chan struct{}), make(chan struct{})
+	attached := make(chan protocol.Response, 1)
+	var phase atomic.Int32
+	h.e.testHook = func(p string) {
+		switch {
+		case p == "reconcile.links" && phase.CompareAndSwap(0, 1):
+			// The pass has listed collideA's link. The container goes,
+			// and collideB's attach builds a link of the same name.
+			h.ok(protocol.DetachContainer{Handle: protocol.Netns(pa, collideA, "eth0")})
+			go func() { attached <- h.do(netnsAttach(pb, collideB, "eth0", "b", false)) }()
+			select {
+			case <-wired:
+			case <-time.After(30 * time.Second):
+				t.Error("the second attach never built its links")
+			}
+		case p == "netns.wired" && phase.CompareAndSwap(1, 2):
+			close(wired)
+			<-release // until the pass is done
+		}
+	}
+	_, err := h.e.Reconcile(context.Background())
+	close(release)
+	var resp protocol.Response
+	select {
+	case resp = <-attached:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the attach never finished: deadlock")
+	}
+	h.e.testHook = nil
+	if err != nil {
+		t.Fatal(err)
+	}
+	att, ok := resp.(protocol.Attached)
+	if !ok {
+		t.Fatalf("attach: %+v", resp)
+	}
+	hostLinkHolds(t, h, collideB, att)
 }
 
 // A teardown forgets each member, then deletes its links in the

@@ -145,7 +145,12 @@ func isNetnsVethName(name string) bool {
 // pickNetnsLinks names the host ends of a new netns attachment, skipping
 // names another attachment has (a hash collision, about one in a trillion
 // pairs): the name is kept in the store, so it need not be recomputable.
-func (e *Engine) pickNetnsLinks(key, containerID, ifName string, global bool) (eth, glob string, err error) {
+// Attaches of other handles in other services run beside this one with no
+// lock in common, so the names are reserved until unreserve (after the
+// commit, or the rollback): an attach that only looked at the committed
+// attachments would find a name this one is building free, and build its
+// own pair over it.
+func (e *Engine) pickNetnsLinks(key, containerID, ifName string, global bool) (eth, glob string, unreserve func(), err error) {
 	pick := func(which int, taken map[string]bool) (string, error) {
 		for salt := range 16 {
 			if n := netnsVethName(containerID, ifName, which, salt); !taken[n] {
@@ -162,12 +167,31 @@ func (e *Engine) pickNetnsLinks(key, containerID, ifName string, global bool) (e
 				taken[a.HostLink], taken[a.HostLinkGlobal] = true, true
 			}
 		}
-		if eth, err = pick(0, taken); err != nil || !global {
+		for l := range e.st.pendingLinks {
+			taken[l] = true
+		}
+		if eth, err = pick(0, taken); err != nil {
 			return
 		}
-		glob, err = pick(1, taken)
+		if global {
+			if glob, err = pick(1, taken); err != nil {
+				return
+			}
+			e.st.pendingLinks[glob] = key
+		}
+		e.st.pendingLinks[eth] = key
 	})
-	return eth, glob, err
+	if err != nil {
+		return "", "", nil, err
+	}
+	return eth, glob, func() {
+		e.locked(func() {
+			delete(e.st.pendingLinks, eth)
+			if glob != "" {
+				delete(e.st.pendingLinks, glob)
+			}
+		})
+	}, nil
 }
 
 // netnsFiles is what judges namespace files; the host's Processes and the
@@ -270,14 +294,19 @@ func (e *Engine) attachNetns(ctx context.Context, r protocol.AttachContainer) (p
 	}
 	// allocateAttach names a linux_pid attachment's links; these are ours.
 	rec.NetnsPath, rec.ContainerID, rec.IfName = h.Path, h.ContainerID, h.IfName
-	if rec.HostLink, rec.HostLinkGlobal, err = e.pickNetnsLinks(key, h.ContainerID, h.IfName, rec.GlobalIP != ""); err != nil {
+	var unreserve func()
+	if rec.HostLink, rec.HostLinkGlobal, unreserve, err = e.pickNetnsLinks(key, h.ContainerID, h.IfName, rec.GlobalIP != ""); err != nil {
 		e.releaseAttach(rec, svc)
 		return nil, err
 	}
+	// Once committed the record holds the names; rolled back, the links
+	// are deleted first. Either way the reservation ends on return.
+	defer unreserve()
 	if err := e.wireContainer(ctx, rec, svc); err != nil {
 		e.releaseAttach(rec, svc)
 		return nil, err
 	}
+	e.at("netns.wired")
 	// The runtime may have deleted the namespace while we worked: then
 	// what we built went with it.
 	if now, err := e.netnsFileInode(h.Path); err != nil || now != ino {

@@ -299,10 +299,11 @@ func TestNetnsHostLinkNamesSkipTakenOnes(t *testing.T) {
 	h.e.locked(func() {
 		h.e.st.attach["other"] = &store.Attachment{Key: "other", HostLink: netnsVethName("c", "eth0", 0, 0), HostLinkGlobal: netnsVethName("c", "eth0", 1, 0)}
 	})
-	eth, glob, err := h.e.pickNetnsLinks("netns:c/eth0", "c", "eth0", true)
+	eth, glob, unreserve, err := h.e.pickNetnsLinks("netns:c/eth0", "c", "eth0", true)
 	if err != nil || eth != netnsVethName("c", "eth0", 0, 1) || glob != netnsVethName("c", "eth0", 1, 1) {
 		t.Fatalf("pickNetnsLinks = %s, %s, %v; want the salt-1 names", eth, glob, err)
 	}
+	unreserve()
 	h.e.locked(func() { delete(h.e.st.attach, "other") })
 }
 

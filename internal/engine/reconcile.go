@@ -296,6 +296,7 @@ func (e *Engine) removeOrphanLinks(ctx context.Context, changes *int, startup bo
 	if err != nil {
 		return err
 	}
+	e.at("reconcile.links")
 	want := e.wantedLinks()
 	ours := e.aliasPrefix()
 	var errs []error

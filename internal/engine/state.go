@@ -69,6 +69,11 @@ type state struct {
 	// pool until then, and no other setup may take them meanwhile (the
 	// return would give them back from under it).
 	returning map[netip.Prefix]string // range -> service that gave it up
+	// pendingLinks are the host link names netns attaches picked and are
+	// building, not yet committed (name -> attachment key): attaches of
+	// other handles, which share no lock with them, must not pick them
+	// too, and reconcile must not delete what is being built under them.
+	pendingLinks map[string]string
 }
 
 // clusterContains reports whether p lies in one of the cluster's prefixes
@@ -239,6 +244,7 @@ func loadState(st *store.State) (*state, error) {
 		pendingSubnets: map[string][]netip.Prefix{},
 		pendingPorts:   map[uint16]string{},
 		returning:      map[netip.Prefix]string{},
+		pendingLinks:   map[string]string{},
 	}
 	if st.Node.PrivateKey != "" {
 		k, err := wg.ParseKey(st.Node.PrivateKey)
@@ -711,9 +717,15 @@ func joinPrefixes(first, second netip.Prefix) string {
 	return first.String() + "," + second.String()
 }
 
-// wantedLinks is every link name the desired state has.
+// wantedLinks is every link name the desired state has, and the host
+// links netns attaches are building: a link of such a name may carry the
+// label of another attachment, gone since, when a reconcile pass listed
+// it, and that pass must not delete the new one.
 func (s *state) wantedLinks() map[string]bool {
 	want := map[string]bool{}
+	for l := range s.pendingLinks {
+		want[l] = true
+	}
 	if g := s.global; g != nil {
 		want[g.rec.Interface] = true
 	}
