@@ -158,7 +158,7 @@ func (e *Engine) settleExisting(ctx context.Context, existing *store.Attachment,
 	case (existing.GlobalIP != "") != (r.JoinGlobal && e.globalUp()):
 		return true, nil, fmt.Errorf("%s is already attached to %s with join_global=%t; detach it to change that", existing.Key, r.Service, existing.GlobalIP != "")
 	}
-	if err := e.wireContainer(ctx, existing, svc); err != nil {
+	if err := e.repairContainer(ctx, existing, svc); err != nil {
 		return true, nil, err
 	}
 	return true, e.attachedAnswer(existing, r), nil
@@ -330,11 +330,26 @@ func (e *Engine) attachedAnswer(a *store.Attachment, r protocol.AttachContainer)
 	return ans
 }
 
-// wireContainer builds (or repairs) the links of an attachment: eth0 on the
-// service bridge with a default route via the gateway of its range; eth1
-// with a node-slice address, the cluster CIDR routed via the node IP. On
-// error nothing of it is left.
+// wireContainer builds the links of a new attachment: eth0 on the service
+// bridge with a default route via the gateway of its range; eth1 with a
+// node-slice address, the cluster CIDR routed via the node IP. On error
+// nothing of it is left.
 func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *serviceState) error {
+	return e.buildContainerLinks(ctx, a, svc, true)
+}
+
+// repairContainer brings the links of a committed attachment back to what
+// it says (a repeated attach, a reconcile pass). On error eth0 stays: the
+// attachment is still wanted and was answered ok, and its eth0 may be the
+// working link it has had all along; a failure on eth1 must not take that
+// too. The next reconcile pass retries.
+func (e *Engine) repairContainer(ctx context.Context, a *store.Attachment, svc *serviceState) error {
+	return e.buildContainerLinks(ctx, a, svc, false)
+}
+
+// buildContainerLinks is wireContainer, and with fresh false
+// repairContainer.
+func (e *Engine) buildContainerLinks(ctx context.Context, a *store.Attachment, svc *serviceState, fresh bool) error {
 	e.waitDetached(ctx, a.HostLink)
 	ip, err := netip.ParseAddr(a.IP)
 	if err != nil {
@@ -371,6 +386,9 @@ func (e *Engine) wireContainer(ctx context.Context, a *store.Attachment, svc *se
 		return nil
 	}
 	if err := e.wireGlobal(ctx, a, alias); err != nil {
+		if !fresh {
+			return err
+		}
 		if derr := e.cfg.Net.Detach(a.HostLink); derr != nil {
 			e.log.Warn("rollback of eth0 failed; reconcile removes it", "link", a.HostLink, "err", derr)
 		}

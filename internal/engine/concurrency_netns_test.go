@@ -2,10 +2,13 @@ package engine
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
@@ -165,5 +168,48 @@ func TestTeardownDoesNotDeleteTheLinksOfAMembersNextAttach(t *testing.T) {
 				t.Fatalf("the attach to b was answered with global IP %s, which is on links %v: want its eth1's host link", att.GlobalIP, held)
 			}
 		})
+	}
+}
+
+// A repair of a committed attachment (a repeated attach, or a reconcile
+// pass rebuilding a lost eth1) that fails on eth1 rolled eth0 back as a
+// new attach does: it deleted the working eth0 of an attachment that
+// stays, acknowledged, in the state.
+func TestFailedRepairKeepsTheAttachmentsEth0(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	const path = "/var/run/netns/r"
+	h.procs.AddNetns(path)
+	h.procs.Add(500)
+	for _, hd := range []protocol.AttachHandle{protocol.Netns(path, "r", "eth0"), protocol.LinuxPID(500)} {
+		att := h.ok(protocol.AttachContainer{Handle: hd, Service: "web", JoinGlobal: true}).(protocol.Attached)
+		h.net.FailAttach(func(s linuxnet.AttachSpec) error {
+			if s.Addr.Addr() == att.GlobalIP {
+				return errors.New("injected failure on eth1")
+			}
+			return nil
+		})
+		h.fails(protocol.AttachContainer{Handle: hd, Service: "web", JoinGlobal: true}, "injected failure on eth1")
+		if held := h.net.Holding(att.IP); len(held) != 1 {
+			t.Fatalf("%s: a failed repeat attach left its eth0 (%s) on links %v", hd.Platform, att.IP, held)
+		}
+		// The same in a reconcile pass: eth1 is lost and cannot be rebuilt.
+		for _, l := range h.net.Holding(att.GlobalIP) {
+			h.net.DeleteLink(l)
+		}
+		if _, err := h.e.Reconcile(context.Background()); err == nil || !strings.Contains(err.Error(), "injected") {
+			t.Fatalf("%s: reconcile = %v; want the injected failure", hd.Platform, err)
+		}
+		h.net.FailAttach(nil)
+		if held := h.net.Holding(att.IP); len(held) != 1 {
+			t.Fatalf("%s: a failed reconcile repair left its eth0 (%s) on links %v", hd.Platform, att.IP, held)
+		}
+		if _, err := h.e.Reconcile(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if len(h.net.Holding(att.IP)) != 1 || len(h.net.Holding(att.GlobalIP)) != 1 {
+			t.Fatalf("%s: the next pass did not rebuild eth1", hd.Platform)
+		}
 	}
 }

@@ -281,7 +281,7 @@ func (e *Engine) attachNetns(ctx context.Context, r protocol.AttachContainer) (p
 		case (existing.GlobalIP != "") != (r.JoinGlobal && e.globalUp()):
 			return nil, fmt.Errorf("%s is already attached to %s with join_global=%t; detach it to change that", key, r.Service, existing.GlobalIP != "")
 		default:
-			if err := e.wireContainer(ctx, existing, svc); err != nil {
+			if err := e.repairContainer(ctx, existing, svc); err != nil {
 				return nil, err
 			}
 			return e.netnsAnswer(existing, r, svc), nil
@@ -413,7 +413,7 @@ func (e *Engine) reconcileNetnsAttachment(ctx context.Context, a *store.Attachme
 	}
 	e.log.Info("container lost its links; re-creating them", "handle", a.Key, "netns", a.NetnsPath)
 	*changes++
-	return e.wireContainer(ctx, a, svc)
+	return e.repairContainer(ctx, a, svc)
 }
 
 // netnsStatus is a netns attachment as status lists it.

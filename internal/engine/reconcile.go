@@ -230,7 +230,7 @@ func (e *Engine) reconcileAttachment(ctx context.Context, a *store.Attachment, p
 	}
 	e.log.Info("container lost its links; re-creating them", "handle", a.Key)
 	*changes++
-	return e.wireContainer(ctx, a, svc)
+	return e.repairContainer(ctx, a, svc)
 }
 
 // finishDetaches completes the detaches a crash interrupted between their
