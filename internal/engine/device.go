@@ -25,6 +25,9 @@ import (
 type device struct {
 	mu sync.Mutex
 	wg wg.Device
+	// bind is the UDP bind the device was opened with (nil: the
+	// backend's own).
+	bind conn.Bind
 	// seen is the device as last read plus the changes written since:
 	// what status answers from.
 	seen reading
@@ -95,7 +98,7 @@ func (e *Engine) openDevice(spec deviceSpec) (*device, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &device{wg: dev}
+	d := &device{wg: dev, bind: spec.bind}
 	if _, err := e.syncDevice(d, func() deviceSpec { return spec }); err != nil {
 		dev.Close()
 		return nil, err

@@ -375,8 +375,13 @@ func (e *Engine) publishGlobal(p globalPlan, dev *device) {
 			st.global.nodeIP2 = p.fam2.nodeIP
 		}
 	})
-	if p.fresh && p.old != nil && p.old.dev != nil {
-		p.old.dev.wg.Close()
+	if p.fresh {
+		// Only now, not when the device opened: a setup that fails
+		// before this keeps the old device, which keeps its bind.
+		e.natUseBind(dev)
+		if p.old != nil && p.old.dev != nil {
+			p.old.dev.wg.Close()
+		}
 	}
 	e.log.Info("global overlay up", "interface", p.rec.Interface, "node_ip", p.rec.NodeIP, "node_ip2", p.rec.NodeIP2, "slice", p.node.SliceCIDR,
 		"slice_source", map[bool]string{true: "main daemon", false: "self-assigned"}[p.explicit],

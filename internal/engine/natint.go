@@ -112,22 +112,30 @@ func parseTURNServers(in []protocol.TURNServerConfig) ([]store.TURNServer, error
 // globalBind is the conn.Bind for a new global device: with STUN or TURN
 // servers configured it is a demultiplexing bind; otherwise nil
 // (wireguard-go's own, which keeps its route listener for multi-homed
-// nodes).
+// nodes). It does not become NAT traversal's bind here: the device may
+// fail to open, or its setup to commit, and then the device that stays
+// keeps its own. natUseBind switches once the device is published.
 func (e *Engine) globalBind(rec store.Global) conn.Bind {
 	if e.nat == nil {
 		return nil
 	}
 	if len(e.nat.cfg.Servers) == 0 && len(e.turnServers(rec)) == 0 {
-		e.nat.mu.Lock()
-		e.nat.bind = nil // the new device has none; the old one's is closed
-		e.nat.mu.Unlock()
 		return nil
 	}
-	b := nat.NewBind(nil, e.log.With("component", "nat"))
+	return nat.NewBind(nil, e.log.With("component", "nat"))
+}
+
+// natUseBind makes the bind of dev, the global device just published,
+// the one STUN, relay routes and the TURN relay use: none when dev has
+// wireguard-go's own (the old device's is closed with it).
+func (e *Engine) natUseBind(dev *device) {
+	if e.nat == nil {
+		return
+	}
+	b, _ := dev.bind.(*nat.Bind)
 	e.nat.mu.Lock()
 	e.nat.bind = b
 	e.nat.mu.Unlock()
-	return b
 }
 
 // natTick refreshes the node's reflexive endpoint(s). It answers within a

@@ -122,6 +122,7 @@ func (e *Engine) reconcileGlobal(changes *int) error {
 			return fmt.Errorf("restore %s: %w", g.rec.Interface, err)
 		}
 		e.locked(func() { g.dev = dev })
+		e.natUseBind(dev)
 		*changes++
 		e.log.Info("global device restored", "interface", g.rec.Interface, "peers", len(spec.peers))
 		e.natFollowGlobal()
