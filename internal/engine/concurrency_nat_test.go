@@ -2,8 +2,11 @@ package engine
 
 import (
 	"testing"
+	"time"
 
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
+	"github.com/zlayer/zlayer-overlayd/protocol"
+	"golang.zx2c4.com/wireguard/conn"
 )
 
 // NAT traversal and the firewall follow the overlay from beside the
@@ -41,4 +44,75 @@ func TestFailedGlobalSetupKeepsTheLiveDevicesNATBind(t *testing.T) {
 	if got := h.e.natBind(); got != live {
 		t.Fatalf("after a failed setup_global_overlay the NAT bind is %p, not the live device's %p", got, live)
 	}
+}
+
+// A candidate trial through our TURN relay marks the address it tries on
+// the bind as relayed: the next endpoint WireGuard is given for it goes
+// through the relay. That route belongs to the trial. A peer removed by
+// remove_peer and added again at the address (the node re-added), or an
+// add_peer that names the address as the peer's endpoint, must have that
+// endpoint tried directly first, as every requested endpoint is, not be
+// put on the relay by a trial of a record the main daemon replaced.
+func TestRequestedEndpointIsNotRoutedByAnEarlierTrial(t *testing.T) {
+	setup := func(t *testing.T) *harness {
+		server := startTURNServer(t)
+		h := newHarnessOn(t, wg.KindUserspace, func(c *Config) { c.NAT = &NATConfig{RefreshInterval: -1} })
+		req := globalReq("10.200.3.0/24")
+		req.NATEnabled = true
+		req.TURNServers = []protocol.TURNServerConfig{{Address: server, Username: testTURNUser, Credential: testTURNSecret}}
+		h.ok(req)
+		waitRelay(t, h, "")
+		return h
+	}
+	relayed := func(t *testing.T, h *harness, addr string) bool {
+		ep, err := h.e.natBind().ParseEndpoint(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, direct := ep.(*conn.StdNetEndpoint)
+		return !direct
+	}
+	// trials runs monitor rounds 7 s apart (a trial lasts 6 s): the peer
+	// never handshakes, so each round moves it to its next trial.
+	trials := func(h *harness, rounds int) {
+		now := time.Now()
+		for i := range rounds {
+			h.e.checkPeers(now.Add(time.Duration(i) * 7 * time.Second))
+		}
+	}
+	pk := newKey(t)
+	const endpoint, candidate = "192.0.2.10:51820", "198.51.100.7:40123"
+	spec := protocol.PeerSpec{PublicKey: pk.String(), Endpoint: endpoint, AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}
+
+	t.Run("remove_peer", func(t *testing.T) {
+		h := setup(t)
+		add := protocol.AddPeer{PeerSpec: spec}
+		h.ok(add)
+		trials(h, 2) // the endpoint directly, then through the relay
+		if !relayed(t, h, endpoint) {
+			t.Fatal("the candidate trial did not put the peer on the relay")
+		}
+		h.ok(protocol.RemovePeer{Pubkey: pk.String()})
+		h.ok(add)
+		if relayed(t, h, endpoint) {
+			t.Fatalf("add_peer gave endpoint %s, and WireGuard would reach it through the relay: a route left by the trial of a removed peer", endpoint)
+		}
+	})
+	t.Run("add_peer", func(t *testing.T) {
+		h := setup(t)
+		h.ok(protocol.AddPeer{PeerSpec: spec, Candidates: []string{candidate}})
+		trials(h, 4) // both directly, then both through the relay
+		if !relayed(t, h, candidate) {
+			t.Fatal("the candidate trials did not put the candidate on the relay")
+		}
+		moved := spec
+		moved.Endpoint = candidate
+		h.ok(protocol.AddPeer{PeerSpec: moved})
+		if ep := h.wg.Device("zl-prod-g").Peer(pk).Endpoint.String(); ep != candidate {
+			t.Fatalf("add_peer set endpoint %s; the device has %s", candidate, ep)
+		}
+		if relayed(t, h, candidate) {
+			t.Fatalf("add_peer set endpoint %s, and WireGuard would reach it through the relay, as the replaced record's trial left it", candidate)
+		}
+	})
 }

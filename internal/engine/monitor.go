@@ -280,7 +280,7 @@ func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
 	ka := time.Duration(max(cur.Keepalive, 5)) * time.Second
 	pc := wgtypes.PeerConfig{PublicKey: mustKey(sw.peer.PublicKey), UpdateOnly: true, Endpoint: net.UDPAddrFromAddrPort(sw.addr), PersistentKeepaliveInterval: &ka}
 	if sw.d.scope == scopeGlobal {
-		e.natRoute(sw.addr, sw.relay)
+		e.natRoute(sw.key, sw.addr, sw.relay)
 	}
 	// e.resolved keeps the requested endpoint: a candidate that wins is
 	// then told apart from it and reported like a learned endpoint.

@@ -58,6 +58,10 @@ type natState struct {
 	// stale (since when), tried again until a new handshake.
 	allocs map[string]netip.AddrPort
 	retry  map[string]time.Time
+	// routes is, per peer, the address a candidate trial marked on the
+	// bind as reached through the relay (see natRoute). Written only
+	// under the peer's lock.
+	routes map[string]netip.AddrPort
 
 	loop sync.Once
 	kick chan struct{} // wakes natLoop to follow the global overlay
@@ -72,7 +76,7 @@ func (e *Engine) enableNAT(cfg NATConfig) {
 	if cfg.RefreshInterval == 0 {
 		cfg.RefreshInterval = 60 * time.Second
 	}
-	e.nat = &natState{cfg: cfg, refreshed: make(chan struct{}), paths: map[string]natPath{}, allocs: map[string]netip.AddrPort{}, retry: map[string]time.Time{}, kick: make(chan struct{}, 1)}
+	e.nat = &natState{cfg: cfg, refreshed: make(chan struct{}), paths: map[string]natPath{}, allocs: map[string]netip.AddrPort{}, retry: map[string]time.Time{}, routes: map[string]netip.AddrPort{}, kick: make(chan struct{}, 1)}
 	e.hooks.statusExtra = append(e.hooks.statusExtra, e.natStatus)
 }
 
@@ -545,11 +549,50 @@ func (v relayView) direct(cands []string) []netip.AddrPort {
 }
 
 // natRoute tells the bind whether the next endpoint WireGuard is given
-// for addr goes through the relay. Called just before the endpoint is
-// set (under no lock: the bind has its own).
-func (e *Engine) natRoute(addr netip.AddrPort, relay bool) {
-	if b := e.natBind(); b != nil {
-		b.UseRelay(addr, relay)
+// for addr, peer key's next candidate, goes through the relay. Called
+// just before the endpoint is set, holding the peer's lock (the bind has
+// its own). The bind keeps a route per address, not per peer, so the
+// peer's previous route is dropped here and its last one when a request
+// removes the peer or sets its endpoint (natForgetRoute).
+func (e *Engine) natRoute(key string, addr netip.AddrPort, relay bool) {
+	b := e.natBind()
+	if b == nil {
+		return
+	}
+	n := e.nat
+	n.mu.Lock()
+	old, had := n.routes[key]
+	if relay {
+		n.routes[key] = addr
+	} else {
+		delete(n.routes, key)
+	}
+	n.mu.Unlock()
+	if had && old != addr {
+		b.UseRelay(old, false)
+	}
+	b.UseRelay(addr, relay)
+}
+
+// natForgetRoute drops the relay route a candidate trial left for a
+// global peer. A request calls it, holding the peer's lock, when it
+// removes the peer, or sets an endpoint, which is tried directly first as
+// every requested endpoint is: otherwise the address stays relayed on the
+// bind, and a peer added at it later (or this one given it again) is put
+// on the relay by the trial of a record the main daemon replaced.
+func (e *Engine) natForgetRoute(scope, pub string) {
+	b := e.natBind()
+	if b == nil || scope != scopeGlobal {
+		return
+	}
+	n := e.nat
+	key := peerKey(scope, pub)
+	n.mu.Lock()
+	addr, had := n.routes[key]
+	delete(n.routes, key)
+	n.mu.Unlock()
+	if had {
+		b.UseRelay(addr, false)
 	}
 }
 

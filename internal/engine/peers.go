@@ -153,6 +153,12 @@ func (e *Engine) commitPeerChange(c peerChange) error {
 // it takes the change back out of the store and the state, puts the device
 // back as it was, and returns the device's error.
 func (e *Engine) applyPeerChange(dev *device, c peerChange) error {
+	if c.next == nil || c.endpoint.IsValid() {
+		// The peer goes, or gets the endpoint the request names: a relay
+		// route a candidate trial left for it goes too, before the
+		// device parses the endpoint.
+		e.natForgetRoute(c.scope, c.pub)
+	}
 	pcs, err := e.peerWrites(c)
 	if err != nil {
 		return err
