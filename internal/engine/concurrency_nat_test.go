@@ -1,9 +1,17 @@
 package engine
 
 import (
+	"context"
+	"net"
+	"net/netip"
+	"reflect"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/internal/dns"
+	"github.com/zlayer/zlayer-overlayd/internal/firewall"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
 	"github.com/zlayer/zlayer-overlayd/protocol"
 	"golang.zx2c4.com/wireguard/conn"
@@ -115,4 +123,79 @@ func TestRequestedEndpointIsNotRoutedByAnEarlierTrial(t *testing.T) {
 			t.Fatalf("add_peer set endpoint %s, and WireGuard would reach it through the relay, as the replaced record's trial left it", candidate)
 		}
 	})
+}
+
+// recordingFirewall keeps the table it was last given, as nftables would.
+type recordingFirewall struct {
+	mu   sync.Mutex
+	last *firewall.Spec
+}
+
+func (f *recordingFirewall) Apply(s firewall.Spec) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last = &s
+	return nil
+}
+
+func (f *recordingFirewall) Delete(string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.last = nil
+	return nil
+}
+
+func (f *recordingFirewall) Drifted(s firewall.Spec) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.last == nil || !reflect.DeepEqual(*f.last, s), nil
+}
+
+func (f *recordingFirewall) Inspect(string) (firewall.State, error) { return firewall.State{}, nil }
+
+func (f *recordingFirewall) dns() []netip.AddrPort {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.last == nil {
+		return nil
+	}
+	return slices.Clone(f.last.DNS)
+}
+
+// A DNS listener whose port was taken is bound by a later reconcile pass.
+// Our table's input rule keeps DNS listeners to the overlay, and lists
+// them: the pass that binds the listener must leave it in the table, not
+// leave it open to the underlay until the pass after it. The pass checked
+// the table against the listeners first and bound the listener after.
+func TestReconcileFirewallCoversTheDNSListenerItBinds(t *testing.T) {
+	taken, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	listener := netip.MustParseAddrPort(taken.LocalAddr().String())
+	srv, err := dns.New(dns.Config{Zone: "zlayer.local"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	fw := &recordingFirewall{}
+	h := newHarnessWith(t, func(c *Config) {
+		c.DNS = &DNSConfig{Server: srv, LoopbackPort: listener.Port(), OverlayPort: 53, MainPort: 15353, NodeListeners: NodeListenersOff}
+		c.Firewall = &FirewallConfig{Firewall: fw}
+	})
+	h.ok(globalReq("10.200.3.0/24"))
+	if slices.Contains(srv.Listeners(), listener) {
+		t.Fatalf("%s was bound though its port is taken", listener)
+	}
+	taken.Close()
+	if _, err := h.e.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(srv.Listeners(), listener) {
+		t.Fatalf("the reconcile pass did not bind %s once its port was free: %v", listener, srv.Listeners())
+	}
+	if got := fw.dns(); !slices.Contains(got, listener) {
+		t.Fatalf("the reconcile pass bound DNS listener %s, and our table's DNS listeners are %v", listener, got)
+	}
 }

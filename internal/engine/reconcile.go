@@ -93,11 +93,14 @@ func (e *Engine) reconcilePass(ctx context.Context, startup bool) (int, error) {
 	note(e.dropOrphanAllocations(&changes))
 	e.pruneResolved()
 
-	if e.fw != nil && !startup && e.syncFirewall(true) {
-		changes++
-	}
+	// DNS first: our table lists the DNS listeners bound, and one the
+	// retry binds must be in it from this pass on, not open to the
+	// underlay until the next.
 	if e.dns != nil && !startup && e.dns.lastErr.Load() != nil {
 		e.updateDNS() // a port that was taken may be free now
+	}
+	if e.fw != nil && !startup && e.syncFirewall(true) {
+		changes++
 	}
 	e.reconcileRuns.Add(1)
 	e.reconcileChanges.Add(uint64(changes))
