@@ -199,3 +199,22 @@ func TestReconcileFirewallCoversTheDNSListenerItBinds(t *testing.T) {
 		t.Fatalf("the reconcile pass bound DNS listener %s, and our table's DNS listeners are %v", listener, got)
 	}
 }
+
+// Without a WireGuard backend (Config.WG nil, as pure-logic embedders run
+// the engine) a setup_global_overlay fails with a clear err, turn_servers
+// or not: checking whether the backend can carry a relay must not
+// dereference the missing backend.
+func TestTURNServersWithoutAWireGuardBackend(t *testing.T) {
+	h := newHarnessWith(t, func(c *Config) { c.WG = nil; c.NAT = &NATConfig{} })
+	req := globalReq("10.200.3.0/24")
+	req.NATEnabled = true
+	req.TURNServers = []protocol.TURNServerConfig{{Address: "192.0.2.1:3478", Username: testTURNUser, Credential: testTURNSecret}}
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				t.Fatalf("setup_global_overlay with turn_servers and no WireGuard backend panicked: %v", p)
+			}
+		}()
+		h.fails(req, "no WireGuard backend")
+	}()
+}

@@ -132,7 +132,9 @@ func (e *Engine) parseGlobalRequest(r protocol.SetupGlobalOverlay) (globalReques
 	if req.turn, err = parseTURNServers(r.TURNServers); err != nil {
 		return req, err
 	}
-	if len(req.turn) > 0 && e.cfg.WG.Kind() == wg.KindKernel {
+	// Without a backend (Config.WG nil) there is no kind to ask;
+	// openDevice fails with errNoBackend.
+	if len(req.turn) > 0 && e.cfg.WG != nil && e.cfg.WG.Kind() == wg.KindKernel {
 		// Refused here, not when the device opens: an existing kernel
 		// device would otherwise be kept and the relay never run.
 		return req, fmt.Errorf("turn_servers: %w; run zlayer-overlayd with --wireguard userspace to relay through TURN", wg.ErrOwnBind)
