@@ -134,3 +134,66 @@ func TestResolvingPassDoesNotOutdateAnAcknowledgedEndpoint(t *testing.T) {
 		t.Fatalf("the peer is at the address its requested endpoint resolves to, yet the monitor recorded a learned endpoint: %+v", p)
 	}
 }
+
+// The monitor judges each peer by the device as it read it, and by the
+// peer's record as it is when it gets to the peer: an add_peer that moves
+// the peer to another endpoint in between, answered ok, must not have the
+// endpoint it replaced recorded as one WireGuard learned (the store would
+// put it back on the device at the next restore, and the main daemon
+// would be told the peer is at it).
+func TestLearnedEndpointIsNotAnEndpointARequestReplaced(t *testing.T) {
+	h := newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	pk := newKey(t)
+	spec := protocol.PeerSpec{PublicKey: pk.String(), Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}
+	h.ok(protocol.AddPeer{PeerSpec: spec})
+	now := time.Now()
+	h.wg.Device("zl-prod-g").Handshake(pk, now, "192.0.2.10:51820") // healthy where we put it
+	moved := spec
+	moved.Endpoint = "203.0.113.5:51820"
+	var resp protocol.Response
+	wait := during(t, h.e, "monitor.read", func() { resp = h.do(protocol.AddPeer{PeerSpec: moved}) })
+	h.e.checkPeers(now)
+	wait()
+	if _, ok := resp.(protocol.OK); !ok {
+		t.Fatalf("add_peer: %+v", resp)
+	}
+	if p := h.e.currentPeer(scopeGlobal, pk.String()); p == nil || p.LearnedEndpoint != "" {
+		t.Fatalf("add_peer moved the peer to 203.0.113.5:51820 and was answered ok; its record now says WireGuard learned %q", p.LearnedEndpoint)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, ev := range h.events {
+		if c, ok := ev.(protocol.NATEndpointChanged); ok && c.Pubkey == pk.String() {
+			t.Fatalf("the main daemon was told the peer moved to %s after it moved it to 203.0.113.5:51820", c.Endpoint)
+		}
+	}
+}
+
+// The same for a candidate switch: the peer looked unhealthy on the
+// endpoint it was being tried at when the device was read; an add_peer
+// that gives it a new endpoint before the monitor gets to it must keep that
+// endpoint on the device, to be tried first, not see it replaced at once
+// by the next candidate of the old trial.
+func TestCandidateSwitchDoesNotUndoAnEndpointSetAfterTheRead(t *testing.T) {
+	h := newHarnessWith(t, func(c *Config) { c.NAT = &NATConfig{} })
+	h.ok(globalReq("10.200.3.0/24"))
+	pk := newKey(t)
+	cands := []string{"192.0.2.11:51820", "192.0.2.12:51820"}
+	spec := protocol.PeerSpec{PublicKey: pk.String(), Endpoint: "192.0.2.10:51820", AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}
+	h.ok(protocol.AddPeer{PeerSpec: spec, Candidates: cands})
+	now := time.Now()
+	h.e.checkPeers(now) // never handshaken: trial of the endpoint starts
+	moved := spec
+	moved.Endpoint = "203.0.113.5:51820"
+	var resp protocol.Response
+	wait := during(t, h.e, "monitor.read", func() { resp = h.do(protocol.AddPeer{PeerSpec: moved, Candidates: cands}) })
+	h.e.checkPeers(now.Add(7 * time.Second))
+	wait()
+	if _, ok := resp.(protocol.OK); !ok {
+		t.Fatalf("add_peer: %+v", resp)
+	}
+	if ep := h.wg.Device("zl-prod-g").Peer(pk).Endpoint.String(); ep != "203.0.113.5:51820" {
+		t.Fatalf("add_peer set endpoint 203.0.113.5:51820 and was answered ok; the monitor replaced it with %s at once", ep)
+	}
+}

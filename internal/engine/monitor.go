@@ -138,6 +138,7 @@ func (e *Engine) observePeers(now time.Time) []candidateSwitch {
 			e.log.Warn("reading peers for the health check", "device", d.dev.Name(), "err", err)
 			continue
 		}
+		e.at("monitor.read")
 		for _, p := range snap.Peers {
 			key := peerKey(d.scope, p.PublicKey.String())
 			seen[key] = true
@@ -169,6 +170,9 @@ type candidateSwitch struct {
 	relay     bool // through our TURN allocation
 	addr      netip.AddrPort
 	err       error
+	// read is the peer's endpoint when the device was read: what the
+	// switch was decided on (see movedSinceRead).
+	read netip.AddrPort
 }
 
 func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.Time, v relayView) (candidateSwitch, bool) {
@@ -225,7 +229,7 @@ func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.
 		if tr != nil {
 			next = (tr.index + 1) % len(trials)
 		}
-		return candidateSwitch{d: d, key: key, peer: *desired, index: next, candidate: trials[next].endpoint, relay: trials[next].relay}, true
+		return candidateSwitch{d: d, key: key, peer: *desired, index: next, candidate: trials[next].endpoint, relay: trials[next].relay, read: curAP}, true
 	}
 	relayed := false
 	if d.scope == scopeGlobal {
@@ -235,7 +239,7 @@ func (e *Engine) checkPeer(d scopedDevice, key string, p wgtypes.Peer, now time.
 	// it (the peer roamed, or a NAT rebound its port), or a candidate won.
 	// A relayed one is not kept: it lives as long as an allocation.
 	if healthy && !relayed && cur != "" && cur != desired.LearnedEndpoint && cur != configured {
-		e.learnEndpoint(d, desired, cur)
+		e.learnEndpoint(d, desired, cur, curAP)
 	}
 	return candidateSwitch{}, false
 }
@@ -266,7 +270,8 @@ func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
 	}
 	defer unlock()
 	cur := e.currentPeer(sw.d.scope, sw.peer.PublicKey)
-	if cur == nil || cur.Endpoint != sw.peer.Endpoint || !slices.Equal(cur.Candidates, sw.peer.Candidates) {
+	if cur == nil || cur.Endpoint != sw.peer.Endpoint || !slices.Equal(cur.Candidates, sw.peer.Candidates) ||
+		movedSinceRead(sw.d, sw.peer.PublicKey, sw.read) {
 		// The trial's index counts the old record's candidates; the new
 		// record's are tried from its first.
 		e.locked(func() { delete(e.trials, sw.key) })
@@ -291,6 +296,20 @@ func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
 	e.log.Debug("trying candidate endpoint", "peer", sw.peer.PublicKey, "candidate", sw.addr, "relay", sw.relay)
 }
 
+// movedSinceRead reports whether a request set peer pub's endpoint on d
+// since the monitor read d, when it was read: the monitor looks at a
+// peer's record only after reading the whole device, so the record it
+// judged the device by may already be the one a request committed after
+// the read, and the device's endpoint the one that request replaced.
+// The device's reading has every change written since the read applied;
+// the caller holds the peer's lock, so no request on the peer is half
+// way. A reading that cannot tell counts as moved: the next round looks
+// again.
+func movedSinceRead(d scopedDevice, pub string, read netip.AddrPort) bool {
+	now, ok := d.dev.seen.endpoint(mustKey(pub))
+	return !ok || now != read
+}
+
 // lockObserved takes what the monitor needs to write a peer it looked at
 // earlier: the peer, and for a service peer the service, because
 // teardown_service_overlay removes the service's peers holding only the
@@ -310,7 +329,7 @@ func (e *Engine) lockObserved(scope, pub string) (unlock func(), ok bool) {
 // learnEndpoint keeps an endpoint WireGuard is using that we did not
 // configure, so neither a reconcile nor an add_peer repeating the old
 // endpoint fights it, and tells the main daemon.
-func (e *Engine) learnEndpoint(d scopedDevice, p *store.Peer, endpoint string) {
+func (e *Engine) learnEndpoint(d scopedDevice, p *store.Peer, endpoint string, read netip.AddrPort) {
 	scope := d.scope
 	unlock, ok := e.lockObserved(scope, p.PublicKey)
 	if !ok {
@@ -318,8 +337,10 @@ func (e *Engine) learnEndpoint(d scopedDevice, p *store.Peer, endpoint string) {
 	}
 	defer unlock()
 	cur := e.currentPeer(scope, p.PublicKey)
-	if cur == nil || cur.Endpoint != p.Endpoint {
-		return // changed by a request meanwhile
+	if cur == nil || cur.Endpoint != p.Endpoint || movedSinceRead(d, p.PublicKey, read) {
+		// Changed by a request meanwhile: endpoint may be the one an
+		// add_peer replaced after the device was read.
+		return
 	}
 	e.at("learn.commit")
 	next := *cur

@@ -92,6 +92,23 @@ func (r *reading) apply(cfg wgtypes.Config) {
 	r.applyLocked(cfg)
 }
 
+// endpoint is a peer's endpoint as the reading has it: as last read, or
+// as a change written since set it. ok is false when the reading has no
+// such peer, or nothing to answer from.
+func (r *reading) endpoint(pub wgtypes.Key) (ap netip.AddrPort, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.peers[pub]
+	if p == nil {
+		return netip.AddrPort{}, false
+	}
+	if p.Endpoint != nil {
+		a := p.Endpoint.AddrPort()
+		ap = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+	}
+	return ap, true
+}
+
 // forget drops the reading: after a write that failed half-way nobody
 // knows what the device holds until it is read again.
 func (r *reading) forget() {
