@@ -218,3 +218,51 @@ func TestTURNServersWithoutAWireGuardBackend(t *testing.T) {
 		h.fails(req, "no WireGuard backend")
 	}()
 }
+
+// A global peer on a relayed address it no longer lists is judged stale
+// and tried again, candidate by candidate, until it handshakes anew. The
+// verdict is about the endpoint the device had when the monitor read it:
+// an add_peer that moves the peer to a new endpoint between that read and
+// the verdict, answered ok, must not have its endpoint put through trials
+// by a verdict on the endpoint it replaced while the peer is healthy there
+// (WireGuard keeps its session across an endpoint change, so no handshake
+// comes to end the verdict for up to two minutes).
+func TestStaleVerdictDoesNotOutliveTheEndpointItJudged(t *testing.T) {
+	server := startTURNServer(t)
+	h := newHarnessOn(t, wg.KindUserspace, func(c *Config) { c.NAT = &NATConfig{RefreshInterval: -1} })
+	req := globalReq("10.200.3.0/24")
+	req.NATEnabled = true
+	req.TURNServers = []protocol.TURNServerConfig{{Address: server, Username: testTURNUser, Credential: testTURNSecret}}
+	h.ok(req)
+	waitRelay(t, h, "")
+	pk := newKey(t)
+	// The peer's relayed address (on the TURN server's IP, loopback here).
+	const relayedAddr, moved = "127.0.0.1:40000", "192.0.2.20:51820"
+	spec := protocol.PeerSpec{PublicKey: pk.String(), Endpoint: relayedAddr, AllowedIPs: "10.200.7.1/32", PersistentKeepaliveSecs: 25}
+	h.ok(protocol.AddPeer{PeerSpec: spec})
+	now := time.Now()
+	h.wg.Device("zl-prod-g").Handshake(pk, now, relayedAddr)
+	spec.Endpoint = moved
+	var resp protocol.Response
+	wait := during(t, h.e, "monitor.read", func() { resp = h.do(protocol.AddPeer{PeerSpec: spec}) })
+	h.e.checkPeers(now)
+	wait()
+	if _, ok := resp.(protocol.OK); !ok {
+		t.Fatalf("add_peer: %+v", resp)
+	}
+	// The peer stays healthy on the new endpoint (the session goes on):
+	// no round may put it through trials.
+	for i := 1; i <= 3; i++ {
+		h.e.checkPeers(now.Add(time.Duration(i) * 7 * time.Second))
+		ep, err := h.e.natBind().ParseEndpoint(moved)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, direct := ep.(*conn.StdNetEndpoint); !direct {
+			t.Fatalf("round %d: the peer is healthy on %s, the endpoint add_peer set; trials forced by a verdict on %s moved it onto the relay", i, moved, relayedAddr)
+		}
+		if got := h.wg.Device("zl-prod-g").Peer(pk).Endpoint.String(); got != moved {
+			t.Fatalf("round %d: the device has %s; add_peer set %s", i, got, moved)
+		}
+	}
+}

@@ -270,11 +270,18 @@ func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
 	}
 	defer unlock()
 	cur := e.currentPeer(sw.d.scope, sw.peer.PublicKey)
-	if cur == nil || cur.Endpoint != sw.peer.Endpoint || !slices.Equal(cur.Candidates, sw.peer.Candidates) ||
-		movedSinceRead(sw.d, sw.peer.PublicKey, sw.read) {
+	moved := movedSinceRead(sw.d, sw.peer.PublicKey, sw.read)
+	if cur == nil || cur.Endpoint != sw.peer.Endpoint || !slices.Equal(cur.Candidates, sw.peer.Candidates) || moved {
 		// The trial's index counts the old record's candidates; the new
 		// record's are tried from its first.
 		e.locked(func() { delete(e.trials, sw.key) })
+		if moved {
+			// The switch may be due to a verdict that the relayed path
+			// to the endpoint read is dead, taken after the request that
+			// replaced that endpoint dropped the verdicts it knew of:
+			// it is not about the endpoint the peer has now.
+			e.natForgetPath(sw.d.scope, sw.peer.PublicKey)
+		}
 		return
 	}
 	e.locked(func() { e.trials[sw.key] = &trial{index: sw.index, since: now} })

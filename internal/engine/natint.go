@@ -553,7 +553,7 @@ func (v relayView) direct(cands []string) []netip.AddrPort {
 // just before the endpoint is set, holding the peer's lock (the bind has
 // its own). The bind keeps a route per address, not per peer, so the
 // peer's previous route is dropped here and its last one when a request
-// removes the peer or sets its endpoint (natForgetRoute).
+// removes the peer or sets its endpoint (natForgetPath).
 func (e *Engine) natRoute(key string, addr netip.AddrPort, relay bool) {
 	b := e.natBind()
 	if b == nil {
@@ -574,24 +574,30 @@ func (e *Engine) natRoute(key string, addr netip.AddrPort, relay bool) {
 	b.UseRelay(addr, relay)
 }
 
-// natForgetRoute drops the relay route a candidate trial left for a
-// global peer. A request calls it, holding the peer's lock, when it
-// removes the peer, or sets an endpoint, which is tried directly first as
-// every requested endpoint is: otherwise the address stays relayed on the
-// bind, and a peer added at it later (or this one given it again) is put
-// on the relay by the trial of a record the main daemon replaced.
-func (e *Engine) natForgetRoute(scope, pub string) {
-	b := e.natBind()
-	if b == nil || scope != scopeGlobal {
+// natForgetPath drops what NAT traversal concluded about the path to a
+// global peer's endpoint: the relay route its candidate trial left, the
+// verdict that its relayed path is dead (natStale) and the allocation the
+// path went through. Each was about the endpoint the device had, and is
+// wrong for another. Called holding the peer's lock: by a request that
+// removes the peer or sets its endpoint, which is tried directly first as
+// every requested endpoint is (otherwise the address stays relayed on the
+// bind, and a peer added at it later, or this one given it again, is put
+// on the relay by the trial of a record the main daemon replaced); and by
+// the monitor when it finds the peer moved since it read the device.
+func (e *Engine) natForgetPath(scope, pub string) {
+	if e.nat == nil || scope != scopeGlobal {
 		return
 	}
 	n := e.nat
 	key := peerKey(scope, pub)
 	n.mu.Lock()
-	addr, had := n.routes[key]
+	addr, routed := n.routes[key]
 	delete(n.routes, key)
+	delete(n.retry, key)
+	delete(n.allocs, key)
+	b := n.bind
 	n.mu.Unlock()
-	if had {
+	if routed && b != nil {
 		b.UseRelay(addr, false)
 	}
 }

@@ -156,8 +156,9 @@ func (e *Engine) applyPeerChange(dev *device, c peerChange) error {
 	if c.next == nil || c.endpoint.IsValid() {
 		// The peer goes, or gets the endpoint the request names: a relay
 		// route a candidate trial left for it goes too, before the
-		// device parses the endpoint.
-		e.natForgetRoute(c.scope, c.pub)
+		// device parses the endpoint, and what the monitor concluded
+		// about the path to the endpoint it replaces.
+		e.natForgetPath(c.scope, c.pub)
 	}
 	pcs, err := e.peerWrites(c)
 	if err != nil {
