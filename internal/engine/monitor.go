@@ -303,15 +303,15 @@ func (e *Engine) switchCandidate(sw candidateSwitch, now time.Time) {
 	e.log.Debug("trying candidate endpoint", "peer", sw.peer.PublicKey, "candidate", sw.addr, "relay", sw.relay)
 }
 
-// movedSinceRead reports whether a request set peer pub's endpoint on d
-// since the monitor read d, when it was read: the monitor looks at a
-// peer's record only after reading the whole device, so the record it
-// judged the device by may already be the one a request committed after
-// the read, and the device's endpoint the one that request replaced.
-// The device's reading has every change written since the read applied;
-// the caller holds the peer's lock, so no request on the peer is half
-// way. A reading that cannot tell counts as moved: the next round looks
-// again.
+// movedSinceRead reports whether peer pub's endpoint on d is no longer
+// read, the one the monitor read: a request set another since. The
+// monitor looks at a peer's record only after reading the whole device,
+// so the record it judged the device by may already be one a request
+// committed after the read, and the device's endpoint the one that
+// request replaced. The device's reading has every change written since
+// the read applied on top of it; the caller holds the peer's lock, so no
+// request on the peer is half way. A reading that cannot tell counts as
+// moved: the next round looks again.
 func movedSinceRead(d scopedDevice, pub string, read netip.AddrPort) bool {
 	now, ok := d.dev.seen.endpoint(mustKey(pub))
 	return !ok || now != read
