@@ -46,10 +46,12 @@ trap 'exit 130' INT TERM
 # name → the patches applied, in order: fork is our fork's
 # (third_party/wireguard-patches), fork-NNNN its patches up to NNNN, and
 # the fork-scatter ones candidates measured on top of its first two and
-# dropped, fork-pseudoheader one on top of all three (bench/wg-patches,
-# docs/benchmarks.md); then name → (file, old
-# text, new text) of the one constant it changes.
-variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork fork-scatter fork-scatter-tunread fork-pseudoheader})
+# dropped, fork-pseudoheader one on top of all three, fork-cryptobound*
+# a bound, not a candidate: it encrypts only part of each packet to tell
+# what cheaper crypto could gain, and is not secure (bench/wg-patches,
+# docs/benchmarks.md); then name → (file, old text, new text) of the one
+# constant it changes.
+variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork fork-scatter fork-scatter-tunread fork-pseudoheader fork-cryptobound fork-cryptobound70})
 forkpatches=("$root"/third_party/wireguard-patches/*.patch)
 upto() { # NNNN → our fork's patches up to NNNN
 	local p
@@ -64,6 +66,8 @@ declare -A diff=(
 	[fork-scatter]="$(upto 0002) $root/bench/wg-patches/scatter.patch"
 	[fork-scatter-tunread]="$(upto 0002) $root/bench/wg-patches/scatter.patch $root/bench/wg-patches/tunread.patch"
 	[fork-pseudoheader]="${forkpatches[*]} $root/bench/wg-patches/pseudoheader.patch"
+	[fork-cryptobound]="${forkpatches[*]} $root/bench/wg-patches/cryptobound.patch"
+	[fork-cryptobound70]="${forkpatches[*]} $root/bench/wg-patches/cryptobound.patch"
 )
 for v in "${variants[@]}"; do
 	[[ $v =~ ^fork-([0-9]{4})$ ]] && diff[$v]="$(upto "${BASH_REMATCH[1]}")"
@@ -73,6 +77,7 @@ declare -A patch=(
 	[batch256]="conn/conn.go|IdealBatchSize = 128|IdealBatchSize = 256"
 	[sockbuf1m]="conn/controlfns.go|socketBufferSize = 7 << 20|socketBufferSize = 1 << 20"
 	[sockbuf32m]="conn/controlfns.go|socketBufferSize = 7 << 20|socketBufferSize = 32 << 20"
+	[fork-cryptobound70]="device/send.go|cheapShare = 47|cheapShare = 70"
 )
 # Upstream's module, downloaded outside ours (go.mod replaces it with our
 # fork, third_party/wireguard; the patches of bench/wg-patches measure
