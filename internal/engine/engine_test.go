@@ -967,17 +967,7 @@ func TestExplicitSubnetInTheSliceStaysOutOfThePoolAfterRestart(t *testing.T) {
 // allocation (its holder may use it), and never hands the address out
 // again.
 func TestSliceAllocationInsideAnExplicitSubnetSurvivesTheUpgrade(t *testing.T) {
-	h := newHarness(t)
-	h.ok(globalReq("10.200.3.0/24"))
-	subnet := netip.MustParsePrefix("10.200.3.128/26")
-	h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "shared", Subnet: subnet.String()})
-	stale := netip.MustParseAddr("10.200.3.130")
-	if err := h.st.Update(func(tx *store.Tx) error {
-		return tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: stale.String(), Owner: ownerAPI})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	h.crash()
+	h, subnet, stale := startWithKeptSliceAllocation(t)
 	if ip, handed := h.drainSlice(subnet.Contains); handed {
 		t.Fatalf("allocate_ip handed out %s, inside %s, the subnet of service api", ip, subnet)
 	}
@@ -1003,17 +993,7 @@ func TestSliceAllocationInsideAnExplicitSubnetSurvivesTheUpgrade(t *testing.T) {
 // is the slice's, and once the service is gone the slice hands it out
 // again instead of holding it for nobody.
 func TestKeptSliceAllocationInsideAnExplicitSubnetCanBeReleased(t *testing.T) {
-	h := newHarness(t)
-	h.ok(globalReq("10.200.3.0/24"))
-	subnet := netip.MustParsePrefix("10.200.3.128/26")
-	h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "shared", Subnet: subnet.String()})
-	stale := netip.MustParseAddr("10.200.3.130")
-	if err := h.st.Update(func(tx *store.Tx) error {
-		return tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: stale.String(), Owner: ownerAPI})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	h.crash()
+	h, _, stale := startWithKeptSliceAllocation(t)
 	h.ok(protocol.ReleaseIP{IP: stale})
 	loaded, err := h.st.Load()
 	if err != nil {
@@ -1028,4 +1008,23 @@ func TestKeptSliceAllocationInsideAnExplicitSubnetCanBeReleased(t *testing.T) {
 	if _, handed := h.drainSlice(func(a netip.Addr) bool { return a == stale }); !handed {
 		t.Fatalf("%s was released and its service torn down, yet the slice never hands it out again", stale)
 	}
+}
+
+// startWithKeptSliceAllocation is a node restarted on a store an older
+// version wrote: service api has the explicit subnet 10.200.3.128/26 inside
+// the node slice, and the slice handed out 10.200.3.130 from it.
+func startWithKeptSliceAllocation(t *testing.T) (h *harness, subnet netip.Prefix, stale netip.Addr) {
+	t.Helper()
+	h = newHarness(t)
+	h.ok(globalReq("10.200.3.0/24"))
+	subnet = netip.MustParsePrefix("10.200.3.128/26")
+	h.ok(protocol.SetupServiceOverlay{Service: "api", Mode: "shared", Subnet: subnet.String()})
+	stale = netip.MustParseAddr("10.200.3.130")
+	if err := h.st.Update(func(tx *store.Tx) error {
+		return tx.PutAllocation(store.Allocation{Pool: poolSlice, Addr: stale.String(), Owner: ownerAPI})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.crash()
+	return h, subnet, stale
 }
