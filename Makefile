@@ -170,6 +170,9 @@ bench-crypto: bench-tools
 		printf 'openssl open %5s B, 1000s of bytes/s: ' $$n; \
 		openssl speed -aead -decrypt -evp chacha20-poly1305 -bytes $$n -seconds 3 2>/dev/null | tail -1; \
 	done
+	@echo "OpenSSL's seal through EVP and through its internal primitives (static libcrypto.a):"
+	cc -O2 -o $(BENCH_TOOLS)/openssl-seal bench/openssl-seal/seal.c "$$(cc -print-file-name=libcrypto.a)" -lpthread -ldl
+	$(BENCH_TOOLS)/openssl-seal 1350 8192
 
 # Go micro-benchmarks of the hot paths (codec, dispatch, IPAM, DNS zone
 # lookup, peer upsert, metrics).

@@ -25,6 +25,9 @@ APT_PINS=(
 	iproute2
 	util-linux
 	openssl
+	gcc
+	libc6-dev
+	libssl-dev
 )
 
 cd "$(dirname "$0")/.."
