@@ -402,6 +402,7 @@ func RunDataplane(args []string, stderr io.Writer) int {
 	signal.Ignore(syscall.SIGHUP) // a daemon's terminal going away is not ours
 	check := time.NewTicker(2 * time.Second)
 	defer check.Stop()
+	trim := newHeapTrim()
 	for {
 		select {
 		case <-ud.dev.Wait():
@@ -413,6 +414,7 @@ func RunDataplane(args []string, stderr io.Writer) int {
 			d.Close()
 			return 0
 		case <-check.C:
+			trim.tick(ud.requests.Load())
 			if *state != "" {
 				if _, err := os.Stat(*state); errors.Is(err, os.ErrNotExist) {
 					log.Info("the daemon's state file is gone: nothing will adopt this device; ending", "state", *state)

@@ -105,6 +105,9 @@ type userspaceDevice struct {
 	connsMu       sync.Mutex
 	conns         map[net.Conn]struct{}
 	connsWG       sync.WaitGroup
+	// requests counts the UAPI connections served: the data plane trims
+	// its heap once they stop (heapTrim).
+	requests atomic.Uint64
 }
 
 // startUserspace runs wireguard-go on tdev and brings the device up. On
@@ -198,6 +201,7 @@ func (d *userspaceDevice) serveUAPI(ln net.Listener, errSources int) {
 				d.closeListener()
 				continue
 			}
+			d.requests.Add(1)
 			d.connsMu.Lock()
 			d.conns[c] = struct{}{}
 			d.connsWG.Add(1)
