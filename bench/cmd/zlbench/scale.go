@@ -122,8 +122,9 @@ func benchScale() error {
 		return benchlib.Summarize(lat).Median, nil
 	}
 	res, err := benchlib.Interleave(fmt.Sprintf("scale: %d peers + %d attachments (absolute goals)", n, containers), *rounds, []benchlib.Metric{
-		{Name: "rss", Unit: "MB", Better: "lower"},
-		{Name: "dataplane_rss", Unit: "MB", Better: "lower"},
+		{Name: "rss", Unit: "MiB", Better: "lower"},
+		{Name: "dataplane_rss", Unit: "MiB", Better: "lower"},
+		{Name: "rss_with_dataplane", Unit: "MiB", Better: "lower"},
 		{Name: "status", Unit: "ms", Better: "lower"},
 		{Name: "restart_to_ready", Unit: "ms", Better: "lower"},
 	}, benchlib.Contender{Name: "zlayer-overlayd", Run: func(round int) (map[string]float64, error) {
@@ -139,7 +140,7 @@ func benchScale() error {
 				fmt.Fprintln(os.Stderr, "scale: profile:", err)
 			}
 		}
-		rss, err := rssMB(d.proc.Cmd.Process.Pid)
+		rss, err := rssMiB(d.proc.Cmd.Process.Pid)
 		if err != nil {
 			return nil, err
 		}
@@ -147,7 +148,7 @@ func benchScale() error {
 		// (wireguard-go holding every peer): counted apart, never hidden.
 		dpRSS := 0.0
 		for _, pid := range dataplanePIDs(ns) {
-			r, err := rssMB(pid)
+			r, err := rssMiB(pid)
 			if err != nil {
 				return nil, err
 			}
@@ -168,7 +169,7 @@ func benchScale() error {
 		if _, err := measureStatus(); err != nil {
 			return nil, fmt.Errorf("after restart: %v", err)
 		}
-		return map[string]float64{"rss": rss, "dataplane_rss": dpRSS, "status": status, "restart_to_ready": ready}, nil
+		return map[string]float64{"rss": rss, "dataplane_rss": dpRSS, "rss_with_dataplane": rss + dpRSS, "status": status, "restart_to_ready": ready}, nil
 	}})
 	if err == nil {
 		err = wireguardGoAtScale(n, dir)
@@ -176,8 +177,10 @@ func benchScale() error {
 	if res != nil {
 		res.Print(os.Stdout)
 		s := func(m string) float64 { return benchlib.Summarize(res.Samples["zlayer-overlayd"][m]).Median }
-		fmt.Printf("goals: daemon RSS %.1f MB < 200: %s (data plane %.1f MB beside it); status %.1f ms < 50: %s; restart to ready %.0f ms < 3000: %s; add_peer at size %.2f ms < 2: %s\n",
-			s("rss"), met(s("rss") < 200), s("dataplane_rss"), s("status"), met(s("status") < 50), s("restart_to_ready"), met(s("restart_to_ready") < 3000), mean, met(mean < 2))
+		// The goal is read strictly: the data plane process is the
+		// daemon's too, so its RSS counts.
+		fmt.Printf("goals: RSS of the daemon and its data plane %.1f MiB < 200: %s (daemon %.1f, data plane %.1f); status %.1f ms < 50: %s; restart to ready %.0f ms < 3000: %s; add_peer at size %.2f ms < 2: %s\n",
+			s("rss_with_dataplane"), met(s("rss_with_dataplane") < 200), s("rss"), s("dataplane_rss"), s("status"), met(s("status") < 50), s("restart_to_ready"), met(s("restart_to_ready") < 3000), mean, met(mean < 2))
 	}
 	return err
 }
@@ -227,11 +230,11 @@ func wireguardGoAtScale(n int, dir string) error {
 	for _, f := range processesWith(ns, "wireguard") {
 		pid = f
 	}
-	rss, err := rssMB(pid)
+	rss, err := rssMiB(pid)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("reference: standalone wireguard-go (defaults) holding %d peers, device up: RSS %.1f MB; wg setconf of all %.0f ms; wg show dump median %.1f ms\n",
+	fmt.Printf("reference: standalone wireguard-go (defaults) holding %d peers, device up: RSS %.1f MiB; wg setconf of all %.0f ms; wg show dump median %.1f ms\n",
 		n, rss, setconf, benchlib.Summarize(dumps).Median)
 	p.Stop()
 	return nil
@@ -270,8 +273,8 @@ func processesWith(ns, word string) []int {
 	return pids
 }
 
-// rssMB is the resident set of a process, from /proc.
-func rssMB(pid int) (float64, error) {
+// rssMiB is the resident set of a process in MiB, from /proc.
+func rssMiB(pid int) (float64, error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0, err
