@@ -68,6 +68,8 @@ declare -A diff=(
 	[fork-pseudoheader]="${forkpatches[*]} $root/bench/wg-patches/pseudoheader.patch"
 	[fork-cryptobound]="${forkpatches[*]} $root/bench/wg-patches/cryptobound.patch"
 	[fork-cryptobound70]="${forkpatches[*]} $root/bench/wg-patches/cryptobound.patch"
+	[fork-peerqueue]="${forkpatches[*]} $root/bench/wg-patches/peerqueue.patch"
+	[fork-queues128]="${forkpatches[*]} $root/bench/wg-patches/queues128.patch"
 )
 for v in "${variants[@]}"; do
 	[[ $v =~ ^fork-([0-9]{4})$ ]] && diff[$v]="$(upto "${BASH_REMATCH[1]}")"
