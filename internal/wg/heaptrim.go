@@ -14,8 +14,9 @@ const heapTrimMin = 16 << 20
 // up to its next collection goal of twice the live heap: with thousands of
 // peers, adding them, or reading them all every health interval, leaves
 // tens of MiB resident that no packet needs. A burst ends when a tick sees
-// no request since the one before; the runtime's own collection goal is
-// left alone, so the packet path never collects more often than before.
+// no request since the one before. The runtime's collection goal is left
+// alone (a lower GOGC would collect more often while packets flow too): the
+// only extra collections are these, at most one per burst.
 type heapTrim struct {
 	min         uint64
 	reclaimable func() uint64 // heap bytes a collection would return
