@@ -48,6 +48,11 @@ type natState struct {
 	lastErr   string
 	probing   bool
 	refreshed chan struct{} // closed and replaced after every probe
+	// probes numbers probes as they start; recorded is the number of
+	// the last one recorded. Probes run concurrently (nat_tick, natLoop,
+	// probeSoon): one that finishes after a later-started one recorded is
+	// stale and ignored.
+	probes, recorded uint64
 
 	relay    *nat.Relay         // running on bind; nil without TURN
 	relayFor []nat.TURNServer   // the configuration relay runs with
@@ -164,26 +169,32 @@ func (e *Engine) probeNAT(ctx context.Context) error {
 	n := e.nat
 	n.mu.Lock()
 	b := n.bind
+	n.probes++
+	seq := n.probes
 	n.mu.Unlock()
 	if b == nil {
 		return errors.New("the global device has no NAT-traversal bind yet")
 	}
 	servers, rerr := nat.ResolveServers(ctx, n.cfg.Servers)
 	if len(servers) == 0 {
-		n.record(nat.Result{}, rerr)
+		n.record(seq, nat.Result{}, rerr)
 		return rerr
 	}
 	res, err := b.Probe(ctx, servers)
 	if err == nil && rerr != nil {
 		res.Errors = append(res.Errors, rerr)
 	}
-	n.mu.Lock()
-	prev := n.result.Reflexive
-	n.mu.Unlock()
-	n.record(res, err)
+	e.at("nat.probed")
+	prev, current := n.record(seq, res, err)
 	if err != nil {
 		e.log.Warn("STUN probe failed", "err", err)
 		return err
+	}
+	if !current {
+		// A probe started after this one has already recorded its
+		// answer: this one's is older, and announcing it would undo it.
+		e.log.Debug("STUN probe outrun by a newer one; its answer is dropped", "endpoints", res.Reflexive)
+		return nil
 	}
 	if !slices.Equal(prev, res.Reflexive) {
 		e.log.Info("reflexive endpoint", "endpoints", res.Reflexive, "nat", res.Behaviour, "previous", prev)
@@ -220,9 +231,21 @@ func (e *Engine) natPublish(ev protocol.Event) {
 	}
 }
 
-func (n *natState) record(res nat.Result, err error) {
+// record keeps what probe seq learned, unless a probe started after it
+// has been recorded already (then current is false and nothing is kept).
+// prev is the reflexive endpoints it replaced, read in the same critical
+// section, so that of two probes finishing together only the one that
+// changed them announces the change.
+func (n *natState) record(seq uint64, res nat.Result, err error) (prev []netip.AddrPort, current bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	close(n.refreshed)
+	n.refreshed = make(chan struct{})
+	if seq < n.recorded {
+		return nil, false
+	}
+	n.recorded = seq
+	prev = n.result.Reflexive
 	if err == nil {
 		n.result = res
 		n.lastErr = ""
@@ -233,8 +256,7 @@ func (n *natState) record(res nat.Result, err error) {
 		n.lastErr = err.Error()
 	}
 	n.last = time.Now()
-	close(n.refreshed)
-	n.refreshed = make(chan struct{})
+	return prev, true
 }
 
 // natFollowGlobal is called after the global overlay came up, changed or
