@@ -669,9 +669,7 @@ func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) 
 	})
 	e.at("attach.forgotten")
 
-	e.bg.Add(1)
-	go func() {
-		defer e.bg.Done()
+	started := e.goBackground(func() {
 		defer close(done)
 		for _, l := range links {
 			if e.cfg.Net != nil {
@@ -686,7 +684,16 @@ func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) 
 				releaseIfFree(pools[i], x.addr)
 			}
 		})
-	}()
+	})
+	if !started {
+		// The engine is closed (the daemon is exiting): the links stay
+		// for the next start's reconcile, as after a crash here.
+		for _, l := range links {
+			e.detaching.CompareAndDelete(l, done)
+		}
+		close(done)
+		e.log.Warn("engine closed: container links are removed at the next start", "links", links)
+	}
 	return done, nil
 }
 

@@ -112,6 +112,26 @@ type Capabilities struct {
 	Platform string
 }
 
+// goBackground runs f in a goroutine Close waits for, and returns true;
+// once Close has begun it runs nothing and returns false. Every goroutine
+// of the engine starts here: a request still in flight when the daemon
+// closes the engine (the server stops waiting for it after 10 s) must not
+// start work that outlives Close, nor go up on e.bg while Close waits on
+// it (a sync.WaitGroup forbids that).
+func (e *Engine) goBackground(f func()) bool {
+	e.bgMu.Lock()
+	defer e.bgMu.Unlock()
+	if e.bgClosed {
+		return false
+	}
+	e.bg.Add(1)
+	go func() {
+		defer e.bg.Done()
+		f()
+	}()
+	return true
+}
+
 // at runs the test hook of a point (no-op outside tests).
 func (e *Engine) at(point string) {
 	if e.testHook != nil {

@@ -51,7 +51,8 @@
 // Subsystems have leaf locks of their own, taken after 1–3 and never
 // together with e.mu: dnsState.applyMu (DNS listeners and policy are
 // derived and applied as one step), fwState.mu (the nftables table),
-// natState.mu.
+// natState.mu, and e.bgMu (held only inside goBackground and Close, around
+// no other lock).
 package engine
 
 import (
@@ -194,9 +195,13 @@ type Engine struct {
 	stopping     atomic.Bool
 	shutdownOnce sync.Once
 	shutdownCh   chan struct{}
-	bg           sync.WaitGroup
-	bgStop       chan struct{}
-	closeOnce    sync.Once
+	// bgMu guards bgClosed, set when Close begins: goBackground starts
+	// nothing from then on.
+	bgMu      sync.Mutex
+	bgClosed  bool
+	bg        sync.WaitGroup
+	bgStop    chan struct{}
+	closeOnce sync.Once
 }
 
 // New loads the desired state from the store. It does not touch the kernel;
@@ -275,8 +280,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	}
 	e.log.Info("state restored", "changes", changes, "took", time.Since(start).Round(time.Millisecond))
 	if e.cfg.ReconcileInterval > 0 {
-		e.bg.Add(1)
-		go e.reconcileLoop()
+		e.goBackground(e.reconcileLoop)
 	}
 	e.startMonitor(e.cfg.HealthInterval)
 	return nil
@@ -287,6 +291,9 @@ func (e *Engine) Start(ctx context.Context) error {
 // stays for the next start.
 func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
+		e.bgMu.Lock()
+		e.bgClosed = true
+		e.bgMu.Unlock()
 		close(e.bgStop)
 		e.bg.Wait()
 		var devs []*device

@@ -57,9 +57,7 @@ func (e *Engine) startMonitor(interval time.Duration) {
 	if interval <= 0 {
 		return
 	}
-	e.bg.Add(1)
-	go func() {
-		defer e.bg.Done()
+	e.goBackground(func() {
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
@@ -70,7 +68,7 @@ func (e *Engine) startMonitor(interval time.Duration) {
 				e.checkPeers(time.Now())
 			}
 		}
-	}()
+	})
 }
 
 func (e *Engine) publish(ev protocol.Event) {

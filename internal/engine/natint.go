@@ -267,8 +267,7 @@ func (e *Engine) natFollowGlobal() {
 		return
 	}
 	e.nat.loop.Do(func() {
-		e.bg.Add(1)
-		go e.natLoop()
+		e.goBackground(e.natLoop)
 	})
 	select {
 	case e.nat.kick <- struct{}{}:
@@ -282,7 +281,6 @@ func (e *Engine) natFollowGlobal() {
 // the global overlay's record says. It owns the relay's lifecycle, so no
 // request or pass waits for a relay to start or stop.
 func (e *Engine) natLoop() {
-	defer e.bg.Done()
 	n := e.nat
 	var tick <-chan time.Time
 	if n.cfg.RefreshInterval > 0 {
@@ -436,9 +434,7 @@ func (e *Engine) probeSoon() {
 	}
 	e.nat.probing = true
 	e.nat.mu.Unlock()
-	e.bg.Add(1)
-	go func() {
-		defer e.bg.Done()
+	started := e.goBackground(func() {
 		defer func() {
 			e.nat.mu.Lock()
 			e.nat.probing = false
@@ -460,7 +456,12 @@ func (e *Engine) probeSoon() {
 			}
 		}
 		e.probeNAT(ctx)
-	}()
+	})
+	if !started {
+		e.nat.mu.Lock()
+		e.nat.probing = false
+		e.nat.mu.Unlock()
+	}
 }
 
 func (e *Engine) natBindPort() (uint16, bool) {

@@ -14,7 +14,6 @@ import (
 )
 
 func (e *Engine) reconcileLoop() {
-	defer e.bg.Done()
 	t := time.NewTicker(e.cfg.ReconcileInterval)
 	defer t.Stop()
 	for {

@@ -793,9 +793,7 @@ func (e *Engine) forgetService(svc *serviceState) error {
 // the node slice once every member's links are deleted (in the background:
 // the kernel takes ~20 ms per veth, which the answer need not wait for).
 func (e *Engine) returnRangesWhenGone(svc *serviceState, gone []<-chan struct{}) {
-	e.bg.Add(1)
-	go func() {
-		defer e.bg.Done()
+	e.goBackground(func() {
 		for _, done := range gone {
 			select {
 			case <-done:
@@ -820,7 +818,7 @@ func (e *Engine) returnRangesWhenGone(svc *serviceState, gone []<-chan struct{})
 				}
 			}
 		})
-	}()
+	})
 }
 
 func cut(k string) (pool, addr string, ok bool) {
