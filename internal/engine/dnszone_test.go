@@ -247,3 +247,36 @@ func TestDNSZoneFromAnAttachIsNotUndoneByAnOlderDerivation(t *testing.T) {
 		t.Fatalf("status zone %s after the next attach; want new.local.", z)
 	}
 }
+
+// list_dns answers one moment of the zone and its names: the zone moving
+// and a name registered in the new zone while it lists must not show that
+// name in the old zone, where it never was.
+func TestListDNSIsOneMomentOfTheZone(t *testing.T) {
+	h := newDNSHarness(t, NodeListenersOff)
+	h.e.noteDNSDomain("old.local")
+	ip := netip.MustParseAddr("10.200.3.7")
+	h.ok(protocol.RegisterDNS{Name: "web.old.local.", IP: ip})
+	var once sync.Once
+	h.e.testHook = func(p string) {
+		if p != "dns.list" {
+			return
+		}
+		once.Do(func() {
+			h.e.noteDNSDomain("new.local")
+			h.ok(protocol.RegisterDNS{Name: "api.new.local.", IP: ip})
+		})
+	}
+	resp := h.ok(protocol.ListDNS{})
+	h.e.testHook = nil
+	list := resp.(protocol.DNSRecords)
+	var names []string
+	for _, r := range list.Records {
+		names = append(names, r.Name)
+	}
+	// Both names were in new.local when the listing read them;
+	// api.new.local was never in old.local.
+	want := []string{"api.new.local", "web.new.local"}
+	if list.Zone != "new.local" || !slices.Equal(names, want) {
+		t.Fatalf("list_dns: zone %s, names %v; want zone new.local, names %v", list.Zone, names, want)
+	}
+}
