@@ -121,8 +121,10 @@ type Capabilities struct {
 func (e *Engine) goBackground(f func()) bool {
 	e.bgMu.Lock()
 	defer e.bgMu.Unlock()
-	if e.bgClosed {
+	select {
+	case <-e.bgStop:
 		return false
+	default:
 	}
 	e.bg.Add(1)
 	go func() {

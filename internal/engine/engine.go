@@ -195,10 +195,9 @@ type Engine struct {
 	stopping     atomic.Bool
 	shutdownOnce sync.Once
 	shutdownCh   chan struct{}
-	// bgMu guards bgClosed, set when Close begins: goBackground starts
-	// nothing from then on.
+	// bgMu orders goBackground's check of bgStop with Close closing it:
+	// nothing starts once bgStop is closed.
 	bgMu      sync.Mutex
-	bgClosed  bool
 	bg        sync.WaitGroup
 	bgStop    chan struct{}
 	closeOnce sync.Once
@@ -292,9 +291,8 @@ func (e *Engine) Start(ctx context.Context) error {
 func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
 		e.bgMu.Lock()
-		e.bgClosed = true
-		e.bgMu.Unlock()
 		close(e.bgStop)
+		e.bgMu.Unlock()
 		e.bg.Wait()
 		var devs []*device
 		e.locked(func() { devs = e.devicesLocked() })

@@ -219,13 +219,20 @@ func TestDataplaneOfAnotherOwnerIsRefused(t *testing.T) {
 // A data plane killed under the daemon (the OOM killer, an operator's
 // kill -9) leaves its UAPI socket; closing the device afterwards must not
 // leave it too, or wg show lists a device nobody serves.
-func TestDataplaneKilledThenClosedLeavesNoSocket(t *testing.T) {
-	requireRoot(t)
-	n, ns, dev := openDataplane(t, "k")
-	pid := dataplanePIDIn(ns)
-	if pid == 0 {
+// openDataplaneProcess is openDataplane plus the pid of the data plane
+// process it started.
+func openDataplaneProcess(t *testing.T, tag string) (n *node, ns, dev string, pid int) {
+	t.Helper()
+	n, ns, dev = openDataplane(t, tag)
+	if pid = dataplanePIDIn(ns); pid == 0 {
 		t.Fatal("no data plane process after open")
 	}
+	return n, ns, dev, pid
+}
+
+func TestDataplaneKilledThenClosedLeavesNoSocket(t *testing.T) {
+	requireRoot(t)
+	n, ns, dev, pid := openDataplaneProcess(t, "k")
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

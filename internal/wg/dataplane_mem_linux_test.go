@@ -38,11 +38,7 @@ func vmRSS(t *testing.T, pid int) uint64 {
 // runtime keeps up to twice the live heap resident.
 func TestDataplaneReturnsItsHeapAfterABurst(t *testing.T) {
 	requireRoot(t)
-	_, ns, dev := openDataplane(t, "m")
-	pid := dataplanePIDIn(ns)
-	if pid == 0 {
-		t.Fatal("no data plane process after open")
-	}
+	_, _, dev, pid := openDataplaneProcess(t, "m")
 	d := newProcessDevice(dev, slog.New(slog.DiscardHandler))
 	const peers = 4000
 	var batch []wgtypes.PeerConfig
