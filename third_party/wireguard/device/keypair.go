@@ -6,11 +6,11 @@
 package device
 
 import (
-	"crypto/cipher"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.zx2c4.com/wireguard/aeadbatch"
 	"golang.zx2c4.com/wireguard/replay"
 )
 
@@ -23,8 +23,8 @@ import (
 
 type Keypair struct {
 	sendNonce    atomic.Uint64
-	send         cipher.AEAD
-	receive      cipher.AEAD
+	send         *aeadbatch.Key
+	receive      *aeadbatch.Key
 	replayFilter replay.Filter
 	isInitiator  bool
 	created      time.Time

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/crypto/poly1305"
 
+	"golang.zx2c4.com/wireguard/aeadbatch"
 	"golang.zx2c4.com/wireguard/tai64n"
 )
 
@@ -651,8 +652,8 @@ func (peer *Peer) BeginSymmetricSession() error {
 	// create AEAD instances
 
 	keypair := new(Keypair)
-	keypair.send, _ = chacha20poly1305.New(sendKey[:])
-	keypair.receive, _ = chacha20poly1305.New(recvKey[:])
+	keypair.send, _ = aeadbatch.NewKey(sendKey[:])
+	keypair.receive, _ = aeadbatch.NewKey(recvKey[:])
 
 	setZero(sendKey[:])
 	setZero(recvKey[:])

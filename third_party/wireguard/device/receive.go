@@ -12,9 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.zx2c4.com/wireguard/aeadbatch"
 	"golang.zx2c4.com/wireguard/conn"
 )
 
@@ -236,31 +236,57 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 }
 
 func (device *Device) RoutineDecryption(id int) {
-	var nonce [chacha20poly1305.NonceSize]byte
+	var batch aeadbatch.Batch
+	var msgs []aeadbatch.Message
+	var opened []*QueueInboundElement
 
 	defer device.log.Verbosef("Routine: decryption worker %d - stopped", id)
 	device.log.Verbosef("Routine: decryption worker %d - started", id)
 
+	// open authenticates and decrypts a run of packets under one key and
+	// points each element at its plaintext, or at nothing if it failed.
+	open := func(key *aeadbatch.Key) {
+		batch.Open(key, msgs)
+		for i, elem := range opened {
+			elem.packet = nil
+			if msgs[i].Err == nil {
+				elem.packet = msgs[i].Data
+			}
+		}
+		clear(msgs) // drop the references to the buffers
+		clear(opened)
+		msgs, opened = msgs[:0], opened[:0]
+	}
+
 	for elemsContainer := range device.queue.decryption.c {
+		// The container's packets are opened together: every run of them
+		// under one key is one batch (aeadbatch opens several per vector
+		// pass).
+		var key *aeadbatch.Key
 		for _, elem := range elemsContainer.elems {
 			// split message into fields
 			counter := elem.packet[MessageTransportOffsetCounter:MessageTransportOffsetContent]
 			content := elem.packet[MessageTransportOffsetContent:]
-
-			// decrypt and release to consumer
-			var err error
 			elem.counter = binary.LittleEndian.Uint64(counter)
-			// copy counter to nonce
-			binary.LittleEndian.PutUint64(nonce[0x4:0xc], elem.counter)
-			elem.packet, err = elem.keypair.receive.Open(
-				content[:0],
-				nonce[:],
-				content,
-				nil,
-			)
-			if err != nil {
+			if len(content) < aeadbatch.TagSize {
 				elem.packet = nil
+				continue
 			}
+			if key != elem.keypair.receive && len(msgs) > 0 {
+				open(key)
+			}
+			key = elem.keypair.receive
+			msg := aeadbatch.Message{
+				Data: content[:len(content)-aeadbatch.TagSize],
+				Tag:  content[len(content)-aeadbatch.TagSize:],
+			}
+			// copy counter to nonce
+			binary.LittleEndian.PutUint64(msg.Nonce[0x4:0xc], elem.counter)
+			msgs = append(msgs, msg)
+			opened = append(opened, elem)
+		}
+		if len(msgs) > 0 {
+			open(key)
 		}
 		elemsContainer.Unlock()
 	}

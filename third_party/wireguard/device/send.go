@@ -13,9 +13,9 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.zx2c4.com/wireguard/aeadbatch"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -438,12 +438,17 @@ func calculatePaddingSize(packetSize, mtu int) int {
  */
 func (device *Device) RoutineEncryption(id int) {
 	var paddingZeros [PaddingMultiple]byte
-	var nonce [chacha20poly1305.NonceSize]byte
+	var batch aeadbatch.Batch
+	var msgs []aeadbatch.Message
 
 	defer device.log.Verbosef("Routine: encryption worker %d - stopped", id)
 	device.log.Verbosef("Routine: encryption worker %d - started", id)
 
 	for elemsContainer := range device.queue.encryption.c {
+		// Seal the container's packets together: every run of them under
+		// one key is one batch (aeadbatch seals several per vector pass).
+		var key *aeadbatch.Key
+		msgs = msgs[:0]
 		for _, elem := range elemsContainer.elems {
 			// populate header fields
 			header := elem.buffer[:MessageTransportHeaderSize]
@@ -460,16 +465,25 @@ func (device *Device) RoutineEncryption(id int) {
 			paddingSize := calculatePaddingSize(len(elem.packet), int(device.tun.mtu.Load()))
 			elem.packet = append(elem.packet, paddingZeros[:paddingSize]...)
 
-			// encrypt content and release to consumer
-
-			binary.LittleEndian.PutUint64(nonce[4:], elem.nonce)
-			elem.packet = elem.keypair.send.Seal(
-				header,
-				nonce[:],
-				elem.packet,
-				nil,
-			)
+			// encrypt content in place, the tag after it, and release to consumer
+			if key != elem.keypair.send && len(msgs) > 0 {
+				batch.Seal(key, msgs)
+				msgs = msgs[:0]
+			}
+			key = elem.keypair.send
+			size := len(elem.packet)
+			msg := aeadbatch.Message{
+				Data: elem.buffer[MessageTransportOffsetContent : MessageTransportOffsetContent+size],
+				Tag:  elem.buffer[MessageTransportOffsetContent+size : MessageTransportOffsetContent+size+aeadbatch.TagSize],
+			}
+			binary.LittleEndian.PutUint64(msg.Nonce[4:], elem.nonce)
+			msgs = append(msgs, msg)
+			elem.packet = elem.buffer[:MessageTransportOffsetContent+size+aeadbatch.TagSize]
 		}
+		if len(msgs) > 0 {
+			batch.Seal(key, msgs)
+		}
+		clear(msgs) // drop the references to the buffers
 		elemsContainer.Unlock()
 	}
 }

@@ -1,0 +1,257 @@
+//go:build amd64 && !purego
+
+/* SPDX-License-Identifier: MIT
+ *
+ * Copyright (C) 2017-2025 WireGuard LLC. All Rights Reserved.
+ */
+
+#include "textflag.h"
+
+// 16-lane ChaCha20 (RFC 8439) block function, one zmm register per state
+// word: register Zw holds state word w of lanes 0..15 (lane i = element i).
+// Only AVX-512F instructions are used. No data-dependent branches or
+// addresses; the only branch is the fixed 10-iteration double-round loop.
+//
+// Register use:
+//   Z0..Z15   working state x[0..15]
+//   Z16..Z31  input state (added back after the rounds), then transpose temps
+//   AX key, BX ctr, CX nonce, SI src, DI dst, R8 constant scratch,
+//   R9 round counter, R10/R11 the source and destination of one block
+
+// QUARTERROUND4 runs four independent quarter rounds interleaved.
+#define QUARTERROUND4(a0, b0, c0, d0, a1, b1, c1, d1, a2, b2, c2, d2, a3, b3, c3, d3) \
+	VPADDD b0, a0, a0; VPADDD b1, a1, a1; VPADDD b2, a2, a2; VPADDD b3, a3, a3; \
+	VPXORD a0, d0, d0; VPXORD a1, d1, d1; VPXORD a2, d2, d2; VPXORD a3, d3, d3; \
+	VPROLD $16, d0, d0; VPROLD $16, d1, d1; VPROLD $16, d2, d2; VPROLD $16, d3, d3; \
+	VPADDD d0, c0, c0; VPADDD d1, c1, c1; VPADDD d2, c2, c2; VPADDD d3, c3, c3; \
+	VPXORD c0, b0, b0; VPXORD c1, b1, b1; VPXORD c2, b2, b2; VPXORD c3, b3, b3; \
+	VPROLD $12, b0, b0; VPROLD $12, b1, b1; VPROLD $12, b2, b2; VPROLD $12, b3, b3; \
+	VPADDD b0, a0, a0; VPADDD b1, a1, a1; VPADDD b2, a2, a2; VPADDD b3, a3, a3; \
+	VPXORD a0, d0, d0; VPXORD a1, d1, d1; VPXORD a2, d2, d2; VPXORD a3, d3, d3; \
+	VPROLD $8, d0, d0; VPROLD $8, d1, d1; VPROLD $8, d2, d2; VPROLD $8, d3, d3; \
+	VPADDD d0, c0, c0; VPADDD d1, c1, c1; VPADDD d2, c2, c2; VPADDD d3, c3, c3; \
+	VPXORD c0, b0, b0; VPXORD c1, b1, b1; VPXORD c2, b2, b2; VPXORD c3, b3, b3; \
+	VPROLD $7, b0, b0; VPROLD $7, b1, b1; VPROLD $7, b2, b2; VPROLD $7, b3, b3
+
+// func chacha20x16XORAVX512(key *[8]uint32, ctr *[16]uint32, nonce *[3][16]uint32, src, dst *[16]*byte)
+TEXT ·chacha20x16XORAVX512(SB), NOSPLIT, $0-40
+	MOVQ key+0(FP), AX
+	MOVQ ctr+8(FP), BX
+	MOVQ nonce+16(FP), CX
+	MOVQ src+24(FP), SI
+	MOVQ dst+32(FP), DI
+
+	// Constants "expand 32-byte k".
+	MOVL $0x61707865, R8
+	VPBROADCASTD R8, Z0
+	MOVL $0x3320646e, R8
+	VPBROADCASTD R8, Z1
+	MOVL $0x79622d32, R8
+	VPBROADCASTD R8, Z2
+	MOVL $0x6b206574, R8
+	VPBROADCASTD R8, Z3
+
+	// Key words 0..7 -> state words 4..11 (same in every lane).
+	VPBROADCASTD 0(AX), Z4
+	VPBROADCASTD 4(AX), Z5
+	VPBROADCASTD 8(AX), Z6
+	VPBROADCASTD 12(AX), Z7
+	VPBROADCASTD 16(AX), Z8
+	VPBROADCASTD 20(AX), Z9
+	VPBROADCASTD 24(AX), Z10
+	VPBROADCASTD 28(AX), Z11
+
+	// Per-lane counter (word 12) and nonce rows (words 13..15).
+	VMOVDQU32 (BX), Z12
+	VMOVDQU32 0(CX), Z13
+	VMOVDQU32 64(CX), Z14
+	VMOVDQU32 128(CX), Z15
+
+	// Keep the input state for the final addition.
+	VMOVDQA32 Z0, Z16
+	VMOVDQA32 Z1, Z17
+	VMOVDQA32 Z2, Z18
+	VMOVDQA32 Z3, Z19
+	VMOVDQA32 Z4, Z20
+	VMOVDQA32 Z5, Z21
+	VMOVDQA32 Z6, Z22
+	VMOVDQA32 Z7, Z23
+	VMOVDQA32 Z8, Z24
+	VMOVDQA32 Z9, Z25
+	VMOVDQA32 Z10, Z26
+	VMOVDQA32 Z11, Z27
+	VMOVDQA32 Z12, Z28
+	VMOVDQA32 Z13, Z29
+	VMOVDQA32 Z14, Z30
+	VMOVDQA32 Z15, Z31
+
+	MOVQ $10, R9
+
+doubleround:
+	// Column rounds.
+	QUARTERROUND4(Z0, Z4, Z8, Z12, Z1, Z5, Z9, Z13, Z2, Z6, Z10, Z14, Z3, Z7, Z11, Z15)
+	// Diagonal rounds.
+	QUARTERROUND4(Z0, Z5, Z10, Z15, Z1, Z6, Z11, Z12, Z2, Z7, Z8, Z13, Z3, Z4, Z9, Z14)
+	DECQ R9
+	JNZ  doubleround
+
+	// Add the input state.
+	VPADDD Z16, Z0, Z0
+	VPADDD Z17, Z1, Z1
+	VPADDD Z18, Z2, Z2
+	VPADDD Z19, Z3, Z3
+	VPADDD Z20, Z4, Z4
+	VPADDD Z21, Z5, Z5
+	VPADDD Z22, Z6, Z6
+	VPADDD Z23, Z7, Z7
+	VPADDD Z24, Z8, Z8
+	VPADDD Z25, Z9, Z9
+	VPADDD Z26, Z10, Z10
+	VPADDD Z27, Z11, Z11
+	VPADDD Z28, Z12, Z12
+	VPADDD Z29, Z13, Z13
+	VPADDD Z30, Z14, Z14
+	VPADDD Z31, Z15, Z15
+
+	// 16x16 dword transpose so that lane i becomes the contiguous block i.
+	// Step 1: interleave dword pairs (w2p, w2p+1) -> Z16+2p (low), Z17+2p (high).
+	VPUNPCKLDQ Z1, Z0, Z16
+	VPUNPCKHDQ Z1, Z0, Z17
+	VPUNPCKLDQ Z3, Z2, Z18
+	VPUNPCKHDQ Z3, Z2, Z19
+	VPUNPCKLDQ Z5, Z4, Z20
+	VPUNPCKHDQ Z5, Z4, Z21
+	VPUNPCKLDQ Z7, Z6, Z22
+	VPUNPCKHDQ Z7, Z6, Z23
+	VPUNPCKLDQ Z9, Z8, Z24
+	VPUNPCKHDQ Z9, Z8, Z25
+	VPUNPCKLDQ Z11, Z10, Z26
+	VPUNPCKHDQ Z11, Z10, Z27
+	VPUNPCKLDQ Z13, Z12, Z28
+	VPUNPCKHDQ Z13, Z12, Z29
+	VPUNPCKLDQ Z15, Z14, Z30
+	VPUNPCKHDQ Z15, Z14, Z31
+
+	// Step 2: interleave qwords. Afterwards Z(4g+j) holds, in 128-bit lane k,
+	// words 4g..4g+3 of block 4k+j.
+	VPUNPCKLQDQ Z18, Z16, Z0
+	VPUNPCKHQDQ Z18, Z16, Z1
+	VPUNPCKLQDQ Z19, Z17, Z2
+	VPUNPCKHQDQ Z19, Z17, Z3
+	VPUNPCKLQDQ Z22, Z20, Z4
+	VPUNPCKHQDQ Z22, Z20, Z5
+	VPUNPCKLQDQ Z23, Z21, Z6
+	VPUNPCKHQDQ Z23, Z21, Z7
+	VPUNPCKLQDQ Z26, Z24, Z8
+	VPUNPCKHQDQ Z26, Z24, Z9
+	VPUNPCKLQDQ Z27, Z25, Z10
+	VPUNPCKHQDQ Z27, Z25, Z11
+	VPUNPCKLQDQ Z30, Z28, Z12
+	VPUNPCKHQDQ Z30, Z28, Z13
+	VPUNPCKLQDQ Z31, Z29, Z14
+	VPUNPCKHQDQ Z31, Z29, Z15
+
+	// Step 3: 4x4 transpose of 128-bit lanes among Zj, Z4+j, Z8+j, Z12+j,
+	// then XOR block 4k+j into src[4k+j]'s 64 bytes and store it at dst[4k+j].
+	VSHUFI32X4 $0x44, Z4, Z0, Z16
+	VSHUFI32X4 $0xee, Z4, Z0, Z17
+	VSHUFI32X4 $0x44, Z12, Z8, Z18
+	VSHUFI32X4 $0xee, Z12, Z8, Z19
+	VSHUFI32X4 $0x88, Z18, Z16, Z0
+	VSHUFI32X4 $0xdd, Z18, Z16, Z4
+	VSHUFI32X4 $0x88, Z19, Z17, Z8
+	VSHUFI32X4 $0xdd, Z19, Z17, Z12
+	MOVQ 0(SI), R10
+	MOVQ 0(DI), R11
+	VPXORD (R10), Z0, Z0
+	VMOVDQU32 Z0, (R11)
+	MOVQ 32(SI), R10
+	MOVQ 32(DI), R11
+	VPXORD (R10), Z4, Z4
+	VMOVDQU32 Z4, (R11)
+	MOVQ 64(SI), R10
+	MOVQ 64(DI), R11
+	VPXORD (R10), Z8, Z8
+	VMOVDQU32 Z8, (R11)
+	MOVQ 96(SI), R10
+	MOVQ 96(DI), R11
+	VPXORD (R10), Z12, Z12
+	VMOVDQU32 Z12, (R11)
+
+	VSHUFI32X4 $0x44, Z5, Z1, Z20
+	VSHUFI32X4 $0xee, Z5, Z1, Z21
+	VSHUFI32X4 $0x44, Z13, Z9, Z22
+	VSHUFI32X4 $0xee, Z13, Z9, Z23
+	VSHUFI32X4 $0x88, Z22, Z20, Z1
+	VSHUFI32X4 $0xdd, Z22, Z20, Z5
+	VSHUFI32X4 $0x88, Z23, Z21, Z9
+	VSHUFI32X4 $0xdd, Z23, Z21, Z13
+	MOVQ 8(SI), R10
+	MOVQ 8(DI), R11
+	VPXORD (R10), Z1, Z1
+	VMOVDQU32 Z1, (R11)
+	MOVQ 40(SI), R10
+	MOVQ 40(DI), R11
+	VPXORD (R10), Z5, Z5
+	VMOVDQU32 Z5, (R11)
+	MOVQ 72(SI), R10
+	MOVQ 72(DI), R11
+	VPXORD (R10), Z9, Z9
+	VMOVDQU32 Z9, (R11)
+	MOVQ 104(SI), R10
+	MOVQ 104(DI), R11
+	VPXORD (R10), Z13, Z13
+	VMOVDQU32 Z13, (R11)
+
+	VSHUFI32X4 $0x44, Z6, Z2, Z24
+	VSHUFI32X4 $0xee, Z6, Z2, Z25
+	VSHUFI32X4 $0x44, Z14, Z10, Z26
+	VSHUFI32X4 $0xee, Z14, Z10, Z27
+	VSHUFI32X4 $0x88, Z26, Z24, Z2
+	VSHUFI32X4 $0xdd, Z26, Z24, Z6
+	VSHUFI32X4 $0x88, Z27, Z25, Z10
+	VSHUFI32X4 $0xdd, Z27, Z25, Z14
+	MOVQ 16(SI), R10
+	MOVQ 16(DI), R11
+	VPXORD (R10), Z2, Z2
+	VMOVDQU32 Z2, (R11)
+	MOVQ 48(SI), R10
+	MOVQ 48(DI), R11
+	VPXORD (R10), Z6, Z6
+	VMOVDQU32 Z6, (R11)
+	MOVQ 80(SI), R10
+	MOVQ 80(DI), R11
+	VPXORD (R10), Z10, Z10
+	VMOVDQU32 Z10, (R11)
+	MOVQ 112(SI), R10
+	MOVQ 112(DI), R11
+	VPXORD (R10), Z14, Z14
+	VMOVDQU32 Z14, (R11)
+
+	VSHUFI32X4 $0x44, Z7, Z3, Z28
+	VSHUFI32X4 $0xee, Z7, Z3, Z29
+	VSHUFI32X4 $0x44, Z15, Z11, Z30
+	VSHUFI32X4 $0xee, Z15, Z11, Z31
+	VSHUFI32X4 $0x88, Z30, Z28, Z3
+	VSHUFI32X4 $0xdd, Z30, Z28, Z7
+	VSHUFI32X4 $0x88, Z31, Z29, Z11
+	VSHUFI32X4 $0xdd, Z31, Z29, Z15
+	MOVQ 24(SI), R10
+	MOVQ 24(DI), R11
+	VPXORD (R10), Z3, Z3
+	VMOVDQU32 Z3, (R11)
+	MOVQ 56(SI), R10
+	MOVQ 56(DI), R11
+	VPXORD (R10), Z7, Z7
+	VMOVDQU32 Z7, (R11)
+	MOVQ 88(SI), R10
+	MOVQ 88(DI), R11
+	VPXORD (R10), Z11, Z11
+	VMOVDQU32 Z11, (R11)
+	MOVQ 120(SI), R10
+	MOVQ 120(DI), R11
+	VPXORD (R10), Z15, Z15
+	VMOVDQU32 Z15, (R11)
+
+	VZEROUPPER
+	RET
