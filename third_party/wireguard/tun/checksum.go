@@ -5,8 +5,17 @@ import (
 	"math/bits"
 )
 
-// TODO: Explore SIMD and/or other assembly optimizations.
-func checksumNoFold(b []byte, initial uint64) uint64 {
+// checksumNoFoldGeneric is the portable implementation of checksumNoFold. It
+// is used directly on non-amd64 platforms (and with -tags purego) and, on
+// amd64, for inputs shorter than 32 bytes and on CPUs without AVX2 (see
+// checksum_amd64.go).
+//
+// The 64-bit return value is a ones'-complement (end-around-carry)
+// accumulator in network (big-endian) byte order; callers only fold it to 16
+// bits with checksum() or feed it back as initial, so any value that is
+// congruent modulo 0xffff and zero exactly when this one is zero is
+// equivalent.
+func checksumNoFoldGeneric(b []byte, initial uint64) uint64 {
 	tmp := make([]byte, 8)
 	binary.NativeEndian.PutUint64(tmp, initial)
 	ac := binary.BigEndian.Uint64(tmp)
