@@ -46,12 +46,13 @@ trap 'exit 130' INT TERM
 # name → the patches applied, in order: fork is our fork's
 # (third_party/wireguard-patches), fork-NNNN its patches up to NNNN, and
 # the fork-scatter ones candidates measured on top of its first two and
-# dropped, fork-pseudoheader one on top of all three, fork-cryptobound*
-# a bound, not a candidate: it encrypts only part of each packet to tell
-# what cheaper crypto could gain, and is not secure (bench/wg-patches,
+# dropped, fork-pseudoheader one on top of all of them, fork-cryptobound*
+# a bound, not a candidate, on top of the first three (before 0004 made the
+# crypto cheaper): it encrypts only part of each packet to tell what
+# cheaper crypto could gain, and is not secure (bench/wg-patches,
 # docs/benchmarks.md); then name → (file, old text, new text) of the one
 # constant it changes.
-variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork fork-scatter fork-scatter-tunread fork-pseudoheader fork-cryptobound fork-cryptobound70})
+variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork-0003 fork-0004 fork fork-scatter fork-scatter-tunread fork-pseudoheader fork-cryptobound fork-cryptobound70})
 forkpatches=("$root"/third_party/wireguard-patches/*.patch)
 upto() { # NNNN → our fork's patches up to NNNN
 	local p
@@ -66,8 +67,8 @@ declare -A diff=(
 	[fork-scatter]="$(upto 0002) $root/bench/wg-patches/scatter.patch"
 	[fork-scatter-tunread]="$(upto 0002) $root/bench/wg-patches/scatter.patch $root/bench/wg-patches/tunread.patch"
 	[fork-pseudoheader]="${forkpatches[*]} $root/bench/wg-patches/pseudoheader.patch"
-	[fork-cryptobound]="${forkpatches[*]} $root/bench/wg-patches/cryptobound.patch"
-	[fork-cryptobound70]="${forkpatches[*]} $root/bench/wg-patches/cryptobound.patch"
+	[fork-cryptobound]="$(upto 0003) $root/bench/wg-patches/cryptobound.patch"
+	[fork-cryptobound70]="$(upto 0003) $root/bench/wg-patches/cryptobound.patch"
 	[fork-peerqueue]="${forkpatches[*]} $root/bench/wg-patches/peerqueue.patch"
 	[fork-queues128]="${forkpatches[*]} $root/bench/wg-patches/queues128.patch"
 )
