@@ -86,7 +86,10 @@ type Message struct {
 	Nonce [NonceSize]byte
 	// Data is the plaintext for Seal, which replaces it with the
 	// ciphertext, and the ciphertext (without tag) for Open, which replaces
-	// it with the plaintext if the tag matches and leaves it alone if not.
+	// it with the plaintext if the tag matches. If it does not, Open never
+	// decrypts Data: it leaves it as it was, or clears it where x/crypto
+	// opens it in place (a group too small for the vector kernels, with Tag
+	// right behind Data); either way the message is to be dropped.
 	Data []byte
 	// Tag is written by Seal and checked by Open; it must be TagSize long.
 	Tag []byte
@@ -119,6 +122,7 @@ type Batch struct {
 	tag      [TagSize]byte
 	ok       [lanes]bool
 	nonces   [lanes][3]uint32 // each message's nonce as ChaCha20 state words
+	scratch  []byte           // x/crypto's output where it cannot work in place
 }
 
 // Seal encrypts and authenticates every message of msgs under key, in
@@ -147,7 +151,7 @@ func (b *Batch) run(key *Key, msgs []Message, seal bool) {
 		switch {
 		case b.forceScalar || n < minVectorGroup || !fitsCounter(group):
 			for i := range group {
-				oneByOne(key.AEAD, &group[i], seal)
+				b.oneByOne(key.AEAD, &group[i], seal)
 			}
 		case seal:
 			b.seal(key, group)
@@ -166,24 +170,44 @@ func fitsCounter(group []Message) bool {
 	return true
 }
 
-func oneByOne(aead cipher.AEAD, m *Message, seal bool) {
+// oneByOne seals or opens m with x/crypto. Where Tag sits right behind
+// Data, as wireguard-go lays packets out, it works in place, as upstream
+// does: no copy and no allocation on CPUs without the vector kernels.
+func (b *Batch) oneByOne(aead cipher.AEAD, m *Message, seal bool) {
+	n := len(m.Data)
+	inPlace := tagFollows(m)
 	if seal {
-		out := aead.Seal(m.Data[:0], m.Nonce[:], m.Data, nil)
-		copy(m.Tag, out[len(m.Data):])
+		if inPlace {
+			aead.Seal(m.Data[:0], m.Nonce[:], m.Data, nil)
+			return
+		}
+		b.scratch = aead.Seal(b.scratch[:0], m.Nonce[:], m.Data, nil)
+		copy(m.Data, b.scratch)
+		copy(m.Tag, b.scratch[n:])
 		return
 	}
-	// x/crypto wants ciphertext and tag together; it also clears the
-	// output on failure, which would destroy Data, hence the copy.
-	ct := make([]byte, len(m.Data)+TagSize)
-	copy(ct, m.Data)
-	copy(ct[len(m.Data):], m.Tag)
-	pt, err := aead.Open(ct[:0], m.Nonce[:], ct, nil)
 	m.Err = nil
+	if inPlace {
+		// x/crypto clears Data if the tag does not match.
+		if _, err := aead.Open(m.Data[:0], m.Nonce[:], m.Data[:n+TagSize], nil); err != nil {
+			m.Err = ErrOpen
+		}
+		return
+	}
+	b.scratch = append(append(b.scratch[:0], m.Data...), m.Tag...)
+	pt, err := aead.Open(b.scratch[:0], m.Nonce[:], b.scratch, nil)
 	if err != nil {
 		m.Err = ErrOpen
 		return
 	}
 	copy(m.Data, pt)
+}
+
+// tagFollows reports whether m.Tag is the TagSize bytes right behind
+// m.Data in one buffer.
+func tagFollows(m *Message) bool {
+	n := len(m.Data)
+	return len(m.Tag) == TagSize && cap(m.Data)-n >= TagSize && &m.Data[:n+1][n] == &m.Tag[0]
 }
 
 // seal encrypts a group in passes that mix every message's blocks (its

@@ -43,11 +43,18 @@ func randomBatch(r *rand.Rand, n int) (key []byte, msgs []Message, plain [][]byt
 		fill(r, plain[i])
 		fill(r, msgs[i].Nonce[:])
 		// Data at an odd offset in a larger buffer: the kernels must not
-		// assume alignment or read past the end.
+		// assume alignment or read past the end. Every other message has
+		// its tag right behind its data (wireguard-go's layout, which
+		// x/crypto seals in place), the others in a buffer of its own.
 		buf := make([]byte, l+1+TagSize)
-		msgs[i].Data = buf[1 : 1+l]
+		if i%2 == 0 {
+			msgs[i].Data = buf[1 : 1+l]
+			msgs[i].Tag = buf[1+l:]
+		} else {
+			msgs[i].Data = buf[1 : 1+l : 1+l]
+			msgs[i].Tag = make([]byte, TagSize)
+		}
 		copy(msgs[i].Data, plain[i])
-		msgs[i].Tag = buf[1+l:]
 	}
 	return key, msgs, plain
 }
@@ -122,8 +129,8 @@ func TestOpenRejectsEachTamperedMessageAlone(t *testing.T) {
 							switch {
 							case i == victim && msgs[i].Err != ErrOpen:
 								t.Fatalf("batch of %d: message %d with its %s changed opened (err %v)", n, i, where, msgs[i].Err)
-							case i == victim && !bytes.Equal(msgs[i].Data, tampered):
-								t.Fatalf("batch of %d: message %d failed but its data was changed", n, i)
+							case i == victim && !bytes.Equal(msgs[i].Data, tampered) && !((name == "scalar" || n < minVectorGroup) && tagFollows(&msgs[i]) && allZero(msgs[i].Data)):
+								t.Fatalf("batch of %d: message %d failed but its data was changed (not cleared either)", n, i)
 							case i != victim && (msgs[i].Err != nil || !bytes.Equal(msgs[i].Data, plain[i])):
 								t.Fatalf("batch of %d: message %d, untouched, did not open (err %v)", n, i, msgs[i].Err)
 							}
@@ -132,6 +139,43 @@ func TestOpenRejectsEachTamperedMessageAlone(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Where the vector kernels do not run (other CPUs, groups of one or two
+// packets), x/crypto seals and opens wireguard-go's packets in place, as
+// upstream does: nothing is allocated or copied per packet beyond what
+// x/crypto itself allocates (its generic code does, its assembly not).
+func TestOneByOneInPlaceAllocatesNoMoreThanXCrypto(t *testing.T) {
+	k, _ := NewKey(make([]byte, KeySize))
+	buf := make([]byte, 1424+TagSize)
+	var nonce [NonceSize]byte
+	upstream := testing.AllocsPerRun(100, func() {
+		k.AEAD.Seal(buf[:0], nonce[:], buf[:1424], nil)
+		if _, err := k.AEAD.Open(buf[:0], nonce[:], buf, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	msgs := []Message{{Data: buf[:1424], Tag: buf[1424:]}}
+	b := &Batch{k: genericKernels, forceScalar: true}
+	ours := testing.AllocsPerRun(100, func() {
+		b.Seal(k, msgs)
+		b.Open(k, msgs)
+		if msgs[0].Err != nil {
+			t.Fatal(msgs[0].Err)
+		}
+	})
+	if ours > upstream {
+		t.Fatalf("sealing and opening one packet in place allocated %v times, x/crypto alone %v", ours, upstream)
 	}
 }
 
