@@ -101,7 +101,7 @@ func (r *received) find(p []byte) (datagram, bool) {
 func newTestRelay(t *testing.T, cfg RelayConfig, rcv *received) *Relay {
 	t.Helper()
 	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+		cfg.Log = slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	r, err := NewRelay(cfg)
 	if err != nil {
@@ -115,10 +115,35 @@ func newTestRelay(t *testing.T, cfg RelayConfig, rcv *received) *Relay {
 	return r
 }
 
-type testWriter struct{ t *testing.T }
+// testWriter sends log lines to the test's log until the test's cleanups
+// have run. pion's client goroutines outlive Relay.Close (it does not wait
+// for them) and may still log a line; t.Log after the test has finished
+// is a data race with the testing package's own bookkeeping (the race
+// detector caught it in CI).
+type testWriter struct {
+	t    *testing.T
+	mu   *sync.Mutex
+	done *bool
+}
+
+// newTestWriter must be called before anything that logs through it
+// registers its own cleanup, so that its cleanup runs after theirs.
+func newTestWriter(t *testing.T) testWriter {
+	w := testWriter{t: t, mu: new(sync.Mutex), done: new(bool)}
+	t.Cleanup(func() {
+		w.mu.Lock()
+		*w.done = true
+		w.mu.Unlock()
+	})
+	return w
+}
 
 func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !*w.done {
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
 	return len(p), nil
 }
 
@@ -394,7 +419,7 @@ func TestBindSendsRelayedEndpointsThroughTheRelay(t *testing.T) {
 	inner1, inner2 := newFakeBind(), newFakeBind()
 	b1, b2 := NewBind(inner1, nil), NewBind(inner2, nil)
 	for _, b := range []*Bind{b1, b2} {
-		r, err := NewRelay(RelayConfig{Servers: []TURNServer{srv.server()}, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))})
+		r, err := NewRelay(RelayConfig{Servers: []TURNServer{srv.server()}, Log: slog.New(slog.NewTextHandler(newTestWriter(t), nil))})
 		if err != nil {
 			t.Fatal(err)
 		}
