@@ -414,7 +414,7 @@ func RunDataplane(args []string, stderr io.Writer) int {
 			d.Close()
 			return 0
 		case <-check.C:
-			trim.tick(ud.requests.Load())
+			trim.tick(ud.requests.Load(), ud.serving())
 			if *state != "" {
 				if _, err := os.Stat(*state); errors.Is(err, os.ErrNotExist) {
 					log.Info("the daemon's state file is gone: nothing will adopt this device; ending", "state", *state)

@@ -14,7 +14,10 @@ const heapTrimMin = 16 << 20
 // up to its next collection goal of twice the live heap: with thousands of
 // peers, adding them, or reading them all every health interval, leaves
 // tens of MiB resident that no packet needs. A burst ends when a tick sees
-// no request since the one before. The runtime's collection goal is left
+// no request since the one before and none still being served: a read of
+// thousands of peers can take longer than a tick on a slow node, and
+// trimming under it would leave its garbage for no later tick to see. The
+// runtime's collection goal is left
 // alone (a lower GOGC would collect more often while packets flow too): the
 // only extra collections are these, at most one per burst.
 type heapTrim struct {
@@ -30,10 +33,11 @@ func newHeapTrim() *heapTrim {
 	return &heapTrim{min: heapTrimMin, reclaimable: reclaimableHeap, release: debug.FreeOSMemory}
 }
 
-// tick is called every few seconds with the device's request count. It
-// reports whether it released memory.
-func (t *heapTrim) tick(requests uint64) bool {
-	busy := requests != t.seen
+// tick is called every few seconds with the device's request count and
+// how many of them are still being served. It reports whether it released
+// memory.
+func (t *heapTrim) tick(requests uint64, serving int) bool {
+	busy := requests != t.seen || serving > 0
 	t.seen = requests
 	if busy {
 		t.dirty = true

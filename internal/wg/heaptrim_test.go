@@ -22,11 +22,11 @@ func TestHeapTrimReleasesOnceABurstIsOver(t *testing.T) {
 	// requests keep coming, however much garbage they leave.
 	for i, requests := range []uint64{40, 90, 400} {
 		heap += 200
-		if tr.tick(requests) {
+		if tr.tick(requests, 0) {
 			t.Fatalf("tick %d released memory while requests were still arriving", i)
 		}
 	}
-	if !tr.tick(400) {
+	if !tr.tick(400, 0) {
 		t.Fatal("the first quiet tick after the burst did not release the reclaimable heap")
 	}
 	if released != 1 {
@@ -36,9 +36,29 @@ func TestHeapTrimReleasesOnceABurstIsOver(t *testing.T) {
 	// reports reclaimable memory again: nothing has allocated.
 	heap = 500
 	for i := range 3 {
-		if tr.tick(400) {
+		if tr.tick(400, 0) {
 			t.Fatalf("quiet tick %d after the release released again", i)
 		}
+	}
+}
+
+func TestHeapTrimWaitsForARequestStillBeingServed(t *testing.T) {
+	var heap uint64
+	var released int
+	tr := fakeTrim(&heap, &released)
+	tr.tick(7, 0)
+	// One long request (a read of thousands of peers on a slow node) spans
+	// several ticks: the count does not move, but it is not over.
+	heap = 300
+	for i, serving := range []int{1, 1, 1} {
+		if tr.tick(8, serving) {
+			t.Fatalf("tick %d released memory while a request was still being served", i)
+		}
+		heap += 200
+	}
+	// Its garbage is released once it ends, not lost to an early release.
+	if !tr.tick(8, 0) || released != 1 {
+		t.Fatalf("released %d times after the long request ended, want 1", released)
 	}
 }
 
@@ -46,16 +66,16 @@ func TestHeapTrimSkipsASmallHeap(t *testing.T) {
 	var heap uint64
 	var released int
 	tr := fakeTrim(&heap, &released)
-	tr.tick(5)
+	tr.tick(5, 0)
 	heap = 99 // below min: not worth a collection
-	if tr.tick(5) {
+	if tr.tick(5, 0) {
 		t.Fatal("released 99 bytes, below the minimum of 100")
 	}
 	// The burst stays pending: when a later request's garbage pushes the
 	// heap over the minimum, the next quiet tick releases it.
-	tr.tick(6)
+	tr.tick(6, 0)
 	heap = 150
-	if !tr.tick(6) || released != 1 {
+	if !tr.tick(6, 0) || released != 1 {
 		t.Fatalf("released %d times after the heap passed the minimum, want 1", released)
 	}
 }

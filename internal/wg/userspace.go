@@ -219,6 +219,14 @@ func (d *userspaceDevice) serveUAPI(ln net.Listener, errSources int) {
 	}()
 }
 
+// serving is how many UAPI connections are open: requests still being
+// answered.
+func (d *userspaceDevice) serving() int {
+	d.connsMu.Lock()
+	defer d.connsMu.Unlock()
+	return len(d.conns)
+}
+
 // Close tears the device down. The UAPI socket goes first so that wg(8)
 // never talks to a half-closed device; closing wireguard-go closes the TUN,
 // which removes the link, and waits for its goroutines.
