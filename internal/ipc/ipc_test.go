@@ -323,6 +323,21 @@ func TestClientThatDoesNotReadIsDisconnected(t *testing.T) {
 	waitFor(t, func() bool { return srv.Connections() == 1 })
 }
 
+// The write deadline is moved lazily (refreshWriteDeadline): a connection
+// that has lived several WriteTimeouts, idle in between, must still get its
+// answers rather than find an expired deadline on its next write.
+func TestLongLivedConnectionKeepsGettingAnswers(t *testing.T) {
+	_, path := startServer(t, echoStatus, func(s *Server) { s.WriteTimeout = 100 * time.Millisecond })
+	c := dialRaw(t, path)
+	for i := uint64(1); i <= 4; i++ {
+		c.sendRaw(fmt.Sprintf(`{"frame":"request","id":%d,"request":{"op":"status"}}`, i))
+		if f := c.recv(); f.ID != i || f.Response.Result() != "ok" {
+			t.Fatalf("request %d after %d idle write timeouts: %+v", i, i-1, f)
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+}
+
 func TestShutdownFlushesAnswers(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "s.sock")
 	ln, err := Listen(path, testLogger(t))

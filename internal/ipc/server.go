@@ -242,6 +242,8 @@ type serverConn struct {
 	wmu    sync.Mutex // serialises writes; guards wbuf and broken
 	wbuf   []byte
 	broken bool
+	// deadlineSet is when the write deadline was last moved.
+	deadlineSet time.Time
 }
 
 func (c *serverConn) stopReading() {
@@ -348,7 +350,7 @@ func (c *serverConn) write(f protocol.Frame) {
 		}
 		c.wbuf, _ = AppendFrame(c.wbuf[:0], protocol.ResponseFrame(f.ID, protocol.Err{Message: "response could not be encoded: " + err.Error()}))
 	}
-	_ = c.nc.SetWriteDeadline(time.Now().Add(c.srv.writeTimeout()))
+	c.refreshWriteDeadline()
 	if _, err := c.nc.Write(c.wbuf); err != nil {
 		if isDeadline(err) {
 			c.srv.logger().Warn("closing connection: the client did not take a frame within the write timeout", "timeout", c.srv.writeTimeout())
@@ -360,6 +362,21 @@ func (c *serverConn) write(f protocol.Frame) {
 	if cap(c.wbuf) > 1<<20 {
 		c.wbuf = make([]byte, 0, 4096)
 	}
+}
+
+// refreshWriteDeadline moves the write deadline to a full WriteTimeout
+// ahead, unless it was moved less than an eighth of that ago: setting it
+// costs a timer change, which on a busy connection was one per answer. A
+// frame so gets between 7/8 of WriteTimeout and all of it. Called with wmu
+// held.
+func (c *serverConn) refreshWriteDeadline() {
+	timeout := c.srv.writeTimeout()
+	now := time.Now()
+	if now.Sub(c.deadlineSet) < timeout/8 {
+		return
+	}
+	c.deadlineSet = now
+	_ = c.nc.SetWriteDeadline(now.Add(timeout))
 }
 
 // eventWriter writes pushed events until the request loop has ended.
