@@ -357,7 +357,7 @@ func (e *Engine) Handle(ctx context.Context, req protocol.Request) protocol.Resp
 	}
 	// status waits for nothing but the state lock: the deadline below
 	// would be a timer set and stopped for nothing on the request the main
-	// daemon sends most, a quarter of its time and most of its garbage.
+	// daemon sends most, a quarter of its time and half its allocations.
 	if _, ok := req.(protocol.Status); ok {
 		return e.status()
 	}
