@@ -17,9 +17,9 @@ const heapTrimMin = 16 << 20
 // no request since the one before and none still being served: a read of
 // thousands of peers can take longer than a tick on a slow node, and
 // trimming under it would leave its garbage for no later tick to see. The
-// runtime's collection goal is left
-// alone (a lower GOGC would collect more often while packets flow too): the
-// only extra collections are these, at most one per burst.
+// runtime's collection goal is left alone (a lower GOGC would collect more
+// often while packets flow too): the only extra collections are these, at
+// most one per burst.
 type heapTrim struct {
 	min         uint64
 	reclaimable func() uint64 // heap bytes a collection would return
