@@ -2,6 +2,7 @@ package wg
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -149,6 +150,12 @@ func checkDataplaneLink(link netlink.Link, owner string) error {
 func (b *dataplaneBackend) start(name string, opts Options, log *slog.Logger) error {
 	args := append(append([]string(nil), b.cfg.Command[1:]...),
 		"--name", name, "--mtu", strconv.Itoa(opts.MTU), "--state", b.cfg.StatePath, "--max-procs", strconv.Itoa(b.cfg.MaxProcs))
+	if b.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		// A daemon run at debug is being diagnosed: wireguard-go's own log
+		// (handshakes sent and retried, keepalives, roaming) is the half
+		// of the story only the data plane sees.
+		args = append(args, "--log-level", "debug")
+	}
 	cmd := exec.Command(b.cfg.Command[0], args...)
 	cmd.Env = append(os.Environ(), b.cfg.Env...)
 	// Its own session: not killed with the daemon, nor by a signal sent to
@@ -384,13 +391,15 @@ func RunDataplane(args []string, stderr io.Writer) int {
 	mtu := fs.Int("mtu", DefaultMTU, "MTU")
 	state := fs.String("state", "", "the daemon's state file: end when it is gone")
 	maxProcs := fs.Int("max-procs", 0, "GOMAXPROCS (0: default)")
+	var level slog.Level
+	fs.TextVar(&level, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if *maxProcs > 0 {
 		runtime.GOMAXPROCS(*maxProcs)
 	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With("dataplane", *name, "pid", os.Getpid())
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})).With("dataplane", *name, "pid", os.Getpid())
 	d, err := userspaceBackend{}.Open(*name, Options{MTU: *mtu, Logger: log})
 	if err != nil {
 		log.Error("cannot start the data plane", "err", err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -93,6 +94,32 @@ func openDataplane(t *testing.T, tag string) (n *node, ns, dev string) {
 	n = startNode(t, ns)
 	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
 	return n, ns, dev
+}
+
+// A daemon run at debug gets wireguard-go's own log from its data plane
+// (here the line for bringing the device up); one run at info gets no
+// debug lines from it.
+func TestDataplaneLogsAtTheOpenersLevel(t *testing.T) {
+	requireRoot(t)
+	for _, debug := range []bool{true, false} {
+		r := randHex(t, 6)
+		ns, dev := "zltw-"+r+"-l", "zltw"+r+"l"
+		newNetns(t, ns)
+		t.Cleanup(func() { killDataplanes(ns, dev) })
+		logDir := t.TempDir()
+		n := startNode(t, ns)
+		n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: logDir, Debug: debug})
+		n.must(nodeRequest{Op: "close"})
+		waitNoDataplane(t, ns, "the data plane did not end after Close")
+		raw, err := os.ReadFile(filepath.Join(logDir, "dataplane-"+dev+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := strings.Contains(string(raw), "level=DEBUG msg=wireguard-go")
+		if got != debug {
+			t.Fatalf("opener at debug %v, data plane logged wireguard-go's debug lines %v:\n%s", debug, got, raw)
+		}
+	}
 }
 
 // A device opened with the detached backend keeps carrying packets and

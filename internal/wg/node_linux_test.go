@@ -40,6 +40,8 @@ type nodeRequest struct {
 	// its process logging to LogDir.
 	Dataplane bool   `json:"dataplane,omitempty"`
 	LogDir    string `json:"log_dir,omitempty"`
+	// Debug opens with a logger at debug, as a daemon run --log-level debug.
+	Debug bool `json:"debug,omitempty"`
 	// Addr, Bytes and Seed are for the bulk transfer ops, which run in
 	// the background so both nodes can send at once: "sink" accepts one
 	// TCP connection on Addr and hashes what arrives, "source" sends Bytes
@@ -161,6 +163,10 @@ func runNode(in io.Reader, out io.Writer) {
 					return err
 				}
 				baseline = runtime.NumGoroutine()
+				log := log
+				if req.Debug {
+					log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+				}
 				var backend Backend = userspaceBackend{}
 				if req.Dataplane {
 					var err error
