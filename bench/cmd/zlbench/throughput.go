@@ -198,7 +198,7 @@ func startWireguardGo(bin, dir, tag string, env []string, a, b string, under map
 		keys[ns] = k
 		dev := devs[ns]
 		argv := append(append([]string{"ip", "netns", "exec", ns, "env", "LOG_LEVEL=error"}, env...), bin, "-f", dev)
-		benchlib.Start(filepath.Join(dir, dev+".log"), argv...)
+		benchlib.StartInSession(filepath.Join(dir, dev+".log"), argv...)
 		benchlib.Defer(func() { os.Remove("/var/run/wireguard/" + dev + ".sock") })
 	}
 	for _, ns := range []string{a, b} {

@@ -20,6 +20,22 @@ type Proc struct {
 // killed at Cleanup and, through the parent-death signal, if the benchmark
 // itself dies.
 func Start(logPath string, argv ...string) *Proc {
+	return start(logPath, &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}, argv)
+}
+
+// StartInSession is Start with argv in a session of its own, as the
+// daemon runs its data planes. Under autogroup scheduling
+// (kernel.sched_autogroup_enabled, on in most distribution kernels) every
+// session outside a cgroup is a scheduling group of its own, and a busy
+// CPU is shared between groups before it is shared within them: a data
+// path alone in its session gets a larger share than one sharing the
+// benchmark's session with iperf3. Contenders compared with our data
+// planes must run the same way.
+func StartInSession(logPath string, argv ...string) *Proc {
+	return start(logPath, &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setsid: true}, argv)
+}
+
+func start(logPath string, attr *syscall.SysProcAttr, argv []string) *Proc {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	if logPath != "" {
 		f, err := os.Create(logPath)
@@ -29,7 +45,7 @@ func Start(logPath string, argv ...string) *Proc {
 		cmd.Stdout, cmd.Stderr = f, f
 		Defer(func() { f.Close() })
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		Fatal("start %s: %v", argv[0], err)
 	}
