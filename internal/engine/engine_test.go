@@ -49,7 +49,12 @@ func newHarnessWith(t *testing.T, tweak func(*Config)) *harness {
 
 // newHarnessOn runs the engine on a fake WireGuard backend of that kind.
 func newHarnessOn(t *testing.T, kind string, tweak func(*Config)) *harness {
-	h := &harness{t: t, dir: t.TempDir(), net: enginetest.NewNet(), procs: enginetest.NewProcs(), tweak: tweak}
+	return newHarnessIn(t, t.TempDir(), kind, tweak)
+}
+
+// newHarnessIn keeps the store and the node config in dir.
+func newHarnessIn(t *testing.T, dir, kind string, tweak func(*Config)) *harness {
+	h := &harness{t: t, dir: dir, net: enginetest.NewNet(), procs: enginetest.NewProcs(), tweak: tweak}
 	h.wg = enginetest.NewWG(h.net, kind)
 	h.start()
 	t.Cleanup(h.stop)
