@@ -51,7 +51,10 @@ trap 'exit 130' INT TERM
 # crypto cheaper): it encrypts only part of each packet to tell what
 # cheaper crypto could gain, and is not secure (bench/wg-patches,
 # docs/benchmarks.md); then name → (file, old text, new text) of the one
-# constant it changes.
+# constant it changes. dataplane is none of these: it runs the data plane
+# process of our daemon (zlayer-overlayd wg-dataplane, the fork inside our
+# binary and its PGO build) where the others run wireguard-go's command,
+# which tells the fork's own gain from the process around it.
 variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork-0003 fork-0004 fork fork-scatter fork-scatter-tunread fork-pseudoheader fork-cryptobound fork-cryptobound70})
 forkpatches=("$root"/third_party/wireguard-patches/*.patch)
 upto() { # NNNN → our fork's patches up to NNNN
@@ -87,6 +90,13 @@ declare -A patch=(
 # changes to upstream, as the fork's did before it took them).
 src=$(cd "$work" && GOFLAGS= $go mod download -json golang.zx2c4.com/wireguard@"$version" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
 for v in "${variants[@]}"; do
+	if [ "$v" = dataplane ]; then
+		# Not a build of wireguard-go: our daemon's binary, whose
+		# wg-dataplane command is the process the daemon runs each
+		# userspace device in (the fork, with our PGO profile).
+		(cd "$root" && $go build -o "$work/wg-$v" ./cmd/zlayer-overlayd)
+		continue
+	fi
 	cp -r "$src" "$work/$v"
 	chmod -R u+w "$work/$v"
 	for d in ${diff[$v]:-}; do
@@ -116,7 +126,11 @@ i=0
 for v in "${variants[@]}"; do
 	i=$((i + 1))
 	for n in a b; do
-		ip netns exec $p$n env LOG_LEVEL=error GOMAXPROCS=1 "$work/wg-$v" -f $p$i$n >"$work/$v$n.log" 2>&1 &
+		if [ "$v" = dataplane ]; then
+			ip netns exec $p$n "$work/wg-$v" wg-dataplane -name $p$i$n -max-procs 1 -log-level error >"$work/$v$n.log" 2>&1 &
+		else
+			ip netns exec $p$n env LOG_LEVEL=error GOMAXPROCS=1 "$work/wg-$v" -f $p$i$n >"$work/$v$n.log" 2>&1 &
+		fi
 		disown # cleanup kills it; no job notice
 	done
 	for n in a b; do
