@@ -350,7 +350,9 @@ func (e *Engine) repairContainer(ctx context.Context, a *store.Attachment, svc *
 // buildContainerLinks is wireContainer, and with fresh false
 // repairContainer.
 func (e *Engine) buildContainerLinks(ctx context.Context, a *store.Attachment, svc *serviceState, fresh bool) error {
-	e.waitDetached(ctx, a.HostLink)
+	if err := e.waitDetached(ctx, a.HostLink); err != nil {
+		return err
+	}
 	ip, err := netip.ParseAddr(a.IP)
 	if err != nil {
 		return err
@@ -399,7 +401,9 @@ func (e *Engine) buildContainerLinks(ctx context.Context, a *store.Attachment, s
 
 // wireGlobal builds a join_global container's eth1.
 func (e *Engine) wireGlobal(ctx context.Context, a *store.Attachment, alias string) error {
-	e.waitDetached(ctx, a.HostLinkGlobal)
+	if err := e.waitDetached(ctx, a.HostLinkGlobal); err != nil {
+		return err
+	}
 	gip, err := netip.ParseAddr(a.GlobalIP)
 	if err != nil {
 		return err
@@ -697,18 +701,32 @@ func (e *Engine) forgetAttachment(a *store.Attachment) (<-chan struct{}, error) 
 	return done, nil
 }
 
+// defaultDetachWait is how long an attach waits for the links of an earlier
+// detach of the same container to go: a veth's removal takes the kernel
+// milliseconds, and an RCU grace period at worst.
+const defaultDetachWait = 10 * time.Second
+
 // waitDetached waits until a background deletion of link name finished, so
-// a re-attach of the same PID never races the old link.
-func (e *Engine) waitDetached(ctx context.Context, name string) {
+// a re-attach of the same PID never races the old link. A deletion still
+// running after detachWait is an error, not a go-ahead: it deletes by name,
+// and would remove the links built meanwhile after they were answered ok.
+func (e *Engine) waitDetached(ctx context.Context, name string) error {
 	if name == "" {
-		return
+		return nil
 	}
-	if v, ok := e.detaching.Load(name); ok {
-		select {
-		case <-v.(chan struct{}):
-		case <-ctx.Done():
-		case <-time.After(10 * time.Second):
-		}
+	v, ok := e.detaching.Load(name)
+	if !ok {
+		return nil
+	}
+	t := time.NewTimer(e.detachWait)
+	defer t.Stop()
+	select {
+	case <-v.(chan struct{}):
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the removal of %s, the link of an earlier detach: %w", name, ctx.Err())
+	case <-t.C:
+		return fmt.Errorf("%s, the link of an earlier detach of this container, is still being removed after %s; nothing was changed, retry once it is gone", name, e.detachWait)
 	}
 }
 

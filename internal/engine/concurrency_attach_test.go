@@ -2,6 +2,7 @@ package engine
 
 import (
 	"net/netip"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -73,5 +74,49 @@ func TestRecycledPIDAndTeardownDoNotFreeAnAddressTwice(t *testing.T) {
 	}
 	if ip, handed := h.drainSlice(func(a netip.Addr) bool { return a == att.GlobalIP }); handed {
 		t.Fatalf("allocate_ip handed out %s, the global IP of the attached container", ip)
+	}
+}
+
+// A detach answers before the kernel has removed the container's links;
+// an attach of the same container meanwhile waits for that removal, since
+// the links it builds have the same names. When the removal takes longer
+// than the attach will wait, the attach must be refused: going ahead, it
+// answered ok and built links that the old removal then deleted, leaving
+// an acknowledged container without its eth0 until some reconcile pass.
+func TestAttachDuringASlowDetachIsRefusedNotUndone(t *testing.T) {
+	h := newHarness(t)
+	h.e.detachWait = 50 * time.Millisecond
+	h.ok(globalReq("10.200.3.0/24"))
+	h.ok(protocol.SetupServiceOverlay{Service: "web", Mode: "shared"})
+	h.procs.Add(100)
+	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(100), Service: "web"})
+	link := h.status().Attachments[0].HostLink
+
+	release := make(chan struct{})
+	h.net.OnDetach(func(string) { <-release })
+	h.ok(protocol.DetachContainer{Handle: protocol.LinuxPID(100)})
+	resp := h.do(protocol.AttachContainer{Handle: protocol.LinuxPID(100), Service: "web"})
+	close(release)
+	h.e.bg.Wait()
+	h.net.OnDetach(nil)
+
+	e, refused := resp.(protocol.Err)
+	if !refused {
+		if !h.net.Has(link) {
+			t.Fatalf("attach answered %+v, but %s is gone: the old detach removed the new link", resp, link)
+		}
+		t.Fatalf("attach answered %+v while the old %s was still being removed", resp, link)
+	}
+	if !strings.Contains(e.Message, link) || !strings.Contains(e.Message, "retry") {
+		t.Fatalf("the attach was refused without saying why: %s", e.Message)
+	}
+	if n := len(h.status().Attachments); n != 0 {
+		t.Fatalf("the refused attach left %d attachments", n)
+	}
+	// The removal has finished: the retry goes through and keeps its link.
+	h.ok(protocol.AttachContainer{Handle: protocol.LinuxPID(100), Service: "web"})
+	h.e.bg.Wait()
+	if !h.net.Has(link) {
+		t.Fatalf("the retried attach answered ok, but %s is gone", link)
 	}
 }

@@ -168,6 +168,9 @@ type Engine struct {
 	legacy map[string]legacyDedicated
 
 	detaching sync.Map // host link name -> chan struct{} closed when deleted
+	// detachWait bounds how long an attach waits for the removal of the
+	// links a detach of the same container left behind.
+	detachWait time.Duration
 
 	hooks    hooks
 	health   map[string]bool             // guarded by mu; peerKey -> healthy
@@ -251,6 +254,7 @@ func New(cfg Config) (*Engine, error) {
 		resolved:   map[string]resolvedEndpoint{},
 		shutdownCh: make(chan struct{}),
 		bgStop:     make(chan struct{}),
+		detachWait: defaultDetachWait,
 	}
 	e.enableTakeover(cfg.ReferenceMarkerPath)
 	if cfg.DNS != nil {
