@@ -151,9 +151,9 @@ func (n *nodeThings) next(t *testing.T, h *harness, kind, i int) protocol.Reques
 	case kindAddPeer:
 		return protocol.AddPeer{PeerSpec: protocol.PeerSpec{PublicKey: newKey(t).String(), Endpoint: "192.0.2.1:51820", AllowedIPs: fmt.Sprintf("10.201.%d.%d/32", i/250, i%250)}}
 	case kindRegisterDNS:
-		return protocol.RegisterDNS{Name: fmt.Sprintf("n%d", i), IP: netip.AddrFrom4([4]byte{10, 200, 9, byte(i)})}
+		return protocol.RegisterDNS{Name: fmt.Sprintf("n%d", i), IP: netip.AddrFrom4([4]byte{10, 200, byte(9 + i/250), byte(i % 250)})}
 	case kindSetupService:
-		return protocol.SetupServiceOverlay{Service: fmt.Sprintf("s%d", i), Mode: "shared", Subnet: fmt.Sprintf("10.202.%d.0/28", i)}
+		return protocol.SetupServiceOverlay{Service: fmt.Sprintf("s%d", i), Mode: "shared", Subnet: fmt.Sprintf("10.202.%d.%d/28", i/16, i%16*16)}
 	case kindDetach:
 		if len(n.pids) == 0 {
 			return nil
