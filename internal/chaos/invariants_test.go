@@ -48,7 +48,15 @@ func (nd *node) resync() error {
 				}
 			}
 			if found == nil {
-				nd.forgetService(id)
+				// Gone: an interrupted teardown went through, and took
+				// the service's members and guests with it. A service
+				// the model never had was an interrupted setup that did
+				// not happen, which changed nothing: guests attached
+				// under its name before (a guest needs no service on
+				// the node) stay.
+				if nd.services[id] != nil {
+					nd.forgetService(id)
+				}
 				break
 			}
 			sub, err := netip.ParsePrefix(found.Subnet)
