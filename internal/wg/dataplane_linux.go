@@ -113,8 +113,11 @@ func (b *dataplaneBackend) Open(name string, opts Options) (Device, error) {
 	}
 	d := newProcessDevice(name, log)
 	if opts.Owner != "" {
-		if link, err := netlink.LinkByName(name); err == nil {
-			netlink.LinkSetAlias(link, opts.Owner+"wireguard:"+name)
+		// The process labelled its link before it served; this is for
+		// a data plane binary from before it did, which is not this one
+		// unless the executable was replaced under a running daemon.
+		if link, err := netlink.LinkByName(name); err == nil && link.Attrs().Alias == "" {
+			netlink.LinkSetAlias(link, label(name, opts.Owner))
 		}
 	}
 	log.Info("wireguard data plane started", "pid", d.pid(), "mtu", opts.MTU)
@@ -148,16 +151,7 @@ func checkDataplaneLink(link netlink.Link, owner string) error {
 // start runs the data plane of name and waits until its UAPI socket
 // answers.
 func (b *dataplaneBackend) start(name string, opts Options, log *slog.Logger) error {
-	args := append(append([]string(nil), b.cfg.Command[1:]...),
-		"--name", name, "--mtu", strconv.Itoa(opts.MTU), "--state", b.cfg.StatePath, "--max-procs", strconv.Itoa(b.cfg.MaxProcs))
-	if b.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
-		// A daemon run at debug is being diagnosed: wireguard-go's own log
-		// (handshakes sent and retried, keepalives, roaming) is the half
-		// of the story only the data plane sees.
-		args = append(args, "--log-level", "debug")
-	}
-	cmd := exec.Command(b.cfg.Command[0], args...)
-	cmd.Env = append(os.Environ(), b.cfg.Env...)
+	cmd := b.command(name, opts)
 	// Its own session: not killed with the daemon, nor by a signal sent to
 	// the daemon's process group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -188,6 +182,24 @@ func (b *dataplaneBackend) start(name string, opts Options, log *slog.Logger) er
 		}
 	}
 	return nil
+}
+
+// command is the data plane process of name.
+func (b *dataplaneBackend) command(name string, opts Options) *exec.Cmd {
+	args := append(append([]string(nil), b.cfg.Command[1:]...),
+		"--name", name, "--mtu", strconv.Itoa(opts.MTU), "--state", b.cfg.StatePath, "--max-procs", strconv.Itoa(b.cfg.MaxProcs))
+	if opts.Owner != "" {
+		args = append(args, "--owner", opts.Owner)
+	}
+	if b.cfg.Logger.Enabled(context.Background(), slog.LevelDebug) {
+		// A daemon run at debug is being diagnosed: wireguard-go's own log
+		// (handshakes sent and retried, keepalives, roaming) is the half
+		// of the story only the data plane sees.
+		args = append(args, "--log-level", "debug")
+	}
+	cmd := exec.Command(b.cfg.Command[0], args...)
+	cmd.Env = append(os.Environ(), b.cfg.Env...)
+	return cmd
 }
 
 // tail is the end of a data plane's log, for an error message.
@@ -391,6 +403,7 @@ func RunDataplane(args []string, stderr io.Writer) int {
 	mtu := fs.Int("mtu", DefaultMTU, "MTU")
 	state := fs.String("state", "", "the daemon's state file: end when it is gone")
 	maxProcs := fs.Int("max-procs", 0, "GOMAXPROCS (0: default)")
+	owner := fs.String("owner", "", "label prefix of the daemon identity the device belongs to")
 	var level slog.Level
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -400,7 +413,10 @@ func RunDataplane(args []string, stderr io.Writer) int {
 		runtime.GOMAXPROCS(*maxProcs)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})).With("dataplane", *name, "pid", os.Getpid())
-	d, err := userspaceBackend{}.Open(*name, Options{MTU: *mtu, Logger: log})
+	// Labelled before it serves: the daemon that started it may be killed
+	// at any moment, and only a labelled link is one the next daemon
+	// adopts, or removes when nothing wants it.
+	d, err := openUserspace(*name, Options{MTU: *mtu, Logger: log, Owner: *owner}, true)
 	if err != nil {
 		log.Error("cannot start the data plane", "err", err)
 		return 1

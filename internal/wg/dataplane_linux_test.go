@@ -293,3 +293,51 @@ func mustUDPAddr(t *testing.T, s string) *net.UDPAddr {
 	}
 	return a
 }
+
+// A data plane serves its UAPI socket only once its link carries the
+// owner's label. The daemon that starts it can be killed at any moment
+// (and the data plane outlives it by design): were there an instant when
+// the device answers but is unlabelled, a crash there would leave a TUN
+// that reconcile never removes (it removes only labelled links) and that
+// the next setup refuses to adopt. So no daemon labels anything here:
+// the process is started the way the backend starts it, and the label is
+// read the moment the socket first answers.
+func TestDataplaneIsLabelledBeforeItServes(t *testing.T) {
+	requireRoot(t)
+	r := randHex(t, 6)
+	ns, dev := "zltw-"+r+"-b", "zltw"+r+"b"
+	newNetns(t, ns)
+	t.Cleanup(func() { killDataplanes(ns, dev) })
+	b, err := testDataplaneBackend(t.TempDir(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dp := b.(*dataplaneBackend).command(dev, Options{MTU: DefaultMTU, Owner: testOwner})
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, dp.Args...)...)
+	cmd.Env = dp.Env
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	deadline := time.After(15 * time.Second)
+	for !serving(dev) {
+		select {
+		case err := <-exited:
+			t.Fatalf("the data plane exited before it served (%v):\n%s", err, out.String())
+		case <-deadline:
+			t.Fatalf("the data plane did not serve within 15 s:\n%s", out.String())
+		default:
+			time.Sleep(time.Millisecond)
+		}
+	}
+	attrs, err := linkIn(ns, dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := testOwner + kernelLabel + dev; attrs.Alias != want {
+		t.Fatalf("the data plane serves while its link is labelled %q, not %q", attrs.Alias, want)
+	}
+}

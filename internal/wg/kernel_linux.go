@@ -113,15 +113,6 @@ func (kernelBackend) Open(name string, opts Options) (Device, error) {
 	return &kernelDevice{name: name, owner: opts.Owner, client: client, log: log}, nil
 }
 
-// label is what a link this package creates is labelled: the owner's
-// label for a wireguard device named name, or the bare mark without one.
-func label(name, owner string) string {
-	if owner == "" {
-		return ownerAlias
-	}
-	return owner + "wireguard:" + name
-}
-
 // checkAdoptable accepts an existing link only if it is a wireguard link
 // that this package created for owner ("" accepts any zlayer-overlayd
 // label). A link labelled with the bare mark is accepted too: an older

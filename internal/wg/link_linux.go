@@ -32,3 +32,12 @@ func removeLink(link netlink.Link) error {
 	}
 	return nil
 }
+
+// setLinkLabel sets the label (IFLA_IFALIAS) of the link named name.
+func setLinkLabel(name, alias string) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return err
+	}
+	return netlink.LinkSetAlias(link, alias)
+}

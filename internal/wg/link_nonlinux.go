@@ -16,3 +16,9 @@ func checkLinkFree(name string) error {
 	}
 	return nil
 }
+
+// setLinkLabel fails: only Linux links carry a label, and only the Linux
+// data plane process asks for one.
+func setLinkLabel(name, _ string) error {
+	return fmt.Errorf("labelling interface %q: interface labels are a Linux feature", name)
+}

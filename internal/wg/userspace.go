@@ -29,6 +29,13 @@ func (userspaceBackend) Kind() string { return KindUserspace }
 // adopt: Open creates it again. A link of that name that already exists
 // belongs to someone else and is never touched.
 func (userspaceBackend) Open(name string, opts Options) (Device, error) {
+	return openUserspace(name, opts, false)
+}
+
+// openUserspace is Open; with labelled, the TUN gets the owner's label
+// before anything can reach the device (the data plane process, whose
+// TUN outlives the daemon that asked for it).
+func openUserspace(name string, opts Options, labelled bool) (Device, error) {
 	if err := validateName(name); err != nil {
 		return nil, err
 	}
@@ -60,6 +67,12 @@ func (userspaceBackend) Open(name string, opts Options) (Device, error) {
 	if err != nil {
 		tdev.Close()
 		return nil, fmt.Errorf("read the name of TUN device %q: %w", name, err)
+	}
+	if labelled && opts.Owner != "" {
+		if err := setLinkLabel(systemName, label(name, opts.Owner)); err != nil {
+			tdev.Close()
+			return nil, fmt.Errorf("label TUN device %q as ours: %w", name, err)
+		}
 	}
 	bind := opts.Bind
 	if bind == nil {

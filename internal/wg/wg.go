@@ -81,9 +81,20 @@ type Options struct {
 	// an existing link only when its label starts with Owner: a device of
 	// another identity (another state file, a second daemon) is refused
 	// and left untouched. Empty means any zlayer-overlayd label is ours,
-	// for callers without an identity. The userspace backend ignores it:
-	// its TUN dies with the process, so there is nothing to adopt.
+	// for callers without an identity. The in-process userspace backend
+	// ignores it: its TUN dies with the process, so there is nothing to
+	// adopt. A detached data plane's TUN outlives the daemon and is
+	// labelled like a kernel device.
 	Owner string
+}
+
+// label is what a link this package creates is labelled: the owner's
+// label for a wireguard device named name, or the bare mark without one.
+func label(name, owner string) string {
+	if owner == "" {
+		return ownerAlias
+	}
+	return owner + "wireguard:" + name
 }
 
 // ownerAlias starts the label (IFLA_IFALIAS, shown by "ip link") of every
