@@ -282,12 +282,29 @@ func (b *Batch) polyKeyBlock(key *Key, group []Message, i int) {
 // dataBlocks queues the blocks that encrypt or decrypt message i's data:
 // whole ones in place, the last through b.partial[i] when it is not whole
 // (finishPartial copies it back).
+//
+// The whole blocks go into the pass a run of lanes at a time rather than
+// through queue: a 1,424-byte packet has 22 of them, and with a call per
+// block filling the lanes took a quarter as long as the ChaCha20 kernel
+// itself; this loop takes half of that.
 func (b *Batch) dataBlocks(key *Key, group []Message, i int) {
 	d := group[i].Data
 	whole := len(d) / 64
-	for blk := 0; blk < whole; blk++ {
-		p := &d[64*blk]
-		b.queue(key, &b.nonces[i], uint32(blk+1), p, p)
+	n0, n1, n2 := b.nonces[i][0], b.nonces[i][1], b.nonces[i][2]
+	for blk := 0; blk < whole; {
+		l := b.filled
+		run := min(whole-blk, 16-l)
+		for j := l; j < l+run; j++ {
+			b.ctr[j] = uint32(blk + 1)
+			b.nonce[0][j], b.nonce[1][j], b.nonce[2][j] = n0, n1, n2
+			p := &d[64*blk]
+			b.src[j], b.dst[j] = p, p
+			blk++
+		}
+		b.filled += run
+		if b.filled == 16 {
+			b.flush(key)
+		}
 	}
 	if rest := d[64*whole:]; len(rest) > 0 {
 		p := &b.partial[i]
