@@ -52,7 +52,8 @@
 // together with e.mu: dnsState.applyMu (DNS listeners and policy are
 // derived and applied as one step), fwState.mu (the nftables table),
 // natState.mu, and e.bgMu (held only inside goBackground and Close, around
-// no other lock).
+// no other lock). e.bridgeLabel is a leaf too, taken before e.mu: see
+// ensureBridge.
 package engine
 
 import (
@@ -166,6 +167,9 @@ type Engine struct {
 	// legacy are the Rust overlayd's dedicated services (takeover.go); nil
 	// when it never ran here. Read-only after New.
 	legacy map[string]legacyDedicated
+	// bridgeLabel keeps the takeover's sweep from seeing a bridge of ours
+	// between its creation and its label (ensureBridge).
+	bridgeLabel sync.RWMutex
 
 	detaching sync.Map // host link name -> chan struct{} closed when deleted
 	// detachWait bounds how long an attach waits for the removal of the

@@ -501,6 +501,18 @@ func (e *Engine) bridgeSpec(svc *serviceState) linuxnet.BridgeSpec {
 	return spec
 }
 
+// ensureBridge creates or adopts a service's bridge and labels it. The
+// kernel takes the label in a request of its own after the creation, and
+// on a node taken over from the Rust daemon every reconcile pass deletes
+// unlabelled zl-…-b bridges without ports (removeLegacyLinks): the sweep
+// holds bridgeLabel for writing from its look at the links to its last
+// deletion, so it sees a bridge of ours either labelled or not at all.
+func (e *Engine) ensureBridge(spec linuxnet.BridgeSpec) error {
+	e.bridgeLabel.RLock()
+	defer e.bridgeLabel.RUnlock()
+	return e.cfg.Net.EnsureBridge(spec)
+}
+
 // ensureService brings the kernel side of a service to its desired state:
 // the bridge (created, or adopted with its members), and for a dedicated
 // service its WireGuard device with its peers. The caller holds the
@@ -509,7 +521,7 @@ func (e *Engine) ensureService(svc *serviceState) error {
 	if !e.cfg.Caps.NoBridges {
 		var spec linuxnet.BridgeSpec
 		e.locked(func() { spec = e.bridgeSpec(svc) })
-		if err := e.cfg.Net.EnsureBridge(spec); err != nil {
+		if err := e.ensureBridge(spec); err != nil {
 			return err
 		}
 	}
@@ -600,13 +612,13 @@ func (e *Engine) growService(svc *serviceState) error {
 		if !e.cfg.Caps.NoBridges {
 			var spec linuxnet.BridgeSpec
 			e.locked(func() { spec = e.bridgeSpec(svc) })
-			e.cfg.Net.EnsureBridge(spec)
+			e.ensureBridge(spec)
 		}
 	}
 	if !e.cfg.Caps.NoBridges {
 		var spec linuxnet.BridgeSpec
 		e.locked(func() { spec = e.bridgeSpec(&grown) })
-		if err := e.cfg.Net.EnsureBridge(spec); err != nil {
+		if err := e.ensureBridge(spec); err != nil {
 			undo()
 			return fmt.Errorf("grow service %s by %s: %w", svc.rec.Name, r.subnet, err)
 		}

@@ -136,6 +136,9 @@ func (e *Engine) removeLegacyLinks(changes *int) error {
 	if e.legacy == nil || e.cfg.Net == nil {
 		return nil
 	}
+	e.at("reconcile.legacy")
+	e.bridgeLabel.Lock() // see ensureBridge
+	defer e.bridgeLabel.Unlock()
 	links, err := e.cfg.Net.Links("")
 	if err != nil {
 		return err

@@ -46,6 +46,9 @@ type Net struct {
 	// onDetach, when set, runs before a veth is deleted, without the
 	// network locked.
 	onDetach func(name string)
+	// onBridgeCreated, when set, runs between a new bridge's creation and
+	// its labelling, without the network locked.
+	onBridgeCreated func(name string)
 }
 
 // NewNet returns a network without links.
@@ -61,16 +64,28 @@ func (n *Net) link(name string) (*Link, error) {
 	return l, nil
 }
 
+// EnsureBridge creates a bridge unlabelled and labels it in a second step,
+// as the kernel makes linuxnet do; OnBridgeCreated runs in between.
 func (n *Net) EnsureBridge(s linuxnet.BridgeSpec) error {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	l := n.links[s.Name]
 	if l == nil {
 		l = &Link{Kind: "bridge"}
 		n.links[s.Name] = l
+		if hook := n.onBridgeCreated; hook != nil {
+			n.mu.Unlock()
+			hook(s.Name)
+			n.mu.Lock()
+			if l = n.links[s.Name]; l == nil {
+				n.mu.Unlock()
+				return fmt.Errorf("ensure bridge %s: label: no link named %s exists", s.Name, s.Name)
+			}
+		}
 	} else if l.Kind != "bridge" {
+		n.mu.Unlock()
 		return fmt.Errorf("%s is a %s", s.Name, l.Kind)
 	}
+	defer n.mu.Unlock()
 	l.Addrs, l.MTU, l.Up = append([]netip.Prefix{s.Gateway}, s.Extra...), s.MTU, true
 	if s.Alias != "" {
 		l.Alias = s.Alias
@@ -300,6 +315,15 @@ func (n *Net) OnDetach(hook func(name string)) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.onDetach = hook
+}
+
+// OnBridgeCreated makes every bridge creation run hook after the bridge
+// exists and before it is labelled (nil ends it): the moment a crash or a
+// concurrent pass sees an unlabelled bridge of ours.
+func (n *Net) OnBridgeCreated(hook func(name string)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.onBridgeCreated = hook
 }
 
 // Holding reports which links carry address a: the bridges and devices
