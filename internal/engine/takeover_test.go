@@ -15,8 +15,9 @@ import (
 // the unlabelled zl-…-b bridges it left once their ports are gone. A
 // bridge of ours is unlabelled too for a moment: the kernel takes its
 // label in a second request after creating it. A pass that looked in that
-// moment deleted the new bridge, and the setup that was creating it
-// answered ok for a service without one.
+// moment deleted the new bridge: the setup creating it then failed at its
+// label step (what this test saw on the old code), or, when the deletion
+// came after the label, answered ok for a service without a bridge.
 func TestLegacySweepLeavesABridgeBeingCreated(t *testing.T) {
 	dir := t.TempDir()
 	marker := filepath.Join(dir, ReferenceMarkerFile)
