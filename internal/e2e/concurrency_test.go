@@ -56,41 +56,50 @@ func (l *peerLedger) note(key string, f func(*peerTimes)) {
 // judge checks one sample of the device's peers, read between from and to:
 // a peer acknowledged before from and not asked away before to must be in
 // it; a peer whose removal was acknowledged before from must not.
-func (l *peerLedger) judge(from, to time.Time, have map[string]bool) error {
+func (l *peerLedger) judge(from, to time.Time, have map[string]uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for key, pt := range l.m {
 		mustHave := !pt.addAck.IsZero() && pt.addAck.Before(from) && (pt.removeSent.IsZero() || pt.removeSent.After(to))
 		mustNot := !pt.removeAck.IsZero() && pt.removeAck.Before(from)
-		if mustHave && !have[key] {
+		if _, ok := have[key]; mustHave && !ok {
 			return fmt.Errorf("peer %s, acknowledged %v before the sample, is missing from the device", key, from.Sub(pt.addAck))
 		}
-		if mustNot && have[key] {
+		if _, ok := have[key]; mustNot && ok {
 			return fmt.Errorf("peer %s, whose removal was acknowledged %v before the sample, is on the device", key, from.Sub(pt.removeAck))
 		}
 	}
 	return nil
 }
 
-// devicePeers reads the global device's peers the way wg(8) does: over
-// the userspace device's UAPI socket (fast: a sample every 100 ms while a
-// thousand peers come and go), or for a kernel device with wg show.
-func devicePeers(n *lab.Node) (map[string]bool, error) {
+// devicePeers reads the global device's peers with the bytes each has
+// received, the way wg(8) does: over the userspace device's UAPI socket
+// (fast: a sample every 100 ms while a thousand peers come and go), or for
+// a kernel device with wg show.
+func devicePeers(n *lab.Node) (map[string]uint64, error) {
 	if have, err := uapiPeers(filepath.Join(n.WGDir, "zl-prod-g.sock")); err == nil {
 		return have, nil
 	}
-	out, err := n.Exec("wg", "show", "zl-prod-g", "peers")
+	out, err := n.Exec("wg", "show", "zl-prod-g", "transfer")
 	if err != nil {
 		return nil, fmt.Errorf("wg show: %v: %s", err, out)
 	}
-	have := map[string]bool{}
-	for _, l := range strings.Fields(out) {
-		have[l] = true
+	have := map[string]uint64{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) != 3 {
+			continue
+		}
+		rx, err := strconv.ParseUint(f[1], 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("wg show transfer: line %q", l)
+		}
+		have[f[0]] = rx
 	}
 	return have, nil
 }
 
-func uapiPeers(sock string) (map[string]bool, error) {
+func uapiPeers(sock string) (map[string]uint64, error) {
 	c, err := net.DialTimeout("unix", sock, time.Second)
 	if err != nil {
 		return nil, err
@@ -100,7 +109,8 @@ func uapiPeers(sock string) (map[string]bool, error) {
 	if _, err := io.WriteString(c, "get=1\n\n"); err != nil {
 		return nil, err
 	}
-	have := map[string]bool{}
+	have := map[string]uint64{}
+	var peer string
 	sc := bufio.NewScanner(c)
 	for sc.Scan() {
 		line := sc.Text()
@@ -112,7 +122,15 @@ func uapiPeers(sock string) (map[string]bool, error) {
 			if err != nil {
 				return nil, err
 			}
-			have[base64.StdEncoding.EncodeToString(raw)] = true
+			peer = base64.StdEncoding.EncodeToString(raw)
+			have[peer] = 0
+		}
+		if v, ok := strings.CutPrefix(line, "rx_bytes="); ok && peer != "" {
+			rx, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				return nil, err
+			}
+			have[peer] = rx
 		}
 	}
 	return have, sc.Err()
@@ -122,7 +140,12 @@ func uapiPeers(sock string) (map[string]bool, error) {
 // reconcile runs every second; a sampler reading wg show every 100 ms never
 // sees an acknowledged peer missing or a removed one present, and 400
 // pings at 20/s across the overlay meanwhile all arrive over an unbroken
-// session.
+// session. Unbroken: the bytes received from node b never fall between two
+// samples, as they do when the peer is removed and added again or the
+// device is made again (both start them from zero). A new handshake alone
+// proves nothing: WireGuard makes one every 2 minutes of traffic (the run
+// outlasts that under emulation) and after 15 s without an answer (a
+// stalled guest), keeping the peer and its counters.
 func TestAcknowledgedPeersStayThroughReconcile(t *testing.T) {
 	l := newBusyLab(t)
 	nodes := []*lab.Node{l.AddNode("a"), l.AddNode("b")}
@@ -148,10 +171,11 @@ func TestAcknowledgedPeersStayThroughReconcile(t *testing.T) {
 	stop := make(chan struct{})
 	sampled := make(chan error, 1)
 	go func() {
+		var lastRx uint64
 		for samples := 0; ; samples++ {
 			select {
 			case <-stop:
-				t.Logf("%d samples of the device", samples)
+				t.Logf("%d samples of the device; %d bytes received from node b", samples, lastRx)
 				sampled <- nil
 				return
 			case <-time.After(100 * time.Millisecond):
@@ -161,6 +185,12 @@ func TestAcknowledgedPeersStayThroughReconcile(t *testing.T) {
 			to := time.Now()
 			if err == nil {
 				err = ledger.judge(from, to, have)
+			}
+			if rx, ok := have[st[1].PublicKey]; err == nil && ok {
+				if rx < lastRx {
+					err = fmt.Errorf("the session with node b was reset: the bytes received from it fell from %d to %d", lastRx, rx)
+				}
+				lastRx = rx
 			}
 			if err != nil {
 				sampled <- err
@@ -191,7 +221,7 @@ func TestAcknowledgedPeersStayThroughReconcile(t *testing.T) {
 		t.Fatalf("pings across the overlay during the passes: %v", err)
 	}
 	if got := wgDump(t, a, globalDev).Peers[st[1].PublicKey].Handshake; got != handshake {
-		t.Fatalf("the session with node b was reset: handshake %d, was %d", got, handshake)
+		t.Logf("a new handshake with node b %d s after the one before the run, the peer kept throughout (its received bytes never fell)", got-handshake)
 	}
 	// At the end the device holds exactly the acknowledged peers.
 	have, err := devicePeers(a)
@@ -208,7 +238,7 @@ func TestAcknowledgedPeersStayThroughReconcile(t *testing.T) {
 		t.Fatalf("the device has %d peers, %d were left acknowledged", len(have), len(want))
 	}
 	for key := range want {
-		if !have[key] {
+		if _, ok := have[key]; !ok {
 			t.Fatalf("peer %s missing at the end", key)
 		}
 	}
