@@ -154,8 +154,9 @@ func TestAcknowledgedPeersStayThroughReconcile(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	mustPing(t, "b", b.Ping, st[0].NodeIP)
 	// The first session may still move once (both sides initiating, a
-	// late response retried after 5 s: seen in the 6.12 guest); a reset
-	// is judged from a settled one.
+	// late response retried after 5 s: seen in the 6.12 guest). The run
+	// starts from a settled one, whose handshake the log compares with
+	// the last.
 	handshake := youngSession(t, a, globalDev, st[1].PublicKey, func() { b.Ping(st[0].NodeIP, 1) })
 
 	pinged := make(chan error, 1)
