@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -165,7 +166,18 @@ func (b *dataplaneBackend) start(name string, opts Options, log *slog.Logger) er
 		defer f.Close()
 		cmd.Stdout, cmd.Stderr = f, f
 	}
-	if err := cmd.Start(); err != nil {
+	// The process serves only if we still live once its labelled link
+	// exists (RunDataplane): our end of this pipe closes when we die.
+	starterR, starterW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("start the WireGuard data plane of %s: %w", name, err)
+	}
+	defer starterW.Close()
+	cmd.ExtraFiles = []*os.File{starterR}
+	cmd.Args = append(cmd.Args, "--starter-fd", strconv.Itoa(starterFD))
+	err = cmd.Start()
+	starterR.Close()
+	if err != nil {
 		return fmt.Errorf("start the WireGuard data plane of %s: %w", name, err)
 	}
 	exited := make(chan error, 1)
@@ -393,6 +405,45 @@ func (d *processDevice) Close() error {
 	return nil
 }
 
+// starterFD is the descriptor of the starter pipe in a data plane
+// process: the first of exec.Cmd's ExtraFiles.
+const starterFD = 3
+
+var errStarterGone = errors.New("the daemon that started this data plane is gone")
+
+// starterLives reads the starter pipe once, then closes it. A daemon
+// killed while its data plane starts leaves a process no request waits
+// for; if it then served its device, a daemon started in between (whose
+// start-up reconcile, the only pass that judges devices, had found no
+// link yet) would leave it running. Asked once the labelled link exists,
+// "does the starter still live" makes every later daemon find either
+// that link or nothing. fd < 0: started without a pipe (by hand, or by a
+// test), nothing to ask.
+func starterLives(fd int) error {
+	if fd < 0 {
+		return nil
+	}
+	defer unix.Close(fd)
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return fmt.Errorf("starter pipe (--starter-fd %d): %w", fd, err)
+	}
+	var b [1]byte
+	for {
+		n, err := unix.Read(fd, b[:])
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return nil // open, empty: the daemon holds its end
+		case err != nil:
+			return fmt.Errorf("starter pipe (--starter-fd %d): %w", fd, err)
+		case n == 0:
+			return errStarterGone // every write end is closed
+		}
+		return nil // the daemon never writes; a byte still means it lived
+	}
+}
+
 // RunDataplane is the data plane process: it runs one userspace device
 // until its link is deleted, it receives SIGTERM or SIGINT, or the state
 // file is gone. args are the flags after DataplaneCommandName.
@@ -404,6 +455,7 @@ func RunDataplane(args []string, stderr io.Writer) int {
 	state := fs.String("state", "", "the daemon's state file: end when it is gone")
 	maxProcs := fs.Int("max-procs", 0, "GOMAXPROCS (0: default)")
 	owner := fs.String("owner", "", "label prefix of the daemon identity the device belongs to")
+	starter := fs.Int("starter-fd", -1, "read end of a pipe only the starting daemon writes to: serve only while it lives")
 	var level slog.Level
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
@@ -416,7 +468,11 @@ func RunDataplane(args []string, stderr io.Writer) int {
 	// Labelled before it serves: the daemon that started it may be killed
 	// at any moment, and only a labelled link is one the next daemon
 	// adopts, or removes when nothing wants it.
-	d, err := openUserspace(*name, Options{MTU: *mtu, Logger: log, Owner: *owner}, true)
+	d, err := openUserspace(*name, Options{MTU: *mtu, Logger: log, Owner: *owner}, func() error { return starterLives(*starter) })
+	if errors.Is(err, errStarterGone) {
+		log.Info("the daemon that started this data plane died before it was served; nothing will adopt the device, ending")
+		return 1
+	}
 	if err != nil {
 		log.Error("cannot start the data plane", "err", err)
 		return 1

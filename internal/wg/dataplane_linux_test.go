@@ -18,15 +18,31 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/zlayer/zlayer-overlayd/internal/lab/nstest"
 )
 
 const dataplaneEnv = "ZLTW_WG_DATAPLANE"
+
+// dataplaneGateEnv names a file the data plane helper waits for before it
+// starts.
+const dataplaneGateEnv = "ZLTW_WG_DATAPLANE_GATE"
 
 // TestHelperDataplane is not a test: it is the data plane process the
 // detached backend starts when a node process opens a device with it.
 func TestHelperDataplane(t *testing.T) {
 	if os.Getenv(dataplaneEnv) != "1" {
 		t.Skip("data plane process for the detached-backend tests; runs only when they start it")
+	}
+	if gate := os.Getenv(dataplaneGateEnv); gate != "" {
+		// Held until the test has done what must happen before the data
+		// plane opens its device.
+		for {
+			if _, err := os.Stat(gate); err == nil {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
 	}
 	os.Exit(RunDataplane(flag.Args(), os.Stderr))
 }
@@ -339,5 +355,62 @@ func TestDataplaneIsLabelledBeforeItServes(t *testing.T) {
 	}
 	if want := testOwner + kernelLabel + dev; attrs.Alias != want {
 		t.Fatalf("the data plane serves while its link is labelled %q, not %q", attrs.Alias, want)
+	}
+}
+
+// A daemon killed while its data plane is still starting leaves a process
+// no request will ever answer for. If that process went on to create and
+// serve its device after the next daemon's start-up reconcile had looked,
+// the labelled TUN stayed until the start after that (passes in between
+// judge no devices: a device's label does not name the request creating
+// it). So the data plane serves only if the daemon that started it still
+// lives once its labelled link exists; otherwise it ends, taking the link
+// with it. Any later daemon then finds either nothing or a labelled link.
+func TestDataplaneWhoseStarterDiedEnds(t *testing.T) {
+	requireRoot(t)
+	r := randHex(t, 6)
+	ns, dev := "zltw-"+r+"-d", "zltw"+r+"d"
+	newNetns(t, ns)
+	t.Cleanup(func() { killDataplanes(ns, dev) })
+	gate := filepath.Join(t.TempDir(), "gate")
+	n := &node{Helper: nstest.StartHelper(t, ns, helperEnv+"=1", dataplaneGateEnv+"="+gate), t: t, ns: ns}
+	nodePID := 0
+	for _, f := range strings.Fields(run(t, "ip", "netns", "pids", ns)) {
+		if cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline"); strings.Contains(string(cmdline), "TestHelperProcess") {
+			nodePID, _ = strconv.Atoi(f)
+		}
+	}
+	if nodePID == 0 {
+		t.Fatal("the node process is not in its namespace")
+	}
+	logDir := t.TempDir()
+	n.Send("open", nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: logDir})
+	for deadline := time.Now().Add(15 * time.Second); dataplanePIDIn(ns) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the node did not start a data plane")
+		}
+	}
+	// The daemon dies while its data plane has not opened anything yet.
+	if err := syscall.Kill(nodePID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); syscall.Kill(nodePID, 0) == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the node outlived SIGKILL")
+		}
+	}
+	if err := os.WriteFile(gate, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitNoDataplane(t, ns, "the data plane of a daemon that died while it started still runs: nothing will adopt it, and reconcile passes do not judge devices")
+	if _, err := linkIn(ns, dev); err == nil {
+		t.Error("the data plane ended but its link is still there")
+	}
+	if serving(dev) {
+		t.Error("something still serves the device's UAPI socket")
+	}
+	// It ended for that reason, not for another (a flag it did not know).
+	if log, _ := os.ReadFile(filepath.Join(logDir, "dataplane-"+dev+".log")); !strings.Contains(string(log), "died before it was served") {
+		t.Errorf("the data plane's log does not say why it ended:\n%s", log)
 	}
 }

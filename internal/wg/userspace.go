@@ -29,13 +29,15 @@ func (userspaceBackend) Kind() string { return KindUserspace }
 // adopt: Open creates it again. A link of that name that already exists
 // belongs to someone else and is never touched.
 func (userspaceBackend) Open(name string, opts Options) (Device, error) {
-	return openUserspace(name, opts, false)
+	return openUserspace(name, opts, nil)
 }
 
-// openUserspace is Open; with labelled, the TUN gets the owner's label
-// before anything can reach the device (the data plane process, whose
-// TUN outlives the daemon that asked for it).
-func openUserspace(name string, opts Options, labelled bool) (Device, error) {
+// openUserspace is Open. A data plane process, whose TUN outlives the
+// daemon that asked for it, passes detached: its TUN gets the owner's
+// label before anything can reach the device, and then detached says
+// whether the device may be served at all (RunDataplane: not once the
+// daemon that started it is gone). nil for a device inside the daemon.
+func openUserspace(name string, opts Options, detached func() error) (Device, error) {
 	if err := validateName(name); err != nil {
 		return nil, err
 	}
@@ -68,10 +70,16 @@ func openUserspace(name string, opts Options, labelled bool) (Device, error) {
 		tdev.Close()
 		return nil, fmt.Errorf("read the name of TUN device %q: %w", name, err)
 	}
-	if labelled && opts.Owner != "" {
-		if err := setLinkLabel(systemName, label(name, opts.Owner)); err != nil {
+	if detached != nil {
+		if opts.Owner != "" {
+			if err := setLinkLabel(systemName, label(name, opts.Owner)); err != nil {
+				tdev.Close()
+				return nil, fmt.Errorf("label TUN device %q as ours: %w", name, err)
+			}
+		}
+		if err := detached(); err != nil {
 			tdev.Close()
-			return nil, fmt.Errorf("label TUN device %q as ours: %w", name, err)
+			return nil, err
 		}
 	}
 	bind := opts.Bind

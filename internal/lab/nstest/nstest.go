@@ -155,6 +155,15 @@ func (h *Helper) Call(op string, req, resp any, timeout time.Duration) {
 	}
 }
 
+// Send sends req without waiting for an answer, for a test that kills
+// the helper while the request is under way.
+func (h *Helper) Send(op string, req any) {
+	h.t.Helper()
+	if err := json.NewEncoder(h.in).Encode(req); err != nil {
+		h.t.Fatalf("%s: send %s: %v", h.ns, op, err)
+	}
+}
+
 // CallUntilExit sends req, which makes the helper exit without answering
 // (a simulated crash), and waits until its output closes.
 func (h *Helper) CallUntilExit(op string, req any, timeout time.Duration) {
