@@ -648,36 +648,77 @@ func (a *allocation) refresh(timeout time.Duration) error {
 // permissionRefresh is how often permissions are renewed: they live 300 s.
 const permissionRefresh = 120 * time.Second
 
+// permissionBatch is how many peer addresses one CreatePermission request
+// carries (RFC 8656 section 9.1 allows several XOR-PEER-ADDRESS
+// attributes): one round trip per address made a node with many relayed
+// peers wait that many round trips, at start and at every renewal. 32 IPv6
+// attributes are 768 bytes: the request stays within any path's MTU.
+const permissionBatch = 32
+
 // installPermissions installs a permission for every address in want that
-// has none yet (all of them again when due). A refused address (403) is
-// logged and skipped; an error that says the allocation is gone is
-// returned.
+// has none yet (all of them again when due), a batch per request. A
+// refused address is logged and skipped; an error that says the
+// allocation is gone is returned.
 func (a *allocation) installPermissions(want []netip.Addr, renew bool, timeout time.Duration, log *slog.Logger) error {
 	now := time.Now()
+	var due []netip.Addr
+	a.mu.Lock()
 	for _, ip := range want {
-		a.mu.Lock()
-		at, ok := a.installed[ip]
-		a.mu.Unlock()
-		if ok && (!renew || now.Sub(at) < permissionRefresh) {
+		if at, ok := a.installed[ip]; ok && (!renew || now.Sub(at) < permissionRefresh) {
 			continue
 		}
-		peer := xorPeerAddress{netip.AddrPortFrom(ip, 0)}
-		if _, err := a.request(timeout, stun.MethodCreatePermission, peer); err != nil {
-			var te *TURNError
-			if errors.As(err, &te) && te.Code == stun.CodeForbidden {
-				log.Warn("TURN server refuses a permission for a peer address", "server", a.server.Address, "peer", ip, "err", err)
-				a.mu.Lock()
-				a.installed[ip] = now // do not ask again before the next renewal
-				a.mu.Unlock()
-				continue
-			}
+		due = append(due, ip)
+	}
+	a.mu.Unlock()
+	for len(due) > 0 {
+		n := min(len(due), permissionBatch)
+		if err := a.permit(due[:n], now, timeout, log); err != nil {
 			return err
 		}
-		a.mu.Lock()
-		a.installed[ip] = now
-		a.mu.Unlock()
+		due = due[n:]
 	}
 	return nil
+}
+
+// permit asks for the permissions of ips in one request. A server that
+// refuses one address refuses the whole request (section 9.1), so a
+// refused batch is asked again an address at a time to learn which.
+func (a *allocation) permit(ips []netip.Addr, now time.Time, timeout time.Duration, log *slog.Logger) error {
+	peers := make([]stun.Setter, len(ips))
+	for i, ip := range ips {
+		peers[i] = xorPeerAddress{netip.AddrPortFrom(ip, 0)}
+	}
+	_, err := a.request(timeout, stun.MethodCreatePermission, peers...)
+	switch {
+	case err == nil:
+	case refusal(err) && len(ips) > 1:
+		for i := range ips {
+			if err := a.permit(ips[i:i+1], now, timeout, log); err != nil {
+				return err
+			}
+		}
+		return nil
+	case refusal(err):
+		log.Warn("TURN server refuses a permission for a peer address", "server", a.server.Address, "peer", ips[0], "err", err)
+		// Recorded as if granted: not asked again before the next renewal.
+	default:
+		return err
+	}
+	a.mu.Lock()
+	for _, ip := range ips {
+		a.installed[ip] = now
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// refusal reports whether a CreatePermission error refuses the addresses
+// rather than saying the allocation is gone: 403 (coturn's answer to an
+// address its policy denies), or an error response without ERROR-CODE
+// (pion's server's answer to the same).
+func refusal(err error) bool {
+	var te *TURNError
+	return errors.As(err, &te) && (te.Code == stun.CodeForbidden || te.Code == 0)
 }
 
 // TURNError is an error response of a TURN server.

@@ -35,12 +35,22 @@ type turnServer struct {
 
 func startTURN(t *testing.T, addr string) *turnServer {
 	t.Helper()
+	return startTURNWith(t, addr, nil, nil)
+}
+
+// startTURNWith is startTURN with a filter of peer addresses (nil: every
+// address is permitted) and a wrapper of the server's socket (nil: none).
+func startTURNWith(t *testing.T, addr string, permit turn.PermissionHandler, wrap func(net.PacketConn) net.PacketConn) *turnServer {
+	t.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
 	pc, err := net.ListenPacket("udp4", addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if wrap != nil {
+		pc = wrap(pc)
 	}
 	srv, err := turn.NewServer(turn.ServerConfig{
 		Realm: "zlayer.test",
@@ -53,6 +63,7 @@ func startTURN(t *testing.T, addr string) *turnServer {
 		PacketConnConfigs: []turn.PacketConnConfig{{
 			PacketConn:            pc,
 			RelayAddressGenerator: &turn.RelayAddressGeneratorStatic{RelayAddress: net.ParseIP("127.0.0.1"), Address: "127.0.0.1"},
+			PermissionHandler:     permit,
 		}},
 	})
 	if err != nil {
@@ -612,5 +623,111 @@ func TestProbesGoToTheRelayedAddressItselfDirectly(t *testing.T) {
 	b.Send([][]byte{keepalive}, &relayEndpoint{dst: peer})
 	if sent := inner.sentPackets(); len(sent) != 2 {
 		t.Fatal("pruned probes still copy")
+	}
+}
+
+// A server may refuse a permission for a peer address (a policy against
+// private ranges, say). coturn answers 403; pion's server answers with an
+// error response that has no ERROR-CODE at all. Either is a refusal of
+// that address, not a sign that the allocation is gone: the relay keeps
+// its allocation, and its relayed address, and relays to the addresses
+// that were granted. On the old code pion's answer made every check drop
+// the allocation and make a new one, a new relayed address each time.
+func TestRelayKeepsItsAllocationWhenAPeerAddressIsRefused(t *testing.T) {
+	refused := netip.MustParseAddr("198.51.100.7")
+	var asked atomic.Int32
+	srv := startTURNWith(t, "", func(_ net.Addr, ip net.IP) bool {
+		if a, _ := netip.AddrFromSlice(ip); a.Unmap() == refused {
+			asked.Add(1)
+			return false
+		}
+		return true
+	}, nil)
+	rcv2 := newReceived()
+	r1 := newTestRelay(t, RelayConfig{Servers: []TURNServer{srv.server()}, CheckInterval: 50 * time.Millisecond}, nil)
+	r2 := newTestRelay(t, RelayConfig{Servers: []TURNServer{srv.server()}, CheckInterval: 50 * time.Millisecond}, rcv2)
+	waitFor(t, 10*time.Second, "both allocations", func() bool { return r1.Relayed().IsValid() && r2.Relayed().IsValid() })
+	a1, a2 := r1.Relayed(), r2.Relayed()
+	r1.Permit([]netip.Addr{refused, a2.Addr()})
+	r2.Permit([]netip.Addr{a1.Addr()})
+	waitFor(t, 10*time.Second, "the refused address asked for", func() bool { return asked.Load() > 0 })
+	// Many checks later (each would have dropped the allocation before).
+	time.Sleep(20 * 50 * time.Millisecond)
+	if got := r1.Relayed(); got != a1 {
+		t.Fatalf("relayed address %s after a refused permission, was %s: the allocation was dropped", got, a1)
+	}
+	if st := r1.Status(); st.Servers[0].State != TURNAllocated || st.Servers[0].Failures != 0 {
+		t.Fatalf("status after a refused permission: %+v", st.Servers[0])
+	}
+	p := wireGuardPacket(1, 148, [4]byte{1, 2, 3, 4})
+	if d := sendUntil(t, r1, p, a2, rcv2); d.from != a1 {
+		t.Fatalf("relayed packet arrived from %s, want %s", d.from, a1)
+	}
+}
+
+// permissionRequests counts the authenticated CreatePermission requests a
+// TURN server reads (distinct transactions: a retransmission is one
+// request). The first request on an allocation goes without credentials,
+// to learn the server's nonce from its 401, and carries nothing the
+// server acts on.
+type permissionRequests struct {
+	net.PacketConn
+	mu  sync.Mutex
+	ids map[[stun.TransactionIDSize]byte]bool
+}
+
+func (c *permissionRequests) ReadFrom(p []byte) (int, net.Addr, error) {
+	n, from, err := c.PacketConn.ReadFrom(p)
+	if err == nil && stun.IsMessage(p[:n]) {
+		m := &stun.Message{Raw: append([]byte(nil), p[:n]...)}
+		if m.Decode() == nil && m.Type == stun.NewType(stun.MethodCreatePermission, stun.ClassRequest) && m.Contains(stun.AttrMessageIntegrity) {
+			c.mu.Lock()
+			c.ids[m.TransactionID] = true
+			c.mu.Unlock()
+		}
+	}
+	return n, from, err
+}
+
+func (c *permissionRequests) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.ids)
+}
+
+// A relay behind which many peers sit asks for their permissions a batch
+// at a time (RFC 8656 allows several XOR-PEER-ADDRESS attributes in one
+// CreatePermission): one round trip to the server per address made a
+// node with a hundred relayed peers wait a hundred round trips before the
+// last of them could be reached, and again at every renewal.
+func TestRelayAsksForManyPermissionsInFewRequests(t *testing.T) {
+	var granted sync.Map
+	var conn *permissionRequests
+	srv := startTURNWith(t, "", func(_ net.Addr, ip net.IP) bool {
+		a, _ := netip.AddrFromSlice(ip)
+		granted.Store(a.Unmap(), true)
+		return true
+	}, func(pc net.PacketConn) net.PacketConn {
+		conn = &permissionRequests{PacketConn: pc, ids: map[[stun.TransactionIDSize]byte]bool{}}
+		return conn
+	})
+	r := newTestRelay(t, RelayConfig{Servers: []TURNServer{srv.server()}}, nil)
+	waitFor(t, 10*time.Second, "the allocation", func() bool { return r.Relayed().IsValid() })
+	var peers []netip.Addr
+	for i := range 70 {
+		peers = append(peers, netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i)}))
+	}
+	r.Permit(peers)
+	waitFor(t, 10*time.Second, "every permission", func() bool {
+		for _, p := range peers {
+			if _, ok := granted.Load(p); !ok {
+				return false
+			}
+		}
+		return true
+	})
+	want := (len(peers) + permissionBatch - 1) / permissionBatch
+	if got := conn.count(); got > want {
+		t.Fatalf("%d authenticated CreatePermission requests for %d peers; want at most %d (%d addresses each)", got, len(peers), want, permissionBatch)
 	}
 }
