@@ -46,41 +46,9 @@ func openUserspace(name string, opts Options, detached func() error) (Device, er
 		return nil, err
 	}
 	log := opts.Logger.With("device", name, "backend", KindUserspace)
-
-	// Both checks come before the TUN exists: a live socket means another
-	// process owns the name (possibly in another network namespace, since
-	// UAPI sockets live in the filesystem), and TUNSETIFF on an existing
-	// persistent TUN would silently attach to it.
-	if err := freeUAPI(name, log); err != nil {
-		return nil, err
-	}
-	if err := checkLinkFree(name); err != nil {
-		return nil, err
-	}
-
-	tdev, err := createTUN(name, opts.MTU)
+	tdev, systemName, err := takeTUN(name, opts, detached, log)
 	if err != nil {
-		return nil, fmt.Errorf("create TUN device %q for wireguard: %w (%s)", name, err, tunHint)
-	}
-	// The device keeps the caller's name on every platform; where the
-	// kernel picks the interface name itself (darwin's utunN), the
-	// mapping is published below for the network package to follow.
-	systemName, err := tdev.Name()
-	if err != nil {
-		tdev.Close()
-		return nil, fmt.Errorf("read the name of TUN device %q: %w", name, err)
-	}
-	if detached != nil {
-		if opts.Owner != "" {
-			if err := setLinkLabel(systemName, label(name, opts.Owner)); err != nil {
-				tdev.Close()
-				return nil, fmt.Errorf("label TUN device %q as ours: %w", name, err)
-			}
-		}
-		if err := detached(); err != nil {
-			tdev.Close()
-			return nil, err
-		}
+		return nil, err
 	}
 	bind := opts.Bind
 	if bind == nil {
@@ -106,6 +74,48 @@ func openUserspace(name string, opts Options, detached func() error) (Device, er
 	// virtio-net header, i.e. TSO/GSO and GRO offloads are on.
 	log.Info("wireguard device created", "name", name, "interface", systemName, "mtu", opts.MTU, "tun_batch_size", tdev.BatchSize())
 	return d, nil
+}
+
+// takeTUN creates the TUN of name once nothing else owns the name, and,
+// for a data plane process (detached), labels it and asks detached
+// whether to go on. On error nothing of it is left.
+func takeTUN(name string, opts Options, detached func() error, log *slog.Logger) (tun.Device, string, error) {
+	// Both checks come before the TUN exists: a live socket means another
+	// process owns the name (possibly in another network namespace, since
+	// UAPI sockets live in the filesystem), and TUNSETIFF on an existing
+	// persistent TUN would silently attach to it.
+	if err := freeUAPI(name, log); err != nil {
+		return nil, "", err
+	}
+	if err := checkLinkFree(name); err != nil {
+		return nil, "", err
+	}
+	tdev, err := createTUN(name, opts.MTU)
+	if err != nil {
+		return nil, "", fmt.Errorf("create TUN device %q for wireguard: %w (%s)", name, err, tunHint)
+	}
+	// The device keeps the caller's name on every platform; where the
+	// kernel picks the interface name itself (darwin's utunN), the
+	// mapping is published for the network package to follow.
+	systemName, err := tdev.Name()
+	if err != nil {
+		tdev.Close()
+		return nil, "", fmt.Errorf("read the name of TUN device %q: %w", name, err)
+	}
+	if detached == nil {
+		return tdev, systemName, nil
+	}
+	if opts.Owner != "" {
+		if err := setLinkLabel(systemName, label(name, opts.Owner)); err != nil {
+			tdev.Close()
+			return nil, "", fmt.Errorf("label TUN device %q as ours: %w", name, err)
+		}
+	}
+	if err := detached(); err != nil {
+		tdev.Close()
+		return nil, "", err
+	}
+	return tdev, systemName, nil
 }
 
 // userspaceDevice is wireguard-go on a TUN, configured in-process.
