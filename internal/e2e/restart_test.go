@@ -103,7 +103,7 @@ func TestOrphanDataplaneEnds(t *testing.T) {
 }
 
 // A TCP stream at 20 Mbit/s for 40 s across five restarts of the daemon
-// completes, with no second below 2 Mbit/s (no stall).
+// completes without losing a segment.
 func TestTCPStreamThroughRestarts(t *testing.T) {
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		t.Skip("needs iperf3")
@@ -156,14 +156,26 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 		fmt.Fprintf(&series, " %d:%.1f/%d", i+1, iv.Sum.BitsPerSecond/1e6, iv.Sum.Retransmits)
 	}
 	t.Logf("second:Mbit/s/retransmits, a restart about every 7 s from the 6th:%s", series.String())
-	// A restart that interrupts the tunnel stalls the stream for whole
-	// seconds while TCP backs off. The floor is far below the paced rate:
-	// in an emulated guest the rate of a second swings between 4 and 31
-	// Mbit/s with no retransmission at all (the CPU, not the restarts),
-	// and a floor near 20 measured that.
+	// The data plane process does not notice the daemon restarting, so
+	// the stream loses nothing: a single lost segment shows as a
+	// retransmission. (A data plane inside the daemon, rebuilt at every
+	// start, costs about 97 of them a restart here, and the rate of every
+	// second stays at 20 Mbit/s all the same: TCP recovers within the
+	// second, so a floor on the rate, what this test judged until
+	// 2026-12-07, cannot tell the two apart.)
+	lost := 0
+	for _, iv := range res.Intervals {
+		lost += iv.Sum.Retransmits
+	}
+	if lost > 0 {
+		t.Fatalf("the stream retransmitted %d segments across the restarts: the tunnel lost packets", lost)
+	}
+	// A slow second without a loss is the machine, not the tunnel: in an
+	// emulated guest the rate of a second swings between 1 and 31 Mbit/s
+	// with no retransmission at all.
 	for i, iv := range res.Intervals {
 		if iv.Sum.BitsPerSecond < 2e6 {
-			t.Fatalf("second %d carried %.1f Mbit/s: the stream stalled", i+1, iv.Sum.BitsPerSecond/1e6)
+			t.Logf("second %d carried %.1f Mbit/s, with nothing lost", i+1, iv.Sum.BitsPerSecond/1e6)
 		}
 	}
 }
