@@ -455,7 +455,7 @@ func RunDataplane(args []string, stderr io.Writer) int {
 	state := fs.String("state", "", "the daemon's state file: end when it is gone")
 	maxProcs := fs.Int("max-procs", 0, "GOMAXPROCS (0: default)")
 	owner := fs.String("owner", "", "label prefix of the daemon identity the device belongs to")
-	starter := fs.Int("starter-fd", -1, "read end of a pipe only the starting daemon writes to: serve only while it lives")
+	starter := fs.Int("starter-fd", -1, "read end of a pipe whose write end only the starting daemon holds: serve only if it still lives")
 	var level slog.Level
 	fs.TextVar(&level, "log-level", slog.LevelInfo, "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
