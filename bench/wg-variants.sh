@@ -50,7 +50,8 @@ trap 'exit 130' INT TERM
 # a bound, not a candidate, on top of the first three (before 0004 made the
 # crypto cheaper): it encrypts only part of each packet to tell what
 # cheaper crypto could gain, and is not secure (bench/wg-patches,
-# docs/benchmarks.md); then name → (file, old text, new text) of the one
+# docs/benchmarks.md); fork-multiqueue* a reader per queue of a multi-queue
+# TUN on top of the fork; then name → (file, old text, new text) of the one
 # constant it changes. dataplane is none of these: it runs the data plane
 # process of our daemon (zlayer-overlayd wg-dataplane, the fork inside our
 # binary and its PGO build) where the others run wireguard-go's command,
@@ -74,6 +75,18 @@ declare -A diff=(
 	[fork-cryptobound70]="$(upto 0003) $root/bench/wg-patches/cryptobound.patch"
 	[fork-peerqueue]="${forkpatches[*]} $root/bench/wg-patches/peerqueue.patch"
 	[fork-queues128]="${forkpatches[*]} $root/bench/wg-patches/queues128.patch"
+	[fork-multiqueue]="${forkpatches[*]} $root/bench/wg-patches/multiqueue.patch"
+	[fork-multiqueue-2p]="${forkpatches[*]} $root/bench/wg-patches/multiqueue.patch"
+	[fork-2p]="${forkpatches[*]}"
+)
+# name → the environment its processes run with, over GOMAXPROCS=1: a
+# multi-queue TUN of two queues, each with a reader (multiqueue.patch),
+# and the same with the Go default of two Ps, beside the fork with two Ps
+# (the knob the goal rules out, to tell what the queues add to it).
+declare -A venv=(
+	[fork-multiqueue]="WG_TUN_QUEUES=2"
+	[fork-multiqueue-2p]="WG_TUN_QUEUES=2 GOMAXPROCS=2"
+	[fork-2p]="GOMAXPROCS=2"
 )
 for v in "${variants[@]}"; do
 	[[ $v =~ ^fork-([0-9]{4})$ ]] && diff[$v]="$(upto "${BASH_REMATCH[1]}")"
@@ -129,7 +142,7 @@ for v in "${variants[@]}"; do
 		if [ "$v" = dataplane ]; then
 			ip netns exec $p$n "$work/wg-$v" wg-dataplane -name $p$i$n -max-procs 1 -log-level error >"$work/$v$n.log" 2>&1 &
 		else
-			ip netns exec $p$n env LOG_LEVEL=error GOMAXPROCS=1 "$work/wg-$v" -f $p$i$n >"$work/$v$n.log" 2>&1 &
+			ip netns exec $p$n env LOG_LEVEL=error GOMAXPROCS=1 ${venv[$v]:-} "$work/wg-$v" -f $p$i$n >"$work/$v$n.log" 2>&1 &
 		fi
 		disown # cleanup kills it; no job notice
 	done
