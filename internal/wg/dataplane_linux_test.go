@@ -99,14 +99,23 @@ func waitNoDataplane(t *testing.T, ns, why string) {
 	}
 }
 
-// openDataplane starts a node process in a namespace of its own and opens
-// a data plane device there; both names end in tag.
-func openDataplane(t *testing.T, tag string) (n *node, ns, dev string) {
+// dataplaneNetns creates a namespace for a data plane device; both names
+// end in tag, and whatever data plane runs there when the test ends is
+// killed.
+func dataplaneNetns(t *testing.T, tag string) (ns, dev string) {
 	t.Helper()
 	r := randHex(t, 6)
 	ns, dev = "zltw-"+r+"-"+tag, "zltw"+r+tag
 	newNetns(t, ns)
 	t.Cleanup(func() { killDataplanes(ns, dev) })
+	return ns, dev
+}
+
+// openDataplane starts a node process in a namespace of its own and opens
+// a data plane device there; both names end in tag.
+func openDataplane(t *testing.T, tag string) (n *node, ns, dev string) {
+	t.Helper()
+	ns, dev = dataplaneNetns(t, tag)
 	n = startNode(t, ns)
 	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
 	return n, ns, dev
@@ -118,10 +127,7 @@ func openDataplane(t *testing.T, tag string) (n *node, ns, dev string) {
 func TestDataplaneLogsAtTheOpenersLevel(t *testing.T) {
 	requireRoot(t)
 	for _, debug := range []bool{true, false} {
-		r := randHex(t, 6)
-		ns, dev := "zltw-"+r+"-l", "zltw"+r+"l"
-		newNetns(t, ns)
-		t.Cleanup(func() { killDataplanes(ns, dev) })
+		ns, dev := dataplaneNetns(t, "l")
 		logDir := t.TempDir()
 		n := startNode(t, ns)
 		n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: logDir, Debug: debug})
@@ -320,10 +326,7 @@ func mustUDPAddr(t *testing.T, s string) *net.UDPAddr {
 // read the moment the socket first answers.
 func TestDataplaneIsLabelledBeforeItServes(t *testing.T) {
 	requireRoot(t)
-	r := randHex(t, 6)
-	ns, dev := "zltw-"+r+"-b", "zltw"+r+"b"
-	newNetns(t, ns)
-	t.Cleanup(func() { killDataplanes(ns, dev) })
+	ns, dev := dataplaneNetns(t, "b")
 	b, err := testDataplaneBackend(t.TempDir(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -368,10 +371,7 @@ func TestDataplaneIsLabelledBeforeItServes(t *testing.T) {
 // with it. Any later daemon then finds either nothing or a labelled link.
 func TestDataplaneWhoseStarterDiedEnds(t *testing.T) {
 	requireRoot(t)
-	r := randHex(t, 6)
-	ns, dev := "zltw-"+r+"-d", "zltw"+r+"d"
-	newNetns(t, ns)
-	t.Cleanup(func() { killDataplanes(ns, dev) })
+	ns, dev := dataplaneNetns(t, "d")
 	gate := filepath.Join(t.TempDir(), "gate")
 	n := &node{Helper: nstest.StartHelper(t, ns, helperEnv+"=1", dataplaneGateEnv+"="+gate), t: t, ns: ns}
 	nodePID := 0
