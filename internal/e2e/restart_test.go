@@ -157,18 +157,21 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 	}
 	t.Logf("second:Mbit/s/retransmits, a restart about every 7 s from the 6th:%s", series.String())
 	// The data plane process does not notice the daemon restarting, so
-	// the stream loses nothing: a single lost segment shows as a
-	// retransmission. (A data plane inside the daemon, rebuilt at every
+	// the stream loses nothing there, and a lost segment shows as a
+	// retransmission. A data plane inside the daemon, rebuilt at every
 	// start, costs about 97 of them a restart here, and the rate of every
 	// second stays at 20 Mbit/s all the same: TCP recovers within the
 	// second, so a floor on the rate, what this test judged until
-	// 2026-12-07, cannot tell the two apart.)
+	// 2026-12-07, cannot tell the two apart. The allowance is for the
+	// emulated guests, where TCP once resent one segment in a second with
+	// no restart near it (a probe after a stall of the emulated CPU).
+	const allowed = 10
 	lost := 0
 	for _, iv := range res.Intervals {
 		lost += iv.Sum.Retransmits
 	}
-	if lost > 0 {
-		t.Fatalf("the stream retransmitted %d segments across the restarts: the tunnel lost packets", lost)
+	if lost > allowed {
+		t.Fatalf("the stream retransmitted %d segments across the restarts (at most %d allowed): the tunnel lost packets", lost, allowed)
 	}
 	// A slow second without a loss is the machine, not the tunnel: in an
 	// emulated guest the rate of a second swings between 1 and 31 Mbit/s
