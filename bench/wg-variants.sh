@@ -56,7 +56,7 @@ trap 'exit 130' INT TERM
 # process of our daemon (zlayer-overlayd wg-dataplane, the fork inside our
 # binary and its PGO build) where the others run wireguard-go's command,
 # which tells the fork's own gain from the process around it.
-variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork-0003 fork-0004 fork fork-scatter fork-scatter-tunread fork-pseudoheader fork-cryptobound fork-cryptobound70})
+variants=(${VARIANTS:-base batch64 batch256 sockbuf1m sockbuf32m fork-0001 fork-0002 fork-0003 fork-0004 fork fork-scatter fork-scatter-tunread fork-pseudoheader fork-multiqueue fork-cryptobound fork-cryptobound70})
 forkpatches=("$root"/third_party/wireguard-patches/*.patch)
 upto() { # NNNN → our fork's patches up to NNNN
 	local p
@@ -76,6 +76,7 @@ declare -A diff=(
 	[fork-peerqueue]="${forkpatches[*]} $root/bench/wg-patches/peerqueue.patch"
 	[fork-queues128]="${forkpatches[*]} $root/bench/wg-patches/queues128.patch"
 	[fork-multiqueue]="${forkpatches[*]} $root/bench/wg-patches/multiqueue.patch"
+	[fork-mqflag]="${forkpatches[*]} $root/bench/wg-patches/multiqueue.patch"
 	[fork-multiqueue-2p]="${forkpatches[*]} $root/bench/wg-patches/multiqueue.patch"
 	[fork-2p]="${forkpatches[*]}"
 )
@@ -85,6 +86,7 @@ declare -A diff=(
 # (the knob the goal rules out, to tell what the queues add to it).
 declare -A venv=(
 	[fork-multiqueue]="WG_TUN_QUEUES=2"
+	[fork-mqflag]="WG_TUN_QUEUES=1"
 	[fork-multiqueue-2p]="WG_TUN_QUEUES=2 GOMAXPROCS=2"
 	[fork-2p]="GOMAXPROCS=2"
 )
