@@ -163,8 +163,8 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 	// second stays at 20 Mbit/s all the same: TCP recovers within the
 	// second, so a floor on the rate, what this test judged until
 	// 2026-12-07, cannot tell the two apart. The allowance is for the
-	// emulated guests, where TCP once resent one segment in a second with
-	// no restart near it (a probe after a stall of the emulated CPU).
+	// emulated guests, where TCP resent one segment in some runs, each
+	// time in a second with no restart near it (once the very first).
 	const allowed = 10
 	lost := 0
 	for _, iv := range res.Intervals {
