@@ -67,7 +67,7 @@ func CacheDir() string {
 // tests that use it skip in the guest, as they do on a host without it.
 var (
 	requiredTools = []string{"ip", "wg", "nft", "ping", "dig", "nsenter", "unshare", "mount", "umount"}
-	optionalTools = []string{"tcpdump", "iperf3", "conntrack", "iptables", "iptables-legacy", "sysctl", "ss", "ethtool", "setpriv", "turnserver",
+	optionalTools = []string{"tcpdump", "iperf3", "conntrack", "iptables", "iptables-legacy", "sysctl", "ss", "ethtool", "setpriv", "turnserver", "tc",
 		// coreutils' sleep: tests run it under other names, which
 		// busybox's multi-call binary does not answer to.
 		"sleep"}

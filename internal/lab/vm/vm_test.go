@@ -21,6 +21,7 @@ var (
 	only     = flag.String("vm.suites", "", "run only the suites whose names match this regexp")
 	kernelRe = flag.String("vm.kernels", "", "boot only the kernels whose dist names match this regexp")
 	runRe    = flag.String("vm.run", "", "-test.run for every selected suite, instead of its own")
+	count    = flag.Int("vm.count", 1, "-test.count for every selected suite: repeats a flaky test within one boot")
 )
 
 // EnvSkip turns the VM lab off in `make test` (it boots guests for
@@ -167,7 +168,7 @@ func mustNotSkip(s Suite, skipped []string) []string {
 	return bad
 }
 
-// filterPlan applies -vm.suites, -vm.kernels and -vm.run.
+// filterPlan applies -vm.suites, -vm.kernels, -vm.run and -vm.count.
 func filterPlan(t *testing.T, p plan) plan {
 	t.Helper()
 	var out plan
@@ -180,6 +181,9 @@ func filterPlan(t *testing.T, p plan) plan {
 			if *only == "" || regexp.MustCompile(*only).MatchString(s.Name) {
 				if *runRe != "" {
 					s.Run = *runRe
+				}
+				if *count > 1 {
+					s.Args = append(s.Args, fmt.Sprintf("-test.count=%d", *count))
 				}
 				suites = append(suites, s)
 			}
