@@ -62,10 +62,11 @@ func (l *peerLedger) judge(from, to time.Time, have map[string]uint64) error {
 	for key, pt := range l.m {
 		mustHave := !pt.addAck.IsZero() && pt.addAck.Before(from) && (pt.removeSent.IsZero() || pt.removeSent.After(to))
 		mustNot := !pt.removeAck.IsZero() && pt.removeAck.Before(from)
-		if _, ok := have[key]; mustHave && !ok {
+		_, on := have[key]
+		if mustHave && !on {
 			return fmt.Errorf("peer %s, acknowledged %v before the sample, is missing from the device", key, from.Sub(pt.addAck))
 		}
-		if _, ok := have[key]; mustNot && ok {
+		if mustNot && on {
 			return fmt.Errorf("peer %s, whose removal was acknowledged %v before the sample, is on the device", key, from.Sub(pt.removeAck))
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -133,4 +134,31 @@ func peerDedicated(t *testing.T, nodes []*lab.Node, ded [2]protocol.ServiceOverl
 		}
 		return nil
 	})
+}
+
+// snmpCounters are the counters of one protocol ("Udp", "Icmp") in the
+// text of /proc/net/snmp: a line of names, then a line of values.
+func snmpCounters(snmp, proto string) map[string]uint64 {
+	var names []string
+	for _, line := range strings.Split(snmp, "\n") {
+		rest, ok := strings.CutPrefix(line, proto+": ")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if names == nil {
+			names = f
+			continue
+		}
+		out := make(map[string]uint64, len(names))
+		for i, n := range names {
+			if i < len(f) {
+				if v, err := strconv.ParseUint(f[i], 10, 64); err == nil {
+					out[n] = v
+				}
+			}
+		}
+		return out
+	}
+	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -121,29 +120,11 @@ func inEchos(t *testing.T, c *lab.Container) uint64 {
 	if err != nil {
 		t.Fatalf("%s: reading /proc/net/snmp: %v\n%s", c.Name, err, out)
 	}
-	var names []string
-	for _, line := range strings.Split(out, "\n") {
-		rest, ok := strings.CutPrefix(line, "Icmp: ")
-		if !ok {
-			continue
-		}
-		f := strings.Fields(rest)
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == "InEchos" && i < len(f) {
-				v, err := strconv.ParseUint(f[i], 10, 64)
-				if err != nil {
-					t.Fatal(err)
-				}
-				return v
-			}
-		}
+	v, ok := snmpCounters(out, "Icmp")["InEchos"]
+	if !ok {
+		t.Fatalf("%s: no Icmp InEchos in /proc/net/snmp:\n%s", c.Name, out)
 	}
-	t.Fatal(fmt.Errorf("%s: no Icmp InEchos in /proc/net/snmp:\n%s", c.Name, out))
-	return 0
+	return v
 }
 
 // On one node, join_global is how a container reaches beyond its service
