@@ -5,8 +5,10 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -120,6 +122,9 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
 	time.Sleep(300 * time.Millisecond)
+	dropsBefore := [2]map[string]uint64{dropCounts(t, a), dropCounts(t, b)}
+	resentBefore := resentSegments(t, b)
+	start := time.Now()
 	done := make(chan string, 1)
 	go func() {
 		// Longer than Exec's 30 s limit.
@@ -127,16 +132,36 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 			"-b", "20M", "-t", "40", "-i", "1", "--json").Output()
 		done <- string(out)
 	}()
+	var restarts strings.Builder
 	for i := range 5 {
 		time.Sleep(6 * time.Second)
+		fmt.Fprintf(&restarts, " %.1f", time.Since(start).Seconds())
 		if i%2 == 0 {
 			a.Kill()
 		} else {
 			a.Stop()
 		}
 		a.Start()
+		fmt.Fprintf(&restarts, "-%.1f", time.Since(start).Seconds())
 	}
 	out := <-done
+	// Where the kernel dropped packets on the way, so that a failure says
+	// whether a queue overflowed (a stalled reader) or the tunnel broke.
+	var drops strings.Builder
+	dropped := [2]map[string]int64{{}, {}}
+	for i, n := range []*lab.Node{a, b} {
+		after := dropCounts(t, n)
+		for _, k := range slices.Sorted(maps.Keys(after)) {
+			if d := int64(after[k]) - int64(dropsBefore[i][k]); d != 0 {
+				dropped[i][k] = d
+				fmt.Fprintf(&drops, " %s %s +%d;", n.Name, k, d)
+			}
+		}
+	}
+	if drops.Len() == 0 {
+		drops.WriteString(" none")
+	}
+	t.Logf("restarts (s after the stream began, stop-ready):%s; kernel drops:%s", restarts.String(), drops.String())
 	var res struct {
 		Intervals []struct {
 			Sum struct {
@@ -155,23 +180,38 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 	for i, iv := range res.Intervals {
 		fmt.Fprintf(&series, " %d:%.1f/%d", i+1, iv.Sum.BitsPerSecond/1e6, iv.Sum.Retransmits)
 	}
-	t.Logf("second:Mbit/s/retransmits, a restart about every 7 s from the 6th:%s", series.String())
+	t.Logf("second:Mbit/s/retransmits:%s", series.String())
 	// The data plane process does not notice the daemon restarting, so
-	// the stream loses nothing there, and a lost segment shows as a
-	// retransmission. A data plane inside the daemon, rebuilt at every
-	// start, costs about 97 of them a restart here, and the rate of every
-	// second stays at 20 Mbit/s all the same: TCP recovers within the
-	// second, so a floor on the rate, what this test judged until
-	// 2026-12-07, cannot tell the two apart. The allowance is for the
-	// emulated guests, where TCP resent one segment in some runs, each
-	// time in a second with no restart near it (once the very first).
+	// the stream loses nothing there. A data plane inside the daemon,
+	// rebuilt at every start, loses about 97 segments a restart here, and
+	// the rate of every second stays at 20 Mbit/s all the same: TCP
+	// recovers within the second, so a floor on the rate, what this test
+	// judged until 2026-12-07, cannot tell the two apart.
+	//
+	// Nor can the count of retransmissions alone. In an emulated guest a
+	// stall of the virtual CPU makes TCP resend segments that were only
+	// late; each reaches the receiver twice, and the receiver says so with
+	// a D-SACK. So what was resent and not reported back as a duplicate is
+	// what was lost. The allowance is for D-SACKs that are themselves lost.
 	const allowed = 10
-	lost := 0
-	for _, iv := range res.Intervals {
-		lost += iv.Sum.Retransmits
-	}
-	if lost > allowed {
-		t.Fatalf("the stream retransmitted %d segments across the restarts (at most %d allowed): the tunnel lost packets", lost, allowed)
+	resentAfter := resentSegments(t, b)
+	resent, dup := resentAfter[0]-resentBefore[0], resentAfter[1]-resentBefore[1]
+	lost := int64(resent) - int64(dup)
+	t.Logf("the sender resent %d segments; the receiver reported %d of them as duplicates", resent, dup)
+	// A loss the restarts cannot have caused: b's own TUN queue (500
+	// packets) overflowing because b's data plane, whose daemon never
+	// restarts, did not read it for a while. A 6.12 guest did that once
+	// in six runs (60 packets, 118 segments lost), 2 s after a restart of
+	// a, with nothing dropped at a; no run on the host has. Each dropped
+	// packet holds at most one GSO super-packet of segments.
+	const segmentsPerGSOPacket = 48 // 64 KiB over a 1,368-byte MSS
+	stalled := dropped[1][globalDev+" tx dropped"]
+	switch {
+	case lost <= allowed:
+	case stalled > 0 && len(dropped[0]) == 0 && lost <= allowed+stalled*segmentsPerGSOPacket:
+		t.Logf("the %d segments lost were dropped by b's TUN queue (%d packets): b's data plane, which no restart touches, fell behind reading it", lost, stalled)
+	default:
+		t.Fatalf("the stream lost %d segments across the restarts (at most %d allowed): %d resent, %d of them duplicates; kernel drops:%s", lost, allowed, resent, dup, drops.String())
 	}
 	// A slow second without a loss is the machine, not the tunnel: in an
 	// emulated guest the rate of a second swings between 1 and 31 Mbit/s
@@ -181,4 +221,62 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 			t.Logf("second %d carried %.1f Mbit/s, with nothing lost", i+1, iv.Sum.BitsPerSecond/1e6)
 		}
 	}
+}
+
+// resentSegments are the TCP segments node n has sent again (RetransSegs)
+// and those of them its peers reported as received twice with a D-SACK
+// (TCPDSACKRecvSegs), over all its connections.
+func resentSegments(t *testing.T, n *lab.Node) [2]uint64 {
+	t.Helper()
+	tcp := snmpCounters(n.MustExec("cat", "/proc/net/snmp"), "Tcp")
+	ext := snmpCounters(n.MustExec("cat", "/proc/net/netstat"), "TcpExt")
+	dup, ok := ext["TCPDSACKRecvSegs"]
+	if !ok {
+		t.Skip("the kernel does not count D-SACKed segments (no TCPDSACKRecvSegs in /proc/net/netstat)")
+	}
+	return [2]uint64{tcp["RetransSegs"], dup}
+}
+
+// dropCounts are node n's kernel counters of dropped packets: those of
+// its UDP sockets, and the receive and transmit drops of its links and
+// their queueing disciplines, keyed by where they were counted.
+func dropCounts(t *testing.T, n *lab.Node) map[string]uint64 {
+	t.Helper()
+	out := map[string]uint64{}
+	udp := snmpCounters(n.MustExec("cat", "/proc/net/snmp"), "Udp")
+	for _, k := range []string{"InErrors", "RcvbufErrors", "SndbufErrors", "NoPorts"} {
+		out["udp "+k] = udp[k]
+	}
+	var links []struct {
+		Name    string `json:"ifname"`
+		Stats64 struct {
+			RX struct {
+				Dropped uint64 `json:"dropped"`
+			} `json:"rx"`
+			TX struct {
+				Dropped uint64 `json:"dropped"`
+			} `json:"tx"`
+		} `json:"stats64"`
+	}
+	if err := json.Unmarshal([]byte(n.MustExec("ip", "-j", "-s", "link", "show")), &links); err != nil {
+		t.Fatalf("node %s: ip -j -s link show: %v", n.Name, err)
+	}
+	for _, l := range links {
+		out[l.Name+" rx dropped"] = l.Stats64.RX.Dropped
+		out[l.Name+" tx dropped"] = l.Stats64.TX.Dropped
+	}
+	var qdiscs []struct {
+		Dev   string `json:"dev"`
+		Kind  string `json:"kind"`
+		Drops uint64 `json:"drops"`
+	}
+	// Only a diagnosis: without iproute2's tc (busybox's has no -j) the
+	// queueing disciplines go uncounted.
+	if tc, err := n.Exec("tc", "-j", "-s", "qdisc", "show"); err != nil || json.Unmarshal([]byte(tc), &qdiscs) != nil {
+		t.Logf("node %s: qdisc drops not counted: tc -j -s qdisc show: %v", n.Name, err)
+	}
+	for _, q := range qdiscs {
+		out[q.Dev+" "+q.Kind+" drops"] += q.Drops
+	}
+	return out
 }
