@@ -115,6 +115,10 @@ func TestSuiteCommand(t *testing.T) {
 	if got := s.command(); got != want {
 		t.Fatalf("command\n got %s\nwant %s", got, want)
 	}
+	s.Count = 3
+	if got, want := s.command(), "-test.count=3 -test.timeout=2h0m0s "; !strings.Contains(got, want) {
+		t.Fatalf("command with Count 3\n got %s\nwant it to contain %s", got, want)
+	}
 	if got := shellQuote("it's"); got != `'it'\''s'` {
 		t.Fatalf("shellQuote = %s", got)
 	}

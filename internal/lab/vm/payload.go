@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -25,9 +26,13 @@ type Suite struct {
 	Run, Skip string
 	// Args are further flags of the test binary, Env variables for it.
 	Args, Env []string
-	// Timeout is -test.timeout: the binary panics with every goroutine's
-	// stack when it is exceeded.
+	// Timeout is -test.timeout for one pass of the suite (10 minutes if
+	// zero): the binary panics with every goroutine's stack when it is
+	// exceeded.
 	Timeout time.Duration
+	// Count is -test.count (1 if zero); the suite's time limit grows
+	// with it.
+	Count int
 	// MustRun matches the tests that must not skip in the guest: a skip
 	// there means the guest lacks what they test, which fails the suite.
 	MustRun string
@@ -43,15 +48,23 @@ const (
 	guestSource = "/zlvm/src"
 )
 
-// command is the suite's line in suites.sh.
-func (s Suite) command() string {
+// count is how many times the suite's tests run.
+func (s Suite) count() int { return max(s.Count, 1) }
+
+// limit is the suite's -test.timeout: all its passes together.
+func (s Suite) limit() time.Duration {
 	timeout := s.Timeout
 	if timeout == 0 {
 		timeout = 10 * time.Minute
 	}
+	return timeout * time.Duration(s.count())
+}
+
+// command is the suite's line in suites.sh.
+func (s Suite) command() string {
 	argv := []string{"suite", s.Name, s.Package, "ZLAYER_TESTBIN_DIR=" + guestBin}
 	argv = append(argv, s.Env...)
-	argv = append(argv, guestTests+"/"+s.binary(), "-test.v", "-test.count=1", "-test.timeout="+timeout.String())
+	argv = append(argv, guestTests+"/"+s.binary(), "-test.v", "-test.count="+strconv.Itoa(s.count()), "-test.timeout="+s.limit().String())
 	if s.Run != "" {
 		argv = append(argv, "-test.run="+s.Run)
 	}

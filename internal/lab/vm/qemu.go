@@ -42,7 +42,7 @@ func (l *Lab) Boot(ctx context.Context, k *Kernel, suites []Suite) (Report, erro
 	console, report := filepath.Join(dir, "console.log"), filepath.Join(dir, "report.log")
 	limit := bootMargin
 	for _, s := range suites {
-		limit += s.Timeout
+		limit += s.limit()
 	}
 	caller := ctx
 	ctx, cancel := context.WithTimeout(ctx, limit)

@@ -182,9 +182,7 @@ func filterPlan(t *testing.T, p plan) plan {
 				if *runRe != "" {
 					s.Run = *runRe
 				}
-				if *count > 1 {
-					s.Args = append(s.Args, fmt.Sprintf("-test.count=%d", *count))
-				}
+				s.Count = *count
 				suites = append(suites, s)
 			}
 		}
