@@ -22,6 +22,7 @@ import (
 
 	"github.com/zlayer/zlayer-overlayd/internal/dns"
 	"github.com/zlayer/zlayer-overlayd/internal/engine"
+	"github.com/zlayer/zlayer-overlayd/internal/hugepages"
 	"github.com/zlayer/zlayer-overlayd/internal/ipc"
 	"github.com/zlayer/zlayer-overlayd/internal/nat"
 	"github.com/zlayer/zlayer-overlayd/internal/paths"
@@ -291,6 +292,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func serve(o options, log *slog.Logger) error {
+	if err := hugepages.Refuse(); err != nil {
+		log.Warn("transparent huge pages stay as the system sets them; memory returned after bursts may become resident again", "err", err)
+	}
 	st, err := store.Open(filepath.Join(o.dataDir, store.FileName), store.Options{Logger: log})
 	if err != nil {
 		return err

@@ -22,6 +22,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/zlayer/zlayer-overlayd/internal/hugepages"
 )
 
 // The detached data plane. A userspace device lives as long as the process
@@ -465,6 +467,11 @@ func RunDataplane(args []string, stderr io.Writer) int {
 		runtime.GOMAXPROCS(*maxProcs)
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})).With("dataplane", *name, "pid", os.Getpid())
+	// Before the device allocates: the heap trim below is only worth
+	// something if khugepaged cannot make the trimmed heap resident again.
+	if err := hugepages.Refuse(); err != nil {
+		log.Warn("transparent huge pages stay as the system sets them; memory returned after bursts may become resident again", "err", err)
+	}
 	// Labelled before it serves: the daemon that started it may be killed
 	// at any moment, and only a labelled link is one the next daemon
 	// adopts, or removes when nothing wants it.

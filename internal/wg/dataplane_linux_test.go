@@ -48,11 +48,11 @@ func TestHelperDataplane(t *testing.T) {
 }
 
 // testDataplaneBackend runs data planes as this test binary's
-// TestHelperDataplane.
-func testDataplaneBackend(logDir string, log *slog.Logger) (Backend, error) {
+// TestHelperDataplane, with env added to their environment.
+func testDataplaneBackend(logDir string, env []string, log *slog.Logger) (Backend, error) {
 	return NewDataplaneBackend(DataplaneConfig{
 		Command: []string{os.Args[0], "-test.run=^TestHelperDataplane$", "-test.count=1", "--"},
-		Env:     []string{dataplaneEnv + "=1"},
+		Env:     append([]string{dataplaneEnv + "=1"}, env...),
 		LogDir:  logDir,
 		Logger:  log,
 	})
@@ -112,12 +112,12 @@ func dataplaneNetns(t *testing.T, tag string) (ns, dev string) {
 }
 
 // openDataplane starts a node process in a namespace of its own and opens
-// a data plane device there; both names end in tag.
-func openDataplane(t *testing.T, tag string) (n *node, ns, dev string) {
+// a data plane device there, its process given env; both names end in tag.
+func openDataplane(t *testing.T, tag string, env ...string) (n *node, ns, dev string) {
 	t.Helper()
 	ns, dev = dataplaneNetns(t, tag)
 	n = startNode(t, ns)
-	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()})
+	n.must(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir(), DataplaneEnv: env})
 	return n, ns, dev
 }
 
@@ -265,20 +265,20 @@ func TestDataplaneOfAnotherOwnerIsRefused(t *testing.T) {
 	}
 }
 
-// A data plane killed under the daemon (the OOM killer, an operator's
-// kill -9) leaves its UAPI socket; closing the device afterwards must not
-// leave it too, or wg show lists a device nobody serves.
 // openDataplaneProcess is openDataplane plus the pid of the data plane
 // process it started.
-func openDataplaneProcess(t *testing.T, tag string) (n *node, ns, dev string, pid int) {
+func openDataplaneProcess(t *testing.T, tag string, env ...string) (n *node, ns, dev string, pid int) {
 	t.Helper()
-	n, ns, dev = openDataplane(t, tag)
+	n, ns, dev = openDataplane(t, tag, env...)
 	if pid = dataplanePIDIn(ns); pid == 0 {
 		t.Fatal("no data plane process after open")
 	}
 	return n, ns, dev, pid
 }
 
+// A data plane killed under the daemon (the OOM killer, an operator's
+// kill -9) leaves its UAPI socket; closing the device afterwards must not
+// leave it too, or wg show lists a device nobody serves.
 func TestDataplaneKilledThenClosedLeavesNoSocket(t *testing.T) {
 	requireRoot(t)
 	n, ns, dev, pid := openDataplaneProcess(t, "k")
@@ -327,7 +327,7 @@ func mustUDPAddr(t *testing.T, s string) *net.UDPAddr {
 func TestDataplaneIsLabelledBeforeItServes(t *testing.T) {
 	requireRoot(t)
 	ns, dev := dataplaneNetns(t, "b")
-	b, err := testDataplaneBackend(t.TempDir(), slog.New(slog.DiscardHandler))
+	b, err := testDataplaneBackend(t.TempDir(), nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

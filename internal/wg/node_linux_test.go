@@ -40,6 +40,8 @@ type nodeRequest struct {
 	// its process logging to LogDir.
 	Dataplane bool   `json:"dataplane,omitempty"`
 	LogDir    string `json:"log_dir,omitempty"`
+	// DataplaneEnv is added to the data plane process's environment.
+	DataplaneEnv []string `json:"dataplane_env,omitempty"`
 	// Debug opens with a logger at debug, as a daemon run --log-level debug.
 	Debug bool `json:"debug,omitempty"`
 	// Addr, Bytes and Seed are for the bulk transfer ops, which run in
@@ -170,7 +172,7 @@ func runNode(in io.Reader, out io.Writer) {
 				var backend Backend = userspaceBackend{}
 				if req.Dataplane {
 					var err error
-					if backend, err = testDataplaneBackend(req.LogDir, log); err != nil {
+					if backend, err = testDataplaneBackend(req.LogDir, req.DataplaneEnv, log); err != nil {
 						return err
 					}
 				}

@@ -1,0 +1,6 @@
+//go:build !linux
+
+package hugepages
+
+// Only Linux gives huge pages to memory that did not ask for them.
+func refuse() error { return nil }
