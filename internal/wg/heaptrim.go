@@ -52,7 +52,10 @@ func (t *heapTrim) tick(requests uint64, serving int) bool {
 }
 
 // reclaimableHeap is the heap held beyond the live objects: garbage not yet
-// collected plus free spans not yet returned to the kernel.
+// collected plus free spans not yet returned to the kernel. It is an upper
+// bound: the live heap is as of the last collection, so what was allocated
+// since and is still live (peers just added) counts too, and a trim may
+// return less than heapTrimMin. That costs one collection, once per burst.
 func reclaimableHeap() uint64 {
 	s := []metrics.Sample{
 		{Name: "/memory/classes/heap/objects:bytes"},
