@@ -195,7 +195,7 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 	// what was lost. The allowance is for D-SACKs that are themselves lost.
 	const allowed = 10
 	resentAfter := resentSegments(t, b)
-	resent, dup := resentAfter[0]-resentBefore[0], resentAfter[1]-resentBefore[1]
+	resent, dup := resentAfter.resent-resentBefore.resent, resentAfter.duplicates-resentBefore.duplicates
 	lost := int64(resent) - int64(dup)
 	t.Logf("the sender resent %d segments; the receiver reported %d of them as duplicates", resent, dup)
 	// A loss the restarts cannot have caused: b's own TUN queue (500
@@ -224,10 +224,13 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 	}
 }
 
-// resentSegments are the TCP segments node n has sent again (RetransSegs)
-// and those of them its peers reported as received twice with a D-SACK
-// (TCPDSACKRecvSegs), over all its connections.
-func resentSegments(t *testing.T, n *lab.Node) [2]uint64 {
+// tcpResends counts a node's TCP segments sent again, over all its connections.
+type tcpResends struct {
+	resent     uint64 // RetransSegs
+	duplicates uint64 // of them, reported received twice with a D-SACK (TCPDSACKRecvSegs)
+}
+
+func resentSegments(t *testing.T, n *lab.Node) tcpResends {
 	t.Helper()
 	tcp := snmpCounters(n.MustExec("cat", "/proc/net/snmp"), "Tcp")
 	ext := snmpCounters(n.MustExec("cat", "/proc/net/netstat"), "TcpExt")
@@ -235,7 +238,7 @@ func resentSegments(t *testing.T, n *lab.Node) [2]uint64 {
 	if !ok {
 		t.Skip("the kernel does not count D-SACKed segments (no TCPDSACKRecvSegs in /proc/net/netstat)")
 	}
-	return [2]uint64{tcp["RetransSegs"], dup}
+	return tcpResends{resent: tcp["RetransSegs"], duplicates: dup}
 }
 
 // dropCounts are node n's kernel counters of dropped packets: those of
