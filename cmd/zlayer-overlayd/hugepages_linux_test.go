@@ -1,10 +1,9 @@
 package main
 
 import (
-	"os"
-	"strconv"
-	"strings"
 	"testing"
+
+	"github.com/zlayer/zlayer-overlayd/internal/hugepages"
 )
 
 // The daemon's resident memory is what operators watch and what issue 22's
@@ -13,17 +12,13 @@ import (
 // heap the Go runtime returned.
 func TestDaemonRefusesHugePages(t *testing.T) {
 	d := startDaemon(t, t.TempDir())
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(d.cmd.Process.Pid) + "/status")
-	if err != nil {
+	refused, known, err := hugepages.Refused(d.cmd.Process.Pid)
+	switch {
+	case err != nil:
 		t.Fatal(err)
+	case !known:
+		t.Skip("this kernel's /proc status has no THP_enabled (before Linux 5.0)")
+	case !refused:
+		t.Fatal("the daemon may be given transparent huge pages (THP_enabled is not 0 in its /proc status)")
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "THP_enabled:"); ok {
-			if strings.TrimSpace(v) != "0" {
-				t.Fatalf("the daemon may be given transparent huge pages (THP_enabled:%s)", v)
-			}
-			return
-		}
-	}
-	t.Skip("this kernel's /proc status has no THP_enabled (before Linux 5.0)")
 }

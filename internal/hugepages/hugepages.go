@@ -20,3 +20,8 @@ package hugepages
 // refused (before Linux 3.15, or a seccomp filter) and memory behaves as
 // the system's THP mode says.
 func Refuse() error { return refuse() }
+
+// Refused reports whether process pid has refused transparent huge pages.
+// known is false where the kernel does not say (before Linux 5.0, and on
+// other systems).
+func Refused(pid int) (refused, known bool, err error) { return readRefused(pid) }

@@ -1,7 +1,11 @@
 package hugepages
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"os"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 )
@@ -13,4 +17,18 @@ func refuse() error {
 		return fmt.Errorf("prctl(PR_SET_THP_DISABLE): %w", err)
 	}
 	return nil
+}
+
+func readRefused(pid int) (refused, known bool, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return false, false, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if v, ok := bytes.CutPrefix(sc.Bytes(), []byte("THP_enabled:")); ok {
+			return string(bytes.TrimSpace(v)) == "0", true, nil
+		}
+	}
+	return false, false, nil
 }

@@ -2,31 +2,25 @@ package hugepages
 
 import (
 	"os"
-	"strings"
 	"testing"
 )
 
-func thpEnabled(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/self/status")
+// Needs no privilege: any process may refuse huge pages for itself.
+func TestRefuse(t *testing.T) {
+	refused, known, err := Refused(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "THP_enabled:"); ok {
-			return strings.TrimSpace(v)
-		}
+	if !known {
+		t.Skip("this kernel's /proc status has no THP_enabled (before Linux 5.0)")
 	}
-	t.Skip("this kernel's /proc status has no THP_enabled (before Linux 5.0)")
-	return ""
-}
-
-// Needs no privilege: any process may refuse huge pages for itself.
-func TestRefuse(t *testing.T) {
+	if refused {
+		t.Fatal("this test process refused huge pages before it asked: the test would prove nothing")
+	}
 	if err := Refuse(); err != nil {
 		t.Fatal(err)
 	}
-	if got := thpEnabled(t); got != "0" {
-		t.Fatalf("THP_enabled: %s after Refuse, want 0", got)
+	if refused, _, err = Refused(os.Getpid()); err != nil || !refused {
+		t.Fatalf("THP_enabled is not 0 after Refuse (%v)", err)
 	}
 }
