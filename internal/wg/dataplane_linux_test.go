@@ -374,15 +374,6 @@ func TestDataplaneWhoseStarterDiedEnds(t *testing.T) {
 	ns, dev := dataplaneNetns(t, "d")
 	gate := filepath.Join(t.TempDir(), "gate")
 	n := &node{Helper: nstest.StartHelper(t, ns, helperEnv+"=1", dataplaneGateEnv+"="+gate), t: t, ns: ns}
-	nodePID := 0
-	for _, f := range strings.Fields(run(t, "ip", "netns", "pids", ns)) {
-		if cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline"); strings.Contains(string(cmdline), "TestHelperProcess") {
-			nodePID, _ = strconv.Atoi(f)
-		}
-	}
-	if nodePID == 0 {
-		t.Fatal("the node process is not in its namespace")
-	}
 	logDir := t.TempDir()
 	n.Send("open", nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: logDir})
 	for deadline := time.Now().Add(15 * time.Second); dataplanePIDIn(ns) == 0; time.Sleep(5 * time.Millisecond) {
@@ -390,7 +381,9 @@ func TestDataplaneWhoseStarterDiedEnds(t *testing.T) {
 			t.Fatal("the node did not start a data plane")
 		}
 	}
-	// The daemon dies while its data plane has not opened anything yet.
+	// The daemon dies while its data plane has not opened anything yet. It
+	// has started that data plane, so it runs the test binary by now.
+	nodePID := n.PID()
 	if err := syscall.Kill(nodePID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}

@@ -80,6 +80,7 @@ func NewNetns(t testing.TB, name string) {
 type Helper struct {
 	t   testing.TB
 	ns  string
+	pid int
 	in  io.WriteCloser
 	out *bufio.Reader
 }
@@ -115,11 +116,17 @@ func StartHelper(t testing.TB, ns string, env ...string) *Helper {
 			<-done
 		}
 	})
-	return &Helper{t: t, ns: ns, in: in, out: bufio.NewReader(out)}
+	return &Helper{t: t, ns: ns, pid: cmd.Process.Pid, in: in, out: bufio.NewReader(out)}
 }
 
 // NS is the namespace the helper runs in.
 func (h *Helper) NS() string { return h.ns }
+
+// PID is the helper's process. `ip netns exec` enters the namespace and
+// execs the test binary in place, so this is the helper itself once it has
+// answered anything, and `ip` for a moment before: a test that looks for the
+// helper among the namespace's processes right after StartHelper can miss it.
+func (h *Helper) PID() int { return h.pid }
 
 // ReadLine reads one line the helper wrote, for helpers that announce
 // themselves ("ready") instead of answering requests.
