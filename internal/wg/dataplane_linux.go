@@ -93,6 +93,9 @@ func (b *dataplaneBackend) Open(name string, opts Options) (Device, error) {
 		return nil, err
 	}
 	log := opts.Logger.With("device", name, "backend", KindUserspace, "dataplane", "process")
+	if err := awaitUnservedDataplane(name, opts.Owner, log); err != nil {
+		return nil, err
+	}
 	if serving(name) {
 		link, err := netlink.LinkByName(name)
 		if err != nil {
@@ -125,6 +128,46 @@ func (b *dataplaneBackend) Open(name string, opts Options) (Device, error) {
 	}
 	log.Info("wireguard data plane started", "pid", d.pid(), "mtu", opts.MTU)
 	return d, nil
+}
+
+// unservedDataplaneWait bounds how long Open waits for a data plane that
+// has its link but does not serve: as long as start gives one to serve.
+const unservedDataplaneWait = 15 * time.Second
+
+// awaitUnservedDataplane waits while name's link is a data plane's TUN
+// labelled ours that nothing serves. Such a data plane was started by a
+// daemon that died before it served: it is about to find its starter gone
+// and end, taking the link with it, or, if it passed that check just
+// before, to serve. Opening at once would refuse the link as someone
+// else's. A link that is not such a TUN is left to the checks after this.
+func awaitUnservedDataplane(name, owner string, log *slog.Logger) error {
+	deadline := time.Now().Add(unservedDataplaneWait)
+	for waited := false; !serving(name); waited = true {
+		link, err := netlink.LinkByName(name)
+		if err != nil || !isOurDataplaneLink(link, name, owner) {
+			return nil
+		}
+		if !waited {
+			log.Info("a data plane of this node has its link but does not serve yet; waiting for it to serve or end")
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the TUN %q is labelled %q by a data plane of this node, but nothing has served its UAPI socket %s for %s: the process holding it hangs or was stopped (find it with ps; ip link del %s ends it)", name, link.Attrs().Alias, uapiSocketPath(name), unservedDataplaneWait, name)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return nil
+}
+
+// isOurDataplaneLink reports whether link is a TUN carrying the label a
+// data plane of owner gives name's link before it serves.
+func isOurDataplaneLink(link netlink.Link, name, owner string) bool {
+	if link.Type() != "tuntap" && link.Type() != "tun" {
+		return false
+	}
+	if owner == "" {
+		return false // a data plane without an owner does not label its link
+	}
+	return link.Attrs().Alias == label(name, owner)
 }
 
 // serving reports whether a process answers on name's UAPI socket.
@@ -446,6 +489,11 @@ func starterLives(fd int) error {
 	}
 }
 
+// beforeStarterCheck runs in a data plane process once its link exists and
+// is labelled, before it asks whether its starter lives: the tests hold a
+// data plane there, in the state a daemon's crash can leave it in.
+var beforeStarterCheck = func() {}
+
 // RunDataplane is the data plane process: it runs one userspace device
 // until its link is deleted, it receives SIGTERM or SIGINT, or the state
 // file is gone. args are the flags after DataplaneCommandName.
@@ -475,7 +523,10 @@ func RunDataplane(args []string, stderr io.Writer) int {
 	// Labelled before it serves: the daemon that started it may be killed
 	// at any moment, and only a labelled link is one the next daemon
 	// adopts, or removes when nothing wants it.
-	d, err := openUserspace(*name, Options{MTU: *mtu, Logger: log, Owner: *owner}, func() error { return starterLives(*starter) })
+	d, err := openUserspace(*name, Options{MTU: *mtu, Logger: log, Owner: *owner}, func() error {
+		beforeStarterCheck()
+		return starterLives(*starter)
+	})
 	if errors.Is(err, errStarterGone) {
 		log.Info("the daemon that started this data plane died before it was served; nothing will adopt the device, ending")
 		return 1

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,6 +29,21 @@ const dataplaneEnv = "ZLTW_WG_DATAPLANE"
 // starts.
 const dataplaneGateEnv = "ZLTW_WG_DATAPLANE_GATE"
 
+// dataplaneLabelledGateEnv names a file the data plane helper waits for
+// once its link exists and is labelled, before it asks whether the daemon
+// that started it still lives.
+const dataplaneLabelledGateEnv = "ZLTW_WG_DATAPLANE_LABELLED_GATE"
+
+// waitForFile returns once path exists.
+func waitForFile(path string) {
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // TestHelperDataplane is not a test: it is the data plane process the
 // detached backend starts when a node process opens a device with it.
 func TestHelperDataplane(t *testing.T) {
@@ -37,12 +53,10 @@ func TestHelperDataplane(t *testing.T) {
 	if gate := os.Getenv(dataplaneGateEnv); gate != "" {
 		// Held until the test has done what must happen before the data
 		// plane opens its device.
-		for {
-			if _, err := os.Stat(gate); err == nil {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		waitForFile(gate)
+	}
+	if gate := os.Getenv(dataplaneLabelledGateEnv); gate != "" {
+		beforeStarterCheck = func() { waitForFile(gate) }
 	}
 	os.Exit(RunDataplane(flag.Args(), os.Stderr))
 }
@@ -73,17 +87,28 @@ func killDataplanes(ns string, devs ...string) {
 	}
 }
 
-// dataplanePIDIn is the pid of the data plane process running in ns, or 0.
+// dataplanePIDIn is the pid of a data plane process running in ns, or 0.
 func dataplanePIDIn(ns string) int {
+	if pids := dataplanePIDsIn(ns); len(pids) > 0 {
+		return pids[0]
+	}
+	return 0
+}
+
+// dataplanePIDsIn lists the data plane processes running in ns. An exited
+// one is not among them even before it is reaped (a zombie has no network
+// namespace), which matters where its parent died and init may not reap.
+func dataplanePIDsIn(ns string) []int {
+	var pids []int
 	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
 	for _, f := range strings.Fields(string(out)) {
 		cmdline, _ := os.ReadFile("/proc/" + f + "/cmdline")
 		if strings.Contains(string(cmdline), "TestHelperDataplane") {
 			pid, _ := strconv.Atoi(f)
-			return pid
+			pids = append(pids, pid)
 		}
 	}
-	return 0
+	return pids
 }
 
 // waitNoDataplane fails the test with why unless the data plane in ns is
@@ -368,7 +393,9 @@ func TestDataplaneIsLabelledBeforeItServes(t *testing.T) {
 // judge no devices: a device's label does not name the request creating
 // it). So the data plane serves only if the daemon that started it still
 // lives once its labelled link exists; otherwise it ends, taking the link
-// with it. Any later daemon then finds either nothing or a labelled link.
+// with it. Any later daemon then finds nothing or a served labelled link,
+// or, in the moment between, a labelled link nothing serves, which it
+// waits out (TestDataplaneOfADeadStarterIsWaitedFor).
 func TestDataplaneWhoseStarterDiedEnds(t *testing.T) {
 	requireRoot(t)
 	ns, dev := dataplaneNetns(t, "d")
@@ -381,17 +408,8 @@ func TestDataplaneWhoseStarterDiedEnds(t *testing.T) {
 			t.Fatal("the node did not start a data plane")
 		}
 	}
-	// The daemon dies while its data plane has not opened anything yet. It
-	// has started that data plane, so it runs the test binary by now.
-	nodePID := n.PID()
-	if err := syscall.Kill(nodePID, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(10 * time.Second); syscall.Kill(nodePID, 0) == nil; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the node outlived SIGKILL")
-		}
-	}
+	// The daemon dies while its data plane has not opened anything yet.
+	n.kill()
 	if err := os.WriteFile(gate, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -406,4 +424,51 @@ func TestDataplaneWhoseStarterDiedEnds(t *testing.T) {
 	if log, _ := os.ReadFile(filepath.Join(logDir, "dataplane-"+dev+".log")); !strings.Contains(string(log), "died before it was served") {
 		t.Errorf("the data plane's log does not say why it ended:\n%s", log)
 	}
+}
+
+// A daemon that starts while the data plane of one that died has its
+// labelled link but neither serves nor has ended yet (it is about to find
+// its starter gone) waits for it to end and then starts its own. It
+// neither refuses the device as someone else's link nor adopts a link
+// that is about to disappear.
+func TestDataplaneOfADeadStarterIsWaitedFor(t *testing.T) {
+	requireRoot(t)
+	ns, dev := dataplaneNetns(t, "w")
+	held := filepath.Join(t.TempDir(), "held")
+	first := startNode(t, ns)
+	first.Send("open", nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir(), DataplaneEnv: []string{dataplaneLabelledGateEnv + "=" + held}})
+	want := testOwner + kernelLabel + dev
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if attrs, err := linkIn(ns, dev); err == nil && attrs.Alias == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first node's data plane did not create its link labelled %q", want)
+		}
+	}
+	old := dataplanePIDIn(ns)
+	first.kill()
+	// Released only once the second node is (very likely) already
+	// looking at the link; released earlier, the test still holds but
+	// proves less.
+	release := time.AfterFunc(300*time.Millisecond, func() { os.WriteFile(held, nil, 0o600) })
+	defer release.Stop()
+	second := startNode(t, ns)
+	if resp := second.call(nodeRequest{Op: "open", Name: dev, Dataplane: true, LogDir: t.TempDir()}); resp.Err != "" {
+		t.Fatalf("open while a dead daemon's data plane was ending: %s", resp.Err)
+	}
+	// The old process may take a moment to exit after its link is gone.
+	for deadline := time.Now().Add(10 * time.Second); slices.Contains(dataplanePIDsIn(ns), old); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the dead daemon's data plane still runs")
+		}
+	}
+	if pid := dataplanePIDIn(ns); pid == 0 {
+		t.Fatal("no data plane serves the device")
+	}
+	if attrs, err := linkIn(ns, dev); err != nil || attrs.Alias != want {
+		t.Fatalf("the new data plane's link: %+v, %v; want it labelled %q", attrs, err, want)
+	}
+	second.must(nodeRequest{Op: "close"})
+	waitNoDataplane(t, ns, "the new data plane still runs after Close")
 }

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"syscall"
 	"testing"
 	"time"
 
@@ -248,6 +249,22 @@ type node struct {
 func startNode(t *testing.T, ns string) *node {
 	t.Helper()
 	return &node{Helper: nstest.StartHelper(t, ns, helperEnv+"=1"), t: t, ns: ns}
+}
+
+// kill SIGKILLs the node process, as a daemon dies, and waits until it is
+// gone. Call it only once the node has answered or done something: until
+// then its pid may still be ip netns exec's (nstest.Helper.PID).
+func (n *node) kill() {
+	n.t.Helper()
+	pid := n.PID()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		n.t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); syscall.Kill(pid, 0) == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			n.t.Fatal("the node outlived SIGKILL")
+		}
+	}
 }
 
 func (n *node) call(req nodeRequest) nodeResponse {
