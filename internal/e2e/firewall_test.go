@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -72,13 +73,50 @@ func captureOnce(t *testing.T, h *lab.Host, act func()) (string, error) {
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", h.NS, "tcpdump", "-n", "-l", "-i", "eth0", "-c", "1", "icmp and icmp[icmptype] == icmp-echo")
 	var buf strings.Builder
 	cmd.Stdout = &buf
+	// tcpdump says "listening on" once its filter is in place. A fixed
+	// wait was too short in the emulated guest: the one ping that act
+	// needs then went by uncaptured, and tcpdump waited for the timeout.
+	errOut := &outputWatch{want: "listening on", seen: make(chan struct{})}
+	cmd.Stderr = errOut
 	if err := cmd.Start(); err != nil {
 		return "", err
 	}
-	time.Sleep(500 * time.Millisecond) // tcpdump attaches
+	select {
+	case <-errOut.seen:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		cmd.Wait()
+		return "", fmt.Errorf("tcpdump did not start listening within 15 s: %s", errOut)
+	}
 	act()
 	err := cmd.Wait()
 	return buf.String(), err
+}
+
+// outputWatch collects a process's output and closes seen once want has
+// appeared in it.
+type outputWatch struct {
+	want string
+	seen chan struct{}
+	mu   sync.Mutex
+	out  strings.Builder
+	once sync.Once
+}
+
+func (w *outputWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.out.Write(p)
+	if strings.Contains(w.out.String(), w.want) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return len(p), nil
+}
+
+func (w *outputWatch) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.out.String()
 }
 
 // A large TCP transfer from a container across the overlay completes.

@@ -32,9 +32,7 @@ func TestUnderlayNeighbourIsIsolated(t *testing.T) {
 	// The lab works: the outsider reaches node a, node b and its
 	// container reach node a's containers through the overlay, and the
 	// echo counter sees those pings.
-	if err := out.Ping(a.Underlay, 1); err != nil {
-		t.Fatalf("the outsider does not reach node a on the underlay: %v", err)
-	}
+	mustPing(t, "the outsider", out.Ping, a.Underlay)
 	for _, dst := range []placed{plain, joined} {
 		before := inEchos(t, dst.c)
 		mustPing(t, "node b", b.Ping, dst.ip)

@@ -121,7 +121,7 @@ func TestTCPStreamThroughRestarts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { srv.Process.Kill(); srv.Wait() }()
-	time.Sleep(300 * time.Millisecond)
+	waitTCPListen(t, a, 5201)
 	dropsBefore := [2]map[string]uint64{dropCounts(t, a), dropCounts(t, b)}
 	resentBefore := resentSegments(t, b)
 	start := time.Now()
@@ -287,4 +287,25 @@ func dropCounts(t *testing.T, n *lab.Node) map[string]uint64 {
 		out[q.Dev+" "+q.Kind+" drops"] += q.Drops
 	}
 	return out
+}
+
+// waitTCPListen returns once a TCP socket in n's namespace listens on
+// port: the client below has one try, and a server started a moment ago
+// may not listen yet in the emulated guest.
+func waitTCPListen(t *testing.T, n *lab.Node, port int) {
+	t.Helper()
+	want := fmt.Sprintf(":%04X", port)
+	lab.Eventually(t, 30*time.Second, fmt.Sprintf("a listener on TCP port %d", port), func() error {
+		out, err := n.Exec("cat", "/proc/net/tcp", "/proc/net/tcp6")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(out, "\n") {
+			// sl local_address rem_address st ...; st 0A is LISTEN.
+			if f := strings.Fields(line); len(f) > 3 && strings.HasSuffix(f[1], want) && f[3] == "0A" {
+				return nil
+			}
+		}
+		return fmt.Errorf("none yet")
+	})
 }

@@ -6,6 +6,8 @@ package nat
 
 import (
 	"bytes"
+	"fmt"
+	"net/netip"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -102,6 +104,7 @@ func TestDiscoverThroughMasqueradeWhileTheTunnelCarriesTraffic(t *testing.T) {
 		startDaemon(t, l.net, "turnserver", "-n", "-S", "-z", "--no-cli", "--no-tls", "--no-dtls",
 			"-L", stunAddr3, "-p", "3478", "--log-file", "stdout", "--simple-log",
 			"--pidfile", dir+"/turnserver.pid", "--userdb", dir+"/turndb")
+		waitUDPListener(t, l.net, stunAddr3, 3478)
 		if got := node.discover(1, 0, stunAddr3+":3478"); got[0] != want {
 			t.Errorf("Discover via coturn = %s, want %s", got[0], want)
 		}
@@ -113,6 +116,7 @@ func TestDiscoverThroughMasqueradeWhileTheTunnelCarriesTraffic(t *testing.T) {
 		// An RFC 3489 server: it needs two addresses, and answers with
 		// MAPPED-ADDRESS as well as XOR-MAPPED-ADDRESS.
 		startDaemon(t, l.net, "stund", "-h", stunAddr3, "-a", extraAddr, "-p", "3480", "-o", "3481")
+		waitUDPListener(t, l.net, stunAddr3, 3480)
 		if got := node.discover(1, 0, stunAddr3+":3480"); got[0] != want {
 			t.Errorf("Discover via stund = %s, want %s", got[0], want)
 		}
@@ -189,6 +193,36 @@ func startDaemon(t testing.TB, ns string, args ...string) {
 			t.Logf("%s output:\n%s", args[0], out.String())
 		}
 	})
+}
+
+// waitUDPListener returns once a UDP socket in ns is bound to addr (IPv4)
+// and port, or to the wildcard address and port. A server started just
+// before may not be yet, and Discover gives up after its few retries: in
+// the emulated guest coturn can take longer to start than that.
+func waitUDPListener(t testing.TB, ns, addr string, port int) {
+	t.Helper()
+	// /proc/net/udp writes an IPv4 address as its 32 bits in host order
+	// (little-endian here) in hex.
+	a := netip.MustParseAddr(addr).As4()
+	wants := []string{
+		fmt.Sprintf("%02X%02X%02X%02X:%04X", a[3], a[2], a[1], a[0], port),
+		fmt.Sprintf("00000000:%04X", port),
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		// The table of the namespace that cat runs in.
+		out, _ := exec.Command("ip", "netns", "exec", ns, "cat", "/proc/net/udp").Output()
+		for _, line := range strings.Split(string(out), "\n") {
+			// sl local_address ...
+			if f := strings.Fields(line); len(f) > 1 && slices.Contains(wants, f[1]) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing in %s listens on UDP %s:%d after 30 s", ns, addr, port)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // conntrackMappings reads the router's connection tracking table: for each

@@ -380,16 +380,19 @@ func newTwoNodes(t *testing.T) *twoNodes {
 	return tn
 }
 
-// ping reports whether ns reaches ip; it tries a few times because the first
-// packets may wait for the handshake or for the link to come up.
+// ping reports whether ns reaches ip within 45 s; it tries again and again
+// because the first packets may wait for the handshake or for the link to
+// come up. 45 s is the e2e suite's allowance for a first contact, which a
+// guest under emulation once needed more than 15 s for.
 func ping(ns, ip string) error {
 	var out []byte
 	var err error
-	for range 5 {
+	for deadline := time.Now().Add(45 * time.Second); time.Now().Before(deadline); {
 		out, err = exec.Command("ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", ip).CombinedOutput()
 		if err == nil {
 			return nil
 		}
+		time.Sleep(100 * time.Millisecond) // an unreachable route fails at once
 	}
 	return fmt.Errorf("ping %s from %s: %v\n%s", ip, ns, err, out)
 }
