@@ -315,3 +315,27 @@ func (table *AllowedIPs) Lookup(ip []byte) *Peer {
 		panic(errors.New("looking up unknown address type"))
 	}
 }
+
+// addressRun looks up addresses in the allowed IPs and remembers the last
+// address that had a peer. A batch of packets is mostly one flow, so a run
+// of packets with the same address costs one lookup, and one read lock,
+// instead of one each. Keep it for one batch only: a change of the allowed
+// IPs applies from the next batch on, as it would to a batch looked up a
+// moment earlier.
+type addressRun struct {
+	addr [net.IPv6len]byte
+	len  int
+	peer *Peer
+}
+
+func (run *addressRun) lookup(device *Device, ip []byte) *Peer {
+	if run.peer != nil && run.len == len(ip) && string(run.addr[:run.len]) == string(ip) {
+		return run.peer
+	}
+	peer := device.allowedips.Lookup(ip)
+	if peer != nil {
+		run.len = copy(run.addr[:], ip)
+		run.peer = peer
+	}
+	return peer
+}

@@ -125,6 +125,19 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 		}
 		deathSpiral = 0
 
+		// The packets of a batch arrived together and, in bulk, mostly
+		// belong to one keypair of one peer: read the clock once per batch,
+		// and look up the receiver index and the peer's container again only
+		// where they change. This runs per packet, so each saved lookup
+		// counts.
+		var (
+			now          = time.Now()
+			lastReceiver uint32
+			lastValue    IndexTableEntry
+			lastPeer     *Peer
+			lastElems    *QueueInboundElementsContainer
+		)
+
 		// handle each packet in the batch
 		for i, size := range sizes[:count] {
 			if size < MinMessageSize {
@@ -153,7 +166,10 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 				receiver := binary.LittleEndian.Uint32(
 					packet[MessageTransportOffsetReceiver:MessageTransportOffsetCounter],
 				)
-				value := device.indexTable.Lookup(receiver)
+				if lastValue.keypair == nil || receiver != lastReceiver {
+					lastReceiver, lastValue = receiver, device.indexTable.Lookup(receiver)
+				}
+				value := lastValue
 				keypair := value.keypair
 				if keypair == nil {
 					continue
@@ -161,7 +177,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 
 				// check keypair expiry
 
-				if keypair.created.Add(RejectAfterTime).Before(time.Now()) {
+				if keypair.created.Add(RejectAfterTime).Before(now) {
 					continue
 				}
 
@@ -174,13 +190,16 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 				elem.endpoint = endpoints[i]
 				elem.counter = 0
 
-				elemsForPeer, ok := elemsByPeer[peer]
-				if !ok {
-					elemsForPeer = device.GetInboundElementsContainer()
-					elemsForPeer.Lock()
-					elemsByPeer[peer] = elemsForPeer
+				if peer != lastPeer {
+					elemsForPeer, ok := elemsByPeer[peer]
+					if !ok {
+						elemsForPeer = device.GetInboundElementsContainer()
+						elemsForPeer.Lock()
+						elemsByPeer[peer] = elemsForPeer
+					}
+					lastPeer, lastElems = peer, elemsForPeer
 				}
-				elemsForPeer.elems = append(elemsForPeer.elems, elem)
+				lastElems.elems = append(lastElems.elems, elem)
 				bufsArrs[i] = device.GetMessageBuffer()
 				bufs[i] = bufsArrs[i][:]
 				continue
@@ -467,6 +486,7 @@ func (peer *Peer) RoutineSequentialReceiver(maxBatchSize int) {
 			return
 		}
 		elemsContainer.Lock()
+		var sources addressRun
 		validTailPacket := -1
 		dataPacketReceived := false
 		rxBytesLen := uint64(0)
@@ -506,7 +526,7 @@ func (peer *Peer) RoutineSequentialReceiver(maxBatchSize int) {
 				}
 				elem.packet = elem.packet[:length]
 				src := elem.packet[IPv4offsetSrc : IPv4offsetSrc+net.IPv4len]
-				if device.allowedips.Lookup(src) != peer {
+				if sources.lookup(device, src) != peer {
 					device.log.Verbosef("IPv4 packet with disallowed source address from %v", peer)
 					continue
 				}
@@ -523,7 +543,7 @@ func (peer *Peer) RoutineSequentialReceiver(maxBatchSize int) {
 				}
 				elem.packet = elem.packet[:length]
 				src := elem.packet[IPv6offsetSrc : IPv6offsetSrc+net.IPv6len]
-				if device.allowedips.Lookup(src) != peer {
+				if sources.lookup(device, src) != peer {
 					device.log.Verbosef("IPv6 packet with disallowed source address from %v", peer)
 					continue
 				}

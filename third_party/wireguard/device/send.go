@@ -240,6 +240,13 @@ func (device *Device) RoutineReadFromTUN() {
 	for {
 		// read packets
 		count, readErr = device.tun.device.Read(bufs, sizes, offset)
+		// A read is mostly the segments of one TSO packet: look up the peer
+		// and its container again only where the destination changes.
+		var (
+			destinations addressRun
+			lastPeer     *Peer
+			lastElems    *QueueOutboundElementsContainer
+		)
 		for i := 0; i < count; i++ {
 			if sizes[i] < 1 {
 				continue
@@ -256,14 +263,14 @@ func (device *Device) RoutineReadFromTUN() {
 					continue
 				}
 				dst := elem.packet[IPv4offsetDst : IPv4offsetDst+net.IPv4len]
-				peer = device.allowedips.Lookup(dst)
+				peer = destinations.lookup(device, dst)
 
 			case 6:
 				if len(elem.packet) < ipv6.HeaderLen {
 					continue
 				}
 				dst := elem.packet[IPv6offsetDst : IPv6offsetDst+net.IPv6len]
-				peer = device.allowedips.Lookup(dst)
+				peer = destinations.lookup(device, dst)
 
 			default:
 				device.log.Verbosef("Received packet with unknown IP version")
@@ -272,12 +279,15 @@ func (device *Device) RoutineReadFromTUN() {
 			if peer == nil {
 				continue
 			}
-			elemsForPeer, ok := elemsByPeer[peer]
-			if !ok {
-				elemsForPeer = device.GetOutboundElementsContainer()
-				elemsByPeer[peer] = elemsForPeer
+			if peer != lastPeer {
+				elemsForPeer, ok := elemsByPeer[peer]
+				if !ok {
+					elemsForPeer = device.GetOutboundElementsContainer()
+					elemsByPeer[peer] = elemsForPeer
+				}
+				lastPeer, lastElems = peer, elemsForPeer
 			}
-			elemsForPeer.elems = append(elemsForPeer.elems, elem)
+			lastElems.elems = append(lastElems.elems, elem)
 			elems[i] = device.NewOutboundElement()
 			bufs[i] = elems[i].buffer[:]
 		}
