@@ -91,6 +91,10 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 		endpoints   = make([]conn.Endpoint, maxBatchSize)
 		deathSpiral int
 		elemsByPeer = make(map[*Peer]*QueueInboundElementsContainer, maxBatchSize)
+		// batchPeers lists elemsByPeer's keys in the order they came:
+		// walking the map, sized for a whole batch of peers, would cost
+		// its capacity on every batch.
+		batchPeers = make([]*Peer, 0, maxBatchSize)
 	)
 
 	for i := range bufsArrs {
@@ -196,6 +200,7 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 						elemsForPeer = device.GetInboundElementsContainer()
 						elemsForPeer.Lock()
 						elemsByPeer[peer] = elemsForPeer
+						batchPeers = append(batchPeers, peer)
 					}
 					lastPeer, lastElems = peer, elemsForPeer
 				}
@@ -238,7 +243,8 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 			default:
 			}
 		}
-		for peer, elemsContainer := range elemsByPeer {
+		for _, peer := range batchPeers {
+			elemsContainer := elemsByPeer[peer]
 			if peer.isRunning.Load() {
 				peer.queue.inbound.c <- elemsContainer
 				device.queue.decryption.c <- elemsContainer
@@ -251,6 +257,8 @@ func (device *Device) RoutineReceiveIncoming(maxBatchSize int, recv conn.Receive
 			}
 			delete(elemsByPeer, peer)
 		}
+		clear(batchPeers)
+		batchPeers = batchPeers[:0]
 	}
 }
 

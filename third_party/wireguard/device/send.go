@@ -218,6 +218,7 @@ func (device *Device) RoutineReadFromTUN() {
 		elems       = make([]*QueueOutboundElement, batchSize)
 		bufs        = make([][]byte, batchSize)
 		elemsByPeer = make(map[*Peer]*QueueOutboundElementsContainer, batchSize)
+		batchPeers  = make([]*Peer, 0, batchSize) // elemsByPeer's keys, as in RoutineReceiveIncoming
 		count       = 0
 		sizes       = make([]int, batchSize)
 		offset      = MessageTransportHeaderSize
@@ -284,6 +285,7 @@ func (device *Device) RoutineReadFromTUN() {
 				if !ok {
 					elemsForPeer = device.GetOutboundElementsContainer()
 					elemsByPeer[peer] = elemsForPeer
+					batchPeers = append(batchPeers, peer)
 				}
 				lastPeer, lastElems = peer, elemsForPeer
 			}
@@ -292,7 +294,8 @@ func (device *Device) RoutineReadFromTUN() {
 			bufs[i] = elems[i].buffer[:]
 		}
 
-		for peer, elemsForPeer := range elemsByPeer {
+		for _, peer := range batchPeers {
+			elemsForPeer := elemsByPeer[peer]
 			if peer.isRunning.Load() {
 				peer.StagePackets(elemsForPeer)
 				peer.SendStagedPackets()
@@ -305,6 +308,8 @@ func (device *Device) RoutineReadFromTUN() {
 			}
 			delete(elemsByPeer, peer)
 		}
+		clear(batchPeers)
+		batchPeers = batchPeers[:0]
 
 		if readErr != nil {
 			if errors.Is(readErr, tun.ErrTooManySegments) {

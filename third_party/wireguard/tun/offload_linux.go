@@ -68,7 +68,12 @@ type tcpFlowKey struct {
 // tcpGROTable holds flow and coalescing information for the purposes of TCP GRO.
 type tcpGROTable struct {
 	itemsByFlow map[tcpFlowKey][]tcpGROItem
-	itemsPool   [][]tcpGROItem
+	// flows lists itemsByFlow's keys in the order they were inserted. The
+	// table is walked two or three times per TUN write, and walking the
+	// map costs its capacity, one batch of flows, where a write mostly
+	// has one or two.
+	flows     []tcpFlowKey
+	itemsPool [][]tcpGROItem
 	// tails holds, per bufs index of a coalesced head, the payloads that
 	// follow it: the write gathers them instead of copying them into the
 	// head's buffer.
@@ -93,6 +98,7 @@ func (t *tcpGROTable) setTails(i int, tails [][]byte) {
 func newTCPGROTable() *tcpGROTable {
 	t := &tcpGROTable{
 		itemsByFlow: make(map[tcpFlowKey][]tcpGROItem, conn.IdealBatchSize),
+		flows:       make([]tcpFlowKey, 0, conn.IdealBatchSize),
 		itemsPool:   make([][]tcpGROItem, conn.IdealBatchSize),
 	}
 	for i := range t.itemsPool {
@@ -142,14 +148,10 @@ func (t *tcpGROTable) insert(pkt []byte, srcAddrOffset, dstAddrOffset, tcphOffse
 	items, ok := t.itemsByFlow[key]
 	if !ok {
 		items = t.newItems()
+		t.flows = append(t.flows, key)
 	}
 	items = append(items, item)
 	t.itemsByFlow[key] = items
-}
-
-func (t *tcpGROTable) updateAt(item tcpGROItem, i int) {
-	items, _ := t.itemsByFlow[item.key]
-	items[i] = item
 }
 
 func (t *tcpGROTable) deleteAt(key tcpFlowKey, i int) {
@@ -183,11 +185,11 @@ func (t *tcpGROTable) reset() {
 		clear(t.tails[i])
 		t.tails[i] = t.tails[i][:0]
 	}
-	for k, items := range t.itemsByFlow {
-		items = items[:0]
-		t.itemsPool = append(t.itemsPool, items)
+	for _, k := range t.flows {
+		t.itemsPool = append(t.itemsPool, t.itemsByFlow[k][:0])
 		delete(t.itemsByFlow, k)
 	}
+	t.flows = t.flows[:0]
 }
 
 // udpFlowKey represents the key for a UDP flow.
@@ -200,12 +202,14 @@ type udpFlowKey struct {
 // udpGROTable holds flow and coalescing information for the purposes of UDP GRO.
 type udpGROTable struct {
 	itemsByFlow map[udpFlowKey][]udpGROItem
+	flows       []udpFlowKey // itemsByFlow's keys in insertion order, as tcpGROTable's
 	itemsPool   [][]udpGROItem
 }
 
 func newUDPGROTable() *udpGROTable {
 	u := &udpGROTable{
 		itemsByFlow: make(map[udpFlowKey][]udpGROItem, conn.IdealBatchSize),
+		flows:       make([]udpFlowKey, 0, conn.IdealBatchSize),
 		itemsPool:   make([][]udpGROItem, conn.IdealBatchSize),
 	}
 	for i := range u.itemsPool {
@@ -252,6 +256,7 @@ func (u *udpGROTable) insert(pkt []byte, srcAddrOffset, dstAddrOffset, udphOffse
 	items, ok := u.itemsByFlow[key]
 	if !ok {
 		items = u.newItems()
+		u.flows = append(u.flows, key)
 	}
 	items = append(items, item)
 	u.itemsByFlow[key] = items
@@ -280,11 +285,11 @@ func (u *udpGROTable) newItems() []udpGROItem {
 }
 
 func (u *udpGROTable) reset() {
-	for k, items := range u.itemsByFlow {
-		items = items[:0]
-		u.itemsPool = append(u.itemsPool, items)
+	for _, k := range u.flows {
+		u.itemsPool = append(u.itemsPool, u.itemsByFlow[k][:0])
 		delete(u.itemsByFlow, k)
 	}
+	u.flows = u.flows[:0]
 }
 
 // canCoalesce represents the outcome of checking if two TCP packets are
@@ -630,7 +635,7 @@ func tcpGRO(bufs [][]byte, offset int, pktI int, table *tcpGROTable, isV6 bool) 
 			result := coalesceTCPPackets(can, pkt, pktI, gsoSize, seq, pshSet, &item, bufs, offset, isV6, table)
 			switch result {
 			case coalesceSuccess:
-				table.updateAt(item, i)
+				items[i] = item // items shares its array with the table's entry
 				return groResultCoalesced
 			case coalesceItemInvalidCSum:
 				// delete the item with an invalid csum
@@ -654,8 +659,8 @@ func tcpGRO(bufs [][]byte, offset int, pktI int, table *tcpGROTable, isV6 bool) 
 // applyTCPCoalesceAccounting updates bufs to account for coalescing based on the
 // metadata found in table.
 func applyTCPCoalesceAccounting(bufs [][]byte, offset int, table *tcpGROTable) error {
-	for _, items := range table.itemsByFlow {
-		for _, item := range items {
+	for _, key := range table.flows {
+		for _, item := range table.itemsByFlow[key] {
 			if item.numMerged > 0 {
 				hdr := virtioNetHdr{
 					flags:      unix.VIRTIO_NET_HDR_F_NEEDS_CSUM, // this turns into CHECKSUM_PARTIAL in the skb
@@ -709,8 +714,8 @@ func applyTCPCoalesceAccounting(bufs [][]byte, offset int, table *tcpGROTable) e
 // applyUDPCoalesceAccounting updates bufs to account for coalescing based on the
 // metadata found in table.
 func applyUDPCoalesceAccounting(bufs [][]byte, offset int, table *udpGROTable) error {
-	for _, items := range table.itemsByFlow {
-		for _, item := range items {
+	for _, key := range table.flows {
+		for _, item := range table.itemsByFlow[key] {
 			if item.numMerged > 0 {
 				hdr := virtioNetHdr{
 					flags:      unix.VIRTIO_NET_HDR_F_NEEDS_CSUM, // this turns into CHECKSUM_PARTIAL in the skb

@@ -7,6 +7,7 @@ package tun
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -897,6 +898,50 @@ func Test_handleGRO_invalidItemCsumClearsVirtioNetHdr(t *testing.T) {
 	for i, b := range pkts[0][:virtioNetHdrLen] {
 		if b != 0 {
 			t.Fatalf("pkts[0] virtioNetHdr[%d] = 0x%x, want 0", i, b)
+		}
+	}
+}
+
+// Test_handleGROTablesAreEmptyAfterReset runs the same batch of several TCP
+// and UDP flows through one pair of tables three times, as the TUN device
+// does across writes: reset walks the flows the tables list, and a flow it
+// missed would leave an item that the next batch coalesces with.
+func Test_handleGROTablesAreEmptyAfterReset(t *testing.T) {
+	batch := func() [][]byte {
+		return [][]byte{
+			tcp4Packet(ip4PortA, ip4PortB, header.TCPFlagAck, 100, 1),
+			udp4Packet(ip4PortA, ip4PortB, 100),
+			udp4Packet(ip4PortA, ip4PortC, 100),
+			tcp4Packet(ip4PortA, ip4PortB, header.TCPFlagAck, 100, 101),
+			tcp4Packet(ip4PortA, ip4PortC, header.TCPFlagAck, 100, 201),
+			tcp6Packet(ip6PortA, ip6PortB, header.TCPFlagAck, 100, 1),
+			tcp6Packet(ip6PortA, ip6PortB, header.TCPFlagAck, 100, 101),
+			tcp6Packet(ip6PortA, ip6PortC, header.TCPFlagAck, 100, 201),
+			udp4Packet(ip4PortA, ip4PortB, 100),
+			udp6Packet(ip6PortA, ip6PortB, 100),
+			udp6Packet(ip6PortA, ip6PortB, 100),
+		}
+	}
+	wantToWrite := []int{0, 1, 2, 4, 5, 7, 9}
+	tcpTable, udpTable := newTCPGROTable(), newUDPGROTable()
+	for round := 0; round < 3; round++ {
+		toWrite := make([]int, 0, 11)
+		if err := handleGRO(batch(), offset, tcpTable, udpTable, true, &toWrite); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if !slices.Equal(toWrite, wantToWrite) {
+			t.Fatalf("round %d wrote %v, want %v", round, toWrite, wantToWrite)
+		}
+		if len(tcpTable.flows) != 4 || len(udpTable.flows) != 3 {
+			t.Errorf("round %d listed %d TCP and %d UDP flows, want 4 and 3", round, len(tcpTable.flows), len(udpTable.flows))
+		}
+		tcpTable.reset()
+		udpTable.reset()
+		if n, f, p := len(tcpTable.itemsByFlow), len(tcpTable.flows), len(tcpTable.itemsPool); n != 0 || f != 0 || p != conn.IdealBatchSize {
+			t.Fatalf("round %d: TCP table after reset holds %d flows, lists %d, pools %d item slices of %d", round, n, f, p, conn.IdealBatchSize)
+		}
+		if n, f, p := len(udpTable.itemsByFlow), len(udpTable.flows), len(udpTable.itemsPool); n != 0 || f != 0 || p != conn.IdealBatchSize {
+			t.Fatalf("round %d: UDP table after reset holds %d flows, lists %d, pools %d item slices of %d", round, n, f, p, conn.IdealBatchSize)
 		}
 	}
 }
