@@ -69,8 +69,8 @@ type tcpFlowKey struct {
 type tcpGROTable struct {
 	itemsByFlow map[tcpFlowKey][]tcpGROItem
 	// flows lists itemsByFlow's keys in the order they were inserted. The
-	// table is walked two or three times per TUN write, and walking the
-	// map costs its capacity, one batch of flows, where a write mostly
+	// table is walked twice per TUN write (accounting, reset), and walking
+	// the map costs its capacity, one batch of flows, where a write mostly
 	// has one or two.
 	flows     []tcpFlowKey
 	itemsPool [][]tcpGROItem
