@@ -594,6 +594,16 @@ func (device *Device) ConsumeMessageResponse(msg *MessageResponse) *Peer {
 
 	handshake.mutex.Lock()
 
+	// Another handshake worker may have consumed or answered an initiation
+	// from this peer since the read above. That replaced the initiation this
+	// response answers and may have re-indexed the handshake; finishing it
+	// now would derive a session under an index the peer never learned, and
+	// everything the peer sends with it would be dropped.
+	if handshake.state != handshakeInitiationCreated || handshake.localIndex != msg.Receiver {
+		handshake.mutex.Unlock()
+		return nil
+	}
+
 	handshake.hash = hash
 	handshake.chainKey = chainKey
 	handshake.remoteIndex = msg.Sender
