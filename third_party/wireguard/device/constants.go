@@ -26,6 +26,13 @@ const (
 	PaddingMultiple         = 16
 )
 
+// CrossedInitiationDelay is how long the end that breaks a tie between
+// crossed initiations waits before starting a new handshake: long enough
+// for an answer that did get through to be confirmed first on a nearby
+// peer, and for the new initiation to clear the peer's flood guard
+// (HandshakeInitationRate) however the two initiations were ordered.
+const CrossedInitiationDelay = 100 * time.Millisecond
+
 const (
 	MinMessageSize = MessageKeepaliveSize                  // minimum size of transport message (keepalive)
 	MaxMessageSize = MaxSegmentSize                        // maximum size of transport message

@@ -150,6 +150,17 @@ func (pair *testPair) Send(tb testing.TB, ping SendDirection, done chan struct{}
 
 // genTestPair creates a testPair.
 func genTestPair(tb testing.TB, realSocket bool) (pair testPair) {
+	level := LogLevelVerbose
+	if _, ok := tb.(*testing.B); ok && !testing.Verbose() {
+		level = LogLevelError
+	}
+	return genTestPairLogged(tb, realSocket, func(i int) *Logger {
+		return NewLogger(level, fmt.Sprintf("dev%d: ", i))
+	})
+}
+
+// genTestPairLogged creates a testPair whose device i logs to logger(i).
+func genTestPairLogged(tb testing.TB, realSocket bool, logger func(i int) *Logger) (pair testPair) {
 	cfg, endpointCfg := genConfigs(tb)
 	var binds [2]conn.Bind
 	if realSocket {
@@ -162,11 +173,7 @@ func genTestPair(tb testing.TB, realSocket bool) (pair testPair) {
 		p := &pair[i]
 		p.tun = tuntest.NewChannelTUN()
 		p.ip = netip.AddrFrom4([4]byte{1, 0, 0, byte(i + 1)})
-		level := LogLevelVerbose
-		if _, ok := tb.(*testing.B); ok && !testing.Verbose() {
-			level = LogLevelError
-		}
-		p.dev = NewDevice(p.tun.TUN(), binds[i], NewLogger(level, fmt.Sprintf("dev%d: ", i)))
+		p.dev = NewDevice(p.tun.TUN(), binds[i], logger(i))
 		if err := p.dev.IpcSet(cfg[i]); err != nil {
 			tb.Errorf("failed to configure device %d: %v", i, err)
 			p.dev.Close()

@@ -224,6 +224,9 @@ type Handshake struct {
 	lastTimestamp             tai64n.Timestamp
 	lastInitiationConsumption time.Time
 	lastSentHandshake         time.Time
+	// answeredCrossing says the last initiation consumed replaced one of
+	// ours that was still unanswered.
+	answeredCrossing bool
 }
 
 var (
@@ -432,6 +435,7 @@ func (device *Device) ConsumeMessageInitiation(msg *MessageInitiation) *Peer {
 	if now.After(handshake.lastInitiationConsumption) {
 		handshake.lastInitiationConsumption = now
 	}
+	handshake.answeredCrossing = handshake.state == handshakeInitiationCreated
 	handshake.state = handshakeInitiationConsumed
 
 	handshake.mutex.Unlock()

@@ -429,7 +429,9 @@ func (device *Device) RoutineHandshake(id int) {
 			device.log.Verbosef("%v - Received handshake initiation", peer)
 			peer.rxBytes.Add(uint64(len(elem.packet)))
 
-			peer.SendHandshakeResponse()
+			if peer.SendHandshakeResponse() == nil {
+				peer.timersInitiationAnswered()
+			}
 
 		case MessageResponseType:
 

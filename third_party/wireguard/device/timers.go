@@ -8,6 +8,7 @@
 package device
 
 import (
+	"bytes"
 	"sync"
 	"time"
 	_ "unsafe"
@@ -123,6 +124,23 @@ func expiredNewHandshake(peer *Peer) {
 	peer.SendHandshakeInitiation(false)
 }
 
+// expiredCrossedInitiation starts a new handshake unless the one answered
+// when the initiations crossed has been confirmed since.
+func expiredCrossedInitiation(peer *Peer) {
+	peer.handshake.mutex.Lock()
+	answered := peer.handshake.lastSentHandshake
+	if peer.lastHandshakeNano.Load() >= answered.UnixNano() {
+		peer.handshake.mutex.Unlock()
+		return
+	}
+	// Our answer set the rate limit's clock; this initiation is the one
+	// the rate limit would otherwise hold back for 5 s.
+	peer.handshake.lastSentHandshake = time.Time{}
+	peer.handshake.mutex.Unlock()
+	peer.device.log.Verbosef("%s - Starting a new handshake because our initiation crossed the peer's", peer)
+	peer.SendHandshakeInitiation(false)
+}
+
 func expiredZeroKeyMaterial(peer *Peer) {
 	peer.device.log.Verbosef("%s - Removing all keys, since we haven't received a new one in %d seconds", peer, int((RejectAfterTime * 3).Seconds()))
 	peer.ZeroAndFlushAll()
@@ -183,6 +201,32 @@ func (peer *Peer) timersHandshakeComplete() {
 	peer.lastHandshakeNano.Store(time.Now().UnixNano())
 }
 
+/* Should be called after a handshake response message is sent.
+ *
+ * If the initiation it answers replaced one of ours that was still
+ * unanswered, the peer may likewise have answered ours, and then each end
+ * holds only a session it may not send with until the other confirms it:
+ * both wait for a retransmission, 5 s. The end whose public key sorts
+ * higher breaks the tie by starting a new handshake shortly, which the
+ * other end answers as usual; an end that does not break ties is no worse
+ * off than before.
+ */
+func (peer *Peer) timersInitiationAnswered() {
+	peer.handshake.mutex.RLock()
+	crossed := peer.handshake.answeredCrossing
+	remote := peer.handshake.remoteStatic
+	peer.handshake.mutex.RUnlock()
+	if !crossed || !peer.timersActive() {
+		return
+	}
+	peer.device.staticIdentity.RLock()
+	breaksTies := bytes.Compare(peer.device.staticIdentity.publicKey[:], remote[:]) > 0
+	peer.device.staticIdentity.RUnlock()
+	if breaksTies {
+		peer.timers.crossedInitiation.Mod(CrossedInitiationDelay)
+	}
+}
+
 /* Should be called after an ephemeral key is created, which is before sending a handshake response or after receiving a handshake response. */
 func (peer *Peer) timersSessionDerived() {
 	if peer.timersActive() {
@@ -204,6 +248,7 @@ func (peer *Peer) timersInit() {
 	peer.timers.newHandshake = peer.NewTimer(expiredNewHandshake)
 	peer.timers.zeroKeyMaterial = peer.NewTimer(expiredZeroKeyMaterial)
 	peer.timers.persistentKeepalive = peer.NewTimer(expiredPersistentKeepalive)
+	peer.timers.crossedInitiation = peer.NewTimer(expiredCrossedInitiation)
 }
 
 func (peer *Peer) timersStart() {
@@ -218,4 +263,5 @@ func (peer *Peer) timersStop() {
 	peer.timers.newHandshake.DelSync()
 	peer.timers.zeroKeyMaterial.DelSync()
 	peer.timers.persistentKeepalive.DelSync()
+	peer.timers.crossedInitiation.DelSync()
 }
