@@ -13,14 +13,22 @@ import (
 	"github.com/zlayer/zlayer-overlayd/protocol"
 )
 
+// reconcileLoop runs a pass one interval after the last one ended, or as
+// long after as that pass took if it took longer. A pass that outlasts the
+// interval (a thousand peers on a slow CPU, a short --reconcile-interval)
+// would otherwise start the next at once, and passes back to back hold the
+// devices' locks and a CPU nearly all the time: requests then waited seconds
+// each in an emulated guest. This way they have the devices at least half
+// the time.
 func (e *Engine) reconcileLoop() {
-	t := time.NewTicker(e.cfg.ReconcileInterval)
+	t := time.NewTimer(e.cfg.ReconcileInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-e.bgStop:
 			return
 		case <-t.C:
+			start := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ReconcileInterval)
 			if n, err := e.reconcile(ctx, false); err != nil {
 				e.log.Warn("reconcile failed; retrying on the next tick", "err", err)
@@ -28,6 +36,7 @@ func (e *Engine) reconcileLoop() {
 				e.log.Info("reconcile repaired drift", "changes", n)
 			}
 			cancel()
+			t.Reset(max(e.cfg.ReconcileInterval, time.Since(start)))
 		}
 	}
 }
