@@ -126,6 +126,11 @@ func TestHelperProcess(t *testing.T) {
 	os.Exit(0)
 }
 
+// transferHangs is when a background transfer counts as hung. It bounds
+// a hang, not a speed: 16 MiB take 10 s in an emulated guest, and a
+// slower host's guest, at 1 to 4 Mbit/s, failed a bound of 50 s.
+const transferHangs = 5 * time.Minute
+
 func runNode(in io.Reader, out io.Writer) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	var dev Device
@@ -145,8 +150,8 @@ func runNode(in io.Reader, out io.Writer) {
 		case r := <-ch:
 			resp.SHA256, resp.Bytes = r.sum, r.bytes
 			return r.err
-		case <-time.After(50 * time.Second):
-			return errors.New("the " + what + " did not finish in 50 s")
+		case <-time.After(transferHangs):
+			return fmt.Errorf("the %s did not finish in %v", what, transferHangs)
 		}
 	}
 	dec, enc := json.NewDecoder(in), json.NewEncoder(out)
@@ -269,7 +274,11 @@ func (n *node) kill() {
 
 func (n *node) call(req nodeRequest) nodeResponse {
 	var r nodeResponse
-	n.Call(req.Op, req, &r, 60*time.Second)
+	timeout := 60 * time.Second
+	if req.Op == "sent" || req.Op == "sunk" {
+		timeout = transferHangs + time.Minute // the node answers by then
+	}
+	n.Call(req.Op, req, &r, timeout)
 	return r
 }
 
