@@ -289,10 +289,16 @@ func dropCounts(t *testing.T, n *lab.Node) map[string]uint64 {
 	return out
 }
 
-// waitTCPListen returns once a TCP socket in n's namespace listens on
-// port: the client below has one try, and a server started a moment ago
-// may not listen yet in the emulated guest.
-func waitTCPListen(t *testing.T, n *lab.Node, port int) {
+// execer runs a command in a namespace: a lab node or container.
+type execer interface {
+	Exec(args ...string) (string, error)
+}
+
+// waitTCPListen returns once a TCP socket in the namespace of n (a node
+// or a container) listens on port: the clients of these tests have one
+// try, and a server started a moment ago may not listen yet in the
+// emulated guest.
+func waitTCPListen(t *testing.T, n execer, port int) {
 	t.Helper()
 	want := fmt.Sprintf(":%04X", port)
 	lab.Eventually(t, 30*time.Second, fmt.Sprintf("a listener on TCP port %d", port), func() error {
