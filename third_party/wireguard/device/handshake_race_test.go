@@ -122,3 +122,57 @@ func assertReachable(t *testing.T, round int, kp *Keypair, peer *Peer) {
 	}
 	t.Fatalf("round %d: the peer holds no keypair for the sending keypair's remote index %d", round, kp.remoteIndex)
 }
+
+// An end that has consumed the response to its own initiation derives the
+// session in a second step, under the lock taken again. If another
+// handshake worker consumes the peer's crossing initiation between the two,
+// the session is lost: the end logs "invalid state for keypair
+// derivation", while the peer, which sent the response, holds its side of
+// the session and waits for the end to send with it. Neither end then had
+// a session it could send with until an initiation was retransmitted 5 s
+// later. The crossing initiation is one the peer gave up when it answered
+// ours, so the end refuses it and derives the session.
+func TestConsumedResponseKeepsItsSessionFromACrossingInitiation(t *testing.T) {
+	devA, devB := randDevice(t), randDevice(t)
+	defer devA.Close()
+	defer devB.Close()
+	pubA := devA.staticIdentity.privateKey.publicKey()
+	pubB := devB.staticIdentity.privateKey.publicKey()
+	bOnA, err := devA.NewPeer(pubB)
+	assertNil(t, err)
+	aOnB, err := devB.NewPeer(pubA)
+	assertNil(t, err)
+	bOnA.Start()
+	aOnB.Start()
+
+	initFromA, err := devA.CreateMessageInitiation(bOnA)
+	assertNil(t, err)
+	initFromB, err := devB.CreateMessageInitiation(aOnB)
+	assertNil(t, err)
+	// A answers B's initiation, which replaces its own.
+	if devA.ConsumeMessageInitiation(initFromB) == nil {
+		t.Fatal("A refused B's initiation")
+	}
+	responseFromA, err := devA.CreateMessageResponse(bOnA)
+	assertNil(t, err)
+	assertNil(t, bOnA.BeginSymmetricSession())
+
+	// B's first worker consumes A's response; its second takes A's
+	// initiation before the first derives the session.
+	if devB.ConsumeMessageResponse(responseFromA) == nil {
+		t.Fatal("B refused A's response")
+	}
+	if devB.ConsumeMessageInitiation(initFromA) != nil {
+		t.Error("B consumed an initiation A gave up when it answered B's, between B's consuming A's response and deriving its session")
+	}
+	if err := aOnB.BeginSymmetricSession(); err != nil {
+		t.Fatalf("B lost the session of the response it consumed: %v", err)
+	}
+	aOnB.keypairs.RLock()
+	sending := aOnB.keypairs.current
+	aOnB.keypairs.RUnlock()
+	if sending == nil {
+		t.Fatal("B holds no keypair to send with")
+	}
+	assertReachable(t, 0, sending, bOnA)
+}

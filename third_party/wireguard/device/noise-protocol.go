@@ -424,6 +424,20 @@ func (device *Device) ConsumeMessageInitiation(msg *MessageInitiation) *Peer {
 
 	handshake.mutex.Lock()
 
+	// Another handshake worker has consumed the peer's response to our
+	// initiation and is about to derive the session, which the peer already
+	// holds and waits for us to use. Taking this initiation now would leave
+	// nothing to derive, and neither end a session it may send with until
+	// an initiation is retransmitted 5 s later. This initiation is the one
+	// the peer gave up when it answered ours, or (rarely) a newer one that
+	// the session makes moot: our first packet with it completes the peer's
+	// handshake and stops its retransmissions.
+	if handshake.state == handshakeResponseConsumed {
+		handshake.mutex.Unlock()
+		device.log.Verbosef("%v - ConsumeMessageInitiation: our own handshake with the peer is being completed", peer)
+		return nil
+	}
+
 	handshake.hash = hash
 	handshake.chainKey = chainKey
 	handshake.remoteIndex = msg.Sender
