@@ -73,8 +73,9 @@ var (
 	// backports kernel the kernel WireGuard suites. The userspace e2e
 	// pass is left to make test-vm: it repeats on the guest what the host
 	// run of make test covers, for 8 more minutes of emulated CPU, where
-	// every minute is a chance for a timing flake. About 13 minutes of
-	// the hour CI may take (docs/operations.md).
+	// every minute is a chance for a timing flake. 13 to 18 minutes of
+	// the hour CI may take on the hosts of 2026-12-05, 30 on the slower
+	// ones of 2026-12-07 (docs/operations.md).
 	ciPlan = plan{{Bookworm, without(allSuites, "e2e-userspace")}, {BookwormBackports, kernelWGSuites}}
 	// fullPlan (-vm.all, make test-vm) runs everything everywhere.
 	fullPlan = plan{{Bookworm, allSuites}, {BookwormBackports, allSuites}}
