@@ -41,6 +41,9 @@ func TestSlowPassesDoNotRunBackToBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Built by hand rather than with newHarness, which starts the engine
+	// before a test can set the hook: set after Start, the loop would read
+	// it while it is written.
 	var mu sync.Mutex
 	var at []time.Time // when each pass reached its list of links
 	done := make(chan struct{})
