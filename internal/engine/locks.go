@@ -54,8 +54,9 @@ func dnsLock(name string) string        { return "dns:" + name }
 func claimLock(scope, prefix string) string { return "claim:" + peerKey(scope, prefix) }
 
 // lock takes the locks of keys and returns the function that releases
-// them. When ctx ends first it releases what it took and says which
-// resource is busy.
+// them. ctx bounds only the waiting: a free lock is taken even when ctx has
+// ended. When ctx ends while a lock is held by someone else, lock releases
+// what it took and says which resource is busy.
 func (k *keyedLocks) lock(ctx context.Context, keys ...string) (func(), error) {
 	keys = sortedKeys(keys)
 	held := make([]*keyedLock, 0, len(keys))
@@ -67,6 +68,16 @@ func (k *keyedLocks) lock(ctx context.Context, keys ...string) (func(), error) {
 	}
 	for _, key := range keys {
 		l := k.get(key)
+		// select picks at random among ready cases, so with ctx already
+		// ended a free lock would be refused half the time: a reconcile
+		// pass whose budget a slow step had spent then skipped repairs
+		// by coin toss.
+		select {
+		case l.ch <- struct{}{}:
+			held = append(held, l)
+			continue
+		default:
+		}
 		select {
 		case l.ch <- struct{}{}:
 			held = append(held, l)
