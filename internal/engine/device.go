@@ -375,10 +375,18 @@ func (e *Engine) noteResolvedLocked(key, endpoint string, ap netip.AddrPort) {
 	}
 }
 
+// resolveWorkers caps the lookups resolveEndpoints runs at once.
+const resolveWorkers = 16
+
 // resolveEndpoints resolves the host-name endpoints of peers that have no
 // address for them yet. It is called before any lock is taken: a name can
-// take seconds to resolve, and nothing may wait for that.
+// take seconds to resolve, and nothing may wait for that. The names are
+// looked up side by side: one after another, a resolver that does not
+// answer cost every name its whole timeout, and a node with a few dozen
+// named peers then spent minutes in a pass (or in its restore at start,
+// before it served anyone) doing nothing else.
 func (e *Engine) resolveEndpoints(ctx context.Context, peers []store.Peer) {
+	var named []store.Peer
 	for _, p := range peers {
 		if p.Endpoint == "" || p.LearnedEndpoint != "" {
 			continue
@@ -389,12 +397,51 @@ func (e *Engine) resolveEndpoints(ctx context.Context, peers []store.Peer) {
 		if _, ok := e.endpointOf(p.Scope, p.PublicKey, p.Endpoint); ok {
 			continue
 		}
-		ap, err := resolveEndpoint(ctx, p.Endpoint)
-		if err != nil {
-			e.log.Warn("peer endpoint unresolved; waiting for the peer to reach us", "peer", p.PublicKey, "err", err)
-			continue
+		named = append(named, p)
+	}
+	var (
+		lookups  sync.WaitGroup
+		slots    = make(chan struct{}, resolveWorkers)
+		mu       sync.Mutex
+		failed   int
+		firstErr error
+	)
+	fail := func(n int, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if failed += n; firstErr == nil {
+			firstErr = err
 		}
-		e.at("resolve.note")
-		e.locked(func() { e.noteResolvedLocked(peerKey(p.Scope, p.PublicKey), p.Endpoint, ap) })
+	}
+	for i, p := range named {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			fail(len(named)-i, fmt.Errorf("not looked up: %w", ctx.Err()))
+			lookups.Wait()
+			e.warnUnresolved(failed, firstErr)
+			return
+		}
+		lookups.Go(func() {
+			defer func() { <-slots }()
+			ap, err := resolveEndpoint(ctx, e.cfg.Resolver, p.Endpoint)
+			if err != nil {
+				e.log.Debug("peer endpoint unresolved", "peer", p.PublicKey, "err", err)
+				fail(1, err)
+				return
+			}
+			e.at("resolve.note")
+			e.locked(func() { e.noteResolvedLocked(peerKey(p.Scope, p.PublicKey), p.Endpoint, ap) })
+		})
+	}
+	lookups.Wait()
+	e.warnUnresolved(failed, firstErr)
+}
+
+// warnUnresolved says once per call, not once per peer, that names did not
+// resolve: with the resolver down, every named peer fails every pass.
+func (e *Engine) warnUnresolved(peers int, err error) {
+	if peers > 0 {
+		e.log.Warn("peer endpoints unresolved; waiting for the peers to reach us", "peers", peers, "err", err)
 	}
 }

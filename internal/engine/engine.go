@@ -61,6 +61,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -112,6 +113,9 @@ type Config struct {
 	// for a device of a few peers, up to about a second old at 5,000. The
 	// peers themselves and their configuration are always current.
 	PeerStatsMaxAge time.Duration
+	// Resolver looks up the host names of peers' endpoints (default
+	// net.DefaultResolver).
+	Resolver Resolver
 	// RequestTimeout bounds one request, waiting for the resources it needs
 	// included (default 1 minute): a request stuck behind another gets an
 	// err saying which resource is busy instead of hanging its client.
@@ -236,6 +240,9 @@ func New(cfg Config) (*Engine, error) {
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = time.Minute
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
 	}
 	loaded, err := cfg.Store.Load()
 	if err != nil {

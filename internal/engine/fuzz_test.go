@@ -135,7 +135,7 @@ func FuzzSplitEndpoint(f *testing.F) {
 			// context, resolving it must still succeed.
 			ctx, cancel := context.WithCancel(context.Background())
 			cancel()
-			ap, err := resolveEndpoint(ctx, ep)
+			ap, err := resolveEndpoint(ctx, nil, ep)
 			if err != nil || ap.Port() != port {
 				t.Fatalf("resolveEndpoint(%q) of an address literal: %v, %v", ep, ap, err)
 			}

@@ -98,7 +98,7 @@ func (e *Engine) checkPeers(now time.Time) {
 	}()
 	for i := range switches {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		switches[i].addr, switches[i].err = resolveEndpoint(ctx, switches[i].candidate)
+		switches[i].addr, switches[i].err = resolveEndpoint(ctx, e.cfg.Resolver, switches[i].candidate)
 		cancel()
 	}
 	if len(switches) == 0 {

@@ -340,7 +340,7 @@ func (e *Engine) resolveRequested(ctx context.Context, scope, pub, endpoint stri
 	if ap, ok := e.endpointOf(scope, pub, endpoint); ok {
 		return ap, nil
 	}
-	return resolveEndpoint(ctx, endpoint)
+	return resolveEndpoint(ctx, e.cfg.Resolver, endpoint)
 }
 
 func validEndpoints(endpoint string, candidates []string) error {

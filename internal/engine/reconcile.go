@@ -23,23 +23,43 @@ import (
 func (e *Engine) reconcileLoop() {
 	t := time.NewTimer(e.cfg.ReconcileInterval)
 	defer t.Stop()
+	// Close ends a pass's lookups and lock waits, so it need not wait for
+	// them.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-e.bgStop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	for {
 		select {
 		case <-e.bgStop:
 			return
 		case <-t.C:
 			start := time.Now()
-			ctx, cancel := context.WithTimeout(context.Background(), e.cfg.ReconcileInterval)
 			if n, err := e.reconcile(ctx, false); err != nil {
 				e.log.Warn("reconcile failed; retrying on the next tick", "err", err)
 			} else if n > 0 {
 				e.log.Info("reconcile repaired drift", "changes", n)
 			}
-			cancel()
 			t.Reset(max(e.cfg.ReconcileInterval, time.Since(start)))
 		}
 	}
 }
+
+// How long a pass waits for peers' host names in all. A resolver that
+// answers does so in milliseconds; one that does not must cost a pass no
+// more than about one name's timeout however many names there are, and
+// must not keep the node from serving at start (it serves only once
+// restored). Names left unresolved are looked up again by every pass, and
+// a peer that contacts us is reached at once whatever its name does.
+const (
+	passResolveBudget    = 2 * resolveTimeout
+	startupResolveBudget = time.Second
+)
 
 // Reconcile runs one reconcile pass now (tests and operators).
 func (e *Engine) Reconcile(ctx context.Context) (int, error) { return e.reconcile(ctx, false) }
@@ -73,7 +93,21 @@ func (e *Engine) reconcilePass(ctx context.Context, startup bool) (int, error) {
 			peers = append(peers, *p)
 		}
 	})
-	e.resolveEndpoints(ctx, peers)
+	budget := passResolveBudget
+	if startup {
+		budget = startupResolveBudget
+	}
+	resolveCtx, cancelResolve := context.WithTimeout(ctx, budget)
+	e.resolveEndpoints(resolveCtx, peers)
+	cancelResolve()
+	// The pass waits for locks held by requests at most one interval in
+	// all, counted from here: the lookups above have their own bounds, and
+	// counting them too left a pass after slow names no time to repair.
+	if e.cfg.ReconcileInterval > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, e.cfg.ReconcileInterval)
+		defer cancel()
+	}
 
 	e.topology.RLock()
 	defer e.topology.RUnlock()

@@ -143,9 +143,19 @@ func validHostname(h string) bool {
 	return true
 }
 
+// Resolver looks host names up: net.DefaultResolver, or a fake in tests.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// resolveTimeout bounds one name's lookup: the system resolver's own
+// default (resolv.conf's timeout 5, attempts 2, per server) can take
+// longer than a request or a pass should wait for one peer.
+const resolveTimeout = 5 * time.Second
+
 // resolveEndpoint turns "host:port" into an address, resolving host names
-// with a bounded wait. An address literal never touches the resolver.
-func resolveEndpoint(ctx context.Context, ep string) (netip.AddrPort, error) {
+// with r and a bounded wait. An address literal never touches r.
+func resolveEndpoint(ctx context.Context, r Resolver, ep string) (netip.AddrPort, error) {
 	host, port, err := splitEndpoint(ep)
 	if err != nil {
 		return netip.AddrPort{}, err
@@ -153,9 +163,9 @@ func resolveEndpoint(ctx context.Context, ep string) (netip.AddrPort, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return netip.AddrPortFrom(a.Unmap(), port), nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
 	defer cancel()
-	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	addrs, err := r.LookupNetIP(ctx, "ip", host)
 	if err != nil {
 		var dnsErr *net.DNSError
 		if errors.As(err, &dnsErr) && dnsErr.IsNotFound {
