@@ -400,8 +400,6 @@ func (e *Engine) resolveEndpoints(ctx context.Context, peers []store.Peer) {
 		named = append(named, p)
 	}
 	var (
-		lookups  sync.WaitGroup
-		slots    = make(chan struct{}, resolveWorkers)
 		mu       sync.Mutex
 		failed   int
 		firstErr error
@@ -413,29 +411,43 @@ func (e *Engine) resolveEndpoints(ctx context.Context, peers []store.Peer) {
 			firstErr = err
 		}
 	}
-	for i, p := range named {
+	skipped := lookUpSideBySide(ctx, len(named), func(i int) {
+		p := named[i]
+		ap, err := resolveEndpoint(ctx, e.cfg.Resolver, p.Endpoint)
+		if err != nil {
+			e.log.Debug("peer endpoint unresolved", "peer", p.PublicKey, "err", err)
+			fail(1, err)
+			return
+		}
+		e.at("resolve.note")
+		e.locked(func() { e.noteResolvedLocked(peerKey(p.Scope, p.PublicKey), p.Endpoint, ap) })
+	})
+	if skipped > 0 {
+		fail(skipped, fmt.Errorf("not looked up: %w", ctx.Err()))
+	}
+	e.warnUnresolved(failed, firstErr)
+}
+
+// lookUpSideBySide runs look(0) to look(n-1), resolveWorkers at a time,
+// and returns how many it did not start because ctx ended first. One
+// after another, a resolver that does not answer makes each lookup wait
+// its whole timeout.
+func lookUpSideBySide(ctx context.Context, n int, look func(i int)) (skipped int) {
+	var lookups sync.WaitGroup
+	defer lookups.Wait()
+	slots := make(chan struct{}, resolveWorkers)
+	for i := range n {
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
-			fail(len(named)-i, fmt.Errorf("not looked up: %w", ctx.Err()))
-			lookups.Wait()
-			e.warnUnresolved(failed, firstErr)
-			return
+			return n - i
 		}
 		lookups.Go(func() {
 			defer func() { <-slots }()
-			ap, err := resolveEndpoint(ctx, e.cfg.Resolver, p.Endpoint)
-			if err != nil {
-				e.log.Debug("peer endpoint unresolved", "peer", p.PublicKey, "err", err)
-				fail(1, err)
-				return
-			}
-			e.at("resolve.note")
-			e.locked(func() { e.noteResolvedLocked(peerKey(p.Scope, p.PublicKey), p.Endpoint, ap) })
+			look(i)
 		})
 	}
-	lookups.Wait()
-	e.warnUnresolved(failed, firstErr)
+	return 0
 }
 
 // warnUnresolved says once per call, not once per peer, that names did not

@@ -96,11 +96,11 @@ func (e *Engine) checkPeers(now time.Time) {
 		defer e.topology.RUnlock()
 		switches = e.observePeers(now)
 	}()
-	for i := range switches {
+	lookUpSideBySide(context.Background(), len(switches), func(i int) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
 		switches[i].addr, switches[i].err = resolveEndpoint(ctx, e.cfg.Resolver, switches[i].candidate)
-		cancel()
-	}
+	})
 	if len(switches) == 0 {
 		return
 	}

@@ -149,3 +149,37 @@ func TestUnansweredNamesDoNotHoldBackRestore(t *testing.T) {
 		t.Errorf("%d peers after restore, want 40", len(s.Peers))
 	}
 }
+
+// The health monitor looks up the named candidates it moves peers to side
+// by side too: this resolver answers only once all three lookups are in
+// flight, so one after another each would time out and no peer would
+// move.
+func TestCandidateNamesResolveSideBySide(t *testing.T) {
+	r := newFakeResolver()
+	h := newHarnessWith(t, func(c *Config) { c.Resolver = r })
+	h.ok(globalReq("10.200.3.0/24"))
+	const peers = 3
+	want := map[wgtypes.Key]string{}
+	for i := range peers {
+		pk := newKey(t)
+		host := fmt.Sprintf("candidate-%d.cluster.test", i)
+		r.mu.Lock()
+		r.addrs[host] = netip.AddrFrom4([4]byte{192, 0, 2, byte(100 + i)})
+		r.mu.Unlock()
+		spec := protocol.PeerSpec{PublicKey: pk.String(), Endpoint: fmt.Sprintf("192.0.2.%d:51820", 10+i), AllowedIPs: fmt.Sprintf("10.200.7.%d/32", i+1), PersistentKeepaliveSecs: 25}
+		h.ok(protocol.AddPeer{PeerSpec: spec, Candidates: []string{host + ":51820"}})
+		want[pk] = fmt.Sprintf("192.0.2.%d:51820", 100+i)
+	}
+	r.mu.Lock()
+	r.together = peers
+	r.mu.Unlock()
+	now := time.Now()
+	h.e.checkPeers(now)                      // never handshaken: trial of each peer's first endpoint starts
+	h.e.checkPeers(now.Add(7 * time.Second)) // it had its chance: on to the named candidate
+	dev := h.wg.Device("zl-prod-g")
+	for pk, ep := range want {
+		if got := dev.Peer(pk).Endpoint; got == nil || got.String() != ep {
+			t.Errorf("peer %s at %v, want its candidate %s", pk, got, ep)
+		}
+	}
+}
