@@ -5,10 +5,12 @@ package lab
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,8 +39,13 @@ type Node struct {
 	Socket   string
 	WGDir    string
 	// Env is added to the daemon's environment at its next Start.
-	Env  []string
-	args []string
+	Env []string
+	// Binds are files bound over paths of the daemon's mount namespace
+	// at its next Start, source → target (a node's own /etc/hosts or
+	// /etc/resolv.conf). Rewriting a source in place changes what the
+	// running daemon reads.
+	Binds map[string]string
+	args  []string
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -111,10 +118,15 @@ func (n *Node) Start() {
 	}
 	fmt.Fprintf(n.logFile, "--- start %s ---\n", time.Now().Format(time.RFC3339Nano))
 	// ip netns exec gives the command its own mount namespace (to remount
-	// /sys); the bind mount below lives only there.
-	script := `mkdir -p /var/run/wireguard && mount --bind "$1" /var/run/wireguard && shift && exec "$@"`
-	argv := []string{"netns", "exec", n.NS, "sh", "-c", script, "sh", n.WGDir,
-		n.lab.opts.Daemon, "--data-dir", n.DataDir, "--log-level", "debug"}
+	// /sys); the bind mounts below live only there. The binds come as
+	// pairs of arguments up to "--", so no path is quoted into the script.
+	script := `mkdir -p /var/run/wireguard && mount --bind "$1" /var/run/wireguard && shift &&
+while [ "$1" != -- ]; do mount --bind "$1" "$2" || exit 1; shift 2; done && shift && exec "$@"`
+	argv := []string{"netns", "exec", n.NS, "sh", "-c", script, "sh", n.WGDir}
+	for _, src := range slices.Sorted(maps.Keys(n.Binds)) {
+		argv = append(argv, src, n.Binds[src])
+	}
+	argv = append(argv, "--", n.lab.opts.Daemon, "--data-dir", n.DataDir, "--log-level", "debug")
 	argv = append(argv, n.args...)
 	cmd := exec.Command("ip", argv...)
 	cmd.Env = append(os.Environ(), n.Env...)
