@@ -208,9 +208,13 @@ type Engine struct {
 	shutdownCh   chan struct{}
 	// bgMu orders goBackground's check of bgStop with Close closing it:
 	// nothing starts once bgStop is closed.
-	bgMu      sync.Mutex
-	bg        sync.WaitGroup
-	bgStop    chan struct{}
+	bgMu   sync.Mutex
+	bg     sync.WaitGroup
+	bgStop chan struct{}
+	// bgCtx ends with bgStop, for background work that waits on
+	// contexts (a reconcile pass's lookups and lock waits).
+	bgCtx     context.Context
+	bgCancel  context.CancelFunc
 	closeOnce sync.Once
 }
 
@@ -267,6 +271,7 @@ func New(cfg Config) (*Engine, error) {
 		bgStop:     make(chan struct{}),
 		detachWait: defaultDetachWait,
 	}
+	e.bgCtx, e.bgCancel = context.WithCancel(context.Background())
 	e.enableTakeover(cfg.ReferenceMarkerPath)
 	if cfg.DNS != nil {
 		if err := e.enableDNS(*cfg.DNS, cfg.DNSPolicy); err != nil {
@@ -307,6 +312,7 @@ func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
 		e.bgMu.Lock()
 		close(e.bgStop)
+		e.bgCancel()
 		e.bgMu.Unlock()
 		e.bg.Wait()
 		var devs []*device

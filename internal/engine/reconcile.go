@@ -25,15 +25,7 @@ func (e *Engine) reconcileLoop() {
 	defer t.Stop()
 	// Close ends a pass's lookups and lock waits, so it need not wait for
 	// them.
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-e.bgStop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx := e.bgCtx
 	for {
 		select {
 		case <-e.bgStop:
