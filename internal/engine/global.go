@@ -71,10 +71,15 @@ func (e *Engine) setupGlobal(ctx context.Context, r protocol.SetupGlobalOverlay)
 	if err != nil {
 		return nil, err
 	}
-	// Names take seconds to resolve; nothing may wait for that.
+	// Names take seconds to resolve; nothing may wait for that. The main
+	// daemon sends this request at its own start, so a resolver that does
+	// not answer costs it at most the budget a restore gives names; the
+	// names left over come with the next reconcile pass.
 	var peers []store.Peer
 	e.locked(func() { peers = e.st.peersOf(scopeGlobal) })
-	e.resolveEndpoints(ctx, peers)
+	rctx, cancel := context.WithTimeout(ctx, startupResolveBudget)
+	e.resolveEndpoints(rctx, peers)
+	cancel()
 
 	release, err := e.holdExclusive(ctx, nodeLock())
 	if err != nil {

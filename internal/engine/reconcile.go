@@ -46,8 +46,9 @@ func (e *Engine) reconcileLoop() {
 // answers does so in milliseconds; one that does not must cost a pass no
 // more than about one name's timeout however many names there are, and
 // must not keep the node from serving at start (it serves only once
-// restored). Names left unresolved are looked up again by every pass, and
-// a peer that contacts us is reached at once whatever its name does.
+// restored) nor hold a setup_global_overlay long. Names left unresolved
+// are looked up again by every pass, and a peer that contacts us is
+// reached at once whatever its name does.
 const (
 	passResolveBudget    = 2 * resolveTimeout
 	startupResolveBudget = time.Second

@@ -183,3 +183,33 @@ func TestCandidateNamesResolveSideBySide(t *testing.T) {
 		}
 	}
 }
+
+// setup_global_overlay, which the main daemon sends at its own start,
+// waits for names no longer than a restore does: before, it gave every
+// unresolved name its whole lookup timeout, one after another.
+func TestSetupGlobalDoesNotWaitOutUnansweredNames(t *testing.T) {
+	r := newFakeResolver()
+	h := newHarnessWith(t, func(c *Config) { c.Resolver = r })
+	h.ok(globalReq("10.200.3.0/24"))
+	want := namedPeers(t, h, r, 20)
+	r.mu.Lock()
+	r.hang = true
+	r.mu.Unlock()
+	h.crash()
+	r.mu.Lock()
+	r.lookups, r.maxBudget = 0, 0
+	r.mu.Unlock()
+	h.ok(globalReq("10.200.3.0/24"))
+	r.mu.Lock()
+	lookups, budget := r.lookups, r.maxBudget
+	r.mu.Unlock()
+	if lookups == 0 {
+		t.Fatal("setup_global_overlay looked no name up")
+	}
+	if budget > startupResolveBudget {
+		t.Errorf("a lookup during setup_global_overlay was given %v to finish; its budget for names is %v", budget, startupResolveBudget)
+	}
+	if s := h.status(); len(s.Peers) != len(want) {
+		t.Errorf("%d peers after the setup, want %d", len(s.Peers), len(want))
+	}
+}
