@@ -13,7 +13,6 @@ import (
 
 	"github.com/zlayer/zlayer-overlayd/internal/lab"
 	"github.com/zlayer/zlayer-overlayd/protocol"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // A node whose peers were given by host name restarts while its resolver
@@ -68,7 +67,7 @@ func TestRestartWithAResolverThatDoesNotAnswer(t *testing.T) {
 	}})
 	for i := range fakes {
 		a.Call(protocol.AddPeer{PeerSpec: protocol.PeerSpec{
-			PublicKey:  wgKey(t),
+			PublicKey:  newTestKey(t),
 			Endpoint:   fmt.Sprintf("node-%d.cluster.test:51820", i),
 			AllowedIPs: fmt.Sprintf("10.200.%d.0/24", 100+i),
 		}})
@@ -90,14 +89,4 @@ func TestRestartWithAResolverThatDoesNotAnswer(t *testing.T) {
 	if want := fmt.Sprintf("peers=%d", fakes+1); !strings.Contains(restart, "peer endpoints unresolved") || !strings.Contains(restart, want) {
 		t.Errorf("the restart's log does not say that %d names were left unresolved:\n%s", fakes+1, restart)
 	}
-}
-
-// wgKey is a fresh public key, for a peer that never answers.
-func wgKey(t *testing.T) string {
-	t.Helper()
-	k, err := wgtypes.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k.PublicKey().String()
 }

@@ -31,6 +31,23 @@ func newFakeResolver() *fakeResolver {
 	return &fakeResolver{addrs: map[string]netip.Addr{}, release: make(chan struct{})}
 }
 
+// hangFromNow makes every later lookup wait until its context ends, and
+// forgets the lookups seen so far.
+func (r *fakeResolver) hangFromNow() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hang = true
+	r.lookups, r.maxBudget = 0, 0
+}
+
+// seen is the number of lookups since hangFromNow and the longest time
+// one of them was given to finish.
+func (r *fakeResolver) seen() (lookups int, budget time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lookups, r.maxBudget
+}
+
 func (r *fakeResolver) LookupNetIP(ctx context.Context, _, host string) ([]netip.Addr, error) {
 	r.mu.Lock()
 	r.lookups++
@@ -128,14 +145,9 @@ func TestUnansweredNamesDoNotHoldBackRestore(t *testing.T) {
 	namedPeers(t, h, r, 40)
 	bridge := h.status().Services[0].Bridge
 	h.net.DeleteLink(bridge)
-	r.mu.Lock()
-	r.hang = true
-	r.lookups, r.maxBudget = 0, 0
-	r.mu.Unlock()
+	r.hangFromNow()
 	h.crash()
-	r.mu.Lock()
-	lookups, budget := r.lookups, r.maxBudget
-	r.mu.Unlock()
+	lookups, budget := r.seen()
 	if lookups == 0 {
 		t.Fatal("the restore looked no name up")
 	}
@@ -192,17 +204,11 @@ func TestSetupGlobalDoesNotWaitOutUnansweredNames(t *testing.T) {
 	h := newHarnessWith(t, func(c *Config) { c.Resolver = r })
 	h.ok(globalReq("10.200.3.0/24"))
 	want := namedPeers(t, h, r, 20)
-	r.mu.Lock()
-	r.hang = true
-	r.mu.Unlock()
+	r.hangFromNow()
 	h.crash()
-	r.mu.Lock()
-	r.lookups, r.maxBudget = 0, 0
-	r.mu.Unlock()
+	r.hangFromNow() // the restore's lookups are not this test's
 	h.ok(globalReq("10.200.3.0/24"))
-	r.mu.Lock()
-	lookups, budget := r.lookups, r.maxBudget
-	r.mu.Unlock()
+	lookups, budget := r.seen()
 	if lookups == 0 {
 		t.Fatal("setup_global_overlay looked no name up")
 	}
