@@ -122,7 +122,7 @@ func (e *Engine) goBackground(f func()) bool {
 	e.bgMu.Lock()
 	defer e.bgMu.Unlock()
 	select {
-	case <-e.bgStop:
+	case <-e.bgCtx.Done():
 		return false
 	default:
 	}

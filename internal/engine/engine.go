@@ -206,13 +206,12 @@ type Engine struct {
 	stopping     atomic.Bool
 	shutdownOnce sync.Once
 	shutdownCh   chan struct{}
-	// bgMu orders goBackground's check of bgStop with Close closing it:
-	// nothing starts once bgStop is closed.
-	bgMu   sync.Mutex
-	bg     sync.WaitGroup
-	bgStop chan struct{}
-	// bgCtx ends with bgStop, for background work that waits on
-	// contexts (a reconcile pass's lookups and lock waits).
+	// bgMu orders goBackground's check of bgCtx with Close ending it:
+	// nothing starts once bgCtx is done. Background loops stop on it, and
+	// the waits they make (a reconcile pass's lookups and lock waits)
+	// end with it.
+	bgMu      sync.Mutex
+	bg        sync.WaitGroup
 	bgCtx     context.Context
 	bgCancel  context.CancelFunc
 	closeOnce sync.Once
@@ -268,7 +267,6 @@ func New(cfg Config) (*Engine, error) {
 		rx:         map[string]rxMark{},
 		resolved:   map[string]resolvedEndpoint{},
 		shutdownCh: make(chan struct{}),
-		bgStop:     make(chan struct{}),
 		detachWait: defaultDetachWait,
 	}
 	e.bgCtx, e.bgCancel = context.WithCancel(context.Background())
@@ -311,7 +309,6 @@ func (e *Engine) Start(ctx context.Context) error {
 func (e *Engine) Close() {
 	e.closeOnce.Do(func() {
 		e.bgMu.Lock()
-		close(e.bgStop)
 		e.bgCancel()
 		e.bgMu.Unlock()
 		e.bg.Wait()

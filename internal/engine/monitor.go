@@ -62,7 +62,7 @@ func (e *Engine) startMonitor(interval time.Duration) {
 		defer t.Stop()
 		for {
 			select {
-			case <-e.bgStop:
+			case <-e.bgCtx.Done():
 				return
 			case <-t.C:
 				e.checkPeers(time.Now())

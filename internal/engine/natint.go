@@ -291,7 +291,7 @@ func (e *Engine) natLoop() {
 	for {
 		e.followRelay()
 		select {
-		case <-e.bgStop:
+		case <-e.bgCtx.Done():
 			e.setRelay(nil, nil, nil)
 			return
 		case <-n.kick:
@@ -450,7 +450,7 @@ func (e *Engine) probeSoon() {
 			select {
 			case <-ctx.Done():
 				return
-			case <-e.bgStop:
+			case <-e.bgCtx.Done():
 				return
 			case <-time.After(50 * time.Millisecond):
 			}

@@ -28,7 +28,7 @@ func (e *Engine) reconcileLoop() {
 	ctx := e.bgCtx
 	for {
 		select {
-		case <-e.bgStop:
+		case <-e.bgCtx.Done():
 			return
 		case <-t.C:
 			start := time.Now()
