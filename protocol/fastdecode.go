@@ -9,9 +9,9 @@ import (
 
 // The fast path decodes the request frames a well-behaved client sends and
 // the response frames a server sends — the frames decoded at volume —
-// with one validation pass, one cheap scan of the envelope and the
-// object's top-level members, and at most one encoding/json pass over the
-// body (none for variants without fields, such as status or ok). The
+// with one cheap scan of the envelope and the object's top-level members
+// and one encoding/json pass over the body, which validates it (a
+// json.Valid pass for variants without fields, such as status or ok). The
 // general decoder below makes five passes, one of them into a map.
 //
 // The fast path never produces an error: any frame it is not certain to
@@ -35,60 +35,86 @@ type member struct {
 // allocating; bigger objects take the general path.
 const maxFastMembers = 48
 
-// scanObject lists the top-level members of a JSON object that is
-// already known to be valid. It reports false when data is not an object,
-// when a key contains an escape, or when there are more members than fit
-// in out.
-func scanObject(data []byte, out *[maxFastMembers]member) (int, bool) {
+// scanObject lists the top-level members of the JSON object data starts
+// with, and returns the index just past it. It checks the object's own
+// syntax (braces, colons, commas, string keys) but not its keys' and
+// values' contents: callers validate those (validMembers, or the
+// encoding/json pass that decodes them). It reports false when data does
+// not start with an object, when a key contains an escape, or when there
+// are more members than fit in out.
+func scanObject(data []byte, out *[maxFastMembers]member) (n, end int, ok bool) {
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
-		return 0, false
+		return 0, 0, false
 	}
 	i = skipSpace(data, i+1)
-	n := 0
 	if i < len(data) && data[i] == '}' {
-		return 0, true
+		return 0, i + 1, true
 	}
 	for i < len(data) {
 		if data[i] != '"' {
-			return 0, false
+			return 0, 0, false
 		}
-		end := i + 1
-		for end < len(data) && data[end] != '"' {
-			if data[end] == '\\' {
-				return 0, false
+		kend := i + 1
+		for kend < len(data) && data[kend] != '"' {
+			if data[kend] == '\\' {
+				return 0, 0, false
 			}
-			end++
+			kend++
 		}
-		if end >= len(data) || n == len(out) {
-			return 0, false
+		if kend >= len(data) || n == len(out) {
+			return 0, 0, false
 		}
-		key := data[i+1 : end]
-		i = skipSpace(data, end+1)
+		key := data[i+1 : kend]
+		i = skipSpace(data, kend+1)
 		if i >= len(data) || data[i] != ':' {
-			return 0, false
+			return 0, 0, false
 		}
 		i = skipSpace(data, i+1)
 		vend := skipValue(data, i)
 		if vend <= i {
-			return 0, false
+			return 0, 0, false
 		}
 		out[n] = member{key: key, value: data[i:vend]}
 		n++
 		i = skipSpace(data, vend)
 		if i >= len(data) {
-			return 0, false
+			return 0, 0, false
 		}
 		switch data[i] {
 		case ',':
 			i = skipSpace(data, i+1)
 		case '}':
-			return n, true
+			return n, i + 1, true
 		default:
-			return 0, false
+			return 0, 0, false
 		}
 	}
-	return 0, false
+	return 0, 0, false
+}
+
+// validMembers reports whether the keys and values of members are valid
+// JSON, leaving out the value skip (the one a caller validates by
+// decoding it). With scanObject's syntax check and nothing but white
+// space after the object, that makes the whole object valid.
+func validMembers(members []member, skip []byte) bool {
+	for _, m := range members {
+		// scanObject let no quote or backslash into a key, and the
+		// frame's UTF-8 is checked whole: only control characters are
+		// left to refuse.
+		for _, c := range m.key {
+			if c < 0x20 {
+				return false
+			}
+		}
+		if len(skip) > 0 && len(m.value) > 0 && &m.value[0] == &skip[0] {
+			continue
+		}
+		if !json.Valid(m.value) {
+			return false
+		}
+	}
+	return true
 }
 
 func skipSpace(data []byte, i int) int {
@@ -103,7 +129,9 @@ func skipSpace(data []byte, i int) int {
 	return i
 }
 
-// skipValue returns the index just past the (valid) JSON value at i.
+// skipValue returns the index just past the JSON value at i. On input
+// that is not valid JSON it returns some index up to len(data), which the
+// validation of the value's bytes then refuses.
 func skipValue(data []byte, i int) int {
 	if i >= len(data) {
 		return i
@@ -141,7 +169,8 @@ func skipValue(data []byte, i int) int {
 	}
 }
 
-// skipString returns the index just past the string starting at i.
+// skipString returns the index just past the string starting at i, or
+// len(data) if it does not end.
 func skipString(data []byte, i int) int {
 	i++
 	for i < len(data) {
@@ -154,7 +183,7 @@ func skipString(data []byte, i int) int {
 		}
 		i++
 	}
-	return i
+	return len(data)
 }
 
 // plainString is the content of a JSON string without escapes.
@@ -183,8 +212,7 @@ func exactOnly(key []byte, want string) (match, ok bool) {
 }
 
 // fieldlessRequests and fieldlessResponses are the variants without JSON
-// fields: once the frame is known to be valid their body needs no
-// decoding.
+// fields: their body needs validating but no decoding.
 var (
 	fieldlessRequests  = fieldlessOf(requestTypes)
 	fieldlessResponses = fieldlessOf(responseTypes)
@@ -203,13 +231,19 @@ func fieldlessOf[T any](types map[string]func() T) map[string]bool {
 // fastFrame decodes a request or response frame, or reports false.
 // Responses are what a client decodes at volume, and a status answer with
 // a thousand peers is hundreds of kilobytes: every pass counts.
+//
+// The frame is validated in pieces rather than by one json.Valid pass
+// ahead of the rest: its envelope here, and its body by the encoding/json
+// pass that decodes it (which validates its input whole before decoding)
+// or, for a body without fields, by json.Valid. A body is most of the
+// frame, so this saves a pass over it.
 func fastFrame(data []byte) (Frame, bool) {
-	if !json.Valid(data) || !utf8.Valid(data) {
+	if !utf8.Valid(data) {
 		return Frame{}, false
 	}
 	var members [maxFastMembers]member
-	n, ok := scanObject(data, &members)
-	if !ok {
+	n, end, ok := scanObject(data, &members)
+	if !ok || skipSpace(data, end) != len(data) {
 		return Frame{}, false
 	}
 	var kind, idRaw, reqRaw, respRaw []byte
@@ -238,6 +272,16 @@ func fastFrame(data []byte) (Frame, bool) {
 				respRaw = m.value
 			}
 		}
+	}
+	var body []byte
+	switch string(kind) {
+	case `"request"`:
+		body = reqRaw
+	case `"response"`:
+		body = respRaw
+	}
+	if !validMembers(members[:n], body) {
+		return Frame{}, false
 	}
 	id, ok := parseID(idRaw)
 	if !ok {
@@ -271,10 +315,12 @@ func fastResponse(data []byte) (Response, bool) {
 }
 
 // fastTagged decodes an object tagged by the member tag, or reports false.
+// data is not yet known to be valid JSON: the decoding pass validates it,
+// or json.Valid where there is nothing to decode.
 func fastTagged[T any](data []byte, tag string, types map[string]func() T, fieldless map[string]bool) (T, bool) {
 	var zero T
 	var members [maxFastMembers]member
-	n, ok := scanObject(data, &members)
+	n, _, ok := scanObject(data, &members)
 	if !ok {
 		return zero, false
 	}
@@ -318,10 +364,12 @@ func fastTagged[T any](data []byte, tag string, types map[string]func() T, field
 			return zero, false
 		}
 	}
-	if !fieldless[string(name)] {
-		if err := json.Unmarshal(data, p); err != nil {
+	if fieldless[string(name)] {
+		if !json.Valid(data) {
 			return zero, false
 		}
+	} else if err := json.Unmarshal(data, p); err != nil {
+		return zero, false
 	}
 	return reflect.ValueOf(p).Elem().Interface().(T), true
 }

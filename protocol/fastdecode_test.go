@@ -78,6 +78,32 @@ func TestFastPathDeclinesWhatItCannotBeSureOf(t *testing.T) {
 	}
 }
 
+// The fast path validates a frame in pieces: the envelope's syntax and
+// members itself, the body by decoding it. Invalid JSON anywhere, the
+// parts nothing decodes included, must still reach the general decoder.
+func TestFastPathRefusesInvalidJSONOutsideTheDecodedBody(t *testing.T) {
+	for _, body := range []string{
+		`{"frame":"request","id":1,"request":{"op":"status"},"extra":[1,]}`,
+		`{"frame":"request","id":1,"request":{"op":"status"},"extra":01}`,
+		`{"frame":"request","id":1x,"request":{"op":"status"}}`,
+		`{"frame":"request","id":1,"response":{"result":"ok",},"request":{"op":"status"}}`,
+		"{\"frame\":\"request\",\"id\":1,\"ex\x01tra\":1,\"request\":{\"op\":\"status\"}}",
+		`{"frame":"request","id":1,"request":{"op":"status","x":[}}`,
+		`{"frame":"request","id":1,"request":{"op":"status","x":"\q"}}`,
+		`{"frame":"response","id":1,"response":{"result":"ok","x":tru}}`,
+		`{"frame":"request","id":1,"request":{"op":"release_ip","ip":"10.0.0.1","x":[1,]}}`,
+		`{"frame":"request","id":1,"request":{"op":"status"}}}`,
+		`{"frame":"request","id":1,"request":{"op":"status"}}{}`,
+		`{"frame":"request","id":1,"request":{"op":"status"},"x":[}`,
+		`{"frame":"request","id":1,"request":{"op":"status"},"x":"\`,
+		`{"frame":"request","id":1,"request":{"op":"status","x":"\`,
+	} {
+		if fastAgrees(t, []byte(body)) {
+			t.Errorf("fast path took %s", body)
+		}
+	}
+}
+
 func TestFastPathIgnoresUnknownMembersAndWhitespace(t *testing.T) {
 	for _, body := range []string{
 		` { "frame" : "request" , "id" : 7 , "request" : { "op" : "status" } , "extra" : [1,{"a":"}"}] } `,
