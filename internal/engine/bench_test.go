@@ -134,3 +134,49 @@ func BenchmarkAddPeerAtScale(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkStatusAtScale is a status answer with 5,000 peers, split the
+// way its time is: the engine building it, the server encoding the frame,
+// and a client decoding it. zlbench's scale goal (status < 50 ms) is their
+// sum plus the socket.
+func BenchmarkStatusAtScale(b *testing.B) {
+	e := benchEngine(b)
+	benchPeers(b, e, 5000)
+	ctx := context.Background()
+	answer := func() protocol.Response {
+		resp := e.Handle(ctx, protocol.Status{})
+		st, ok := resp.(protocol.StatusResult)
+		if !ok || len(st.Peers) != 5000 {
+			b.Fatalf("status answered %#v", resp)
+		}
+		return resp
+	}
+	b.Run("engine", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			answer()
+		}
+	})
+	frame, err := protocol.MarshalFrame(protocol.ResponseFrame(1, answer()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("encode", func(b *testing.B) {
+		resp := answer()
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := protocol.MarshalFrame(protocol.ResponseFrame(1, resp)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		b.SetBytes(int64(len(frame)))
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := protocol.UnmarshalFrame(frame); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -13,6 +13,7 @@ import (
 	"github.com/zlayer/zlayer-overlayd/internal/linuxnet"
 	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/wg"
+	"github.com/zlayer/zlayer-overlayd/protocol"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -55,20 +56,27 @@ func (d *device) configure(cfg wgtypes.Config) error {
 	return nil
 }
 
-// recentOrRead is the device as of at most maxAge ago: for a big device
-// the reading when it is that recent, else a new read. It returns when
-// the counters were read.
-func (d *device) recentOrRead(maxAge time.Duration) (*wgtypes.Device, time.Time, error) {
+// peerStatuses is the device's peers as status shows them (without what
+// the desired state adds: health, learned endpoints), as of at most
+// maxAge ago: for a big device the reading when it is that recent, else a
+// new read. It also returns the listen port and when the counters were
+// read.
+func (d *device) peerStatuses(maxAge time.Duration) ([]protocol.PeerStatus, int, time.Time, error) {
 	now := time.Now()
-	if !d.seen.big() {
-		snap, err := d.read()
-		return snap, now, err
-	}
-	if snap, at, ok := d.seen.recent(maxAge, now); ok {
-		return snap, at, nil
+	if d.seen.big() {
+		if peers, port, at, ok := d.seen.recentStatuses(maxAge, now); ok {
+			return peers, port, at, nil
+		}
 	}
 	snap, err := d.read()
-	return snap, now, err
+	if err != nil {
+		return nil, 0, time.Time{}, err
+	}
+	peers := make([]protocol.PeerStatus, len(snap.Peers))
+	for i := range snap.Peers {
+		peers[i] = peerStatus(&snap.Peers[i])
+	}
+	return peers, snap.ListenPort, now, nil
 }
 
 // deviceSpec is everything one WireGuard device should be.

@@ -49,16 +49,6 @@ func (e *Engine) statusHook(s *protocol.StatusSnapshot) {
 	}
 }
 
-// healthLocked is the last health verdict per peer (scope|pubkey); the
-// caller holds e.mu.
-func (e *Engine) healthLocked() map[string]bool {
-	out := make(map[string]bool, len(e.health))
-	for k, v := range e.health {
-		out[k] = v
-	}
-	return out
-}
-
 // ensureForwarding keeps IP forwarding as the overlays need it: on for
 // each address family the cluster, the node slice or a service subnet
 // uses (containers reach other nodes and the outside through us), and put

@@ -5,9 +5,11 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/zlayer/zlayer-overlayd/protocol"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -41,6 +43,11 @@ type reading struct {
 	// it (applying a change twice leaves what applying it once does).
 	readers int
 	during  []wgtypes.Config
+	// statuses are the peers as status shows them, sorted by key: built
+	// when first asked for and dropped on every change, so back-to-back
+	// status requests of a big mesh format each peer's key, endpoint and
+	// allowed IPs once per reading instead of once per request.
+	statuses []protocol.PeerStatus
 }
 
 // begin marks a read starting; finish is given the token.
@@ -76,6 +83,7 @@ func (r *reading) finish(token int, snap *wgtypes.Device, at time.Time, took tim
 			r.applyLocked(cfg)
 		}
 		r.at = at
+		r.statuses = nil
 	}
 	if r.readers == 0 {
 		r.during = r.during[:0]
@@ -115,13 +123,14 @@ func (r *reading) forget() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.at = time.Time{}
-	r.peers, r.owner = nil, nil
+	r.peers, r.owner, r.statuses = nil, nil, nil
 }
 
 func (r *reading) applyLocked(cfg wgtypes.Config) {
 	if r.peers == nil {
 		return
 	}
+	r.statuses = nil
 	if cfg.ListenPort != nil {
 		r.port = *cfg.ListenPort
 	}
@@ -199,7 +208,7 @@ const (
 func (r *reading) recent(maxAge time.Duration, now time.Time) (*wgtypes.Device, time.Time, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.peers == nil || r.at.IsZero() || now.Sub(r.at) > min(maxAge, staleFactor*r.took) {
+	if !r.freshLocked(maxAge, now) {
 		return nil, time.Time{}, false
 	}
 	d := &wgtypes.Device{ListenPort: r.port, Peers: make([]wgtypes.Peer, 0, len(r.peers))}
@@ -210,12 +219,60 @@ func (r *reading) recent(maxAge time.Duration, now time.Time) (*wgtypes.Device, 
 	return d, r.at, true
 }
 
+// recentStatuses is recent as status shows the peers: a copy the caller
+// owns, the listen port, and when the counters were read.
+func (r *reading) recentStatuses(maxAge time.Duration, now time.Time) ([]protocol.PeerStatus, int, time.Time, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.freshLocked(maxAge, now) {
+		return nil, 0, time.Time{}, false
+	}
+	if r.statuses == nil {
+		peers := make([]*wgtypes.Peer, 0, len(r.peers))
+		for _, p := range r.peers {
+			peers = append(peers, p)
+		}
+		slices.SortFunc(peers, func(a, b *wgtypes.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+		r.statuses = make([]protocol.PeerStatus, len(peers))
+		for i, p := range peers {
+			r.statuses[i] = peerStatus(p)
+		}
+	}
+	return slices.Clone(r.statuses), r.port, r.at, true
+}
+
+func (r *reading) freshLocked(maxAge time.Duration, now time.Time) bool {
+	return r.peers != nil && !r.at.IsZero() && now.Sub(r.at) <= min(maxAge, staleFactor*r.took)
+}
+
 // big says whether the device is big enough to be answered from the
 // reading (staleMinPeers).
 func (r *reading) big() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.peers) >= staleMinPeers
+}
+
+// peerStatus renders what WireGuard reports for one peer.
+func peerStatus(p *wgtypes.Peer) protocol.PeerStatus {
+	ps := protocol.PeerStatus{
+		PublicKey:               p.PublicKey.String(),
+		RxBytes:                 uint64(max(p.ReceiveBytes, 0)),
+		TxBytes:                 uint64(max(p.TransmitBytes, 0)),
+		PersistentKeepaliveSecs: uint64(p.PersistentKeepaliveInterval.Seconds()),
+	}
+	if p.Endpoint != nil {
+		ps.Endpoint = p.Endpoint.String()
+	}
+	ips := make([]string, 0, len(p.AllowedIPs))
+	for _, n := range p.AllowedIPs {
+		ips = append(ips, n.String())
+	}
+	ps.AllowedIPs = strings.Join(ips, ",")
+	if !p.LastHandshakeTime.IsZero() {
+		ps.LastHandshakeUnixSecs = p.LastHandshakeTime.Unix()
+	}
+	return ps
 }
 
 func clonePeer(p wgtypes.Peer) wgtypes.Peer {

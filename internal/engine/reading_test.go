@@ -77,6 +77,16 @@ func TestReadingFollowsWrites(t *testing.T) {
 			if configText(got) != configText(want) {
 				t.Fatalf("round %d step %d, after %+v:\nreading:\n%s\ndevice:\n%s", round, step, cfg, configText(got), configText(want))
 			}
+			// What status shows is built once per reading and kept:
+			// every write must drop it.
+			shown, _, _, _ := r.recentStatuses(time.Hour, time.Now())
+			wantShown := make([]protocol.PeerStatus, len(got.Peers))
+			for i := range got.Peers {
+				wantShown[i] = peerStatus(&got.Peers[i])
+			}
+			if !slices.Equal(shown, wantShown) {
+				t.Fatalf("round %d step %d, after %+v: status shows\n%+v\nwant\n%+v", round, step, cfg, shown, wantShown)
+			}
 		}
 	}
 }
@@ -250,5 +260,52 @@ func TestStatusOfASmallDeviceIsLive(t *testing.T) {
 	h.wg.Device("zl-prod-g").Handshake(k, shook, "192.0.2.1:51820")
 	if s := h.status(); len(s.Peers) != 1 || s.Peers[0].LastHandshakeUnixSecs != shook.Unix() {
 		t.Fatalf("status right after the device's handshake: %+v", s.Peers)
+	}
+}
+
+// status marks each peer with the monitor's verdict and whether its
+// endpoint is one the daemon learned, for a few peers and for as many as
+// make a device big enough to be answered from its reading.
+func TestStatusMarksHealthAndLearnedEndpoints(t *testing.T) {
+	for _, n := range []int{3, staleMinPeers} {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			h := newHarness(t)
+			h.ok(globalReq("10.200.3.0/24"))
+			pubs := make([]string, n)
+			for i := range pubs {
+				pubs[i] = newKey(t).PublicKey().String()
+				h.ok(protocol.AddPeer{PeerSpec: protocol.PeerSpec{
+					PublicKey: pubs[i], Endpoint: fmt.Sprintf("192.0.2.%d:%d", i%250+1, 51820+i/250),
+					AllowedIPs: fmt.Sprintf("10.200.%d.%d/32", 100+i/250, i%250+1),
+				}})
+			}
+			h.status() // a big device is answered from its reading from now on
+			h.e.locked(func() {
+				h.e.health[peerKey(scopeGlobal, pubs[0])] = true
+				h.e.health[peerKey(scopeGlobal, pubs[1])] = false
+				h.e.st.peers[peerKey(scopeGlobal, pubs[0])].LearnedEndpoint = "192.0.2.1:51820"
+				h.e.st.peers[peerKey(scopeGlobal, pubs[2])].LearnedEndpoint = "198.51.100.7:51820" // not where the device sends
+			})
+			type mark struct {
+				healthy *bool
+				learned bool
+			}
+			got := map[string]mark{}
+			for _, p := range h.status().Peers {
+				got[p.PublicKey] = mark{p.Healthy, p.EndpointLearned}
+			}
+			if len(got) != n {
+				t.Fatalf("status shows %d peers, want %d", len(got), n)
+			}
+			if m := got[pubs[0]]; m.healthy == nil || !*m.healthy || !m.learned {
+				t.Errorf("peer 0: healthy %v, learned %v; want healthy, learned", m.healthy, m.learned)
+			}
+			if m := got[pubs[1]]; m.healthy == nil || *m.healthy || m.learned {
+				t.Errorf("peer 1: healthy %v, learned %v; want unhealthy, not learned", m.healthy, m.learned)
+			}
+			if m := got[pubs[2]]; m.healthy != nil || m.learned {
+				t.Errorf("peer 2: healthy %v, learned %v; want no verdict, not learned", m.healthy, m.learned)
+			}
+		})
 	}
 }

@@ -3,12 +3,9 @@ package engine
 import (
 	"net/netip"
 	"sort"
-	"strings"
 
-	"github.com/zlayer/zlayer-overlayd/internal/store"
 	"github.com/zlayer/zlayer-overlayd/internal/version"
 	"github.com/zlayer/zlayer-overlayd/protocol"
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // statusDevice is a device status reads after the state lock is released.
@@ -20,16 +17,19 @@ type statusDevice struct {
 
 // statusView is what status copies out of the desired state in one look.
 type statusView struct {
-	s          protocol.StatusSnapshot
-	global     *device
-	dedicated  []statusDevice
-	configured map[string]*store.Peer
-	health     map[string]bool
+	s         protocol.StatusSnapshot
+	global    *device
+	dedicated []statusDevice
 }
 
 // status reports what WireGuard and the desired state say right now. Keys
 // are base64 and handshakes are Unix times (the reference reported hex keys
 // and handshake ages).
+//
+// It takes the state lock twice, never across a device read: once for
+// the desired state, and once after the reads to mark each peer's health
+// and learned endpoint, looked up in place instead of copying thousands of
+// entries under the lock.
 func (e *Engine) status() protocol.Response {
 	var v statusView
 	e.locked(func() { v = e.statusViewLocked() })
@@ -39,9 +39,9 @@ func (e *Engine) status() protocol.Response {
 	sort.Slice(s.Guests, func(i, j int) bool { return s.Guests[i].ID < s.Guests[j].ID })
 
 	if v.global != nil {
-		if snap, at, err := v.global.recentOrRead(e.cfg.PeerStatsMaxAge); err == nil {
-			s.Peers = peerStatuses(snap, scopeGlobal, v.configured, v.health)
-			s.WGPort = uint16(snap.ListenPort)
+		if peers, port, at, err := v.global.peerStatuses(e.cfg.PeerStatsMaxAge); err == nil {
+			s.Peers = peers
+			s.WGPort = uint16(port)
 			s.PeersRead = at.UnixMilli()
 		} else {
 			s.Warnings = append(s.Warnings, "reading "+v.global.Name()+": "+err.Error())
@@ -50,14 +50,19 @@ func (e *Engine) status() protocol.Response {
 	s.PeerCount = uint32(len(s.Peers))
 	for _, d := range v.dedicated {
 		if d.dev != nil {
-			if snap, _, err := d.dev.recentOrRead(e.cfg.PeerStatsMaxAge); err == nil {
-				peers := peerStatuses(snap, scopeService(d.name), v.configured, v.health)
+			if peers, _, _, err := d.dev.peerStatuses(e.cfg.PeerStatsMaxAge); err == nil {
 				d.svc.PeerCount = uint32(len(peers))
 				s.ServicePeers = append(s.ServicePeers, protocol.ServicePeerSet{Service: d.name, Peers: peers})
 			}
 		}
 		s.DedicatedServices = append(s.DedicatedServices, d.svc)
 	}
+	e.locked(func() {
+		e.markPeersLocked(scopeGlobal, s.Peers)
+		for _, set := range s.ServicePeers {
+			e.markPeersLocked(scopeService(set.Service), set.Peers)
+		}
+	})
 	if e.cfg.EventsDropped != nil {
 		s.EventsDropped = e.cfg.EventsDropped()
 	}
@@ -71,7 +76,7 @@ func (e *Engine) status() protocol.Response {
 // e.mu held.
 func (e *Engine) statusViewLocked() statusView {
 	st := e.st
-	v := statusView{configured: map[string]*store.Peer{}, health: e.healthLocked()}
+	var v statusView
 	s := &v.s
 	*s = protocol.StatusSnapshot{
 		Version:        version.Version,
@@ -112,9 +117,6 @@ func (e *Engine) statusViewLocked() statusView {
 	}
 	if e.nodeConfigProblem != "" {
 		s.Warnings = append(s.Warnings, NodeConfigFile+": "+e.nodeConfigProblem)
-	}
-	for k, p := range st.peers {
-		v.configured[k] = p
 	}
 	e.servicesStatusLocked(&v)
 	for _, a := range st.attach {
@@ -168,35 +170,22 @@ func parseAddr(s string) netip.Addr {
 	return a
 }
 
-// peerStatuses renders what WireGuard reports for a device's peers.
-func peerStatuses(snap *wgtypes.Device, scope string, configured map[string]*store.Peer, health map[string]bool) []protocol.PeerStatus {
-	out := make([]protocol.PeerStatus, 0, len(snap.Peers))
-	for _, p := range snap.Peers {
-		pub := p.PublicKey.String()
-		ps := protocol.PeerStatus{
-			PublicKey:               pub,
-			RxBytes:                 uint64(max(p.ReceiveBytes, 0)),
-			TxBytes:                 uint64(max(p.TransmitBytes, 0)),
-			PersistentKeepaliveSecs: uint64(p.PersistentKeepaliveInterval.Seconds()),
+// markPeersLocked adds what the desired state knows to the peers of one
+// scope as read from its device: the monitor's health verdict and whether
+// the endpoint is one the daemon learned. Called with e.mu held.
+func (e *Engine) markPeersLocked(scope string, peers []protocol.PeerStatus) {
+	healthy := make([]bool, len(peers)) // one allocation behind every Healthy
+	var key []byte
+	for i := range peers {
+		ps := &peers[i]
+		// A key built in place: map lookups by string(key) do not allocate.
+		key = append(append(append(key[:0], scope...), '|'), ps.PublicKey...)
+		if h, ok := e.health[string(key)]; ok {
+			healthy[i] = h
+			ps.Healthy = &healthy[i]
 		}
-		if p.Endpoint != nil {
-			ps.Endpoint = p.Endpoint.String()
-		}
-		ips := make([]string, 0, len(p.AllowedIPs))
-		for _, n := range p.AllowedIPs {
-			ips = append(ips, n.String())
-		}
-		ps.AllowedIPs = strings.Join(ips, ",")
-		if !p.LastHandshakeTime.IsZero() {
-			ps.LastHandshakeUnixSecs = p.LastHandshakeTime.Unix()
-		}
-		if h, ok := health[peerKey(scope, pub)]; ok {
-			ps.Healthy = &h
-		}
-		if c := configured[peerKey(scope, pub)]; c != nil && c.LearnedEndpoint != "" && c.LearnedEndpoint == ps.Endpoint {
+		if c := e.st.peers[string(key)]; c != nil && c.LearnedEndpoint != "" && c.LearnedEndpoint == ps.Endpoint {
 			ps.EndpointLearned = true
 		}
-		out = append(out, ps)
 	}
-	return out
 }
