@@ -54,6 +54,15 @@ func checkContainerSide(t *testing.T, c *container, spec AttachSpec) {
 	if host.MTU != spec.MTU || !host.up() || host.Master != spec.Bridge {
 		t.Errorf("host end %s: mtu %d up %v master %q; want mtu %d, up, master %q", spec.HostName, host.MTU, host.up(), host.Master, spec.MTU, spec.Bridge)
 	}
+	// No IPv6 link-local address announcing itself to the whole bridge
+	// where nobody talks IPv6 over the link: not on a bridge port, not in
+	// a container without an IPv6 address.
+	if mode := addrGenMode(t, "", spec.HostName); spec.Bridge != "" && mode != "none" {
+		t.Errorf("host end %s, a bridge port, makes IPv6 link-local addresses (addrgenmode %q)", spec.HostName, mode)
+	}
+	if mode := addrGenMode(t, c.ns, spec.IfName); (mode != "none") != spec.hasIPv6() {
+		t.Errorf("container %s: addrgenmode %q with IPv6 addresses %v", spec.IfName, mode, spec.hasIPv6())
+	}
 	if spec.Gateway.IsValid() {
 		family := "-4"
 		if spec.Gateway.Is6() {
@@ -385,8 +394,8 @@ func TestAttachRollback(t *testing.T) {
 		}
 	}
 	n.afterStep = nil
-	for _, step := range []string{stepCreateVeth, stepContainerAddr, stepContainerUp, stepContainerLo,
-		stepContainerDefault, stepContainerRoute, stepHostAlias, stepHostMaster, stepHostUp, stepHostRoute} {
+	for _, step := range []string{stepCreateVeth, stepContainerAddr, stepContainerNoLL, stepContainerUp, stepContainerLo,
+		stepContainerDefault, stepContainerRoute, stepHostAlias, stepHostMaster, stepHostNoLinkLocal, stepHostUp, stepHostRoute} {
 		if !seen[step] {
 			t.Errorf("no failure was injected at step %q", step)
 		}

@@ -246,6 +246,19 @@ func ipLinks(t testing.TB, ns string) map[string]ipLink {
 	return m
 }
 
+// addrGenMode is how the kernel makes the link's IPv6 link-local address:
+// "eui64" and the like, or "none" (`ip addr` does not say; `ip link` does).
+func addrGenMode(t testing.TB, ns, name string) string {
+	t.Helper()
+	var links []struct {
+		Mode string `json:"inet6_addr_gen_mode"`
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, "ip", ipCmd(ns, "link", "show", "dev", name)...)), &links); err != nil || len(links) != 1 {
+		t.Fatalf("ip link show %s: %v (%d links)", name, err, len(links))
+	}
+	return links[0].Mode
+}
+
 func ipLinkOf(t testing.TB, ns, name string) ipLink {
 	t.Helper()
 	l, ok := ipLinks(t, ns)[name]
