@@ -17,18 +17,18 @@ import (
 
 // Attach step names, used in errors and by the tests' failure injection.
 const (
-	stepCreateVeth       = "create veth pair"
-	stepContainerAddr    = "add container address"
-	stepContainerUp      = "set container link up"
-	stepContainerNoLL    = "turn IPv6 link-local off on container link"
-	stepContainerLo      = "set container loopback up"
-	stepContainerDefault = "add container default route"
-	stepContainerRoute   = "add container route"
-	stepHostAlias        = "label host end"
-	stepHostMaster       = "attach host end to bridge"
-	stepHostUp           = "set host end up"
-	stepHostNoLinkLocal  = "turn IPv6 link-local off on host end"
-	stepHostRoute        = "add host route"
+	stepCreateVeth           = "create veth pair"
+	stepContainerAddr        = "add container address"
+	stepContainerUp          = "set container link up"
+	stepContainerNoLinkLocal = "turn IPv6 link-local off on container link"
+	stepContainerLo          = "set container loopback up"
+	stepContainerDefault     = "add container default route"
+	stepContainerRoute       = "add container route"
+	stepHostAlias            = "label host end"
+	stepHostMaster           = "attach host end to bridge"
+	stepHostUp               = "set host end up"
+	stepHostNoLinkLocal      = "turn IPv6 link-local off on host end"
+	stepHostRoute            = "add host route"
 )
 
 // Attach creates a veth pair whose peer is born inside the container's namespace already
@@ -194,7 +194,7 @@ func (a *attachment) configureContainerEnd() error {
 		}
 	}
 	if !spec.hasIPv6() {
-		if err := a.step(stepContainerNoLL, spec.IfName, func() error {
+		if err := a.step(stepContainerNoLinkLocal, spec.IfName, func() error {
 			return noLinkLocal(a.ch, a.peer)
 		}); err != nil {
 			return err
@@ -578,7 +578,6 @@ func (s *AttachSpec) target() string {
 	return "pid " + strconv.Itoa(s.PID)
 }
 
-// addrs are the container's addresses: Addr, and Addr2 when set.
 // hasIPv6 says whether the container gets an IPv6 address on the link.
 func (s *AttachSpec) hasIPv6() bool {
 	return s.Addr.Addr().Is6() || s.Addr2.Addr().Is6()
@@ -589,9 +588,9 @@ func (s *AttachSpec) hasIPv6() bool {
 // address announces itself (duplicate address detection, MLD reports,
 // router solicitations) with multicast that a bridge floods to every port,
 // so every attach cost every container on the bridge packets to receive
-// and drop: 20 ms an attach at 1,000 containers on one bridge, 3.8 ms
-// without (docs/benchmarks.md). A kernel without IPv6 has no link-local
-// address to turn off.
+// and drop: 20 ms an attach at 1,000 containers on one bridge, 4.4 ms
+// without (docs/benchmarks.md). A kernel without IPv6, or a link whose
+// MTU is below IPv6's minimum, has no link-local address to turn off.
 func noLinkLocal(h *netlink.Handle, link netlink.Link) error {
 	err := h.LinkSetIP6AddrGenMode(link, nl.IN6_ADDR_GEN_MODE_NONE)
 	if errors.Is(err, unix.EAFNOSUPPORT) {
@@ -600,6 +599,7 @@ func noLinkLocal(h *netlink.Handle, link netlink.Link) error {
 	return err
 }
 
+// addrs are the container's addresses: Addr, and Addr2 when set.
 func (s *AttachSpec) addrs() []netip.Prefix {
 	if s.Addr2.IsValid() {
 		return []netip.Prefix{s.Addr, s.Addr2}

@@ -57,10 +57,12 @@ func checkContainerSide(t *testing.T, c *container, spec AttachSpec) {
 	// No IPv6 link-local address announcing itself to the whole bridge
 	// where nobody talks IPv6 over the link: not on a bridge port, not in
 	// a container without an IPv6 address.
-	if mode := addrGenMode(t, "", spec.HostName); spec.Bridge != "" && mode != "none" {
+	// (ip says no mode at all for a link without IPv6: MTU below 1280.)
+	makesLL := func(mode string) bool { return mode != "none" && mode != "" }
+	if mode := addrGenMode(t, "", spec.HostName); spec.Bridge != "" && makesLL(mode) {
 		t.Errorf("host end %s, a bridge port, makes IPv6 link-local addresses (addrgenmode %q)", spec.HostName, mode)
 	}
-	if mode := addrGenMode(t, c.ns, spec.IfName); (mode != "none") != spec.hasIPv6() {
+	if mode := addrGenMode(t, c.ns, spec.IfName); makesLL(mode) != (spec.hasIPv6() && spec.MTU >= 1280) {
 		t.Errorf("container %s: addrgenmode %q with IPv6 addresses %v", spec.IfName, mode, spec.hasIPv6())
 	}
 	if spec.Gateway.IsValid() {
@@ -125,6 +127,27 @@ func TestAttachBridgeTwoContainers(t *testing.T) {
 			t.Errorf("ContainerHasLink(%d, %s, %s) = %v, %v; want %v", tc.pid, tc.ifName, tc.addr, got, err, tc.want)
 		}
 	}
+}
+
+// Below IPv6's minimum MTU a link has no IPv6 at all, so there is no
+// link-local address to turn off: the attach must not fail on it.
+func TestAttachBelowIPv6MinimumMTU(t *testing.T) {
+	if !inHostNetns(t) {
+		return
+	}
+	n := newTestNet(t)
+	br := setupBridge(t, n, "10.200.3.17/28", 1200)
+	c1, c2 := newContainer(t, "c1"), newContainer(t, "c2")
+	s1 := bridgedSpec(t, c1, "h1", br, "10.200.3.18/28", "10.200.3.17")
+	s2 := bridgedSpec(t, c2, "h2", br, "10.200.3.19/28", "10.200.3.17")
+	s1.MTU, s2.MTU = 1200, 1200
+	for _, s := range []AttachSpec{s1, s2} {
+		if err := n.Attach(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	checkContainerSide(t, c1, s1)
+	c1.mustPing(t, "10.200.3.19")
 }
 
 func TestAttachIPv6(t *testing.T) {
@@ -394,7 +417,7 @@ func TestAttachRollback(t *testing.T) {
 		}
 	}
 	n.afterStep = nil
-	for _, step := range []string{stepCreateVeth, stepContainerAddr, stepContainerNoLL, stepContainerUp, stepContainerLo,
+	for _, step := range []string{stepCreateVeth, stepContainerAddr, stepContainerNoLinkLocal, stepContainerUp, stepContainerLo,
 		stepContainerDefault, stepContainerRoute, stepHostAlias, stepHostMaster, stepHostNoLinkLocal, stepHostUp, stepHostRoute} {
 		if !seen[step] {
 			t.Errorf("no failure was injected at step %q", step)
