@@ -202,25 +202,10 @@ const (
 	staleMinPeers = 1000
 )
 
-// recent returns the device as the reading has it, sorted by key as a
-// read is, if the reading is at most staleFactor reads' time and maxAge
-// old.
-func (r *reading) recent(maxAge time.Duration, now time.Time) (*wgtypes.Device, time.Time, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.freshLocked(maxAge, now) {
-		return nil, time.Time{}, false
-	}
-	d := &wgtypes.Device{ListenPort: r.port, Peers: make([]wgtypes.Peer, 0, len(r.peers))}
-	for _, p := range r.peers {
-		d.Peers = append(d.Peers, clonePeer(*p))
-	}
-	slices.SortFunc(d.Peers, func(a, b wgtypes.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
-	return d, r.at, true
-}
-
-// recentStatuses is recent as status shows the peers: a copy the caller
-// owns, the listen port, and when the counters were read.
+// recentStatuses returns the peers as status shows them, sorted by key as
+// a read is (a copy the caller owns), the listen port, and when the
+// counters were read, if the reading is at most staleFactor reads' time
+// and maxAge old.
 func (r *reading) recentStatuses(maxAge time.Duration, now time.Time) ([]protocol.PeerStatus, int, time.Time, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -37,6 +38,18 @@ func configText(d *wgtypes.Device) string {
 	return fmt.Sprintf("port %d\n%s", d.ListenPort, strings.Join(lines, "\n"))
 }
 
+// deviceOf is the device as the reading has it, sorted by key as a read is.
+func deviceOf(r *reading) *wgtypes.Device {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	d := &wgtypes.Device{ListenPort: r.port}
+	for _, p := range r.peers {
+		d.Peers = append(d.Peers, clonePeer(*p))
+	}
+	slices.SortFunc(d.Peers, func(a, b wgtypes.Peer) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+	return d
+}
+
 // Random writes leave a reading holding what a device given the same
 // writes holds: peers, endpoints, keepalives, and allowed IPs moving from
 // peer to peer as WireGuard moves them.
@@ -70,16 +83,16 @@ func TestReadingFollowsWrites(t *testing.T) {
 			}
 			r.apply(cfg)
 			want, _ := dev.Snapshot()
-			got, _, ok := r.recent(time.Hour, time.Now())
+			shown, _, _, ok := r.recentStatuses(time.Hour, time.Now())
 			if !ok {
 				t.Fatal("a fresh reading is not recent")
 			}
+			got := deviceOf(&r)
 			if configText(got) != configText(want) {
 				t.Fatalf("round %d step %d, after %+v:\nreading:\n%s\ndevice:\n%s", round, step, cfg, configText(got), configText(want))
 			}
 			// What status shows is built once per reading and kept:
 			// every write must drop it.
-			shown, _, _, _ := r.recentStatuses(time.Hour, time.Now())
 			wantShown := make([]protocol.PeerStatus, len(got.Peers))
 			for i := range got.Peers {
 				wantShown[i] = peerStatus(&got.Peers[i])
@@ -135,9 +148,9 @@ func TestReadingKeepsWritesMadeDuringARead(t *testing.T) {
 		tok = r.begin()
 		r.apply(add) // while the read is in flight
 		r.finish(tok, sawIt, time.Now(), time.Second)
-		got, _, _ := r.recent(time.Hour, time.Now())
-		if len(got.Peers) != 2 {
-			t.Fatalf("read that saw the write: %v; the reading has %d peers, want 2", sawIt == withAdd, len(got.Peers))
+		got, _, _, _ := r.recentStatuses(time.Hour, time.Now())
+		if len(got) != 2 {
+			t.Fatalf("read that saw the write: %v; the reading has %d peers, want 2", sawIt == withAdd, len(got))
 		}
 		if len(r.during) != 0 {
 			t.Fatalf("%d writes kept after the last read ended", len(r.during))
@@ -160,12 +173,12 @@ func TestReadingAge(t *testing.T) {
 		{1100 * time.Millisecond, 5 * time.Second, false}, // 20 reads' worth is 1 s
 		{500 * time.Millisecond, 200 * time.Millisecond, false},
 	} {
-		if _, _, ok := r.recent(c.maxAge, t0.Add(c.after)); ok != c.ok {
+		if _, _, _, ok := r.recentStatuses(c.maxAge, t0.Add(c.after)); ok != c.ok {
 			t.Errorf("%v after a 50 ms read, max age %v: recent = %v, want %v", c.after, c.maxAge, ok, c.ok)
 		}
 	}
 	r.forget()
-	if _, _, ok := r.recent(time.Hour, t0); ok {
+	if _, _, _, ok := r.recentStatuses(time.Hour, t0); ok {
 		t.Error("a forgotten reading still answers")
 	}
 }

@@ -33,6 +33,26 @@ func bridgedSpec(t *testing.T, c *container, host, br, addr, gw string) AttachSp
 	}
 }
 
+// attachTwo attaches two new containers, with addresses a1 and a2, to a
+// new bridge whose gateway is gw, everything at that MTU.
+func attachTwo(t *testing.T, gw string, mtu int, a1, a2 string) ([2]*container, [2]AttachSpec) {
+	t.Helper()
+	n := newTestNet(t)
+	br := setupBridge(t, n, gw, mtu)
+	via := netip.MustParsePrefix(gw).Addr().String()
+	var c [2]*container
+	var s [2]AttachSpec
+	for i, addr := range []string{a1, a2} {
+		c[i] = newContainer(t, fmt.Sprintf("c%d", i+1))
+		s[i] = bridgedSpec(t, c[i], fmt.Sprintf("h%d", i+1), br, addr, via)
+		s[i].MTU = mtu
+		if err := n.Attach(s[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c, s
+}
+
 // checkContainerSide verifies, through iproute2, what Attach must leave in the container.
 func checkContainerSide(t *testing.T, c *container, spec AttachSpec) {
 	t.Helper()
@@ -135,40 +155,20 @@ func TestAttachBelowIPv6MinimumMTU(t *testing.T) {
 	if !inHostNetns(t) {
 		return
 	}
-	n := newTestNet(t)
-	br := setupBridge(t, n, "10.200.3.17/28", 1200)
-	c1, c2 := newContainer(t, "c1"), newContainer(t, "c2")
-	s1 := bridgedSpec(t, c1, "h1", br, "10.200.3.18/28", "10.200.3.17")
-	s2 := bridgedSpec(t, c2, "h2", br, "10.200.3.19/28", "10.200.3.17")
-	s1.MTU, s2.MTU = 1200, 1200
-	for _, s := range []AttachSpec{s1, s2} {
-		if err := n.Attach(s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	checkContainerSide(t, c1, s1)
-	c1.mustPing(t, "10.200.3.19")
+	c, s := attachTwo(t, "10.200.3.17/28", 1200, "10.200.3.18/28", "10.200.3.19/28")
+	checkContainerSide(t, c[0], s[0])
+	c[0].mustPing(t, "10.200.3.19")
 }
 
 func TestAttachIPv6(t *testing.T) {
 	if !inHostNetns(t) {
 		return
 	}
-	n := newTestNet(t)
-	br := setupBridge(t, n, "fd00:200::1/64", 1420)
-	c1, c2 := newContainer(t, "c1"), newContainer(t, "c2")
-	s1 := bridgedSpec(t, c1, "h1", br, "fd00:200::2/64", "fd00:200::1")
-	s2 := bridgedSpec(t, c2, "h2", br, "fd00:200::3/64", "fd00:200::1")
-	s1.MTU, s2.MTU = 1420, 1420
-	for _, s := range []AttachSpec{s1, s2} {
-		if err := n.Attach(s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	checkContainerSide(t, c1, s1)
-	checkContainerSide(t, c2, s2)
-	c1.mustPing(t, "fd00:200::3")
-	c2.mustPing(t, "fd00:200::1")
+	c, s := attachTwo(t, "fd00:200::1/64", 1420, "fd00:200::2/64", "fd00:200::3/64")
+	checkContainerSide(t, c[0], s[0])
+	checkContainerSide(t, c[1], s[1])
+	c[0].mustPing(t, "fd00:200::3")
+	c[1].mustPing(t, "fd00:200::1")
 }
 
 // Dual-stack: one address and one default route per family on one link,
