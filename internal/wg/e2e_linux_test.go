@@ -139,7 +139,13 @@ func TestUpsertKeepsSessionOnRealTunnel(t *testing.T) {
 	if err := ping(tn.a.ns, "10.202.0.2"); err != nil {
 		t.Fatalf("traffic stopped after the upsert: %v", err)
 	}
-	p = tn.a.peer(pubB)
+	// wireguard-go counts a batch's bytes once its send returns, so the
+	// reply can be back before the count is in: wait for it, briefly.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if p = tn.a.peer(pubB); p.TransmitBytes > txBefore || time.Now().After(deadline) {
+			break
+		}
+	}
 	if !p.LastHandshakeTime.Equal(hs) || p.TransmitBytes <= txBefore {
 		t.Errorf("after more traffic: handshake %v (was %v), tx %d (was %d)", p.LastHandshakeTime, hs, p.TransmitBytes, txBefore)
 	}
